@@ -1,0 +1,1 @@
+"""Trit's application layer: the `trit` command, the chat app, the history store, paths and settings."""
