@@ -1,0 +1,137 @@
+/* trit.h — the only contract between the native library and Python (engine/native.py).
+ *
+ * The library runs the forward pass of a BitNet b1.58 decoder (as transformers' BitNetForCausalLM computes it)
+ * over weights the caller keeps in memory (usually memory-mapped from model.safetensors). It never reads files.
+ *
+ * Conventions
+ *   - bf16 values are passed as uint16_t bit patterns.
+ *   - A packed ternary matrix with `out` rows and `in` columns is uint8 [out/4][in], exactly as in the Hugging Face
+ *     checkpoint: byte P[r][c] holds W[r + j*out/4][c] + 1 in bits 2j+1:2j (j = 0..3). Code 3 is invalid.
+ *   - Functions returning int return 0 on success and a negative TRIT_E_* code on failure; trit_last_error()
+ *     then gives a one-line message (thread-local).
+ *   - Every size and index is checked here, at the boundary.
+ */
+#ifndef TRIT_H
+#define TRIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define TRIT_API __declspec(dllexport)
+#else
+#define TRIT_API __attribute__((visibility("default")))
+#endif
+
+#define TRIT_API_VERSION 1
+
+enum {
+    TRIT_OK = 0,
+    TRIT_E_INVALID = -1,    /* bad argument or configuration */
+    TRIT_E_NOMEM = -2,      /* allocation failed */
+    TRIT_E_RANGE = -3,      /* token id outside the vocabulary, or position past the context */
+    TRIT_E_UNSUPPORTED = -4 /* kernel not available on this CPU */
+};
+
+/* How a projection's weight_scale is applied (config.json quantization_config.linear_class). */
+enum {
+    TRIT_SCALE_MULTIPLY = 0, /* "autobitlinear": y = (xq.T)/s * weight_scale */
+    TRIT_SCALE_DIVIDE = 1    /* "bitlinear":     y = (xq.T)/s / weight_scale */
+};
+
+typedef struct {
+    int32_t hidden_size;
+    int32_t intermediate_size;
+    int32_t n_layers;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t vocab_size;
+    int32_t max_positions;
+    float rope_theta;
+    float rms_eps;
+    int32_t scale_mode; /* TRIT_SCALE_* */
+} trit_config;
+
+/* One decoder layer. Norm weights are float32 (small; the loader widens bf16 once). */
+typedef struct {
+    const float *input_norm;     /* [hidden] */
+    const uint8_t *q, *k, *v, *o; /* packed: q [n_heads*hd/4][hidden], k,v [n_kv*hd/4][hidden], o [hidden/4][n_heads*hd] */
+    const float *attn_sub_norm;  /* [hidden] */
+    const float *post_attn_norm; /* [hidden] */
+    const uint8_t *gate, *up;    /* packed [intermediate/4][hidden] */
+    const uint8_t *down;         /* packed [hidden/4][intermediate] */
+    const float *ffn_sub_norm;   /* [intermediate] */
+    float q_scale, k_scale, v_scale, o_scale, gate_scale, up_scale, down_scale;
+} trit_layer_weights;
+
+typedef struct {
+    const uint16_t *embed;            /* bf16 [vocab][hidden]; also the output head (tied embeddings) */
+    const float *final_norm;          /* [hidden] */
+    const trit_layer_weights *layers; /* [n_layers]; copied by trit_model_create */
+} trit_weights;
+
+typedef struct trit_model trit_model;
+typedef struct trit_context trit_context;
+
+TRIT_API const char *trit_version(void);
+TRIT_API int trit_api_version(void);
+TRIT_API const char *trit_last_error(void);
+
+/* ---- kernels: one table per instruction set, chosen at run time ---------------------------------------------- */
+TRIT_API int trit_kernel_count(void);
+TRIT_API const char *trit_kernel_name(int index);
+TRIT_API int trit_kernel_supported(int index); /* 1 if this CPU can run it */
+/* The kernel in use: the best supported one, or the one named by the TRIT_KERNEL environment variable. */
+TRIT_API const char *trit_kernel_active(void);
+TRIT_API int trit_kernel_select(const char *name); /* TRIT_E_UNSUPPORTED if this CPU cannot run it */
+
+/* ---- models and contexts ------------------------------------------------------------------------------------- */
+/* Checks the configuration and keeps pointers to the weights (they must outlive the model). n_threads <= 0: all cores. */
+TRIT_API trit_model *trit_model_create(const trit_config *config, const trit_weights *weights, int n_threads);
+TRIT_API void trit_model_free(trit_model *model);
+TRIT_API int trit_model_threads(const trit_model *model);
+TRIT_API int trit_model_set_threads(trit_model *model, int n_threads);
+
+/* Scans packed ternary bytes for code 3; returns the offset of the first bad byte, or -1 if all are valid. */
+TRIT_API int64_t trit_find_invalid_code(const uint8_t *packed, int64_t n_bytes);
+
+/* A KV cache of n_ctx positions (fp16) and the scratch for batches of up to max_batch tokens. */
+TRIT_API trit_context *trit_context_create(trit_model *model, int n_ctx, int max_batch);
+TRIT_API void trit_context_free(trit_context *ctx);
+TRIT_API int trit_context_n_past(const trit_context *ctx);
+TRIT_API int trit_context_n_ctx(const trit_context *ctx);
+/* Forget every position from n_past on (0 <= n_past <= current n_past): the cache keeps the prefix. */
+TRIT_API int trit_context_truncate(trit_context *ctx, int n_past);
+
+enum { TRIT_LOGITS_NONE = 0, TRIT_LOGITS_LAST = 1, TRIT_LOGITS_ALL = 2 };
+/* Runs n_tokens tokens at positions n_past.. (any n_tokens; batches of max_batch internally) and advances n_past.
+ * logits: float [vocab] for TRIT_LOGITS_LAST, [n_tokens][vocab] for TRIT_LOGITS_ALL, NULL for NONE.
+ * On error nothing is appended. */
+TRIT_API int trit_eval(trit_context *ctx, const int32_t *tokens, int n_tokens, float *logits, int logits_mode);
+
+/* ---- single operations, for tests against the reference (they use the active kernel) -------------------------- */
+TRIT_API void trit_op_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
+/* Per-row int8 quantisation (round half to even); returns s = 127 * (1 / max(|x|, 1e-5)) in fp32, as torch computes it. */
+TRIT_API float trit_op_quantize(int8_t *xq, const float *x, int n);
+/* out[t][r] = sum_c W[r][c] * xq[t][c], exact in int32; out is int32 [n_tokens][rows]. */
+TRIT_API int trit_op_ternary_matmul(int kernel_index, int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
+                           int n_tokens);
+/* Rotates [n_heads][head_dim] in place for one position (rotate_half pairing: i with i + head_dim/2). */
+TRIT_API void trit_op_rope(float *x, int n_heads, int head_dim, int pos, float theta);
+/* Causal grouped-query attention of n_q query rows at positions pos0.. against keys/values at positions 0..pos0+n_q-1.
+ * q: [n_q][n_heads*hd], k, v: [pos0+n_q][n_kv_heads*hd] (stored as fp16 inside, as in the KV cache), out like q. */
+TRIT_API int trit_op_attention(float *out, const float *q, const float *k, const float *v, int n_q, int pos0, int n_heads,
+                      int n_kv_heads, int head_dim);
+TRIT_API void trit_op_relu2_gate(float *out, const float *gate, const float *up, int n);
+/* logits[v] = sum_c x[c] * E[v][c], E bf16 [vocab][hidden]. */
+TRIT_API void trit_op_output_head(float *logits, const float *x, const uint16_t *embed, int vocab, int hidden);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

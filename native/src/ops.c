@@ -1,0 +1,119 @@
+/* The single operations of a BitNet b1.58 forward pass, in plain C: each is the definition, written to be read. */
+#include <math.h>
+#include <string.h>
+
+#include "trit_internal.h"
+
+float trit_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000 | (mant << 13); /* inf, nan */
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        bits = sign;
+    } else { /* subnormal: renormalise */
+        exp = 113;
+        while (!(mant & 0x400)) {
+            mant <<= 1;
+            exp--;
+        }
+        bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+    }
+    union { uint32_t u; float f; } v = { bits };
+    return v.f;
+}
+
+/* Round to nearest even, as F16C's vcvtps2ph does, so every kernel stores the same cache bits. */
+uint16_t trit_f32_to_f16(float f) {
+    union { float f; uint32_t u; } v = { f };
+    uint32_t x = v.u, sign = (x >> 16) & 0x8000;
+    uint32_t absx = x & 0x7fffffff;
+    if (absx >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (absx > 0x7f800000 ? 0x200 : 0));
+    if (absx >= 0x477ff000) return (uint16_t)(sign | 0x7c00); /* rounds to >= 65520: overflow */
+    if (absx < 0x38800000) { /* below the smallest normal half: subnormal or zero */
+        if (absx < 0x33000000) return (uint16_t)sign;
+        uint32_t mant = (absx & 0x7fffff) | 0x800000;
+        int shift = 126 - (int)(absx >> 23); /* 14..24 */
+        uint32_t half = mant >> shift, rem = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t half = ((absx >> 13) - (112u << 10));
+    uint32_t rem = absx & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (half & 1))) half++;
+    return (uint16_t)(sign | half);
+}
+
+/* RMSNorm in fp32: out = x / sqrt(mean(x^2) + eps) * weight. */
+void trit_rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = 0; i < n; i++) out[i] = weight[i] * (x[i] * inv);
+}
+
+/* Per-token int8 activation quantisation: s = 127 / max|x|, xq = round_half_even(x * s) clamped to int8. */
+float trit_quantize(int8_t *xq, const float *x, int n) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+    /* 127 * (1 / max), not 127 / max: torch evaluates a scalar over a tensor that way, and the two differ in the
+     * last bit for about a quarter of all rows; a different s would round some ties differently. */
+    float s = 127.0f * (1.0f / fmaxf(amax, 1e-5f));
+    for (int i = 0; i < n; i++) {
+        float r = nearbyintf(x[i] * s); /* default rounding mode: to nearest, ties to even */
+        xq[i] = (int8_t)(r > 127.0f ? 127.0f : (r < -128.0f ? -128.0f : r));
+    }
+    return s;
+}
+
+/* RoPE angles for one position, as transformers computes them: inv_freq and the angle in fp32. */
+void trit_rope_angles(float *cos_out, float *sin_out, int head_dim, int pos, float theta) {
+    for (int i = 0; i < head_dim / 2; i++) {
+        /* torch's float pow is correctly rounded; powf is not always, so round a double pow instead */
+        float exponent = (float)(2 * i) / (float)head_dim;
+        float inv_freq = 1.0f / (float)pow((double)theta, (double)exponent);
+        float angle = (float)pos * inv_freq;
+        cos_out[i] = cosf(angle);
+        sin_out[i] = sinf(angle);
+    }
+}
+
+/* RoPE with Llama's rotate_half pairing: element i turns with element i + head_dim/2. */
+void trit_rope_apply(float *x, int n_heads, int head_dim, const float *cos_pos, const float *sin_pos) {
+    int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            float a = v[i], b = v[i + half];
+            v[i] = a * cos_pos[i] - b * sin_pos[i];
+            v[i + half] = b * cos_pos[i] + a * sin_pos[i];
+        }
+    }
+}
+
+void trit_relu2_gate(float *out, const float *gate, const float *up, int n) {
+    for (int i = 0; i < n; i++) {
+        float g = gate[i] > 0.0f ? gate[i] : 0.0f;
+        out[i] = g * g * up[i];
+    }
+}
+
+/* softmax(q . K^T / sqrt(hd)) . V for one head over n_keys cached positions. */
+void trit_attend_head(const trit_kernel *kern, float *out, const float *q, const uint16_t *keys, const uint16_t *values,
+                      int kv_stride, int n_keys, int head_dim, float *scores) {
+    float scale = 1.0f / sqrtf((float)head_dim);
+    float max = -INFINITY;
+    for (int p = 0; p < n_keys; p++) {
+        scores[p] = kern->dot_f16(keys + (size_t)p * kv_stride, q, head_dim) * scale;
+        if (scores[p] > max) max = scores[p];
+    }
+    float sum = 0.0f;
+    for (int p = 0; p < n_keys; p++) {
+        scores[p] = expf(scores[p] - max);
+        sum += scores[p];
+    }
+    float inv = 1.0f / sum;
+    memset(out, 0, sizeof(float) * (size_t)head_dim);
+    for (int p = 0; p < n_keys; p++) kern->axpy_f16(out, scores[p] * inv, values + (size_t)p * kv_stride, head_dim);
+}

@@ -1,0 +1,61 @@
+/* The single operations exported for tests: thin, checked wrappers over what the forward pass calls. */
+#include <stdlib.h>
+
+#include "trit_internal.h"
+
+void trit_op_rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
+    trit_rmsnorm(out, x, weight, n, eps);
+}
+
+float trit_op_quantize(int8_t *xq, const float *x, int n) { return trit_quantize(xq, x, n); }
+
+int trit_op_ternary_matmul(int kernel_index, int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
+                           int n_tokens) {
+    const trit_kernel *k = trit_kernel_at(kernel_index);
+    if (!k) return trit_fail(TRIT_E_INVALID, "no kernel %d", kernel_index);
+    if (!k->supported()) return trit_fail(TRIT_E_UNSUPPORTED, "kernel %s is not supported by this CPU", k->name);
+    if (rows <= 0 || rows % 4 || cols <= 0 || n_tokens <= 0)
+        return trit_fail(TRIT_E_INVALID, "matmul: rows must be a positive multiple of 4, cols and tokens positive");
+    k->ternary_matmul(out, packed, rows, cols, xq, n_tokens, 0, rows / 4);
+    return TRIT_OK;
+}
+
+void trit_op_rope(float *x, int n_heads, int head_dim, int pos, float theta) {
+    float *cs = malloc(sizeof(float) * (size_t)head_dim);
+    if (!cs) return;
+    trit_rope_angles(cs, cs + head_dim / 2, head_dim, pos, theta);
+    trit_rope_apply(x, n_heads, head_dim, cs, cs + head_dim / 2);
+    free(cs);
+}
+
+int trit_op_attention(float *out, const float *q, const float *k, const float *v, int n_q, int pos0, int n_heads,
+                      int n_kv_heads, int head_dim) {
+    if (n_q <= 0 || pos0 < 0 || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || head_dim <= 0)
+        return trit_fail(TRIT_E_INVALID, "attention: bad sizes");
+    const trit_kernel *kern = trit_active_kernel();
+    int n_keys = pos0 + n_q, kv = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
+    size_t cells = (size_t)n_keys * kv;
+    uint16_t *kh = malloc(sizeof(uint16_t) * cells), *vh = malloc(sizeof(uint16_t) * cells);
+    float *scores = malloc(sizeof(float) * (size_t)n_keys);
+    if (!kh || !vh || !scores) {
+        free(kh), free(vh), free(scores);
+        return trit_fail(TRIT_E_NOMEM, "attention: out of memory");
+    }
+    for (size_t i = 0; i < cells; i++) {
+        kh[i] = trit_f32_to_f16(k[i]);
+        vh[i] = trit_f32_to_f16(v[i]);
+    }
+    for (int t = 0; t < n_q; t++)
+        for (int h = 0; h < n_heads; h++) {
+            size_t at = ((size_t)t * n_heads + h) * head_dim, kv_at = (size_t)(h / group) * head_dim;
+            trit_attend_head(kern, out + at, q + at, kh + kv_at, vh + kv_at, kv, pos0 + t + 1, head_dim, scores);
+        }
+    free(kh), free(vh), free(scores);
+    return TRIT_OK;
+}
+
+void trit_op_relu2_gate(float *out, const float *gate, const float *up, int n) { trit_relu2_gate(out, gate, up, n); }
+
+void trit_op_output_head(float *logits, const float *x, const uint16_t *embed, int vocab, int hidden) {
+    trit_active_kernel()->bf16_matmul(logits, vocab, embed, hidden, x, 1, 0, vocab);
+}

@@ -1,0 +1,128 @@
+#define _POSIX_C_SOURCE 200809L
+#include "threadpool.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+/* About 50-100 us of spinning: long enough to bridge the gaps between operations of one forward pass,
+ * short enough that idle workers go to sleep between tokens. */
+#define SPIN_ROUNDS 20000
+
+struct trit_pool {
+    int n;
+    pthread_t *threads;
+    atomic_uint generation; /* bumped once per job */
+    atomic_int pending;     /* workers still running the current job */
+    atomic_int stop;
+    trit_task_fn fn;
+    void *arg;
+    pthread_mutex_t mutex;
+    pthread_cond_t wake;
+};
+
+typedef struct {
+    trit_pool *pool;
+    int ith;
+} worker_arg;
+
+static void *worker_main(void *p) {
+    worker_arg wa = *(worker_arg *)p;
+    free(p);
+    trit_pool *pool = wa.pool;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned gen;
+        int spins = 0;
+        while ((gen = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen) {
+            if (++spins < SPIN_ROUNDS) {
+                cpu_relax();
+                continue;
+            }
+            pthread_mutex_lock(&pool->mutex);
+            while (atomic_load_explicit(&pool->generation, memory_order_acquire) == seen)
+                pthread_cond_wait(&pool->wake, &pool->mutex);
+            pthread_mutex_unlock(&pool->mutex);
+        }
+        seen = gen;
+        if (atomic_load_explicit(&pool->stop, memory_order_acquire)) return NULL;
+        pool->fn(pool->arg, wa.ith, pool->n);
+        atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel);
+    }
+}
+
+trit_pool *trit_pool_create(int n_threads) {
+    if (n_threads < 1) n_threads = 1;
+    trit_pool *pool = calloc(1, sizeof *pool);
+    if (!pool) return NULL;
+    pool->n = n_threads;
+    atomic_init(&pool->generation, 0);
+    atomic_init(&pool->pending, 0);
+    atomic_init(&pool->stop, 0);
+    pthread_mutex_init(&pool->mutex, NULL);
+    pthread_cond_init(&pool->wake, NULL);
+    pool->threads = calloc((size_t)n_threads, sizeof(pthread_t));
+    if (!pool->threads) {
+        free(pool);
+        return NULL;
+    }
+    for (int i = 1; i < n_threads; i++) {
+        worker_arg *wa = malloc(sizeof *wa);
+        if (!wa || (wa->pool = pool, wa->ith = i, pthread_create(&pool->threads[i], NULL, worker_main, wa) != 0)) {
+            free(wa);
+            pool->n = i; /* keep the workers that started; free() stops them */
+            trit_pool_free(pool);
+            return NULL;
+        }
+    }
+    return pool;
+}
+
+static void wake_workers(trit_pool *pool) {
+    pthread_mutex_lock(&pool->mutex);
+    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_acq_rel);
+    pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->mutex);
+}
+
+void trit_pool_free(trit_pool *pool) {
+    if (!pool) return;
+    atomic_store_explicit(&pool->stop, 1, memory_order_release);
+    wake_workers(pool);
+    for (int i = 1; i < pool->n; i++) pthread_join(pool->threads[i], NULL);
+    pthread_mutex_destroy(&pool->mutex);
+    pthread_cond_destroy(&pool->wake);
+    free(pool->threads);
+    free(pool);
+}
+
+int trit_pool_size(const trit_pool *pool) { return pool->n; }
+
+void trit_pool_run(trit_pool *pool, trit_task_fn fn, void *arg) {
+    if (pool->n == 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    pool->fn = fn;
+    pool->arg = arg;
+    atomic_store_explicit(&pool->pending, pool->n - 1, memory_order_release);
+    wake_workers(pool);
+    fn(arg, 0, pool->n);
+    /* Yield now and then: when other programs hold the cores, a worker we wait for may need ours to finish. */
+    for (unsigned spins = 1; atomic_load_explicit(&pool->pending, memory_order_acquire) > 0; spins++) {
+        if (spins % 1024 == 0)
+            sched_yield();
+        else
+            cpu_relax();
+    }
+}

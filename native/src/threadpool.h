@@ -1,0 +1,23 @@
+/* A small persistent thread pool: the caller and n-1 workers run one function together, then meet again.
+ * Workers spin briefly between jobs (a forward pass hands out hundreds per token), then sleep. */
+#ifndef TRIT_THREADPOOL_H
+#define TRIT_THREADPOOL_H
+
+typedef void (*trit_task_fn)(void *arg, int ith, int nth);
+typedef struct trit_pool trit_pool;
+
+trit_pool *trit_pool_create(int n_threads); /* n_threads >= 1, including the caller */
+void trit_pool_free(trit_pool *pool);
+int trit_pool_size(const trit_pool *pool);
+/* Runs fn(arg, i, n) for i = 0..n-1, i = 0 on the calling thread; returns when all are done. */
+void trit_pool_run(trit_pool *pool, trit_task_fn fn, void *arg);
+
+/* The half-open share [*begin, *end) of n items that thread ith of nth takes. */
+static inline void trit_split(int n, int ith, int nth, int *begin, int *end) {
+    int per = (n + nth - 1) / nth;
+    int b = ith * per, e = b + per;
+    *begin = b < n ? b : n;
+    *end = e < n ? e : n;
+}
+
+#endif

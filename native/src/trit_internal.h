@@ -1,0 +1,63 @@
+/* Definitions shared by the library's source files; never seen by Python. */
+#ifndef TRIT_INTERNAL_H
+#define TRIT_INTERNAL_H
+
+#include <stdint.h>
+
+#include "trit.h"
+#include "threadpool.h"
+
+/* One instruction set's implementation of the hot loops. kernels_scalar.c is the readable definition;
+ * every other table must give bit-identical int32 results (and the same floats up to summation order). */
+typedef struct {
+    const char *name;
+    int (*supported)(void);
+    /* For packed rows pr in [pr0, pr1) and every token t:
+     *   out[t*rows + pr + j*rows/4] = sum_c W[pr + j*rows/4][c] * xq[t*cols + c]   (j = 0..3) */
+    void (*ternary_matmul)(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, int n_tokens,
+                           int pr0, int pr1);
+    /* For rows r in [r0, r1) and every token t: out[t*out_stride + r] = sum_c x[t*cols + c] * W[r][c], W bf16. */
+    void (*bf16_matmul)(float *out, int out_stride, const uint16_t *w, int cols, const float *x, int n_tokens, int r0,
+                        int r1);
+    /* sum_i a[i] * b[i], a fp16 (the KV cache). */
+    float (*dot_f16)(const uint16_t *a, const float *b, int n);
+    /* y[i] += alpha * x[i], x fp16. */
+    void (*axpy_f16)(float *y, float alpha, const uint16_t *x, int n);
+} trit_kernel;
+
+extern const trit_kernel trit_kernel_scalar;
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#define TRIT_X86 1
+extern const trit_kernel trit_kernel_avx2;
+#endif
+
+const trit_kernel *trit_active_kernel(void);
+const trit_kernel *trit_kernel_at(int index);
+
+/* cpu.c */
+int trit_cpu_has_avx2(void);
+
+/* error.c: set the thread's last error and return code */
+int trit_fail(int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* ops.c: single operations of the forward pass, in plain C */
+static inline float trit_bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = { (uint32_t)h << 16 };
+    return v.f;
+}
+float trit_f16_to_f32(uint16_t h);
+uint16_t trit_f32_to_f16(float f);
+void trit_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
+float trit_quantize(int8_t *xq, const float *x, int n);
+void trit_rope_angles(float *cos_out, float *sin_out, int head_dim, int pos, float theta);
+void trit_rope_apply(float *x, int n_heads, int head_dim, const float *cos_pos, const float *sin_pos);
+void trit_relu2_gate(float *out, const float *gate, const float *up, int n);
+/* One query head against positions 0..n_keys-1 of its kv head; scores is scratch of n_keys floats. */
+void trit_attend_head(const trit_kernel *kern, float *out, const float *q, const uint16_t *keys, const uint16_t *values,
+                      int kv_stride, int n_keys, int head_dim, float *scores);
+
+#endif
