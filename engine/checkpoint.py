@@ -1,0 +1,213 @@
+"""A BitNet b1.58 checkpoint folder in the Hugging Face packed format: config.json + model.safetensors.
+
+Everything is checked here — every tensor's name, shape and dtype against what config.json implies, and the
+packed bytes for the invalid code 3 — before native code touches a byte. Errors name the file or tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError
+from .safetensors_file import SafetensorsFile
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+LINEAR_CLASSES = ("autobitlinear", "bitlinear")
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+LAYER_NORMS = ("input_layernorm", "post_attention_layernorm", "self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
+FLOAT_DTYPES = ("BF16", "F16", "F32")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The fields of config.json the forward pass depends on, checked."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    rope_theta: float
+    rms_norm_eps: float
+    linear_class: str  # "autobitlinear": y *= weight_scale; "bitlinear": y /= weight_scale
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = CONFIG_FILE) -> "ModelConfig":
+        def fail(msg: str):
+            raise CheckpointError(f"{source}: {msg}")
+
+        if d.get("model_type") != "bitnet":
+            fail(f"model_type is {d.get('model_type')!r}, not 'bitnet': this is not a BitNet b1.58 checkpoint")
+        q = d.get("quantization_config")
+        if not isinstance(q, dict):
+            fail("no quantization_config: this is not a packed BitNet checkpoint (the bf16 master weights are not supported)")
+        if q.get("quant_method") != "bitnet":
+            fail(f"quant_method is {q.get('quant_method')!r}; only 'bitnet' is supported")
+        if q.get("quantization_mode", "offline") != "offline":
+            fail(f"quantization_mode is {q.get('quantization_mode')!r}; only packed 'offline' weights are supported")
+        linear_class = q.get("linear_class", "bitlinear")  # transformers' default when the key is absent
+        if linear_class not in LINEAR_CLASSES:
+            fail(f"linear_class is {linear_class!r}; expected one of {', '.join(LINEAR_CLASSES)}")
+        if q.get("use_rms_norm"):
+            fail("quantization_config.use_rms_norm is true; that variant is not supported")
+        if d.get("hidden_act", "relu2") != "relu2":
+            fail(f"hidden_act is {d.get('hidden_act')!r}; BitNet b1.58 uses 'relu2'")
+        if d.get("attention_bias"):
+            fail("attention_bias is true; BitNet b1.58 has no biases")
+        if not d.get("tie_word_embeddings", False):
+            fail("tie_word_embeddings is not true; only models whose output head is the embedding are supported")
+
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+            fail(f"rope type {rope.get('rope_type', rope.get('type'))!r} is not supported (only the default RoPE)")
+        theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
+
+        def integer(key, default=None):
+            v = d.get(key, default)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                fail(f"{key} must be a positive integer, not {v!r}")
+            return v
+
+        hidden = integer("hidden_size")
+        heads = integer("num_attention_heads")
+        kv = integer("num_key_value_heads", heads)
+        head_dim = d.get("head_dim") or (hidden // heads)
+        cfg = cls(
+            hidden_size=hidden,
+            intermediate_size=integer("intermediate_size"),
+            num_hidden_layers=integer("num_hidden_layers"),
+            num_attention_heads=heads,
+            num_key_value_heads=kv,
+            head_dim=head_dim,
+            vocab_size=integer("vocab_size"),
+            max_position_embeddings=integer("max_position_embeddings"),
+            rope_theta=float(theta),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            linear_class=linear_class,
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_ids=tuple(np.atleast_1d(d.get("eos_token_id") or []).astype(int).tolist()),
+        )
+        if heads % kv:
+            fail(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
+        if head_dim % 2 or head_dim * heads % 4 or head_dim * kv % 4:
+            fail(f"head_dim {head_dim} does not fit RoPE and 4-row packing")
+        if heads * head_dim != hidden:
+            fail(f"num_attention_heads x head_dim = {heads * head_dim} differs from hidden_size {hidden}")
+        if hidden % 4 or cfg.intermediate_size % 4:
+            fail("hidden_size and intermediate_size must be multiples of 4 (four ternary rows per packed byte)")
+        if not (cfg.rope_theta > 0 and math.isfinite(cfg.rope_theta)):
+            fail(f"rope_theta {cfg.rope_theta} is not a positive number")
+        if not (cfg.rms_norm_eps > 0):
+            fail(f"rms_norm_eps {cfg.rms_norm_eps} is not positive")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def expected_tensors(self) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+        """name -> (shape, allowed dtypes) for every tensor a packed checkpoint of this config holds."""
+        h, i = self.hidden_size, self.intermediate_size
+        q_out, kv_out = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        proj_shapes = {
+            "self_attn.q_proj": (q_out, h), "self_attn.k_proj": (kv_out, h), "self_attn.v_proj": (kv_out, h),
+            "self_attn.o_proj": (h, q_out), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h), "mlp.down_proj": (h, i),
+        }
+        norm_sizes = {"input_layernorm": h, "post_attention_layernorm": h, "self_attn.attn_sub_norm": q_out,
+                      "mlp.ffn_sub_norm": i}
+        out = {
+            "model.embed_tokens.weight": ((self.vocab_size, h), ("BF16",)),
+            "model.norm.weight": ((h,), FLOAT_DTYPES),
+        }
+        for layer in range(self.num_hidden_layers):
+            p = f"model.layers.{layer}."
+            for name, (rows, cols) in proj_shapes.items():
+                out[p + name + ".weight"] = ((rows // 4, cols), ("U8",))
+                out[p + name + ".weight_scale"] = ((1,), FLOAT_DTYPES)
+            for name, n in norm_sizes.items():
+                out[p + name + ".weight"] = ((n,), FLOAT_DTYPES)
+        return out
+
+
+def read_config(folder: Path) -> ModelConfig:
+    path = folder / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found — is this a model folder?") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return ModelConfig.from_dict(raw, str(path))
+
+
+def widen_to_f32(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """A float32 copy of a BF16 (uint16 bit patterns), F16 or F32 array."""
+    if dtype == "BF16":
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr.astype(np.float32)
+
+
+class Checkpoint:
+    """A checked, memory-mapped packed checkpoint. Packed weights and the embedding stay in the map;
+    norms and scales (a few KB) are widened to float32 once."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise CheckpointError(f"{self.folder}: not a folder (a model is a folder with config.json and {WEIGHTS_FILE})")
+        self.config = read_config(self.folder)
+        weights_path = self.folder / WEIGHTS_FILE
+        if not weights_path.exists() and any(self.folder.glob("model-*-of-*.safetensors")):
+            raise CheckpointError(f"{self.folder}: sharded safetensors are not supported; expected one {WEIGHTS_FILE}")
+        self.file = SafetensorsFile(weights_path)
+        self._check_tensors()
+
+    def _check_tensors(self) -> None:
+        expected = self.config.expected_tensors()
+        present = self.file.tensors
+        where = self.file.path
+        for name, (shape, dtypes) in expected.items():
+            info = present.get(name)
+            if info is None:
+                raise CheckpointError(f"{where}: tensor {name} is missing (config.json implies it)")
+            if info.shape != shape:
+                raise CheckpointError(
+                    f"{where}: tensor {name} has shape {list(info.shape)}, config.json implies {list(shape)}")
+            if info.dtype not in dtypes:
+                raise CheckpointError(f"{where}: tensor {name} is {info.dtype}, expected {' or '.join(dtypes)}")
+        extra = sorted(set(present) - set(expected))
+        if extra:
+            hint = " (an untied lm_head is not supported)" if "lm_head.weight" in extra else ""
+            raise CheckpointError(
+                f"{where}: tensor {extra[0]} is not part of a model with this config.json{hint}"
+                + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor as stored (bf16 as uint16), a read-only view into the map."""
+        return self.file.array(name)
+
+    def f32(self, name: str) -> np.ndarray:
+        return widen_to_f32(self.file.array(name), self.file.tensors[name].dtype)
+
+    def scale(self, name: str) -> float:
+        value = float(self.f32(name)[0])
+        if not (math.isfinite(value) and value != 0.0):
+            raise CheckpointError(f"{self.file.path}: tensor {name} is {value}; a weight scale must be finite and non-zero")
+        return value
+
+    def packed_names(self) -> list[str]:
+        return [f"model.layers.{i}.{p}.weight" for i in range(self.config.num_hidden_layers) for p in PROJECTIONS]

@@ -1,0 +1,17 @@
+"""The engine's exceptions: each carries one line that says what is wrong and, where it helps, what to do."""
+
+
+class EngineError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class CheckpointError(EngineError):
+    """A model folder or file is missing, truncated, or not a BitNet b1.58 packed checkpoint."""
+
+
+class InputError(EngineError):
+    """A request the model cannot run: token ids outside the vocabulary, positions past the context."""
+
+
+class NativeError(EngineError):
+    """The native library refused a call or could not be loaded."""

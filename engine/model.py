@@ -1,0 +1,191 @@
+"""A loaded model and its contexts: the Python face of the native forward pass."""
+
+from __future__ import annotations
+
+import ctypes as C
+from pathlib import Path
+
+import numpy as np
+
+from . import native
+from .checkpoint import Checkpoint, ModelConfig
+from .errors import CheckpointError, InputError, NativeError
+
+DEFAULT_BATCH = 512  # prefill chunk: also how often a long prefill can notice a cancel
+
+
+class Model:
+    """Weights memory-mapped from a checked checkpoint, handed to the native library without a copy."""
+
+    def __init__(self, checkpoint: Checkpoint, threads: int | None = None):
+        self.checkpoint = checkpoint
+        self.config: ModelConfig = checkpoint.config
+        self.path: Path = checkpoint.folder
+        self._keep: list[np.ndarray] = []  # every array native code points into lives as long as the model
+        cfg = self.config
+        for name in checkpoint.packed_names():
+            bad = native.find_invalid_code(checkpoint.raw(name))
+            if bad >= 0:
+                row, col = divmod(bad, checkpoint.raw(name).shape[1])
+                raise CheckpointError(
+                    f"{checkpoint.file.path}: tensor {name} byte [{row}, {col}] holds the invalid ternary code 3"
+                    " — the file is corrupt; download or import it again")
+
+        def f32(name: str):
+            a = np.ascontiguousarray(checkpoint.f32(name))
+            self._keep.append(a)
+            return a.ctypes.data_as(native._f32p)
+
+        def packed(name: str):
+            a = checkpoint.raw(name)
+            self._keep.append(a)
+            return C.cast(native.ptr(a), native._u8p)
+
+        layers = (native.LayerWeights * cfg.num_hidden_layers)()
+        for i in range(cfg.num_hidden_layers):
+            p, L = f"model.layers.{i}.", layers[i]
+            L.input_norm, L.post_attn_norm = f32(p + "input_layernorm.weight"), f32(p + "post_attention_layernorm.weight")
+            L.attn_sub_norm, L.ffn_sub_norm = f32(p + "self_attn.attn_sub_norm.weight"), f32(p + "mlp.ffn_sub_norm.weight")
+            for short, full in (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
+                                ("o", "self_attn.o_proj"), ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
+                                ("down", "mlp.down_proj")):
+                setattr(L, short, packed(p + full + ".weight"))
+                setattr(L, short + "_scale", checkpoint.scale(p + full + ".weight_scale"))
+        embed = checkpoint.raw("model.embed_tokens.weight")
+        self._keep.append(embed)
+        weights = native.Weights(C.cast(native.ptr(embed), native._u16p), f32("model.norm.weight"), layers)
+        config = native.Config(
+            cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads,
+            cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.max_position_embeddings,
+            cfg.rope_theta, cfg.rms_norm_eps,
+            native.SCALE_MULTIPLY if cfg.linear_class == "autobitlinear" else native.SCALE_DIVIDE)
+        self._lib = native.lib()
+        self._handle = self._lib.trit_model_create(C.byref(config), C.byref(weights), int(threads or 0))
+        if not self._handle:
+            raise NativeError(native.last_error())
+
+    # ---- properties -----------------------------------------------------------------------------------------------
+    @property
+    def kernel(self) -> str:
+        return native.active_kernel()
+
+    @property
+    def threads(self) -> int:
+        return self._lib.trit_model_threads(self._handle)
+
+    @threads.setter
+    def threads(self, n: int) -> None:
+        native.check(self._lib.trit_model_set_threads(self._handle, int(n)))
+
+    @property
+    def n_ctx_max(self) -> int:
+        return self.config.max_position_embeddings
+
+    # ---- evaluation -----------------------------------------------------------------------------------------------
+    def context(self, n_ctx: int | None = None, max_batch: int = DEFAULT_BATCH) -> "Context":
+        return Context(self, n_ctx or self.n_ctx_max, max_batch)
+
+    def logits(self, token_ids) -> np.ndarray:
+        """float32 logits [n_tokens, vocab] of a fresh context: position i sees tokens 0..i."""
+        ids = as_token_array(token_ids, self.config.vocab_size)
+        if len(ids) > self.n_ctx_max:
+            raise InputError(f"{len(ids)} tokens do not fit the model's context of {self.n_ctx_max}")
+        with self.context(max(len(ids), 1)) as ctx:
+            return ctx.eval(ids, logits="all")
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            self._lib.trit_model_free(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def as_token_array(token_ids, vocab_size: int) -> np.ndarray:
+    ids = np.asarray(token_ids)
+    if ids.ndim != 1:
+        ids = ids.reshape(-1)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise InputError(f"token ids must be integers, not {ids.dtype}")
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        raise InputError(f"token id {int(ids[bad][0])} is outside the vocabulary (0..{vocab_size - 1})")
+    return np.ascontiguousarray(ids, dtype=np.int32)
+
+
+class Context:
+    """A KV cache: tokens evaluated so far (`tokens`), extended by `eval`, cut back by `truncate`."""
+
+    def __init__(self, model: Model, n_ctx: int, max_batch: int = DEFAULT_BATCH):
+        if not 0 < n_ctx <= model.n_ctx_max:
+            raise InputError(f"a context of {n_ctx} positions is outside 1..{model.n_ctx_max}")
+        self.model = model
+        self._lib = model._lib
+        self._handle = self._lib.trit_context_create(model._handle, n_ctx, max_batch)
+        if not self._handle:
+            raise NativeError(native.last_error())
+        self.tokens: list[int] = []
+
+    @property
+    def n_ctx(self) -> int:
+        return self._lib.trit_context_n_ctx(self._handle)
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def eval(self, token_ids, logits: str | None = "last") -> np.ndarray | None:
+        """Run tokens at positions n_past.. and keep them in the cache.
+
+        logits: "last" -> float32 [vocab] for the last token, "all" -> [n, vocab], None -> nothing."""
+        ids = as_token_array(token_ids, self.model.config.vocab_size)
+        if len(ids) > self.n_ctx - self.n_past:
+            raise InputError(
+                f"{len(ids)} more tokens do not fit: {self.n_past} of {self.n_ctx} context positions are used")
+        vocab = self.model.config.vocab_size
+        if logits == "all":
+            out, mode = np.empty((len(ids), vocab), np.float32), native.LOGITS_ALL
+        elif logits == "last":
+            if len(ids) == 0:
+                raise InputError("no tokens to evaluate")
+            out, mode = np.empty(vocab, np.float32), native.LOGITS_LAST
+        elif logits is None:
+            out, mode = None, native.LOGITS_NONE
+        else:
+            raise ValueError(f"logits must be 'last', 'all' or None, not {logits!r}")
+        if len(ids):
+            native.check(self._lib.trit_eval(self._handle, native.ptr(ids), len(ids),
+                                             None if out is None else native.ptr(out), mode))
+            self.tokens.extend(ids.tolist())
+        return out
+
+    def truncate(self, n_past: int) -> None:
+        """Keep the first n_past positions of the cache."""
+        native.check(self._lib.trit_context_truncate(self._handle, int(n_past)))
+        del self.tokens[n_past:]
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            self._lib.trit_context_free(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load(path: str | Path, threads: int | None = None) -> Model:
+    """Memory-map and check a model folder in the Hugging Face packed format; threads=None uses every core."""
+    return Model(Checkpoint(path), threads)

@@ -1,0 +1,207 @@
+"""The ctypes binding to the native library (native/include/trit.h): the only Python file that touches ctypes.
+
+ctypes.CDLL releases the GIL for the length of every call, so a forward pass never blocks other Python threads.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, NativeError
+
+API_VERSION = 1
+E_RANGE = -3
+
+LOGITS_NONE, LOGITS_LAST, LOGITS_ALL = 0, 1, 2
+SCALE_MULTIPLY, SCALE_DIVIDE = 0, 1
+
+
+class Config(C.Structure):
+    _fields_ = [(name, C.c_int32) for name in (
+        "hidden_size", "intermediate_size", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size",
+        "max_positions")] + [("rope_theta", C.c_float), ("rms_eps", C.c_float), ("scale_mode", C.c_int32)]
+
+
+_f32p, _u8p, _u16p = C.POINTER(C.c_float), C.POINTER(C.c_uint8), C.POINTER(C.c_uint16)
+
+
+class LayerWeights(C.Structure):
+    _fields_ = [
+        ("input_norm", _f32p), ("q", _u8p), ("k", _u8p), ("v", _u8p), ("o", _u8p),
+        ("attn_sub_norm", _f32p), ("post_attn_norm", _f32p),
+        ("gate", _u8p), ("up", _u8p), ("down", _u8p), ("ffn_sub_norm", _f32p),
+    ] + [(f"{p}_scale", C.c_float) for p in ("q", "k", "v", "o", "gate", "up", "down")]
+
+
+class Weights(C.Structure):
+    _fields_ = [("embed", _u16p), ("final_norm", _f32p), ("layers", C.POINTER(LayerWeights))]
+
+
+def library_filename() -> str:
+    if sys.platform == "darwin":
+        return "libtrit.dylib"
+    if sys.platform == "win32":
+        return "trit.dll"
+    return "libtrit.so"
+
+
+def _bind(lib: C.CDLL) -> C.CDLL:
+    def fn(name, restype, *argtypes):
+        f = getattr(lib, name)
+        f.restype, f.argtypes = restype, list(argtypes)
+
+    P = C.c_void_p
+    fn("trit_version", C.c_char_p)
+    fn("trit_api_version", C.c_int)
+    fn("trit_last_error", C.c_char_p)
+    fn("trit_kernel_count", C.c_int)
+    fn("trit_kernel_name", C.c_char_p, C.c_int)
+    fn("trit_kernel_supported", C.c_int, C.c_int)
+    fn("trit_kernel_active", C.c_char_p)
+    fn("trit_kernel_select", C.c_int, C.c_char_p)
+    fn("trit_model_create", P, C.POINTER(Config), C.POINTER(Weights), C.c_int)
+    fn("trit_model_free", None, P)
+    fn("trit_model_threads", C.c_int, P)
+    fn("trit_model_set_threads", C.c_int, P, C.c_int)
+    fn("trit_find_invalid_code", C.c_int64, P, C.c_int64)
+    fn("trit_context_create", P, P, C.c_int, C.c_int)
+    fn("trit_context_free", None, P)
+    fn("trit_context_n_past", C.c_int, P)
+    fn("trit_context_n_ctx", C.c_int, P)
+    fn("trit_context_truncate", C.c_int, P, C.c_int)
+    fn("trit_eval", C.c_int, P, P, C.c_int, P, C.c_int)
+    fn("trit_op_rmsnorm", None, P, P, P, C.c_int, C.c_float)
+    fn("trit_op_quantize", C.c_float, P, P, C.c_int)
+    fn("trit_op_ternary_matmul", C.c_int, C.c_int, P, P, C.c_int, C.c_int, P, C.c_int)
+    fn("trit_op_rope", None, P, C.c_int, C.c_int, C.c_int, C.c_float)
+    fn("trit_op_attention", C.c_int, P, P, P, P, C.c_int, C.c_int, C.c_int, C.c_int, C.c_int)
+    fn("trit_op_relu2_gate", None, P, P, P, C.c_int)
+    fn("trit_op_output_head", None, P, P, P, C.c_int, C.c_int)
+    return lib
+
+
+_lib: C.CDLL | None = None
+
+
+def lib() -> C.CDLL:
+    """The loaded library (once per process). TRIT_LIBRARY may point at another build of it."""
+    global _lib
+    if _lib is None:
+        path = Path(os.environ.get("TRIT_LIBRARY") or Path(__file__).with_name(library_filename()))
+        try:
+            loaded = _bind(C.CDLL(str(path)))
+        except OSError as e:
+            raise NativeError(f"cannot load the native library {path}: {e} — reinstall Trit (pip install .)") from None
+        if loaded.trit_api_version() != API_VERSION:
+            raise NativeError(f"{path} speaks API {loaded.trit_api_version()}, this Python code {API_VERSION}: reinstall Trit")
+        forced = os.environ.get("TRIT_KERNEL")
+        if forced and loaded.trit_kernel_select(forced.encode()) != 0:
+            raise NativeError(f"TRIT_KERNEL={forced}: {last_error(loaded)}; this CPU runs: {', '.join(kernels(loaded))}")
+        _lib = loaded
+    return _lib
+
+
+def last_error(handle: C.CDLL | None = None) -> str:
+    return (handle or lib()).trit_last_error().decode(errors="replace")
+
+
+def check(rc: int) -> None:
+    if rc != 0:
+        raise (InputError if rc == E_RANGE else NativeError)(last_error())
+
+
+def kernels(handle: C.CDLL | None = None) -> list[str]:
+    """Names of the kernels this CPU can run, best first."""
+    h = handle or lib()
+    return [h.trit_kernel_name(i).decode() for i in range(h.trit_kernel_count()) if h.trit_kernel_supported(i)]
+
+
+def all_kernels() -> list[str]:
+    h = lib()
+    return [h.trit_kernel_name(i).decode() for i in range(h.trit_kernel_count())]
+
+
+def active_kernel() -> str:
+    return lib().trit_kernel_active().decode()
+
+
+def select_kernel(name: str) -> None:
+    check(lib().trit_kernel_select(name.encode()))
+
+
+def version() -> str:
+    return lib().trit_version().decode()
+
+
+def ptr(a: np.ndarray) -> int:
+    """The address of a C-contiguous array's first element (read-only maps included)."""
+    if not a.flags.c_contiguous:
+        raise ValueError("array must be C-contiguous")
+    return a.ctypes.data
+
+
+def find_invalid_code(packed: np.ndarray) -> int:
+    return lib().trit_find_invalid_code(ptr(packed), packed.nbytes)
+
+
+# ---- single operations, for tests ---------------------------------------------------------------------------------
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def op_rmsnorm(x, weight, eps: float) -> np.ndarray:
+    x, weight = _f32(x), _f32(weight)
+    out = np.empty_like(x)
+    lib().trit_op_rmsnorm(ptr(out), ptr(x), ptr(weight), x.size, eps)
+    return out
+
+
+def op_quantize(x) -> tuple[np.ndarray, float]:
+    x = _f32(x)
+    xq = np.empty(x.shape, np.int8)
+    s = lib().trit_op_quantize(ptr(xq), ptr(x), x.size)
+    return xq, s
+
+
+def op_ternary_matmul(kernel: str, packed: np.ndarray, xq: np.ndarray) -> np.ndarray:
+    """int32 [n_tokens, rows] = xq [n_tokens, cols] . W^T, W packed uint8 [rows/4, cols]."""
+    names = all_kernels()
+    packed, xq = np.ascontiguousarray(packed, np.uint8), np.ascontiguousarray(xq, np.int8)
+    rows, cols = packed.shape[0] * 4, packed.shape[1]
+    out = np.empty((xq.shape[0], rows), np.int32)
+    check(lib().trit_op_ternary_matmul(names.index(kernel), ptr(out), ptr(packed), rows, cols, ptr(xq), xq.shape[0]))
+    return out
+
+
+def op_rope(x, pos: int, theta: float) -> np.ndarray:
+    """x [n_heads, head_dim] rotated for one position."""
+    out = _f32(x).copy()
+    lib().trit_op_rope(ptr(out), out.shape[0], out.shape[1], pos, theta)
+    return out
+
+
+def op_attention(q, k, v, pos0: int, n_heads: int, n_kv_heads: int, head_dim: int) -> np.ndarray:
+    q, k, v = _f32(q), _f32(k), _f32(v)
+    out = np.empty_like(q)
+    check(lib().trit_op_attention(ptr(out), ptr(q), ptr(k), ptr(v), q.shape[0], pos0, n_heads, n_kv_heads, head_dim))
+    return out
+
+
+def op_relu2_gate(gate, up) -> np.ndarray:
+    gate, up = _f32(gate), _f32(up)
+    out = np.empty_like(gate)
+    lib().trit_op_relu2_gate(ptr(out), ptr(gate), ptr(up), gate.size)
+    return out
+
+
+def op_output_head(x, embed_bf16: np.ndarray) -> np.ndarray:
+    x, embed = _f32(x), np.ascontiguousarray(embed_bf16, np.uint16)
+    out = np.empty(embed.shape[0], np.float32)
+    lib().trit_op_output_head(ptr(out), ptr(x), ptr(embed), embed.shape[0], embed.shape[1])
+    return out
