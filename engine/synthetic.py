@@ -1,0 +1,479 @@
+"""Random BitNet b1.58 models of any shape, written in the exact Hugging Face packed format.
+
+The real checkpoint is 1.2 GB behind a download; tests, benchmarks and the native kernel need models now, of any
+shape, that transformers' `BitNetForCausalLM` loads as it loads the real one. A folder written here holds
+config.json, model.safetensors (ternary projections packed 4 rows per byte, bf16 elsewhere), a Llama 3-layout
+byte-level BPE tokenizer (tokenizer.json + tokenizer_config.json with the BitNet chat template) and
+generation_config.json. Everything is deterministic: the same arguments give the same bytes.
+
+    python -m engine.synthetic OUT_DIR [--preset tiny|small|2b4t] [--seed N] [--linear-class bitlinear]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .checkpoint import CONFIG_FILE, LAYER_NORMS, LINEAR_CLASSES, PROJECTIONS, WEIGHTS_FILE, ModelConfig
+from .packing import pack_ternary
+from .safetensors_file import write_safetensors
+
+# Shapes. "tiny" keeps every reduction dimension (hidden, intermediate) a multiple of 128 so blocked kernels run
+# it unchanged, and has GQA (2 query heads per kv head) so head mapping bugs show.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1024, max_position_embeddings=4096,
+                 rope_theta=500000.0, rms_norm_eps=1e-5),
+    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=2, vocab_size=8192, max_position_embeddings=4096,
+                  rope_theta=500000.0, rms_norm_eps=1e-5),
+    "2b4t": dict(hidden_size=2560, intermediate_size=6912, num_hidden_layers=30, num_attention_heads=20,
+                 num_key_value_heads=5, vocab_size=128256, max_position_embeddings=4096,
+                 rope_theta=500000.0, rms_norm_eps=1e-5),
+}
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+MIN_VOCAB = 512  # 256 byte tokens + 256 special tokens
+
+# Llama 3's last 256 ids, as offsets from vocab_size. Reserved tokens fill every id not named here.
+NUM_SPECIAL = 256
+_NAMED_SPECIAL = {
+    0: "<|begin_of_text|>", 1: "<|end_of_text|>",
+    2: "<|reserved_special_token_0|>", 3: "<|reserved_special_token_1|>",
+    4: "<|reserved_special_token_2|>", 5: "<|reserved_special_token_3|>",
+    6: "<|start_header_id|>", 7: "<|end_header_id|>", 8: "<|reserved_special_token_4|>", 9: "<|eot_id|>",
+}
+BOS, END_OF_TEXT, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
+
+# The BitNet b1.58 2B4T form: <BOS>Role: content<|eot_id|>... then "Assistant: ". Written with expressions only
+# (no literal text between tags) so whitespace control in any jinja2 environment cannot change the output.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize + ': ' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
+
+# Llama 3's pre-tokenizer split: contractions, words with one leading non-letter, 1-3 digit groups, punctuation
+# runs, newlines, spaces.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# config
+
+
+def special_tokens(vocab_size: int) -> dict[int, str]:
+    """id -> content for the 256 special tokens at the top of a vocabulary of vocab_size ids."""
+    base = vocab_size - NUM_SPECIAL
+    out, reserved = {}, 5
+    for k in range(NUM_SPECIAL):
+        if k in _NAMED_SPECIAL:
+            out[base + k] = _NAMED_SPECIAL[k]
+        else:
+            out[base + k] = f"<|reserved_special_token_{reserved}|>"
+            reserved += 1
+    return out
+
+
+def special_token_ids(vocab_size: int) -> dict[str, int]:
+    """bos / end_of_text / eot ids: 128000 / 128001 / 128009 for the 2B4T vocabulary."""
+    base = vocab_size - NUM_SPECIAL
+    return {"bos": base, "end_of_text": base + 1, "eot": base + 9}
+
+
+def make_config(preset: str = "tiny", *, linear_class: str = "autobitlinear", **overrides) -> dict:
+    """The config.json dict write_model would write, checked by engine.checkpoint.ModelConfig."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if linear_class not in LINEAR_CLASSES:
+        raise ValueError(f"linear_class must be one of {', '.join(LINEAR_CLASSES)}, not {linear_class!r}")
+    unknown = sorted(set(overrides) - _OVERRIDABLE)
+    if unknown:
+        raise ValueError(f"unknown config.json key(s) {', '.join(unknown)}; "
+                         f"overridable: {', '.join(sorted(_OVERRIDABLE))}")
+    shape = {**PRESETS[preset], **overrides}
+    vocab = shape["vocab_size"]
+    if not isinstance(vocab, int) or vocab < MIN_VOCAB:
+        raise ValueError(f"vocab_size must be an integer >= {MIN_VOCAB} (256 byte tokens + 256 special), not {vocab!r}")
+    ids = special_token_ids(vocab)
+    # The keys of a transformers BitNetConfig as the 2B4T repository writes them (from memory of that file, not a
+    # byte-for-byte copy). rope_theta stays top-level: transformers 5 folds it into rope_parameters on load.
+    # eos is end_of_text, as transformers' BitNetConfig default; generation_config.json adds <|eot_id|>, so a
+    # reader must take its stop ids from there, as it must for the real model.
+    cfg = {
+        "architectures": ["BitNetForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": ids["bos"],
+        "eos_token_id": ids["end_of_text"],
+        "hidden_act": "relu2",
+        "initializer_range": 0.02,
+        "model_type": "bitnet",
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "quantization_config": {"quant_method": "bitnet", "linear_class": linear_class,
+                                "quantization_mode": "offline"},
+        **shape,
+    }
+    ModelConfig.from_dict(cfg, f"preset {preset!r} with {overrides}")  # fail here, not in a reader later
+    return dict(sorted(cfg.items()))  # sorted, as transformers writes config.json
+
+
+# Shape keys plus the plain scalars of config.json. Token ids, model_type, tying and the quantisation block are
+# derived (from vocab_size and linear_class) so the tokenizer and generation_config.json always agree with them.
+_OVERRIDABLE = set(PRESETS["tiny"]) | {"head_dim", "attention_dropout", "initializer_range", "use_cache", "torch_dtype"}
+
+
+def generation_config(vocab_size: int) -> dict:
+    ids = special_token_ids(vocab_size)
+    return {"bos_token_id": ids["bos"], "eos_token_id": [ids["end_of_text"], ids["eot"]],
+            "do_sample": True, "temperature": 0.6, "top_p": 0.9}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# weights
+
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns (uint16), rounded to nearest, ties to even (finite inputs)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((u + (np.uint32(0x7FFF) + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    # One stream per tensor, keyed by name: a tensor's values depend only on (seed, name, shape), so e.g. adding
+    # layers leaves the existing ones unchanged.
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+# byte -> ternary value, (b*3)>>8: 86/85/85 of the 256 bytes give -1/0/+1. Indexing raw generator output through
+# it is ~4x faster than Generator.integers, which matters for the 2.1 G weights of the 2b4t shape.
+_TERNARY_LUT = ((np.arange(256, dtype=np.int16) * 3) >> 8).astype(np.int8) - 1
+_NONZERO_FRACTION = 170 / 256
+
+
+def random_ternary(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    n = rows * cols
+    raw = rng.bit_generator.random_raw((n + 7) // 8).view(np.uint8)[:n]
+    return _TERNARY_LUT[raw].reshape(rows, cols)
+
+
+def weight_scale(in_features: int, linear_class: str) -> float:
+    """The scale that keeps a projection's output rms near its input's: y = x·T has variance in·p(nonzero)·E[x²].
+    autobitlinear multiplies by the stored scale, bitlinear divides by it."""
+    gain = 1.0 / math.sqrt(in_features * _NONZERO_FRACTION)
+    return gain if linear_class == "autobitlinear" else 1.0 / gain
+
+
+def _norm_weight(rng: np.random.Generator, n: int) -> np.ndarray:
+    # Near 1 with a visible spread, so a skipped or misindexed norm weight changes the output.
+    return f32_to_bf16_bits(rng.uniform(0.75, 1.25, n).astype(np.float32))
+
+
+# Logits are (normed hidden state) . embedding rows, so their spread is about embedding std x sqrt(hidden). The tied
+# embedding is also the residual stream's starting point: at std 1 it outweighs what the layers add, and every
+# position's top-1 logit is simply its own input token whatever the layers compute (a broken layer would still
+# agree on top-1). At std EMBED_LOGIT_STD/sqrt(hidden) the layers dominate the final state and logits spread ~N(0, 4²).
+EMBED_LOGIT_STD = 4.0
+
+
+def embedding_std(hidden: int) -> float:
+    return EMBED_LOGIT_STD / math.sqrt(hidden)
+
+
+def _embedding(seed: int, vocab: int, hidden: int, chunk_rows: int = 8192) -> np.ndarray:
+    # Chunked so the 2b4t embedding never exists as float32 (1.3 GB); only its bf16 form (657 MB) is kept.
+    rng = _rng(seed, "model.embed_tokens.weight")
+    std = np.float32(embedding_std(hidden))
+    out = np.empty((vocab, hidden), np.uint16)
+    for start in range(0, vocab, chunk_rows):
+        stop = min(vocab, start + chunk_rows)
+        out[start:stop] = f32_to_bf16_bits(rng.standard_normal((stop - start, hidden), dtype=np.float32) * std)
+    return out
+
+
+def projection_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """projection name (as in PROJECTIONS) -> unpacked (out, in)."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    return {"self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+            "self_attn.o_proj": (h, q), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h), "mlp.down_proj": (h, i)}
+
+
+def generate_tensors(config: dict, seed: int = 0) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(name, safetensors dtype, array) for every tensor of the model, in file order."""
+    cfg = ModelConfig.from_dict(config)
+    yield "model.embed_tokens.weight", "BF16", _embedding(seed, cfg.vocab_size, cfg.hidden_size)
+    norm_sizes = {"input_layernorm": cfg.hidden_size, "post_attention_layernorm": cfg.hidden_size,
+                  "self_attn.attn_sub_norm": cfg.num_attention_heads * cfg.head_dim,
+                  "mlp.ffn_sub_norm": cfg.intermediate_size}
+    shapes = projection_shapes(cfg)
+    for layer in range(cfg.num_hidden_layers):
+        p = f"model.layers.{layer}."
+        for name in LAYER_NORMS:
+            yield p + name + ".weight", "BF16", _norm_weight(_rng(seed, p + name + ".weight"), norm_sizes[name])
+        for name in PROJECTIONS:
+            rows, cols = shapes[name]
+            full = p + name + ".weight"
+            yield full, "U8", pack_ternary(random_ternary(_rng(seed, full), rows, cols))
+            scale = np.array([weight_scale(cols, cfg.linear_class)], np.float32)
+            yield full + "_scale", "BF16", f32_to_bf16_bits(scale)
+    yield "model.norm.weight", "BF16", _norm_weight(_rng(seed, "model.norm.weight"), cfg.hidden_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tokenizer
+
+# A small composed corpus: English prose, chat-like phrasing, code, numbers and a few non-Latin scripts, so the
+# trained merges look like a real tokenizer's (frequent words become single tokens) without any download.
+_CORPUS = """\
+The quick brown fox jumps over the lazy dog. A model that runs on your own computer keeps your words private:
+nothing you type leaves the machine, and it works without a network connection. It is an assistant that answers
+questions, writes and explains code, summarises documents and helps you think through a problem step by step.
+What is the capital of France? The capital of France is Paris. How many days are there in a year? There are 365
+days in a year, and 366 in a leap year. Can you help me write an email to my team about the meeting tomorrow?
+Of course! Here is a short draft that you can change as you like. Thank you for your help, that was very useful.
+I don't know the answer to that question, but I can tell you what I do know. Let's think about this carefully.
+First, we read the input. Then we check that it is valid, and finally we return the result to the user.
+The weather today is sunny with a high of 21 degrees. Tomorrow there will be some rain in the afternoon.
+She said that they would arrive at the station at 10:45, but the train was late and they missed the bus.
+In the beginning there was nothing; then there was light, and after the light came the long history of the world.
+People have always told stories about where they came from and where they are going, and why things are so.
+Science is the careful study of the natural world through observation, measurement and experiment.
+Mathematics gives us the language: 1 + 1 = 2, 2 * 3 = 6, 10 / 4 = 2.5, and the square root of 2 is 1.41421356.
+def fibonacci(n: int) -> list[int]:
+    \"\"\"Return the first n Fibonacci numbers.\"\"\"
+    result = [0, 1]
+    for i in range(2, n):
+        result.append(result[i - 1] + result[i - 2])
+    return result[:n]
+
+class Counter:
+    def __init__(self):
+        self.count = 0
+
+    def increment(self, step=1):
+        self.count += step
+        return self.count
+
+if __name__ == "__main__":
+    print(fibonacci(10))
+    print({"name": "value", "items": [1, 2, 3], "enabled": true, "ratio": 0.75})
+int main(void) { for (int i = 0; i < 10; i++) { printf("%d\\n", i); } return 0; }
+<html><body><p>Hello, world!</p></body></html>
+SELECT id, name FROM users WHERE age >= 18 ORDER BY name;
+https://example.com/path/to/page?query=value&other=42
+Le café est très bon, merci beaucoup. L'été dernier, nous sommes allés à la mer.
+Das Wetter ist schön, und die Straße ist ruhig. Größe, Übung, Mädchen.
+El niño comió una manzana. ¿Dónde está la biblioteca? ¡Qué día tan bonito!
+Привет, как дела? Спасибо, хорошо.
+你好，世界。今天天气很好。我们一起学习。
+こんにちは、世界。ありがとうございます。
+안녕하세요. 감사합니다.
+مرحبا بالعالم
+नमस्ते दुनिया
+Emoji: 😀 😂 👍 🎉 ❤️ 🚀 ✨ 🙏
+"""
+_MAX_TRAINED_MERGES = 4000
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2 / Llama 3 byte-level alphabet: the printable character each byte 0..255 is written as."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def _pre_tokenizer():
+    from tokenizers import Regex, pre_tokenizers
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+
+
+def _trained_merges(limit: int) -> list[tuple[str, str]]:
+    """Up to `limit` merges learnt from the composed corpus, in rank order."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    if limit <= 0:
+        return []
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = _pre_tokenizer()
+    trainer = trainers.BpeTrainer(vocab_size=256 + limit, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    tok.train_from_iterator(_CORPUS.splitlines(keepends=True), trainer)
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges][:limit]
+
+
+def _merges(count: int) -> list[tuple[str, str]]:
+    """`count` BPE merges, each creating a new token: the trained ones, then synthetic ones made by joining
+    existing tokens in order of rank (frequent pieces first), which keeps the tokenizer valid at any vocab size."""
+    chars = _byte_chars()
+    known = set(chars)
+    merges = []
+    for a, b in _trained_merges(min(count, _MAX_TRAINED_MERGES)):
+        if a in known and b in known and a + b not in known:  # each merge must add exactly one new id
+            known.add(a + b)
+            merges.append((a, b))
+    space, newline = chars[ord(" ")], chars[ord("\n")]
+    # Pool: learnt tokens first, then ASCII letters, digits and a little punctuation, so joins look like
+    # plausible longer words.
+    pool = [a + b for a, b in merges] + [chars[c] for c in range(128) if chr(c).isalnum() or chr(c) in ".,'-"]
+    while len(merges) < count:
+        added = []
+        n = len(pool)
+        for d in range(2 * n - 1):  # anti-diagonals of the pool x pool grid: rank sum d
+            for i in range(max(0, d - n + 1), min(d, n - 1) + 1):
+                a, b = pool[i], pool[d - i]
+                if b[0] in (space, newline):  # the split never puts a space or newline inside a word
+                    continue
+                t = a + b
+                if t in known:
+                    continue
+                known.add(t)
+                merges.append((a, b))
+                added.append(t)
+                if len(merges) == count:
+                    return merges
+        if not added:
+            raise RuntimeError("cannot extend the merge list")  # unreachable: pool x pool always grows
+        pool = pool + added
+    return merges
+
+
+def build_tokenizer(vocab_size: int):
+    """A tokenizers.Tokenizer: Llama 3 layout, ids exactly 0..vocab_size-1 — bytes 0..255 (id = byte value), then
+    merges, then the 256 special tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+    if vocab_size < MIN_VOCAB:
+        raise ValueError(f"vocab_size must be >= {MIN_VOCAB}, not {vocab_size}")
+    regular = vocab_size - NUM_SPECIAL
+    merges = _merges(regular - 256)
+    vocab = {c: i for i, c in enumerate(_byte_chars())}
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    assert len(vocab) == regular
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = _pre_tokenizer()
+    tok.decoder = decoders.ByteLevel()
+    bos_id = special_token_ids(vocab_size)["bos"]
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
+                                      special_tokens=[(BOS, bos_id)]),
+    ])
+    specials = special_tokens(vocab_size)
+    tok.add_special_tokens([AddedToken(specials[i], special=True, normalized=False) for i in sorted(specials)])
+    for i, content in specials.items():
+        if tok.token_to_id(content) != i:
+            raise AssertionError(f"special token {content} got id {tok.token_to_id(content)}, expected {i}")
+    return tok
+
+
+def tokenizer_config(vocab_size: int, model_max_length: int) -> dict:
+    return {
+        "added_tokens_decoder": {
+            str(i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                     "special": True}
+            for i, c in special_tokens(vocab_size).items()
+        },
+        "bos_token": BOS,
+        "eos_token": EOT,  # a chat turn ends with <|eot_id|>
+        "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": True,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": model_max_length,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writing
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_model(folder: str | os.PathLike, preset: str = "tiny", *, seed: int = 0,
+                linear_class: str = "autobitlinear", overwrite: bool = False, **overrides) -> Path:
+    """Write a random packed BitNet b1.58 model into `folder` and return its path.
+
+    overrides are config.json keys (hidden_size, num_hidden_layers, vocab_size, rope_theta, ...). Everything is
+    written into a hidden sibling folder first and renamed into place at the end, so an interrupted write never
+    leaves a complete-looking model. An existing non-empty folder is replaced only with overwrite=True.
+    """
+    folder = Path(folder)
+    config = make_config(preset, linear_class=linear_class, **overrides)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder} is not empty (pass overwrite=True to replace it)")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        tokenizer = build_tokenizer(config["vocab_size"])
+        tokenizer.save(str(tmp / TOKENIZER_FILE))
+        _write_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config(config["vocab_size"],
+                                                                   config["max_position_embeddings"]))
+        _write_json(tmp / GENERATION_CONFIG_FILE, generation_config(config["vocab_size"]))
+        meta = {"format": "pt", "generator": "trit engine.synthetic", "preset": preset, "seed": str(seed)}
+        write_safetensors(tmp / WEIGHTS_FILE, generate_tensors(config, seed), metadata=meta)
+        _write_json(tmp / CONFIG_FILE, config)  # last: a folder with config.json is taken as complete
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        if folder.is_dir():
+            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m engine.synthetic", description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder")
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--linear-class", default="autobitlinear", choices=LINEAR_CLASSES)
+    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config.json key (value parsed as JSON), e.g. --set num_hidden_layers=3")
+    args = ap.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    path = write_model(args.folder, args.preset, seed=args.seed, linear_class=args.linear_class,
+                       overwrite=args.overwrite, **overrides)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
