@@ -1,0 +1,152 @@
+"""Each native operation against the numpy reference; the int32 core bit-identical for every kernel this CPU runs."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine import native
+from engine import reference as ref
+from engine.packing import pack_ternary
+
+RUNNABLE = native.kernels()
+
+
+def random_packed(rng, rows, cols):
+    return pack_ternary(rng.integers(-1, 2, (rows, cols)))
+
+
+def test_scalar_is_always_there_and_dispatch_follows_the_cpu():
+    assert "scalar" in RUNNABLE
+    if platform.machine() in ("x86_64", "AMD64") and sys.platform == "linux":
+        flags = open("/proc/cpuinfo").read().split()
+        has_avx2 = all(f in flags for f in ("avx2", "fma", "f16c"))
+        assert ("avx2" in RUNNABLE) == has_avx2
+    # unless forced, the active kernel is the best one this CPU runs
+    if not os.environ.get("TRIT_KERNEL"):
+        assert native.active_kernel() == RUNNABLE[0]
+
+
+# Odd shapes on purpose: rows not a multiple of any SIMD width, columns not a multiple of 32, 64 or 128.
+SHAPES = [(4, 1, 1), (8, 31, 3), (12, 33, 2), (20, 127, 1), (36, 100, 5), (260, 300, 7), (128, 2560, 2), (64, 6912, 1)]
+
+
+@pytest.mark.parametrize("kernel", RUNNABLE)
+@pytest.mark.parametrize("rows,cols,n", SHAPES)
+def test_ternary_matmul_int32_is_bit_identical(kernel, rows, cols, n):
+    rng = np.random.default_rng(rows * 1000 + cols)
+    packed = random_packed(rng, rows, cols)
+    xq = rng.integers(-128, 128, (n, cols)).astype(np.int8)
+    assert np.array_equal(native.op_ternary_matmul(kernel, packed, xq), ref.ternary_matmul_i32(packed, xq))
+
+
+@pytest.mark.parametrize("kernel", RUNNABLE)
+def test_ternary_matmul_extremes(kernel):
+    # the largest sums an int8 x ternary product can reach, both signs, over the longest 2B4T row
+    cols = 6912
+    w = np.ones((8, cols), np.int64)
+    w[4:] = -1
+    xq = np.full((2, cols), -128, np.int8)
+    xq[1] = 127
+    out = native.op_ternary_matmul(kernel, pack_ternary(w), xq)
+    assert out[0, 0] == -128 * cols and out[0, 4] == 128 * cols and out[1, 0] == 127 * cols
+    assert np.array_equal(out, ref.ternary_matmul_i32(pack_ternary(w), xq))
+
+
+def test_rmsnorm():
+    rng = np.random.default_rng(1)
+    for n in (7, 128, 2560, 6912):
+        x = rng.standard_normal(n).astype(np.float32) * 3
+        w = rng.standard_normal(n).astype(np.float32)
+        np.testing.assert_allclose(native.op_rmsnorm(x, w, 1e-5), ref.rmsnorm(x, w, 1e-5), rtol=2e-5, atol=2e-6)
+
+
+def test_quantize_matches_and_rounds_half_to_even():
+    rng = np.random.default_rng(2)
+    for n in (1, 9, 2560):
+        x = (rng.standard_normal(n) * 5).astype(np.float32)
+        xq, s = native.op_quantize(x)
+        rq, rs = ref.quantize(x)
+        assert np.array_equal(xq, rq) and s == rs[0]
+    # values whose scaled product lands exactly on a .5 tie: half to even, not half away from zero
+    row = np.array([100.0], np.float32)
+    s = np.float32(127) * (np.float32(1) / row[0])
+    ties = [np.float32(100.0)]
+    for k in (2, 3, -3, 10, -10, 0):
+        x = np.float32((k + 0.5) / s)
+        for _ in range(64):  # walk a few ulps until float32(x * s) is exactly k + 0.5
+            if np.float32(x * s) == k + 0.5:
+                ties.append(x)
+                break
+            x = np.nextafter(x, np.float32(np.inf) if np.float32(x * s) < k + 0.5 else np.float32(-np.inf))
+    ties = np.array(ties, np.float32)
+    assert len(ties) >= 4, "no exact ties found"
+    xq, _ = native.op_quantize(ties)
+    products = ties * s
+    assert np.all(products[1:] == np.floor(products[1:]) + 0.5)
+    assert np.array_equal(xq[1:], np.rint(products[1:]).astype(np.int8))  # even neighbours
+    assert np.array_equal(xq, ref.quantize(ties)[0])
+    # an all-zero row uses the 1e-5 floor, as transformers does
+    xq, s = native.op_quantize(np.zeros(4, np.float32))
+    assert xq.tolist() == [0, 0, 0, 0] and s == np.float32(127) / np.float32(1e-5)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("pos", [0, 1, 37, 4095])
+def test_rope(head_dim, pos):
+    rng = np.random.default_rng(pos)
+    x = rng.standard_normal((3, head_dim)).astype(np.float32)
+    expected = ref.rope(x[None], np.array([pos]), 500000.0)[0]
+    np.testing.assert_allclose(native.op_rope(x, pos, 500000.0), expected, rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_dim,pos0,n", [(4, 4, 64, 0, 5), (6, 2, 64, 3, 4), (8, 2, 128, 40, 3),
+                                                             (3, 1, 128, 0, 1)])
+def test_attention(heads, kv_heads, head_dim, pos0, n):
+    rng = np.random.default_rng(heads * 100 + pos0)
+    q = rng.standard_normal((n, heads, head_dim)).astype(np.float32)
+    k = rng.standard_normal((pos0 + n, kv_heads, head_dim)).astype(np.float32)
+    v = rng.standard_normal((pos0 + n, kv_heads, head_dim)).astype(np.float32)
+    out = native.op_attention(q.reshape(n, -1), k.reshape(pos0 + n, -1), v.reshape(pos0 + n, -1), pos0, heads,
+                              kv_heads, head_dim)
+    # the KV cache holds fp16: the reference sees the same rounded keys and values
+    half = lambda a: a.astype(np.float16).astype(np.float32)  # noqa: E731
+    expected = ref.attention(q, half(k), half(v), pos0).reshape(n, -1)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_relu2_gate():
+    rng = np.random.default_rng(3)
+    g, u = rng.standard_normal((2, 6912)).astype(np.float32)
+    assert np.array_equal(native.op_relu2_gate(g, u), ref.relu2_gate(g, u))
+
+
+def test_output_head():
+    rng = np.random.default_rng(4)
+    hidden, vocab = 2560, 300
+    embed = (rng.standard_normal((vocab, hidden)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    x = rng.standard_normal(hidden).astype(np.float32)
+    np.testing.assert_allclose(native.op_output_head(x, embed), ref.output_head(x, embed), rtol=1e-4, atol=1e-3)
+
+
+def _active_kernel_in_child(kernel: str):
+    code = "import engine.native as n; print(n.active_kernel())"
+    # run outside the source tree, so the child imports the same (installed) engine as the tests
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRIT_KERNEL": kernel},
+                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(native.__file__)))
+
+
+@pytest.mark.parametrize("kernel", RUNNABLE)
+def test_environment_forces_a_kernel(kernel):
+    run = _active_kernel_in_child(kernel)
+    assert run.returncode == 0 and run.stdout.strip() == kernel
+
+
+def test_environment_naming_an_unknown_kernel_is_a_clear_error():
+    run = _active_kernel_in_child("warp-drive")
+    assert run.returncode != 0 and "TRIT_KERNEL=warp-drive" in run.stderr and "unknown kernel" in run.stderr
