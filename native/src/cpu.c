@@ -8,27 +8,43 @@
 #ifdef TRIT_X86
 #include <cpuid.h>
 
-static int xgetbv_ymm_enabled(void) {
+static uint32_t xgetbv0(void) {
     uint32_t eax, edx;
     __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
-    return (eax & 0x6) == 0x6; /* the OS saves XMM and YMM state */
+    return eax;
+}
+
+static int os_saves_avx(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return 0; /* OSXSAVE */
+    return (xgetbv0() & 0x6) == 0x6;                                    /* XMM and YMM state */
 }
 
 int trit_cpu_has_avx2(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
-    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
-    if (!(fma && osxsave && avx && f16c) || !xgetbv_ymm_enabled()) return 0;
+    int fma = (c >> 12) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
+    if (!(fma && avx && f16c) || !os_saves_avx()) return 0;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     return (b >> 5) & 1;
 }
+
+int trit_cpu_has_avx512vnni(void) {
+    unsigned a, b, c, d;
+    if (!trit_cpu_has_avx2() || (xgetbv0() & 0xe6) != 0xe6) return 0; /* opmask and ZMM state saved too */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    int f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
+    return f && bw && vl && vnni;
+}
 #else
 int trit_cpu_has_avx2(void) { return 0; }
+int trit_cpu_has_avx512vnni(void) { return 0; }
 #endif
 
 /* Best first. */
 static const trit_kernel *const KERNELS[] = {
 #ifdef TRIT_X86
+    &trit_kernel_avx512,
     &trit_kernel_avx2,
 #endif
     &trit_kernel_scalar,

@@ -18,36 +18,46 @@ static inline float hsum_f32(__m256 v) {
 }
 
 /* W.x = sum(code * x) - sum(x) with code = w + 1 in 0..2: maddubs multiplies unsigned codes by signed int8
- * activations without overflow (|2*128 + 2*128| < 2^15). */
-static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, int n_tokens,
-                           int pr0, int pr1) {
-    const int quarter = rows / 4, vec_end = cols & ~31;
-    const __m256i mask = _mm256_set1_epi8(3), ones16 = _mm256_set1_epi16(1), ones8 = _mm256_set1_epi8(1);
-    for (int pr = pr0; pr < pr1; pr++) {
-        const uint8_t *row = packed + (size_t)pr * cols;
-        for (int t = 0; t < n_tokens; t++) {
-            const int8_t *x = xq + (size_t)t * cols;
-            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, sx = a0;
-            for (int c = 0; c < vec_end; c += 32) {
-                __m256i b = _mm256_loadu_si256((const __m256i *)(row + c));
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(x + c));
-                __m256i c0 = _mm256_and_si256(b, mask);
-                __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(b, 2), mask);
-                __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
-                __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(b, 6), mask);
-                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(c0, xv), ones16));
-                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(c1, xv), ones16));
-                a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_maddubs_epi16(c2, xv), ones16));
-                a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_maddubs_epi16(c3, xv), ones16));
-                sx = _mm256_add_epi32(sx, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, xv), ones16));
-            }
-            int32_t sum_x = hsum_i32(sx);
-            int32_t acc[4] = {hsum_i32(a0) - sum_x, hsum_i32(a1) - sum_x, hsum_i32(a2) - sum_x, hsum_i32(a3) - sum_x};
-            for (int c = vec_end; c < cols; c++) {
-                uint8_t b = row[c];
-                for (int j = 0; j < 4; j++) acc[j] += ((int32_t)((b >> (2 * j)) & 3) - 1) * x[c];
-            }
-            for (int j = 0; j < 4; j++) out[(size_t)t * rows + pr + j * quarter] = acc[j];
+ * activations without overflow (|2*128 + 2*128| < 2^15). One packed byte holds four rows at the same column, so
+ * one activation load serves four rows; a tile of NT tokens reuses each decoded weight vector NT times. */
+static inline __attribute__((always_inline)) void tile(int32_t *out, const uint8_t *row, int rows, int cols,
+                                                       const int8_t *xq, const int32_t *xsum, int t0, int nt, int pr) {
+    const __m256i mask = _mm256_set1_epi8(3), ones16 = _mm256_set1_epi16(1);
+    const int vec_end = cols & ~31, quarter = rows / 4;
+    __m256i acc[4][2];
+    for (int j = 0; j < 4; j++)
+        for (int i = 0; i < nt; i++) acc[j][i] = _mm256_setzero_si256();
+    for (int c = 0; c < vec_end; c += 32) {
+        __m256i b = _mm256_loadu_si256((const __m256i *)(row + c));
+        __m256i code[4] = {_mm256_and_si256(b, mask), _mm256_and_si256(_mm256_srli_epi16(b, 2), mask),
+                           _mm256_and_si256(_mm256_srli_epi16(b, 4), mask), _mm256_and_si256(_mm256_srli_epi16(b, 6), mask)};
+        for (int i = 0; i < nt; i++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)(t0 + i) * cols + c));
+            for (int j = 0; j < 4; j++)
+                acc[j][i] = _mm256_add_epi32(acc[j][i], _mm256_madd_epi16(_mm256_maddubs_epi16(code[j], xv), ones16));
+        }
+    }
+    for (int i = 0; i < nt; i++) {
+        const int8_t *x = xq + (size_t)(t0 + i) * cols;
+        int32_t sum[4];
+        for (int j = 0; j < 4; j++) sum[j] = hsum_i32(acc[j][i]) - xsum[t0 + i];
+        for (int c = vec_end; c < cols; c++)
+            for (int j = 0; j < 4; j++) sum[j] += (int32_t)((row[c] >> (2 * j)) & 3) * x[c];
+        for (int j = 0; j < 4; j++) out[(size_t)(t0 + i) * rows + pr + j * quarter] = sum[j];
+    }
+}
+
+#define TOKEN_BLOCK 64 /* activations of a block stay in L2 while every row of the share streams past */
+
+static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
+                           const int32_t *xsum, int n_tokens, int pr0, int pr1) {
+    for (int tb = 0; tb < n_tokens; tb += TOKEN_BLOCK) {
+        int te = tb + TOKEN_BLOCK < n_tokens ? tb + TOKEN_BLOCK : n_tokens;
+        for (int pr = pr0; pr < pr1; pr++) {
+            const uint8_t *row = packed + (size_t)pr * cols;
+            int t = tb;
+            for (; t + 2 <= te; t += 2) tile(out, row, rows, cols, xq, xsum, t, 2, pr);
+            if (t < te) tile(out, row, rows, cols, xq, xsum, t, 1, pr);
         }
     }
 }

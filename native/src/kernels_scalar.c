@@ -2,8 +2,9 @@
 #include "trit_internal.h"
 
 /* Each packed byte holds four weights of four rows a quarter of the matrix apart; code = w + 1. */
-static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, int n_tokens,
-                           int pr0, int pr1) {
+static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
+                           const int32_t *xsum, int n_tokens, int pr0, int pr1) {
+    (void)xsum; /* the definition multiplies by w itself */
     int quarter = rows / 4;
     for (int pr = pr0; pr < pr1; pr++) {
         const uint8_t *row = packed + (size_t)pr * cols;

@@ -38,6 +38,7 @@ struct trit_context {
     float *ffn;     /* [B][2*intermediate] gate then up; gate becomes relu2(gate)*up */
     int8_t *xq;     /* [B][max(hidden, intermediate)] quantised activations */
     float *xs;      /* [B] their scales */
+    int32_t *xsum;  /* [B] their sums */
     int32_t *acc;   /* [B][hidden + 2*kv_dim + 2*intermediate] int32 sums */
     float *scores;  /* [n_threads][n_ctx] attention scores */
     int score_threads;
@@ -169,11 +170,12 @@ trit_context *trit_context_create(trit_model *m, int n_ctx, int max_batch) {
     ctx->ffn = malloc(sizeof(float) * B * 2 * I);
     ctx->xq = malloc(B * (H > I ? H : I));
     ctx->xs = malloc(sizeof(float) * B);
+    ctx->xsum = malloc(sizeof(int32_t) * B);
     ctx->acc = malloc(sizeof(int32_t) * B * (H + 2 * KV + 2 * I));
     ctx->score_threads = trit_model_threads(m);
     ctx->scores = malloc(sizeof(float) * (size_t)ctx->score_threads * n_ctx);
     if (!ctx->k_cache || !ctx->v_cache || !ctx->x || !ctx->xb || !ctx->q || !ctx->kv || !ctx->att || !ctx->ffn ||
-        !ctx->xq || !ctx->xs || !ctx->acc || !ctx->scores)
+        !ctx->xq || !ctx->xs || !ctx->xsum || !ctx->acc || !ctx->scores)
         goto oom;
     return ctx;
 oom:
@@ -194,6 +196,7 @@ void trit_context_free(trit_context *ctx) {
     free(ctx->ffn);
     free(ctx->xq);
     free(ctx->xs);
+    free(ctx->xsum);
     free(ctx->acc);
     free(ctx->scores);
     free(ctx);
@@ -239,7 +242,9 @@ static void run_norm_quant(void *arg, int ith, int nth) {
         if (j->residual)
             for (int i = 0; i < j->dim; i++) x[i] += j->residual[(size_t)t * j->dim + i];
         trit_rmsnorm(normed, x, j->norm, j->dim, c->rms_eps);
-        j->b->ctx->xs[t] = trit_quantize(j->b->ctx->xq + (size_t)t * j->dim, normed, j->dim);
+        int8_t *xq = j->b->ctx->xq + (size_t)t * j->dim;
+        j->b->ctx->xs[t] = trit_quantize(xq, normed, j->dim);
+        j->b->ctx->xsum[t] = trit_sum_i8(xq, j->dim);
     }
 }
 
@@ -268,7 +273,7 @@ static void run_matmul(void *arg, int ith, int nth) {
         const projection *p = &j->p[k];
         int quarter = p->rows / 4, pr0, pr1;
         trit_split(quarter, ith, nth, &pr0, &pr1);
-        j->b->kern->ternary_matmul(p->acc, p->w, p->rows, j->cols, ctx->xq, j->b->n, pr0, pr1);
+        j->b->kern->ternary_matmul(p->acc, p->w, p->rows, j->cols, ctx->xq, ctx->xsum, j->b->n, pr0, pr1);
         for (int t = 0; t < j->b->n; t++) {
             const int32_t *acc = p->acc + (size_t)t * p->rows;
             float *out = p->out + (size_t)t * p->out_stride, s = ctx->xs[t];
@@ -341,6 +346,7 @@ static void run_gate_norm_quant(void *arg, int ith, int nth) {
         trit_relu2_gate(gate, gate, up, I);
         trit_rmsnorm(up, gate, ctx->m->layers[b->layer].ffn_sub_norm, I, c->rms_eps);
         ctx->xs[t] = trit_quantize(ctx->xq + (size_t)t * I, up, I);
+        ctx->xsum[t] = trit_sum_i8(ctx->xq + (size_t)t * I, I);
     }
 }
 

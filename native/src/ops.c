@@ -67,6 +67,12 @@ float trit_quantize(int8_t *xq, const float *x, int n) {
     return s;
 }
 
+int32_t trit_sum_i8(const int8_t *x, int n) {
+    int32_t sum = 0;
+    for (int i = 0; i < n; i++) sum += x[i];
+    return sum;
+}
+
 /* RoPE angles for one position, as transformers computes them: inv_freq and the angle in fp32. */
 void trit_rope_angles(float *cos_out, float *sin_out, int head_dim, int pos, float theta) {
     for (int i = 0; i < head_dim / 2; i++) {

@@ -16,7 +16,11 @@ int trit_op_ternary_matmul(int kernel_index, int32_t *out, const uint8_t *packed
     if (!k->supported()) return trit_fail(TRIT_E_UNSUPPORTED, "kernel %s is not supported by this CPU", k->name);
     if (rows <= 0 || rows % 4 || cols <= 0 || n_tokens <= 0)
         return trit_fail(TRIT_E_INVALID, "matmul: rows must be a positive multiple of 4, cols and tokens positive");
-    k->ternary_matmul(out, packed, rows, cols, xq, n_tokens, 0, rows / 4);
+    int32_t *xsum = malloc(sizeof(int32_t) * (size_t)n_tokens);
+    if (!xsum) return trit_fail(TRIT_E_NOMEM, "matmul: out of memory");
+    for (int t = 0; t < n_tokens; t++) xsum[t] = trit_sum_i8(xq + (size_t)t * cols, cols);
+    k->ternary_matmul(out, packed, rows, cols, xq, xsum, n_tokens, 0, rows / 4);
+    free(xsum);
     return TRIT_OK;
 }
 

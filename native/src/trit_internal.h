@@ -13,9 +13,10 @@ typedef struct {
     const char *name;
     int (*supported)(void);
     /* For packed rows pr in [pr0, pr1) and every token t:
-     *   out[t*rows + pr + j*rows/4] = sum_c W[pr + j*rows/4][c] * xq[t*cols + c]   (j = 0..3) */
-    void (*ternary_matmul)(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, int n_tokens,
-                           int pr0, int pr1);
+     *   out[t*rows + pr + j*rows/4] = sum_c W[pr + j*rows/4][c] * xq[t*cols + c]   (j = 0..3)
+     * xsum[t] = sum_c xq[t*cols + c]: SIMD kernels sum code*x with code = w + 1 in 0..2, then subtract it. */
+    void (*ternary_matmul)(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
+                           const int32_t *xsum, int n_tokens, int pr0, int pr1);
     /* For rows r in [r0, r1) and every token t: out[t*out_stride + r] = sum_c x[t*cols + c] * W[r][c], W bf16. */
     void (*bf16_matmul)(float *out, int out_stride, const uint16_t *w, int cols, const float *x, int n_tokens, int r0,
                         int r1);
@@ -29,6 +30,7 @@ extern const trit_kernel trit_kernel_scalar;
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define TRIT_X86 1
 extern const trit_kernel trit_kernel_avx2;
+extern const trit_kernel trit_kernel_avx512;
 #endif
 
 const trit_kernel *trit_active_kernel(void);
@@ -36,6 +38,7 @@ const trit_kernel *trit_kernel_at(int index);
 
 /* cpu.c */
 int trit_cpu_has_avx2(void);
+int trit_cpu_has_avx512vnni(void);
 
 /* error.c: set the thread's last error and return code */
 int trit_fail(int code, const char *fmt, ...)
@@ -53,6 +56,7 @@ float trit_f16_to_f32(uint16_t h);
 uint16_t trit_f32_to_f16(float f);
 void trit_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
 float trit_quantize(int8_t *xq, const float *x, int n);
+int32_t trit_sum_i8(const int8_t *x, int n);
 void trit_rope_angles(float *cos_out, float *sin_out, int head_dim, int pos, float theta);
 void trit_rope_apply(float *x, int n_heads, int head_dim, const float *cos_pos, const float *sin_pos);
 void trit_relu2_gate(float *out, const float *gate, const float *up, int n);
