@@ -71,24 +71,26 @@ def synthetic_folder(preset: str, seed: int) -> Path:
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--synthetic", "preset", metavar="PRESET", help="Benchmark a random model of this shape: tiny, small, 2b4t.")
 @click.option("--threads", "-t", type=click.IntRange(min=1), help="Threads (default: every core).")
+@click.option("--head", type=click.Choice(["bf16", "q8", "q4"]), default="bf16", show_default=True,
+              help="Output head: the exact bf16 embedding, or an 8- or 4-bit copy derived once.")
 @click.option("--pp", "n_prompt", default=512, show_default=True, type=click.IntRange(min=0), help="Prompt tokens.")
 @click.option("--tg", "n_gen", default=128, show_default=True, type=click.IntRange(min=0), help="Generated tokens.")
 @click.option("--repetitions", "-r", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
-def bench(model, preset, threads, n_prompt, n_gen, repetitions, as_json) -> None:
+def bench(model, preset, threads, head, n_prompt, n_gen, repetitions, as_json) -> None:
     """Measure prompt processing (ppN) and generation (tgN) speed in tokens/s, and peak memory."""
     from engine import bench as engine_bench
 
     if (model is None) == (preset is None):
         raise click.UsageError("give a model folder or --synthetic PRESET")
     folder = synthetic_folder(preset, 0) if preset else model
-    r = engine_bench.run(folder, threads=threads, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions)
+    r = engine_bench.run(folder, threads=threads, head=head, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=2))
         return
     click.echo(f"model    {r.model}")
-    click.echo(f"kernel   {r.kernel}, {r.threads} thread{'s' if r.threads != 1 else ''}")
+    click.echo(f"kernel   {r.kernel}, {r.threads} thread{'s' if r.threads != 1 else ''}, {r.head} head")
     if n_prompt:
         click.echo(f"pp{n_prompt:<6} {r.pp_tok_s:8.1f} tok/s   (runs: {', '.join(f'{v:.1f}' for v in r.pp_runs)})")
     if n_gen:

@@ -23,6 +23,7 @@ from .model import load
 @dataclass
 class BenchResult:
     model: str
+    head: str
     kernel: str
     threads: int
     n_prompt: int
@@ -44,16 +45,16 @@ def peak_rss_mb() -> float:
     return kb / 1024 / 1024 if sys.platform == "darwin" else kb / 1024  # macOS reports bytes
 
 
-def run(folder: str | Path, *, threads: int | None = None, n_prompt: int = 512, n_gen: int = 128,
+def run(folder: str | Path, *, threads: int | None = None, head: str = "bf16", n_prompt: int = 512, n_gen: int = 128,
         repetitions: int = 3, seed: int = 0) -> BenchResult:
     t0 = time.perf_counter()
-    model = load(folder, threads=threads)
+    model = load(folder, threads=threads, head=head)
     with model.context(1) as ctx:
         ctx.eval([0])
     first = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
     vocab = model.config.vocab_size
-    result = BenchResult(str(folder), native.active_kernel(), model.threads, n_prompt, n_gen, repetitions, first)
+    result = BenchResult(str(folder), head, native.active_kernel(), model.threads, n_prompt, n_gen, repetitions, first)
     for _ in range(repetitions):
         if n_prompt:
             ids = rng.integers(0, vocab, n_prompt)

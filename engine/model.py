@@ -7,17 +7,26 @@ from pathlib import Path
 
 import numpy as np
 
-from . import native
+from . import derived, native
 from .checkpoint import Checkpoint, ModelConfig
 from .errors import CheckpointError, InputError, NativeError
 
 DEFAULT_BATCH = 512  # prefill chunk: also how often a long prefill can notice a cancel
+DEFAULT_HEAD = "bf16"
 
 
 class Model:
     """Weights memory-mapped from a checked checkpoint, handed to the native library without a copy."""
 
-    def __init__(self, checkpoint: Checkpoint, threads: int | None = None):
+    def __init__(self, checkpoint: Checkpoint, threads: int | None = None, head: str = DEFAULT_HEAD,
+                 ternary: str = "auto"):
+        if head not in derived.HEADS:
+            raise ValueError(f"head must be one of {', '.join(derived.HEADS)}, not {head!r}")
+        if ternary == "auto":
+            ternary = native.preferred_ternary_format()
+        if ternary not in derived.TERNARY_FORMATS:
+            raise ValueError(f"ternary must be auto or one of {', '.join(derived.TERNARY_FORMATS)}, not {ternary!r}")
+        self.head, self.ternary = head, ternary
         self.checkpoint = checkpoint
         self.config: ModelConfig = checkpoint.config
         self.path: Path = checkpoint.folder
@@ -36,8 +45,10 @@ class Model:
             self._keep.append(a)
             return a.ctypes.data_as(native._f32p)
 
+        t5 = derived.ternary_t5(checkpoint) if ternary == "t5" else {}
+
         def packed(name: str):
-            a = checkpoint.raw(name)
+            a = t5[name] if t5 else checkpoint.raw(name)
             self._keep.append(a)
             return C.cast(native.ptr(a), native._u8p)
 
@@ -53,12 +64,19 @@ class Model:
                 setattr(L, short + "_scale", checkpoint.scale(p + full + ".weight_scale"))
         embed = checkpoint.raw("model.embed_tokens.weight")
         self._keep.append(embed)
-        weights = native.Weights(C.cast(native.ptr(embed), native._u16p), f32("model.norm.weight"), layers)
+        weights = native.Weights(C.cast(native.ptr(embed), native._u16p), f32("model.norm.weight"), layers,
+                                 native.HEAD_TYPES[head], None, None)
+        if head != "bf16":
+            tensors = derived.head(checkpoint, head)
+            self._keep.extend(tensors.values())
+            weights.head = native.ptr(tensors["head." + head])
+            weights.head_scales = native.ptr(tensors["head.scales"])
         config = native.Config(
             cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads,
             cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.max_position_embeddings,
             cfg.rope_theta, cfg.rms_norm_eps,
-            native.SCALE_MULTIPLY if cfg.linear_class == "autobitlinear" else native.SCALE_DIVIDE)
+            native.SCALE_MULTIPLY if cfg.linear_class == "autobitlinear" else native.SCALE_DIVIDE,
+            native.TERNARY_FORMATS[ternary])
         self._lib = native.lib()
         self._handle = self._lib.trit_model_create(C.byref(config), C.byref(weights), int(threads or 0))
         if not self._handle:
@@ -186,6 +204,10 @@ class Context:
         self.close()
 
 
-def load(path: str | Path, threads: int | None = None) -> Model:
-    """Memory-map and check a model folder in the Hugging Face packed format; threads=None uses every core."""
-    return Model(Checkpoint(path), threads)
+def load(path: str | Path, threads: int | None = None, head: str = DEFAULT_HEAD, ternary: str = "auto") -> Model:
+    """Memory-map and check a model folder in the Hugging Face packed format; threads=None uses every core.
+
+    head: "bf16" computes logits against the exact tied embedding; "q8" / "q4" against a copy in 8 / 4.5 bits a
+    weight. ternary: "tq2" runs the checkpoint's 2-bit packing as it is, "t5" a lossless 1.6-bit copy, "auto" what the
+    CPU's kernel runs fastest. Derived copies are made once and kept beside the model (engine/derived.py)."""
+    return Model(Checkpoint(path), threads, head, ternary)

@@ -24,7 +24,11 @@ SCALE_MULTIPLY, SCALE_DIVIDE = 0, 1
 class Config(C.Structure):
     _fields_ = [(name, C.c_int32) for name in (
         "hidden_size", "intermediate_size", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size",
-        "max_positions")] + [("rope_theta", C.c_float), ("rms_eps", C.c_float), ("scale_mode", C.c_int32)]
+        "max_positions")] + [("rope_theta", C.c_float), ("rms_eps", C.c_float), ("scale_mode", C.c_int32),
+                             ("ternary_format", C.c_int32)]
+
+
+TERNARY_FORMATS = {"tq2": 0, "t5": 1}
 
 
 _f32p, _u8p, _u16p = C.POINTER(C.c_float), C.POINTER(C.c_uint8), C.POINTER(C.c_uint16)
@@ -39,7 +43,11 @@ class LayerWeights(C.Structure):
 
 
 class Weights(C.Structure):
-    _fields_ = [("embed", _u16p), ("final_norm", _f32p), ("layers", C.POINTER(LayerWeights))]
+    _fields_ = [("embed", _u16p), ("final_norm", _f32p), ("layers", C.POINTER(LayerWeights)),
+                ("head_type", C.c_int32), ("head", C.c_void_p), ("head_scales", C.c_void_p)]
+
+
+HEAD_TYPES = {"bf16": 0, "q8": 1, "q4": 2}
 
 
 def library_filename() -> str:
@@ -69,6 +77,9 @@ def _bind(lib: C.CDLL) -> C.CDLL:
     fn("trit_model_threads", C.c_int, P)
     fn("trit_model_set_threads", C.c_int, P, C.c_int)
     fn("trit_find_invalid_code", C.c_int64, P, C.c_int64)
+    fn("trit_t5_size", C.c_int64, C.c_int, C.c_int)
+    fn("trit_convert_tq2_to_t5", C.c_int, P, P, C.c_int, C.c_int)
+    fn("trit_kernel_preferred_format", C.c_int)
     fn("trit_context_create", P, P, C.c_int, C.c_int)
     fn("trit_context_free", None, P)
     fn("trit_context_n_past", C.c_int, P)
@@ -77,11 +88,11 @@ def _bind(lib: C.CDLL) -> C.CDLL:
     fn("trit_eval", C.c_int, P, P, C.c_int, P, C.c_int)
     fn("trit_op_rmsnorm", None, P, P, P, C.c_int, C.c_float)
     fn("trit_op_quantize", C.c_float, P, P, C.c_int)
-    fn("trit_op_ternary_matmul", C.c_int, C.c_int, P, P, C.c_int, C.c_int, P, C.c_int)
+    fn("trit_op_ternary_matmul", C.c_int, C.c_int, C.c_int, P, P, C.c_int, C.c_int, P, C.c_int)
     fn("trit_op_rope", None, P, C.c_int, C.c_int, C.c_int, C.c_float)
     fn("trit_op_attention", C.c_int, P, P, P, P, C.c_int, C.c_int, C.c_int, C.c_int, C.c_int)
     fn("trit_op_relu2_gate", None, P, P, P, C.c_int)
-    fn("trit_op_output_head", None, P, P, P, C.c_int, C.c_int)
+    fn("trit_op_output_head", C.c_int, C.c_int, P, P, P, P, C.c_int, C.c_int)
     return lib
 
 
@@ -169,13 +180,30 @@ def op_quantize(x) -> tuple[np.ndarray, float]:
     return xq, s
 
 
-def op_ternary_matmul(kernel: str, packed: np.ndarray, xq: np.ndarray) -> np.ndarray:
-    """int32 [n_tokens, rows] = xq [n_tokens, cols] . W^T, W packed uint8 [rows/4, cols]."""
+def preferred_ternary_format() -> str:
+    """The ternary format the active kernel runs fastest: "t5" where it can decode base 3 quickly, else "tq2"."""
+    return {v: k for k, v in TERNARY_FORMATS.items()}[lib().trit_kernel_preferred_format()]
+
+
+def to_t5(packed: np.ndarray) -> np.ndarray:
+    """A TQ2 (checkpoint) matrix uint8 [rows/4, cols] in T5: uint8 [ceil(rows/5), cols]."""
+    packed = np.ascontiguousarray(packed, np.uint8)
+    rows, cols = packed.shape[0] * 4, packed.shape[1]
+    out = np.empty(((rows + 4) // 5, cols), np.uint8)
+    check(lib().trit_convert_tq2_to_t5(ptr(out), ptr(packed), rows, cols))
+    return out
+
+
+def op_ternary_matmul(kernel: str, packed: np.ndarray, xq: np.ndarray, rows: int | None = None,
+                      fmt: str = "tq2") -> np.ndarray:
+    """int32 [n_tokens, rows] = xq [n_tokens, cols] . W^T, W packed in `fmt` (TQ2: uint8 [rows/4, cols])."""
     names = all_kernels()
     packed, xq = np.ascontiguousarray(packed, np.uint8), np.ascontiguousarray(xq, np.int8)
-    rows, cols = packed.shape[0] * 4, packed.shape[1]
+    rows = rows or packed.shape[0] * 4
+    cols = packed.shape[1]
     out = np.empty((xq.shape[0], rows), np.int32)
-    check(lib().trit_op_ternary_matmul(names.index(kernel), ptr(out), ptr(packed), rows, cols, ptr(xq), xq.shape[0]))
+    check(lib().trit_op_ternary_matmul(names.index(kernel), TERNARY_FORMATS[fmt], ptr(out), ptr(packed), rows, cols,
+                                       ptr(xq), xq.shape[0]))
     return out
 
 
@@ -200,8 +228,12 @@ def op_relu2_gate(gate, up) -> np.ndarray:
     return out
 
 
-def op_output_head(x, embed_bf16: np.ndarray) -> np.ndarray:
-    x, embed = _f32(x), np.ascontiguousarray(embed_bf16, np.uint16)
-    out = np.empty(embed.shape[0], np.float32)
-    lib().trit_op_output_head(ptr(out), ptr(x), ptr(embed), embed.shape[0], embed.shape[1])
+def op_output_head(x, kind: str, head: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+    """Logits of one hidden state against a head: "bf16" (uint16 [vocab, hidden]), "q8" (int8 + scales), "q4"."""
+    x = _f32(x)
+    head = np.ascontiguousarray(head)
+    out = np.empty(head.shape[0], np.float32)
+    scales = np.ascontiguousarray(scales) if scales is not None else None
+    scales_ptr = ptr(scales) if scales is not None else None
+    check(lib().trit_op_output_head(HEAD_TYPES[kind], ptr(out), ptr(x), ptr(head), scales_ptr, head.shape[0], x.size))
     return out

@@ -47,6 +47,32 @@ def test_ternary_matmul_int32_is_bit_identical(kernel, rows, cols, n):
     assert np.array_equal(native.op_ternary_matmul(kernel, packed, xq), ref.ternary_matmul_i32(packed, xq))
 
 
+T5_KERNELS = ["scalar"] + [k for k in RUNNABLE if k == "avx512vnni"]
+
+
+@pytest.mark.parametrize("kernel", T5_KERNELS)
+@pytest.mark.parametrize("rows,cols,n", SHAPES + [(6912, 70, 3), (16, 65, 9)])
+def test_t5_matmul_int32_is_bit_identical(kernel, rows, cols, n):
+    """T5 holds the same weights in 1.6 bits: the same exact int32 products, row counts not a multiple of 5 too."""
+    rng = np.random.default_rng(rows * 1000 + cols + 1)
+    packed = random_packed(rng, rows, cols)
+    xq = rng.integers(-128, 128, (n, cols)).astype(np.int8)
+    t5 = native.to_t5(packed)
+    assert t5.shape == ((rows + 4) // 5, cols) and t5.max() <= 242
+    out = native.op_ternary_matmul(kernel, t5, xq, rows=rows, fmt="t5")
+    assert np.array_equal(out, ref.ternary_matmul_i32(packed, xq))
+
+
+def test_t5_layout_is_the_documented_one():
+    w = np.random.default_rng(5).integers(-1, 2, (12, 7))  # 12 rows: 3 groups, the last two fifths padding
+    t5 = native.to_t5(pack_ternary(w)).astype(int)
+    groups = 3
+    for g in range(groups):
+        for c in range(7):
+            digits = [w[g + j * groups, c] + 1 if g + j * groups < 12 else 1 for j in range(5)]
+            assert t5[g, c] == sum(d * 3**j for j, d in enumerate(digits))
+
+
 @pytest.mark.parametrize("kernel", RUNNABLE)
 def test_ternary_matmul_extremes(kernel):
     # the largest sums an int8 x ternary product can reach, both signs, over the longest 2B4T row
@@ -128,12 +154,21 @@ def test_relu2_gate():
     assert np.array_equal(native.op_relu2_gate(g, u), ref.relu2_gate(g, u))
 
 
-def test_output_head():
+@pytest.mark.parametrize("kind", ["bf16", "q8", "q4"])
+def test_output_head(kind):
+    from engine import derived
+
     rng = np.random.default_rng(4)
     hidden, vocab = 2560, 300
     embed = (rng.standard_normal((vocab, hidden)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
     x = rng.standard_normal(hidden).astype(np.float32)
-    np.testing.assert_allclose(native.op_output_head(x, embed), ref.output_head(x, embed), rtol=1e-4, atol=1e-3)
+    tensors = derived.derive_head(embed, kind) if kind != "bf16" else {"head.bf16": embed}
+    expected = x @ derived.dequantized_head(embed, kind, tensors).T
+    logits = native.op_output_head(x, kind, tensors["head." + kind], tensors.get("head.scales"))
+    # the VNNI q8 path splits x into two int8 parts: error ~1e-5 of |x|, far below the head's own rounding
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    if kind == "bf16":
+        np.testing.assert_allclose(logits, ref.output_head(x, embed), rtol=1e-4, atol=1e-3)
 
 
 def _active_kernel_in_child(kernel: str):

@@ -54,7 +54,8 @@ typedef struct {
     int32_t max_positions;
     float rope_theta;
     float rms_eps;
-    int32_t scale_mode; /* TRIT_SCALE_* */
+    int32_t scale_mode;     /* TRIT_SCALE_* */
+    int32_t ternary_format; /* TRIT_TERNARY_*: how the layer weights' q..down are stored */
 } trit_config;
 
 /* One decoder layer. Norm weights are float32 (small; the loader widens bf16 once). */
@@ -69,10 +70,33 @@ typedef struct {
     float q_scale, k_scale, v_scale, o_scale, gate_scale, up_scale, down_scale;
 } trit_layer_weights;
 
+/* How the seven ternary projections are stored.
+ * TRIT_TERNARY_TQ2: the checkpoint's own packing, 2 bits a weight (see the top of this file).
+ * TRIT_TERNARY_T5:  1.6 bits a weight, derived once (trit_convert_tq2_to_t5): G = ceil(rows/5) groups, uint8 [G][cols];
+ *   byte B[g][c] holds d_j = W[g + j*G][c] + 1 for j = 0..4 as B = d0 + 3*d1 + 9*d2 + 27*d3 + 81*d4 (0..242);
+ *   rows past `rows` (padding) hold weight 0. */
+enum { TRIT_TERNARY_TQ2 = 0, TRIT_TERNARY_T5 = 1 };
+
+/* The output head: the tied embedding itself, or a copy in fewer bits derived from it once (engine/derived.py).
+ * With a compact head, trit_eval recomputes each thread's 32 highest logits from the exact bf16 rows, so the
+ * likeliest tokens always carry exact logits; only the tail is approximate. */
+enum {
+    TRIT_HEAD_BF16 = 0, /* head = embed */
+    TRIT_HEAD_Q8 = 1,   /* head: int8 [vocab][hidden]; head_scales: float [vocab]; row r = scale[r] * q[r] */
+    TRIT_HEAD_Q4 = 2    /* head: uint8 [vocab][hidden/2], each 64 columns in 32 bytes: byte i holds column i in its low
+                           nibble and column i+32 in its high nibble; head_scales: fp16 [vocab][hidden/32], one per 32
+                           columns; the weight is scale * (q - 8), q in 0..15. hidden must be a multiple of 64. */
+};
+#define TRIT_Q4_GROUP 64
+#define TRIT_Q4_BLOCK 32
+
 typedef struct {
-    const uint16_t *embed;            /* bf16 [vocab][hidden]; also the output head (tied embeddings) */
+    const uint16_t *embed;            /* bf16 [vocab][hidden]: the input embedding, and the head when TRIT_HEAD_BF16 */
     const float *final_norm;          /* [hidden] */
     const trit_layer_weights *layers; /* [n_layers]; copied by trit_model_create */
+    int32_t head_type;                /* TRIT_HEAD_* */
+    const void *head;                 /* NULL for TRIT_HEAD_BF16 */
+    const void *head_scales;          /* float for TRIT_HEAD_Q8, fp16 for TRIT_HEAD_Q4 */
 } trit_weights;
 
 typedef struct trit_model trit_model;
@@ -97,6 +121,12 @@ TRIT_API void trit_model_free(trit_model *model);
 TRIT_API int trit_model_threads(const trit_model *model);
 TRIT_API int trit_model_set_threads(trit_model *model, int n_threads);
 
+/* Size in bytes of a rows x cols ternary matrix in T5, and the conversion from the checkpoint's packing. */
+TRIT_API int64_t trit_t5_size(int rows, int cols);
+TRIT_API int trit_convert_tq2_to_t5(uint8_t *t5, const uint8_t *tq2, int rows, int cols);
+/* The ternary format the active kernel runs fastest. */
+TRIT_API int trit_kernel_preferred_format(void);
+
 /* Scans packed ternary bytes for code 3; returns the offset of the first bad byte, or -1 if all are valid. */
 TRIT_API int64_t trit_find_invalid_code(const uint8_t *packed, int64_t n_bytes);
 
@@ -118,9 +148,9 @@ TRIT_API int trit_eval(trit_context *ctx, const int32_t *tokens, int n_tokens, f
 TRIT_API void trit_op_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
 /* Per-row int8 quantisation (round half to even); returns s = 127 * (1 / max(|x|, 1e-5)) in fp32, as torch computes it. */
 TRIT_API float trit_op_quantize(int8_t *xq, const float *x, int n);
-/* out[t][r] = sum_c W[r][c] * xq[t][c], exact in int32; out is int32 [n_tokens][rows]. */
-TRIT_API int trit_op_ternary_matmul(int kernel_index, int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
-                           int n_tokens);
+/* out[t][r] = sum_c W[r][c] * xq[t][c], exact in int32; out is int32 [n_tokens][rows]; W in TRIT_TERNARY_* format. */
+TRIT_API int trit_op_ternary_matmul(int kernel_index, int format, int32_t *out, const uint8_t *packed, int rows, int cols,
+                                    const int8_t *xq, int n_tokens);
 /* Rotates [n_heads][head_dim] in place for one position (rotate_half pairing: i with i + head_dim/2). */
 TRIT_API void trit_op_rope(float *x, int n_heads, int head_dim, int pos, float theta);
 /* Causal grouped-query attention of n_q query rows at positions pos0.. against keys/values at positions 0..pos0+n_q-1.
@@ -128,8 +158,9 @@ TRIT_API void trit_op_rope(float *x, int n_heads, int head_dim, int pos, float t
 TRIT_API int trit_op_attention(float *out, const float *q, const float *k, const float *v, int n_q, int pos0, int n_heads,
                       int n_kv_heads, int head_dim);
 TRIT_API void trit_op_relu2_gate(float *out, const float *gate, const float *up, int n);
-/* logits[v] = sum_c x[c] * E[v][c], E bf16 [vocab][hidden]. */
-TRIT_API void trit_op_output_head(float *logits, const float *x, const uint16_t *embed, int vocab, int hidden);
+/* logits[v] = sum_c x[c] * H[v][c] with the head in any TRIT_HEAD_* form. */
+TRIT_API int trit_op_output_head(int head_type, float *logits, const float *x, const void *head, const void *scales,
+                                 int vocab, int hidden);
 
 #ifdef __cplusplus
 }

@@ -33,8 +33,8 @@ int trit_cpu_has_avx512vnni(void) {
     unsigned a, b, c, d;
     if (!trit_cpu_has_avx2() || (xgetbv0() & 0xe6) != 0xe6) return 0; /* opmask and ZMM state saved too */
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    int f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
-    return f && bw && vl && vnni;
+    int f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1, vbmi = (c >> 1) & 1, vnni = (c >> 11) & 1;
+    return f && bw && vl && vbmi && vnni; /* VBMI for the byte permutes that decode T5 */
 }
 #else
 int trit_cpu_has_avx2(void) { return 0; }

@@ -1,5 +1,6 @@
 /* AVX2 kernel (with FMA and F16C). Compiled with -mavx2 -mfma -mf16c, called only when the CPU has them. */
 #include <immintrin.h>
+#include <math.h>
 
 #include "trit_internal.h"
 
@@ -86,6 +87,94 @@ static void bf16_matmul(float *out, int out_stride, const uint16_t *w, int cols,
     }
 }
 
+static void q8_matmul(float *out, int out_stride, const int8_t *w, const float *scales, int cols, const float *x,
+                      int n_tokens, int r0, int r1) {
+    const int vec_end = cols & ~15;
+    for (int r = r0; r < r1; r++) {
+        const int8_t *row = w + (size_t)r * cols;
+        for (int t = 0; t < n_tokens; t++) {
+            const float *xt = x + (size_t)t * cols;
+            __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+            for (int c = 0; c < vec_end; c += 16) {
+                __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + c))));
+                __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + c + 8))));
+                s0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xt + c), s0);
+                s1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xt + c + 8), s1);
+            }
+            float sum = hsum_f32(_mm256_add_ps(s0, s1));
+            for (int c = vec_end; c < cols; c++) sum += (float)row[c] * xt[c];
+            out[(size_t)t * out_stride + r] = scales[r] * sum;
+        }
+    }
+}
+
+static inline __m256 i8x8_to_f32(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+
+static void q4_matmul(float *out, int out_stride, const uint8_t *w, const uint16_t *scales, int cols, const float *x,
+                      int n_tokens, int r0, int r1) {
+    const __m256i low4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = w + (size_t)r * cols / 2;
+        const uint16_t *row_scales = scales + (size_t)r * cols / TRIT_Q4_BLOCK;
+        for (int t = 0; t < n_tokens; t++) {
+            const float *xt = x + (size_t)t * cols;
+            __m256 acc = _mm256_setzero_ps();
+            for (int g = 0; g < cols / TRIT_Q4_GROUP; g++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(row + g * 32));
+                __m256i lo = _mm256_sub_epi8(_mm256_and_si256(q, low4), eight); /* columns 0..31 of the group */
+                __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), eight); /* 32..63 */
+                const float *xg = xt + g * TRIT_Q4_GROUP;
+                for (int half = 0; half < 2; half++) {
+                    __m256i v = half ? hi : lo;
+                    __m128i v0 = _mm256_castsi256_si128(v), v1 = _mm256_extracti128_si256(v, 1);
+                    const float *xb = xg + half * 32;
+                    __m256 p = _mm256_mul_ps(i8x8_to_f32(v0), _mm256_loadu_ps(xb));
+                    p = _mm256_fmadd_ps(i8x8_to_f32(_mm_srli_si128(v0, 8)), _mm256_loadu_ps(xb + 8), p);
+                    p = _mm256_fmadd_ps(i8x8_to_f32(v1), _mm256_loadu_ps(xb + 16), p);
+                    p = _mm256_fmadd_ps(i8x8_to_f32(_mm_srli_si128(v1, 8)), _mm256_loadu_ps(xb + 24), p);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(row_scales[2 * g + half])), p, acc);
+                }
+            }
+            out[(size_t)t * out_stride + r] = hsum_f32(acc);
+        }
+    }
+}
+
+/* cvtps2dq rounds to nearest even in the default MXCSR mode, like nearbyintf; values past int8 saturate in the
+ * packs exactly as the scalar clamp does. */
+static float quantize(int8_t *xq, int32_t *sum, const float *x, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 vmax = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    float amax = _mm_cvtss_f32(m);
+    for (; i < n; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    float s = 127.0f * (1.0f / (amax > 1e-5f ? amax : 1e-5f));
+    __m256 vs = _mm256_set1_ps(s);
+    __m256i total = _mm256_setzero_si256();
+    for (i = 0; i + 32 <= n; i += 32) {
+        __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs));
+        __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), vs));
+        __m256i q2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 16), vs));
+        __m256i q3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 24), vs));
+        __m256i w01 = _mm256_packs_epi32(q0, q1), w23 = _mm256_packs_epi32(q2, q3);
+        __m256i b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(xq + i), b);
+        total = _mm256_add_epi32(total, _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3)));
+    }
+    int32_t acc = hsum_i32(total);
+    for (; i < n; i++) {
+        float r = nearbyintf(x[i] * s);
+        xq[i] = (int8_t)(r > 127.0f ? 127.0f : (r < -128.0f ? -128.0f : r));
+        acc += xq[i];
+    }
+    *sum = acc;
+    return s;
+}
+
 static float dot_f16(const uint16_t *a, const float *b, int n) {
     __m256 s = _mm256_setzero_ps();
     int i = 0;
@@ -106,4 +195,5 @@ static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
     for (; i < n; i++) y[i] += alpha * trit_f16_to_f32(x[i]);
 }
 
-const trit_kernel trit_kernel_avx2 = {"avx2", trit_cpu_has_avx2, ternary_matmul, bf16_matmul, dot_f16, axpy_f16};
+const trit_kernel trit_kernel_avx2 = {"avx2",    trit_cpu_has_avx2, ternary_matmul, NULL,    bf16_matmul,
+                                      q8_matmul, q4_matmul,         quantize,       dot_f16, axpy_f16};

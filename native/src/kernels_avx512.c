@@ -1,6 +1,8 @@
 /* AVX-512 kernel with VNNI (vpdpbusd: 64 unsigned x signed byte products summed into 16 int32 lanes per
- * instruction). Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni; called only when the CPU has them. */
+ * instruction) and VBMI (byte permutes). Compiled with -mavx512{f,bw,vl,vnni,vbmi}; called only when the CPU has
+ * them all (Ice Lake and later, Zen 4 and later). */
 #include <immintrin.h>
+#include <math.h>
 
 #include "trit_internal.h"
 
@@ -85,6 +87,97 @@ static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int co
     }
 }
 
+/* T5 decode: two compares split off the top digit d4 (b >= 81, b >= 162), which leaves l = b mod 81 in 0..80;
+ * digits 0..3 of l come from one 128-entry table lookup each (vpermi2b). */
+typedef struct {
+    __m512i lo[4], hi[4]; /* digit j of l, for l = 0..63 and 64..127 */
+} t5_tables;
+
+static t5_tables make_t5_tables(void) {
+    _Alignas(64) uint8_t table[4][128];
+    for (int l = 0; l < 128; l++)
+        for (int j = 0, v = l; j < 4; j++, v /= 3) table[j][l] = (uint8_t)(l < 81 ? v % 3 : 0);
+    t5_tables t;
+    for (int j = 0; j < 4; j++) {
+        t.lo[j] = _mm512_load_si512(table[j]);
+        t.hi[j] = _mm512_load_si512(table[j] + 64);
+    }
+    return t;
+}
+
+#define T5_DECODE(b)                                                                                              \
+    __mmask64 k1 = _mm512_cmpge_epu8_mask(b, n81), k2 = _mm512_cmpge_epu8_mask(b, n162);                          \
+    __m512i l = _mm512_mask_sub_epi8(b, k1, b, n81);                                                              \
+    l = _mm512_mask_sub_epi8(l, k2, l, n81);                                                                      \
+    __m512i d0 = _mm512_permutex2var_epi8(tab.lo[0], l, tab.hi[0]);                                               \
+    __m512i d1 = _mm512_permutex2var_epi8(tab.lo[1], l, tab.hi[1]);                                               \
+    __m512i d2 = _mm512_permutex2var_epi8(tab.lo[2], l, tab.hi[2]);                                               \
+    __m512i d3 = _mm512_permutex2var_epi8(tab.lo[3], l, tab.hi[3]);                                               \
+    __m512i d4 = _mm512_maskz_mov_epi8(k1, one);                                                                  \
+    d4 = _mm512_mask_add_epi8(d4, k2, d4, one)
+
+#define T5_ACC_DECL(i) __m512i e0_##i = _mm512_setzero_si512(), e1_##i = e0_##i, e2_##i = e0_##i, e3_##i = e0_##i, e4_##i = e0_##i;
+#define T5_ACC_STEP(i, load)                                                                                      \
+    {                                                                                                             \
+        __m512i xv = load;                                                                                        \
+        dpbusd(&e0_##i, d0, xv);                                                                                  \
+        dpbusd(&e1_##i, d1, xv);                                                                                  \
+        dpbusd(&e2_##i, d2, xv);                                                                                  \
+        dpbusd(&e3_##i, d3, xv);                                                                                  \
+        dpbusd(&e4_##i, d4, xv);                                                                                  \
+    }
+#define T5_ACC_FULL(i) T5_ACC_STEP(i, _mm512_loadu_si512(x + (size_t)(i) * cols + c))
+#define T5_ACC_TAIL(i) T5_ACC_STEP(i, _mm512_maskz_loadu_epi8(live, x + (size_t)(i) * cols + c))
+#define T5_STORE_ONE(acc, j)                                                                                      \
+    if (g + (j) * groups < rows) o[(j) * groups] = _mm512_reduce_add_epi32(acc) - s;
+#define T5_ACC_STORE(i)                                                                                           \
+    {                                                                                                             \
+        int32_t *o = out + (size_t)(t0 + i) * rows + g, s = xsum[t0 + i];                                         \
+        T5_STORE_ONE(e0_##i, 0) T5_STORE_ONE(e1_##i, 1) T5_STORE_ONE(e2_##i, 2) T5_STORE_ONE(e3_##i, 3)           \
+        T5_STORE_ONE(e4_##i, 4)                                                                                   \
+    }
+
+#define DEFINE_T5_TILE(NAME, EACH)                                                                                \
+    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *row, int rows, int cols,             \
+                                               const int8_t *xq, const int32_t *xsum, int t0, int g,             \
+                                               const t5_tables *tables) {                                         \
+        const t5_tables tab = *tables;                                                                            \
+        const __m512i n81 = _mm512_set1_epi8(81), n162 = _mm512_set1_epi8((char)162), one = _mm512_set1_epi8(1);  \
+        const int groups = trit_t5_groups(rows), full = cols & ~63;                                               \
+        const int8_t *x = xq + (size_t)t0 * cols;                                                                 \
+        EACH(T5_ACC_DECL)                                                                                         \
+        int c = 0;                                                                                                \
+        for (; c < full; c += 64) {                                                                               \
+            __m512i b = _mm512_loadu_si512(row + c);                                                              \
+            T5_DECODE(b);                                                                                         \
+            EACH(T5_ACC_FULL)                                                                                     \
+        }                                                                                                         \
+        if (c < cols) {                                                                                           \
+            __mmask64 live = ((__mmask64)1 << (cols - c)) - 1;                                                    \
+            __m512i b = _mm512_maskz_loadu_epi8(live, row + c);                                                   \
+            T5_DECODE(b);                                                                                         \
+            EACH(T5_ACC_TAIL)                                                                                     \
+        }                                                                                                         \
+        EACH(T5_ACC_STORE)                                                                                        \
+    }
+
+DEFINE_T5_TILE(t5_tile1, EACH1)
+DEFINE_T5_TILE(t5_tile2, EACH2)
+
+static void t5_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
+                      int n_tokens, int g0, int g1) {
+    const t5_tables tables = make_t5_tables();
+    for (int tb = 0; tb < n_tokens; tb += TOKEN_BLOCK) {
+        int te = tb + TOKEN_BLOCK < n_tokens ? tb + TOKEN_BLOCK : n_tokens;
+        for (int g = g0; g < g1; g++) {
+            const uint8_t *row = packed + (size_t)g * cols;
+            int t = tb;
+            for (; t + 2 <= te; t += 2) t5_tile2(out, row, rows, cols, xq, xsum, t, g, &tables);
+            if (t < te) t5_tile1(out, row, rows, cols, xq, xsum, t, g, &tables);
+        }
+    }
+}
+
 static inline __m512 load_bf16x16(const uint16_t *p) {
     __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
@@ -109,6 +202,138 @@ static void bf16_matmul(float *out, int out_stride, const uint16_t *w, int cols,
     }
 }
 
+static inline __m512 i8x16_to_f32(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
+
+/* x is split into two int8 parts, x ~= s1*a + s2*b with |error| <= max|x| / 64516 (far below the int8 weights' own
+ * error), so each 64 weights cost two vpdpbusd instead of sixteen conversions and FMAs. vpdpbusd wants one unsigned
+ * operand: the weights are flipped to q + 128 with a xor, and 128 * sum(a) is taken off again. */
+typedef struct {
+    float s1, s2;
+    int32_t sum_a, sum_b;
+} split_x;
+
+static split_x split_activations(int8_t *a, int8_t *b, const float *x, int n) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+    split_x s = {amax > 0.0f ? amax / 127.0f : 1.0f, 0.0f, 0, 0};
+    s.s2 = s.s1 / 254.0f;
+    for (int i = 0; i < n; i++) {
+        float hi = nearbyintf(x[i] / s.s1);
+        float lo = nearbyintf((x[i] - hi * s.s1) / s.s2);
+        a[i] = (int8_t)hi;
+        b[i] = (int8_t)(lo > 127.0f ? 127.0f : (lo < -127.0f ? -127.0f : lo));
+        s.sum_a += a[i];
+        s.sum_b += b[i];
+    }
+    return s;
+}
+
+#define HEAD_MAX_COLS 16384
+
+static void q8_matmul(float *out, int out_stride, const int8_t *w, const float *scales, int cols, const float *x,
+                      int n_tokens, int r0, int r1) {
+    if (cols > HEAD_MAX_COLS || cols % 64) { /* shapes no BitNet has: the plain definition */
+        trit_kernel_avx2.q8_matmul(out, out_stride, w, scales, cols, x, n_tokens, r0, r1);
+        return;
+    }
+    _Alignas(64) int8_t a[HEAD_MAX_COLS], b[HEAD_MAX_COLS];
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int t = 0; t < n_tokens; t++) {
+        split_x s = split_activations(a, b, x + (size_t)t * cols, cols);
+        for (int r = r0; r < r1; r++) {
+            const int8_t *row = w + (size_t)r * cols;
+            __m512i acc_a = _mm512_setzero_si512(), acc_b = acc_a;
+            for (int c = 0; c < cols; c += 64) {
+                __m512i wu = _mm512_xor_si512(_mm512_loadu_si512(row + c), flip);
+                dpbusd(&acc_a, wu, _mm512_load_si512(a + c));
+                dpbusd(&acc_b, wu, _mm512_load_si512(b + c));
+            }
+            int32_t ia = _mm512_reduce_add_epi32(acc_a) - 128 * s.sum_a;
+            int32_t ib = _mm512_reduce_add_epi32(acc_b) - 128 * s.sum_b;
+            out[(size_t)t * out_stride + r] = scales[r] * ((float)ia * s.s1 + (float)ib * s.s2);
+        }
+    }
+}
+
+/* The same split of x, with s2 = s1 / 256 so that x ~= s2 * (256 a + b): per 64 columns (two blocks of 32) two
+ * vpdpbusd of the nibbles q in 0..15 give int32 lanes 0..7 for the first block and 8..15 for the second, which meet
+ * their fp16 scales in one FMA. The -8 offset comes off at the end: 8 * sum over blocks of d * (256 A + B). */
+static void q4_matmul(float *out, int out_stride, const uint8_t *w, const uint16_t *scales, int cols, const float *x,
+                      int n_tokens, int r0, int r1) {
+    if (cols > HEAD_MAX_COLS || cols % 512) { /* 16 scales at a time; other widths take the AVX2 path */
+        trit_kernel_avx2.q4_matmul(out, out_stride, w, scales, cols, x, n_tokens, r0, r1);
+        return;
+    }
+    _Alignas(64) int8_t a[HEAD_MAX_COLS], b[HEAD_MAX_COLS];
+    _Alignas(64) float block_x[HEAD_MAX_COLS / TRIT_Q4_BLOCK]; /* 8 * sum of (256 a + b) over each block */
+    const int groups = cols / TRIT_Q4_GROUP, blocks = cols / TRIT_Q4_BLOCK;
+    const __m256i low4 = _mm256_set1_epi8(15);
+    const __m512i first_idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), two = _mm512_set1_epi32(2);
+    for (int t = 0; t < n_tokens; t++) {
+        const float *xt = x + (size_t)t * cols;
+        float amax = 0.0f;
+        for (int i = 0; i < cols; i++) amax = fmaxf(amax, fabsf(xt[i]));
+        float s1 = amax > 0.0f ? amax / 127.0f : 1.0f, s2 = s1 / 256.0f;
+        for (int blk = 0; blk < blocks; blk++) {
+            int32_t sum = 0;
+            for (int i = blk * TRIT_Q4_BLOCK; i < (blk + 1) * TRIT_Q4_BLOCK; i++) {
+                float hi = nearbyintf(xt[i] / s1), lo = nearbyintf((xt[i] - hi * s1) / s2);
+                a[i] = (int8_t)hi;
+                b[i] = (int8_t)(lo > 127.0f ? 127.0f : (lo < -128.0f ? -128.0f : lo));
+                sum += 256 * a[i] + b[i];
+            }
+            block_x[blk] = 8.0f * (float)sum;
+        }
+        for (int r = r0; r < r1; r++) {
+            const uint8_t *row = w + (size_t)r * cols / 2;
+            const uint16_t *rs = scales + (size_t)r * blocks;
+            __m512 acc = _mm512_setzero_ps(), offset = acc;
+            for (int g0 = 0; g0 < groups; g0 += 8) { /* 16 scales = 8 groups at a time */
+                __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rs + 2 * g0)));
+                offset = _mm512_fmadd_ps(d, _mm512_load_ps(block_x + 2 * g0), offset);
+                __m512i idx = first_idx;
+                for (int g = g0; g < g0 + 8; g++) {
+                    __m256i q = _mm256_loadu_si256((const __m256i *)(row + g * 32));
+                    __m512i nib = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, low4)),
+                                                     _mm256_and_si256(_mm256_srli_epi16(q, 4), low4), 1);
+                    __m512i pa = _mm512_setzero_si512(), pb = _mm512_setzero_si512();
+                    dpbusd(&pa, nib, _mm512_load_si512(a + g * TRIT_Q4_GROUP));
+                    dpbusd(&pb, nib, _mm512_load_si512(b + g * TRIT_Q4_GROUP));
+                    __m512 lanes = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(pa, 8), pb));
+                    acc = _mm512_fmadd_ps(lanes, _mm512_permutexvar_ps(idx, d), acc);
+                    idx = _mm512_add_epi32(idx, two);
+                }
+            }
+            out[(size_t)t * out_stride + r] = s2 * (_mm512_reduce_add_ps(acc) - _mm512_reduce_add_ps(offset));
+        }
+    }
+}
+
+static float quantize(int8_t *xq, int32_t *sum, const float *x, int n) {
+    __m512 vmax = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+    float amax = _mm512_reduce_max_ps(vmax);
+    for (; i < n; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    float s = 127.0f * (1.0f / (amax > 1e-5f ? amax : 1e-5f));
+    __m512 vs = _mm512_set1_ps(s);
+    __m512i total = _mm512_setzero_si512();
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), vs)); /* round half to even */
+        _mm_storeu_si128((__m128i *)(xq + i), _mm512_cvtsepi32_epi8(q));           /* saturate to int8 */
+        total = _mm512_add_epi32(total, _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)),
+                                                         _mm512_set1_epi32(-128)));
+    }
+    int32_t acc = _mm512_reduce_add_epi32(total);
+    for (; i < n; i++) {
+        float r = nearbyintf(x[i] * s);
+        xq[i] = (int8_t)(r > 127.0f ? 127.0f : (r < -128.0f ? -128.0f : r));
+        acc += xq[i];
+    }
+    *sum = acc;
+    return s;
+}
+
 static float dot_f16(const uint16_t *a, const float *b, int n) {
     __m512 s = _mm512_setzero_ps();
     int i = 0;
@@ -129,5 +354,6 @@ static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
     for (; i < n; i++) y[i] += alpha * trit_f16_to_f32(x[i]);
 }
 
-const trit_kernel trit_kernel_avx512 = {"avx512vnni", trit_cpu_has_avx512vnni, ternary_matmul, bf16_matmul, dot_f16,
-                                        axpy_f16};
+const trit_kernel trit_kernel_avx512 = {"avx512vnni", trit_cpu_has_avx512vnni, ternary_matmul, t5_matmul,
+                                        bf16_matmul,  q8_matmul,               q4_matmul,      quantize,
+                                        dot_f16,      axpy_f16};

@@ -20,6 +20,26 @@ static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int co
     }
 }
 
+/* T5: five rows G apart share a byte, their codes d = w + 1 as the base-3 digits of the byte. */
+static void t5_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
+                      int n_tokens, int g0, int g1) {
+    (void)xsum;
+    int groups = trit_t5_groups(rows);
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *row = packed + (size_t)g * cols;
+        for (int t = 0; t < n_tokens; t++) {
+            const int8_t *x = xq + (size_t)t * cols;
+            int32_t acc[5] = {0, 0, 0, 0, 0};
+            for (int c = 0; c < cols; c++) {
+                int b = row[c];
+                for (int j = 0; j < 5; j++, b /= 3) acc[j] += (b % 3 - 1) * x[c];
+            }
+            for (int j = 0; j < 5; j++)
+                if (g + j * groups < rows) out[(size_t)t * rows + g + j * groups] = acc[j];
+        }
+    }
+}
+
 static void bf16_matmul(float *out, int out_stride, const uint16_t *w, int cols, const float *x, int n_tokens, int r0,
                         int r1) {
     for (int r = r0; r < r1; r++) {
@@ -28,6 +48,42 @@ static void bf16_matmul(float *out, int out_stride, const uint16_t *w, int cols,
             const float *xt = x + (size_t)t * cols;
             float sum = 0.0f;
             for (int c = 0; c < cols; c++) sum += trit_bf16_to_f32(row[c]) * xt[c];
+            out[(size_t)t * out_stride + r] = sum;
+        }
+    }
+}
+
+static void q8_matmul(float *out, int out_stride, const int8_t *w, const float *scales, int cols, const float *x,
+                      int n_tokens, int r0, int r1) {
+    for (int r = r0; r < r1; r++) {
+        const int8_t *row = w + (size_t)r * cols;
+        for (int t = 0; t < n_tokens; t++) {
+            const float *xt = x + (size_t)t * cols;
+            float sum = 0.0f;
+            for (int c = 0; c < cols; c++) sum += (float)row[c] * xt[c];
+            out[(size_t)t * out_stride + r] = scales[r] * sum;
+        }
+    }
+}
+
+/* Column c of a row: in group c / 64, byte c % 32, low nibble if c % 64 < 32; scale index c / 32. */
+static void q4_matmul(float *out, int out_stride, const uint8_t *w, const uint16_t *scales, int cols, const float *x,
+                      int n_tokens, int r0, int r1) {
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = w + (size_t)r * cols / 2;
+        const uint16_t *row_scales = scales + (size_t)r * cols / TRIT_Q4_BLOCK;
+        for (int t = 0; t < n_tokens; t++) {
+            const float *xt = x + (size_t)t * cols;
+            float sum = 0.0f;
+            for (int blk = 0; blk < cols / TRIT_Q4_BLOCK; blk++) {
+                float block_sum = 0.0f;
+                for (int c = blk * TRIT_Q4_BLOCK; c < (blk + 1) * TRIT_Q4_BLOCK; c++) {
+                    uint8_t byte = row[c / TRIT_Q4_GROUP * 32 + c % 32];
+                    int q = c % TRIT_Q4_GROUP < 32 ? byte & 15 : byte >> 4;
+                    block_sum += (float)(q - 8) * xt[c];
+                }
+                sum += trit_f16_to_f32(row_scales[blk]) * block_sum;
+            }
             out[(size_t)t * out_stride + r] = sum;
         }
     }
@@ -43,6 +99,13 @@ static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
     for (int i = 0; i < n; i++) y[i] += alpha * trit_f16_to_f32(x[i]);
 }
 
+static float quantize(int8_t *xq, int32_t *sum, const float *x, int n) {
+    float s = trit_quantize(xq, x, n);
+    *sum = trit_sum_i8(xq, n);
+    return s;
+}
+
 static int always(void) { return 1; }
 
-const trit_kernel trit_kernel_scalar = {"scalar", always, ternary_matmul, bf16_matmul, dot_f16, axpy_f16};
+const trit_kernel trit_kernel_scalar = {"scalar",  always,    ternary_matmul, t5_matmul, bf16_matmul,
+                                        q8_matmul, q4_matmul, quantize,       dot_f16,   axpy_f16};

@@ -25,23 +25,30 @@ struct trit_model {
     pthread_mutex_t lock;       /* one forward pass at a time: contexts share the pool */
 };
 
+/* Scratch each pool thread owns: it prepares the int8 input of a projection itself (norm and quantisation are
+ * cheap next to the matmul, and a job less per projection means one barrier less). */
+typedef struct {
+    int8_t *xq;    /* [B][max(hidden, intermediate)] quantised activations */
+    float *xs;     /* [B] their scales */
+    int32_t *xsum; /* [B] their sums */
+    float *row;    /* [max(hidden, intermediate)] one token's normed input */
+    float *scores; /* [n_ctx] attention scores */
+} thread_scratch;
+
 struct trit_context {
     trit_model *m;
     int n_ctx, max_batch, n_past;
     uint16_t *k_cache, *v_cache; /* fp16 [n_layers][n_ctx][kv_dim] */
     /* scratch for one batch */
-    float *x;       /* [B][hidden] residual stream */
-    float *xb;      /* [B][hidden] a projection's output before the residual add; the final normed state */
-    float *q;       /* [B][hidden] */
-    float *kv;      /* [B][2*kv_dim] new keys then values, before they go to the cache */
-    float *att;     /* [B][hidden] attention output */
-    float *ffn;     /* [B][2*intermediate] gate then up; gate becomes relu2(gate)*up */
-    int8_t *xq;     /* [B][max(hidden, intermediate)] quantised activations */
-    float *xs;      /* [B] their scales */
-    int32_t *xsum;  /* [B] their sums */
-    int32_t *acc;   /* [B][hidden + 2*kv_dim + 2*intermediate] int32 sums */
-    float *scores;  /* [n_threads][n_ctx] attention scores */
-    int score_threads;
+    float *x;     /* [B][hidden] residual stream; projections o and down add into it */
+    float *xn;    /* [B][hidden] the final normed state */
+    float *q;     /* [B][hidden] */
+    float *kv;    /* [B][2*kv_dim] new keys then values, before they go to the cache */
+    float *att;   /* [B][hidden] attention output */
+    float *ffn;   /* [B][2*intermediate] gate then up */
+    int32_t *acc; /* [B][hidden + 2*kv_dim + 2*intermediate] int32 sums */
+    thread_scratch *threads;
+    int n_threads;
 };
 
 static int kv_dim(const trit_config *c) { return c->n_kv_heads * c->head_dim; }
@@ -61,6 +68,8 @@ static int check_config(const trit_config *c) {
         return trit_fail(TRIT_E_INVALID, "config: rope_theta and rms_eps must be positive");
     if (c->scale_mode != TRIT_SCALE_MULTIPLY && c->scale_mode != TRIT_SCALE_DIVIDE)
         return trit_fail(TRIT_E_INVALID, "config: unknown scale_mode %d", c->scale_mode);
+    if (c->ternary_format != TRIT_TERNARY_TQ2 && c->ternary_format != TRIT_TERNARY_T5)
+        return trit_fail(TRIT_E_INVALID, "config: unknown ternary_format %d", c->ternary_format);
     return TRIT_OK;
 }
 
@@ -75,6 +84,15 @@ trit_model *trit_model_create(const trit_config *config, const trit_weights *wei
         return NULL;
     }
     if (check_config(config) != TRIT_OK) return NULL;
+    if (weights->head_type != TRIT_HEAD_BF16 && weights->head_type != TRIT_HEAD_Q8 && weights->head_type != TRIT_HEAD_Q4) {
+        trit_fail(TRIT_E_INVALID, "model: unknown head type %d", weights->head_type);
+        return NULL;
+    }
+    if ((weights->head_type != TRIT_HEAD_BF16 && (!weights->head || !weights->head_scales)) ||
+        (weights->head_type == TRIT_HEAD_Q4 && config->hidden_size % TRIT_Q4_GROUP)) {
+        trit_fail(TRIT_E_INVALID, "model: the derived head is missing or does not fit hidden_size");
+        return NULL;
+    }
     for (int l = 0; l < config->n_layers; l++) {
         const trit_layer_weights *L = &weights->layers[l];
         if (!L->input_norm || !L->q || !L->k || !L->v || !L->o || !L->attn_sub_norm || !L->post_attn_norm ||
@@ -140,6 +158,45 @@ int64_t trit_find_invalid_code(const uint8_t *packed, int64_t n_bytes) {
 
 /* ---- context --------------------------------------------------------------------------------------------------- */
 
+static void free_thread_scratch(trit_context *ctx) {
+    for (int i = 0; i < ctx->n_threads; i++) {
+        free(ctx->threads[i].xq);
+        free(ctx->threads[i].xs);
+        free(ctx->threads[i].xsum);
+        free(ctx->threads[i].row);
+        free(ctx->threads[i].scores);
+    }
+    free(ctx->threads);
+    ctx->threads = NULL;
+    ctx->n_threads = 0;
+}
+
+/* Scratch for every thread of the model's pool (its size can change between calls). */
+static int ensure_thread_scratch(trit_context *ctx) {
+    int n = trit_pool_size(ctx->m->pool);
+    if (n == ctx->n_threads) return TRIT_OK;
+    free_thread_scratch(ctx);
+    const trit_config *c = &ctx->m->cfg;
+    size_t B = (size_t)ctx->max_batch, wide = (size_t)(c->hidden_size > c->intermediate_size ? c->hidden_size
+                                                                                              : c->intermediate_size);
+    ctx->threads = calloc((size_t)n, sizeof(thread_scratch));
+    if (!ctx->threads) return trit_fail(TRIT_E_NOMEM, "context: out of memory");
+    ctx->n_threads = n;
+    for (int i = 0; i < n; i++) {
+        thread_scratch *ts = &ctx->threads[i];
+        ts->xq = malloc(B * wide);
+        ts->xs = malloc(sizeof(float) * B);
+        ts->xsum = malloc(sizeof(int32_t) * B);
+        ts->row = malloc(sizeof(float) * wide);
+        ts->scores = malloc(sizeof(float) * (size_t)ctx->n_ctx);
+        if (!ts->xq || !ts->xs || !ts->xsum || !ts->row || !ts->scores) {
+            free_thread_scratch(ctx);
+            return trit_fail(TRIT_E_NOMEM, "context: out of memory");
+        }
+    }
+    return TRIT_OK;
+}
+
 trit_context *trit_context_create(trit_model *m, int n_ctx, int max_batch) {
     if (!m) {
         trit_fail(TRIT_E_INVALID, "context: no model");
@@ -163,19 +220,14 @@ trit_context *trit_context_create(trit_model *m, int n_ctx, int max_batch) {
     ctx->k_cache = calloc(cache, sizeof(uint16_t));
     ctx->v_cache = calloc(cache, sizeof(uint16_t));
     ctx->x = malloc(sizeof(float) * B * H);
-    ctx->xb = malloc(sizeof(float) * B * H);
+    ctx->xn = malloc(sizeof(float) * B * H);
     ctx->q = malloc(sizeof(float) * B * H);
     ctx->kv = malloc(sizeof(float) * B * 2 * KV);
     ctx->att = malloc(sizeof(float) * B * H);
     ctx->ffn = malloc(sizeof(float) * B * 2 * I);
-    ctx->xq = malloc(B * (H > I ? H : I));
-    ctx->xs = malloc(sizeof(float) * B);
-    ctx->xsum = malloc(sizeof(int32_t) * B);
     ctx->acc = malloc(sizeof(int32_t) * B * (H + 2 * KV + 2 * I));
-    ctx->score_threads = trit_model_threads(m);
-    ctx->scores = malloc(sizeof(float) * (size_t)ctx->score_threads * n_ctx);
-    if (!ctx->k_cache || !ctx->v_cache || !ctx->x || !ctx->xb || !ctx->q || !ctx->kv || !ctx->att || !ctx->ffn ||
-        !ctx->xq || !ctx->xs || !ctx->xsum || !ctx->acc || !ctx->scores)
+    if (!ctx->k_cache || !ctx->v_cache || !ctx->x || !ctx->xn || !ctx->q || !ctx->kv || !ctx->att || !ctx->ffn ||
+        !ctx->acc || ensure_thread_scratch(ctx) != TRIT_OK)
         goto oom;
     return ctx;
 oom:
@@ -186,19 +238,16 @@ oom:
 
 void trit_context_free(trit_context *ctx) {
     if (!ctx) return;
+    free_thread_scratch(ctx);
     free(ctx->k_cache);
     free(ctx->v_cache);
     free(ctx->x);
-    free(ctx->xb);
+    free(ctx->xn);
     free(ctx->q);
     free(ctx->kv);
     free(ctx->att);
     free(ctx->ffn);
-    free(ctx->xq);
-    free(ctx->xs);
-    free(ctx->xsum);
     free(ctx->acc);
-    free(ctx->scores);
     free(ctx);
 }
 
@@ -222,33 +271,7 @@ typedef struct {
     int layer;
 } batch;
 
-/* x (+= residual, if given) -> RMSNorm -> int8 with per-token scale. The norm goes to scratch `normed`. */
-typedef struct {
-    const batch *b;
-    float *x;
-    const float *residual; /* may be NULL */
-    const float *norm;
-    int dim;
-    float *normed;
-} norm_quant_job;
-
-static void run_norm_quant(void *arg, int ith, int nth) {
-    norm_quant_job *j = arg;
-    const trit_config *c = &j->b->ctx->m->cfg;
-    int t0, t1;
-    trit_split(j->b->n, ith, nth, &t0, &t1);
-    for (int t = t0; t < t1; t++) {
-        float *x = j->x + (size_t)t * j->dim, *normed = j->normed + (size_t)t * j->dim;
-        if (j->residual)
-            for (int i = 0; i < j->dim; i++) x[i] += j->residual[(size_t)t * j->dim + i];
-        trit_rmsnorm(normed, x, j->norm, j->dim, c->rms_eps);
-        int8_t *xq = j->b->ctx->xq + (size_t)t * j->dim;
-        j->b->ctx->xs[t] = trit_quantize(xq, normed, j->dim);
-        j->b->ctx->xsum[t] = trit_sum_i8(xq, j->dim);
-    }
-}
-
-/* Up to three BitLinear projections of the same quantised input (q, k, v or gate, up). */
+/* Up to three BitLinear projections of the same input (q, k, v or gate, up). */
 typedef struct {
     const uint8_t *w;
     int rows;
@@ -258,34 +281,80 @@ typedef struct {
     int32_t *acc; /* [n][rows] */
 } projection;
 
+/* What a projection reads: RMSNorm(x) with `norm`, x the residual stream or the attention output, or the FFN
+ * product relu(gate)^2 * up, which the gate/up job leaves in the gate half of the FFN buffer. */
 typedef struct {
     const batch *b;
+    const float *x;  /* [n][x_stride] */
+    int x_stride;
+    const float *norm;
     int cols;
+    int add;   /* add into out (the residual stream) instead of writing it */
+    int gated; /* the gate/up pair: leave relu(gate)^2 * up in the gate output */
     int n_proj;
     projection p[3];
 } matmul_job;
 
+/* The int8 input. One token (decoding): every thread quantises it into its own scratch, no barrier needed.
+ * A batch: threads split the tokens, write the first thread's scratch, and meet at a barrier. */
+static const thread_scratch *prepare_input(const matmul_job *j, int ith, int nth) {
+    trit_context *ctx = j->b->ctx;
+    const trit_config *c = &ctx->m->cfg;
+    int n = j->b->n, batch = n > 1, t0 = 0, t1 = n;
+    thread_scratch *own = &ctx->threads[ith], *in = batch ? &ctx->threads[0] : own;
+    if (batch) trit_split(n, ith, nth, &t0, &t1);
+    for (int t = t0; t < t1; t++) {
+        trit_rmsnorm(own->row, j->x + (size_t)t * j->x_stride, j->norm, j->cols, c->rms_eps);
+        in->xs[t] = j->b->kern->quantize(in->xq + (size_t)t * j->cols, &in->xsum[t], own->row, j->cols);
+    }
+    if (batch) trit_pool_barrier(ctx->m->pool);
+    return in;
+}
+
+/* Each thread takes a share of the packed rows (TQ2: 4 rows a byte, a quarter apart; T5: 5 rows, a fifth apart),
+ * computes their int32 sums and turns them into floats: y = acc / s, times or divided by the weight scale. */
 static void run_matmul(void *arg, int ith, int nth) {
     matmul_job *j = arg;
     trit_context *ctx = j->b->ctx;
-    int divide = ctx->m->cfg.scale_mode == TRIT_SCALE_DIVIDE;
+    const thread_scratch *in = prepare_input(j, ith, nth);
+    const trit_kernel *kern = j->b->kern;
+    int divide = ctx->m->cfg.scale_mode == TRIT_SCALE_DIVIDE, t5 = ctx->m->cfg.ternary_format == TRIT_TERNARY_T5;
     for (int k = 0; k < j->n_proj; k++) {
         const projection *p = &j->p[k];
-        int quarter = p->rows / 4, pr0, pr1;
-        trit_split(quarter, ith, nth, &pr0, &pr1);
-        j->b->kern->ternary_matmul(p->acc, p->w, p->rows, j->cols, ctx->xq, ctx->xsum, j->b->n, pr0, pr1);
+        int per_byte = t5 ? 5 : 4, stride = t5 ? trit_t5_groups(p->rows) : p->rows / 4, g0, g1;
+        trit_split(stride, ith, nth, &g0, &g1);
+        if (t5)
+            (kern->t5_matmul ? kern : &trit_kernel_scalar)
+                ->t5_matmul(p->acc, p->w, p->rows, j->cols, in->xq, in->xsum, j->b->n, g0, g1);
+        else
+            kern->ternary_matmul(p->acc, p->w, p->rows, j->cols, in->xq, in->xsum, j->b->n, g0, g1);
         for (int t = 0; t < j->b->n; t++) {
             const int32_t *acc = p->acc + (size_t)t * p->rows;
-            float *out = p->out + (size_t)t * p->out_stride, s = ctx->xs[t];
-            for (int q = 0; q < 4; q++)
-                for (int r = pr0 + q * quarter; r < pr1 + q * quarter; r++)
-                    out[r] = divide ? (float)acc[r] / s / p->scale : (float)acc[r] / s * p->scale;
+            float *out = p->out + (size_t)t * p->out_stride;
+            float f = divide ? 1.0f / (in->xs[t] * p->scale) : p->scale / in->xs[t];
+            for (int q = 0; q < per_byte; q++) {
+                int r1 = g1 + q * stride < p->rows ? g1 + q * stride : p->rows;
+                for (int r = g0 + q * stride; r < r1; r++) out[r] = j->add ? out[r] + (float)acc[r] * f : (float)acc[r] * f;
+            }
         }
+    }
+    if (j->gated) { /* gate and up rows split alike, so this thread owns both halves of its rows */
+        const projection *gate = &j->p[0], *up = &j->p[1];
+        int stride = t5 ? trit_t5_groups(gate->rows) : gate->rows / 4, per_byte = t5 ? 5 : 4, g0, g1;
+        trit_split(stride, ith, nth, &g0, &g1);
+        for (int t = 0; t < j->b->n; t++)
+            for (int q = 0; q < per_byte; q++) {
+                int r0 = g0 + q * stride, r1 = g1 + q * stride < gate->rows ? g1 + q * stride : gate->rows;
+                if (r1 <= r0) continue;
+                float *g = gate->out + (size_t)t * gate->out_stride;
+                trit_relu2_gate(g + r0, g + r0, up->out + (size_t)t * up->out_stride + r0, r1 - r0);
+            }
     }
 }
 
-static void matmul(const batch *b, int cols, int n_proj, const projection *p) {
-    matmul_job j = {b, cols, n_proj, {{0}}};
+static void matmul(const batch *b, const float *x, int x_stride, const float *norm, int cols, int add, int gated,
+                   int n_proj, const projection *p) {
+    matmul_job j = {b, x, x_stride, norm, cols, add, gated, n_proj, {{0}}};
     int32_t *acc = b->ctx->acc;
     for (int k = 0; k < n_proj; k++) {
         j.p[k] = p[k];
@@ -321,11 +390,11 @@ static void run_attention(void *arg, int ith, int nth) {
     const batch *b = arg;
     trit_context *ctx = b->ctx;
     const trit_config *c = &ctx->m->cfg;
-    int KV = kv_dim(c), group = c->n_heads / c->n_kv_heads, i0, i1;
+    int KV = kv_dim(c), group = c->n_heads / c->n_kv_heads;
     size_t layer_at = (size_t)b->layer * ctx->n_ctx * KV;
-    float *scores = ctx->scores + (size_t)ith * ctx->n_ctx;
-    trit_split(b->n * c->n_heads, ith, nth, &i0, &i1);
-    for (int i = i0; i < i1; i++) {
+    float *scores = ctx->threads[ith].scores;
+    /* round robin: a later token attends to more positions, so contiguous shares would be uneven */
+    for (int i = ith; i < b->n * c->n_heads; i += nth) {
         int t = i / c->n_heads, h = i % c->n_heads;
         size_t head_at = (size_t)t * c->hidden_size + (size_t)h * c->head_dim;
         size_t kv_at = layer_at + (size_t)(h / group) * c->head_dim;
@@ -334,62 +403,38 @@ static void run_attention(void *arg, int ith, int nth) {
     }
 }
 
-/* relu(gate)^2 * up, then ffn_sub_norm and quantisation, per token. */
-static void run_gate_norm_quant(void *arg, int ith, int nth) {
-    const batch *b = arg;
-    trit_context *ctx = b->ctx;
-    const trit_config *c = &ctx->m->cfg;
-    int I = c->intermediate_size, t0, t1;
-    trit_split(b->n, ith, nth, &t0, &t1);
-    for (int t = t0; t < t1; t++) {
-        float *gate = ctx->ffn + (size_t)t * 2 * I, *up = gate + I;
-        trit_relu2_gate(gate, gate, up, I);
-        trit_rmsnorm(up, gate, ctx->m->layers[b->layer].ffn_sub_norm, I, c->rms_eps);
-        ctx->xs[t] = trit_quantize(ctx->xq + (size_t)t * I, up, I);
-        ctx->xsum[t] = trit_sum_i8(ctx->xq + (size_t)t * I, I);
-    }
-}
-
 static void run_pool_job(const batch *b, trit_task_fn fn) { trit_pool_run(b->ctx->m->pool, fn, (void *)b); }
 
-static void norm_quant(const batch *b, float *x, const float *residual, const float *norm, int dim, float *normed) {
-    norm_quant_job j = {b, x, residual, norm, dim, normed};
-    trit_pool_run(b->ctx->m->pool, run_norm_quant, &j);
-}
-
+/* Six jobs a layer, each ending in a barrier: q/k/v, RoPE and the cache, attention, o, gate/up, down. */
 static void forward_layer(batch *b) {
     trit_context *ctx = b->ctx;
     const trit_config *c = &ctx->m->cfg;
     const trit_layer_weights *L = &ctx->m->layers[b->layer];
     int H = c->hidden_size, I = c->intermediate_size, KV = kv_dim(c);
 
-    /* attention block; the previous layer's FFN output (in xb) joins the residual stream here */
-    norm_quant(b, ctx->x, b->layer > 0 ? ctx->xb : NULL, L->input_norm, H, ctx->att);
+    /* attention block */
     projection qkv[3] = {
         {L->q, H, L->q_scale, ctx->q, H, NULL},
         {L->k, KV, L->k_scale, ctx->kv, 2 * KV, NULL},
         {L->v, KV, L->v_scale, ctx->kv + KV, 2 * KV, NULL},
     };
-    matmul(b, H, 3, qkv);
+    matmul(b, ctx->x, H, L->input_norm, H, 0, 0, 3, qkv);
     run_pool_job(b, run_rope_store);
     run_pool_job(b, run_attention);
-    norm_quant(b, ctx->att, NULL, L->attn_sub_norm, H, ctx->att);
-    projection o = {L->o, H, L->o_scale, ctx->xb, H, NULL};
-    matmul(b, H, 1, &o);
+    projection o = {L->o, H, L->o_scale, ctx->x, H, NULL};
+    matmul(b, ctx->att, H, L->attn_sub_norm, H, 1, 0, 1, &o);
 
     /* feed-forward block */
-    norm_quant(b, ctx->x, ctx->xb, L->post_attn_norm, H, ctx->att);
     projection gate_up[2] = {
         {L->gate, I, L->gate_scale, ctx->ffn, 2 * I, NULL},
         {L->up, I, L->up_scale, ctx->ffn + I, 2 * I, NULL},
     };
-    matmul(b, H, 2, gate_up);
-    run_pool_job(b, run_gate_norm_quant);
-    projection down = {L->down, H, L->down_scale, ctx->xb, H, NULL};
-    matmul(b, I, 1, &down);
+    matmul(b, ctx->x, H, L->post_attn_norm, H, 0, 1, 2, gate_up);
+    projection down = {L->down, H, L->down_scale, ctx->x, H, NULL};
+    matmul(b, ctx->ffn, 2 * I, L->ffn_sub_norm, I, 1, 0, 1, &down);
 }
 
-/* Final norm (after the last residual add) and the tied output head, for tokens [first, n). */
+/* Final norm and the output head, for tokens [first, n). */
 typedef struct {
     const batch *b;
     int first;
@@ -402,20 +447,49 @@ static void run_final_norm(void *arg, int ith, int nth) {
     const trit_config *c = &ctx->m->cfg;
     int H = c->hidden_size, t0, t1;
     trit_split(b->n, ith, nth, &t0, &t1);
-    for (int t = t0; t < t1; t++) {
-        float *x = ctx->x + (size_t)t * H, *y = ctx->xb + (size_t)t * H;
-        for (int i = 0; i < H; i++) x[i] += y[i];
-        trit_rmsnorm(y, x, ctx->m->w.final_norm, H, c->rms_eps);
+    for (int t = t0; t < t1; t++)
+        trit_rmsnorm(ctx->xn + (size_t)t * H, ctx->x + (size_t)t * H, ctx->m->w.final_norm, H, c->rms_eps);
+}
+
+void trit_output_head(const trit_kernel *kern, int head_type, const void *head, const void *scales, float *logits,
+                      int vocab, int hidden, const float *x, int n_tokens, int r0, int r1) {
+    if (head_type == TRIT_HEAD_Q8)
+        kern->q8_matmul(logits, vocab, head, scales, hidden, x, n_tokens, r0, r1);
+    else if (head_type == TRIT_HEAD_Q4)
+        kern->q4_matmul(logits, vocab, head, scales, hidden, x, n_tokens, r0, r1);
+    else
+        kern->bf16_matmul(logits, vocab, head, hidden, x, n_tokens, r0, r1);
+}
+
+/* The candidates a compact head may misorder: each thread's RESCORE best, recomputed from the exact bf16 rows. The
+ * union over threads holds the global best RESCORE, so the tokens that matter get exact logits. */
+#define RESCORE 32
+
+static void rescore_best(const trit_kernel *kern, const trit_model *m, float *logits, const float *x, int r0, int r1) {
+    int best[RESCORE], n = 0;
+    for (int r = r0; r < r1; r++) {
+        if (n == RESCORE && logits[r] <= logits[best[n - 1]]) continue;
+        int i = n < RESCORE ? n++ : n - 1; /* insert, keeping best[] sorted from high to low */
+        for (; i > 0 && logits[best[i - 1]] < logits[r]; i--) best[i] = best[i - 1];
+        best[i] = r;
     }
+    for (int i = 0; i < n; i++)
+        kern->bf16_matmul(logits, 0, m->w.embed, m->cfg.hidden_size, x, 1, best[i], best[i] + 1);
 }
 
 static void run_head(void *arg, int ith, int nth) {
     head_job *j = arg;
-    const trit_config *c = &j->b->ctx->m->cfg;
-    int r0, r1;
+    const trit_model *m = j->b->ctx->m;
+    const trit_config *c = &m->cfg;
+    int r0, r1, n = j->b->n - j->first;
     trit_split(c->vocab_size, ith, nth, &r0, &r1);
-    j->b->kern->bf16_matmul(j->logits, c->vocab_size, j->b->ctx->m->w.embed, c->hidden_size,
-                            j->b->ctx->xb + (size_t)j->first * c->hidden_size, j->b->n - j->first, r0, r1);
+    const void *head = m->w.head_type == TRIT_HEAD_BF16 ? (const void *)m->w.embed : m->w.head;
+    const float *x = j->b->ctx->xn + (size_t)j->first * c->hidden_size;
+    trit_output_head(j->b->kern, m->w.head_type, head, m->w.head_scales, j->logits, c->vocab_size, c->hidden_size,
+                     x, n, r0, r1);
+    if (m->w.head_type != TRIT_HEAD_BF16)
+        for (int t = 0; t < n; t++)
+            rescore_best(j->b->kern, m, j->logits + (size_t)t * c->vocab_size, x + (size_t)t * c->hidden_size, r0, r1);
 }
 
 static void forward_batch(trit_context *ctx, const int32_t *tokens, int n, float *logits, int first_logit) {
@@ -454,14 +528,9 @@ int trit_eval(trit_context *ctx, const int32_t *tokens, int n_tokens, float *log
                          ctx->n_past, ctx->n_ctx);
 
     pthread_mutex_lock(&m->lock);
-    if (trit_pool_size(m->pool) > ctx->score_threads) { /* threads were raised after this context was made */
-        float *scores = realloc(ctx->scores, sizeof(float) * (size_t)trit_pool_size(m->pool) * ctx->n_ctx);
-        if (!scores) {
-            pthread_mutex_unlock(&m->lock);
-            return trit_fail(TRIT_E_NOMEM, "eval: out of memory");
-        }
-        ctx->scores = scores;
-        ctx->score_threads = trit_pool_size(m->pool);
+    if (ensure_thread_scratch(ctx) != TRIT_OK) { /* threads were changed after this context was made */
+        pthread_mutex_unlock(&m->lock);
+        return TRIT_E_NOMEM;
     }
     for (int done = 0; done < n_tokens; done += ctx->max_batch) {
         int n = n_tokens - done < ctx->max_batch ? n_tokens - done : ctx->max_batch;

@@ -56,10 +56,13 @@ void trit_rmsnorm(float *out, const float *x, const float *weight, int n, float 
 /* Per-token int8 activation quantisation: s = 127 / max|x|, xq = round_half_even(x * s) clamped to int8. */
 float trit_quantize(int8_t *xq, const float *x, int n) {
     float amax = 0.0f;
-    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        amax = a > amax ? a : amax;
+    }
     /* 127 * (1 / max), not 127 / max: torch evaluates a scalar over a tensor that way, and the two differ in the
      * last bit for about a quarter of all rows; a different s would round some ties differently. */
-    float s = 127.0f * (1.0f / fmaxf(amax, 1e-5f));
+    float s = 127.0f * (1.0f / (amax > 1e-5f ? amax : 1e-5f));
     for (int i = 0; i < n; i++) {
         float r = nearbyintf(x[i] * s); /* default rounding mode: to nearest, ties to even */
         xq[i] = (int8_t)(r > 127.0f ? 127.0f : (r < -128.0f ? -128.0f : r));

@@ -7,19 +7,28 @@ void trit_op_rmsnorm(float *out, const float *x, const float *weight, int n, flo
     trit_rmsnorm(out, x, weight, n, eps);
 }
 
-float trit_op_quantize(int8_t *xq, const float *x, int n) { return trit_quantize(xq, x, n); }
+float trit_op_quantize(int8_t *xq, const float *x, int n) {
+    int32_t sum;
+    return trit_active_kernel()->quantize(xq, &sum, x, n);
+}
 
-int trit_op_ternary_matmul(int kernel_index, int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
-                           int n_tokens) {
+int trit_op_ternary_matmul(int kernel_index, int format, int32_t *out, const uint8_t *packed, int rows, int cols,
+                           const int8_t *xq, int n_tokens) {
     const trit_kernel *k = trit_kernel_at(kernel_index);
     if (!k) return trit_fail(TRIT_E_INVALID, "no kernel %d", kernel_index);
     if (!k->supported()) return trit_fail(TRIT_E_UNSUPPORTED, "kernel %s is not supported by this CPU", k->name);
+    if (format == TRIT_TERNARY_T5 && !k->t5_matmul)
+        return trit_fail(TRIT_E_UNSUPPORTED, "kernel %s does not run the T5 format", k->name);
+    if (format != TRIT_TERNARY_TQ2 && format != TRIT_TERNARY_T5) return trit_fail(TRIT_E_INVALID, "unknown format");
     if (rows <= 0 || rows % 4 || cols <= 0 || n_tokens <= 0)
         return trit_fail(TRIT_E_INVALID, "matmul: rows must be a positive multiple of 4, cols and tokens positive");
     int32_t *xsum = malloc(sizeof(int32_t) * (size_t)n_tokens);
     if (!xsum) return trit_fail(TRIT_E_NOMEM, "matmul: out of memory");
     for (int t = 0; t < n_tokens; t++) xsum[t] = trit_sum_i8(xq + (size_t)t * cols, cols);
-    k->ternary_matmul(out, packed, rows, cols, xq, xsum, n_tokens, 0, rows / 4);
+    if (format == TRIT_TERNARY_T5)
+        k->t5_matmul(out, packed, rows, cols, xq, xsum, n_tokens, 0, trit_t5_groups(rows));
+    else
+        k->ternary_matmul(out, packed, rows, cols, xq, xsum, n_tokens, 0, rows / 4);
     free(xsum);
     return TRIT_OK;
 }
@@ -60,6 +69,11 @@ int trit_op_attention(float *out, const float *q, const float *k, const float *v
 
 void trit_op_relu2_gate(float *out, const float *gate, const float *up, int n) { trit_relu2_gate(out, gate, up, n); }
 
-void trit_op_output_head(float *logits, const float *x, const uint16_t *embed, int vocab, int hidden) {
-    trit_active_kernel()->bf16_matmul(logits, vocab, embed, hidden, x, 1, 0, vocab);
+int trit_op_output_head(int head_type, float *logits, const float *x, const void *head, const void *scales, int vocab,
+                        int hidden) {
+    if (vocab <= 0 || hidden <= 0 || (head_type == TRIT_HEAD_Q4 && hidden % TRIT_Q4_GROUP) ||
+        (head_type != TRIT_HEAD_BF16 && !scales) || head_type < TRIT_HEAD_BF16 || head_type > TRIT_HEAD_Q4)
+        return trit_fail(TRIT_E_INVALID, "output head: bad arguments");
+    trit_output_head(trit_active_kernel(), head_type, head, scales, logits, vocab, hidden, x, 1, 0, vocab);
+    return TRIT_OK;
 }

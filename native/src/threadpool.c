@@ -25,6 +25,8 @@ struct trit_pool {
     atomic_uint generation; /* bumped once per job */
     atomic_int pending;     /* workers still running the current job */
     atomic_int stop;
+    atomic_int arrived;      /* threads at the in-job barrier */
+    atomic_uint barrier_gen; /* bumped when the last one arrives */
     trit_task_fn fn;
     void *arg;
     pthread_mutex_t mutex;
@@ -69,6 +71,8 @@ trit_pool *trit_pool_create(int n_threads) {
     atomic_init(&pool->generation, 0);
     atomic_init(&pool->pending, 0);
     atomic_init(&pool->stop, 0);
+    atomic_init(&pool->arrived, 0);
+    atomic_init(&pool->barrier_gen, 0);
     pthread_mutex_init(&pool->mutex, NULL);
     pthread_cond_init(&pool->wake, NULL);
     pool->threads = calloc((size_t)n_threads, sizeof(pthread_t));
@@ -107,6 +111,22 @@ void trit_pool_free(trit_pool *pool) {
 }
 
 int trit_pool_size(const trit_pool *pool) { return pool->n; }
+
+void trit_pool_barrier(trit_pool *pool) {
+    if (pool->n == 1) return;
+    unsigned gen = atomic_load_explicit(&pool->barrier_gen, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&pool->arrived, 1, memory_order_acq_rel) == pool->n - 1) {
+        atomic_store_explicit(&pool->arrived, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pool->barrier_gen, 1, memory_order_acq_rel);
+        return;
+    }
+    for (unsigned spins = 1; atomic_load_explicit(&pool->barrier_gen, memory_order_acquire) == gen; spins++) {
+        if (spins % 1024 == 0)
+            sched_yield();
+        else
+            cpu_relax();
+    }
+}
 
 void trit_pool_run(trit_pool *pool, trit_task_fn fn, void *arg) {
     if (pool->n == 1) {

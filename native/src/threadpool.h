@@ -12,6 +12,9 @@ int trit_pool_size(const trit_pool *pool);
 /* Runs fn(arg, i, n) for i = 0..n-1, i = 0 on the calling thread; returns when all are done. */
 void trit_pool_run(trit_pool *pool, trit_task_fn fn, void *arg);
 
+/* Inside a job: returns once every thread of the pool has called it (all threads of a job must call it equally). */
+void trit_pool_barrier(trit_pool *pool);
+
 /* The half-open share [*begin, *end) of n items that thread ith of nth takes. */
 static inline void trit_split(int n, int ith, int nth, int *begin, int *end) {
     int per = (n + nth - 1) / nth;

@@ -17,9 +17,20 @@ typedef struct {
      * xsum[t] = sum_c xq[t*cols + c]: SIMD kernels sum code*x with code = w + 1 in 0..2, then subtract it. */
     void (*ternary_matmul)(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
                            const int32_t *xsum, int n_tokens, int pr0, int pr1);
+    /* The same for T5 (trit.h), over groups g in [g0, g1): out[t*rows + g + j*G] for every g + j*G < rows.
+     * NULL when the instruction set has no fast way to decode base 3: the scalar one stands in. */
+    void (*t5_matmul)(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
+                      int n_tokens, int g0, int g1);
     /* For rows r in [r0, r1) and every token t: out[t*out_stride + r] = sum_c x[t*cols + c] * W[r][c], W bf16. */
     void (*bf16_matmul)(float *out, int out_stride, const uint16_t *w, int cols, const float *x, int n_tokens, int r0,
                         int r1);
+    /* Like bf16_matmul for the derived heads: W int8 with a scale per row, or q4 blocks (trit.h). */
+    void (*q8_matmul)(float *out, int out_stride, const int8_t *w, const float *scales, int cols, const float *x,
+                      int n_tokens, int r0, int r1);
+    void (*q4_matmul)(float *out, int out_stride, const uint8_t *w, const uint16_t *scales, int cols, const float *x,
+                      int n_tokens, int r0, int r1);
+    /* trit_quantize, vectorised: the same int8 values and scale, bit for bit; also returns sum(xq) in *sum. */
+    float (*quantize)(int8_t *xq, int32_t *sum, const float *x, int n);
     /* sum_i a[i] * b[i], a fp16 (the KV cache). */
     float (*dot_f16)(const uint16_t *a, const float *b, int n);
     /* y[i] += alpha * x[i], x fp16. */
@@ -60,6 +71,10 @@ int32_t trit_sum_i8(const int8_t *x, int n);
 void trit_rope_angles(float *cos_out, float *sin_out, int head_dim, int pos, float theta);
 void trit_rope_apply(float *x, int n_heads, int head_dim, const float *cos_pos, const float *sin_pos);
 void trit_relu2_gate(float *out, const float *gate, const float *up, int n);
+void trit_output_head(const trit_kernel *kern, int head_type, const void *head, const void *scales, float *logits,
+                      int vocab, int hidden, const float *x, int n_tokens, int r0, int r1);
+static inline int trit_t5_groups(int rows) { return (rows + 4) / 5; }
+
 /* One query head against positions 0..n_keys-1 of its kv head; scores is scratch of n_keys floats. */
 void trit_attend_head(const trit_kernel *kern, float *out, const float *q, const uint16_t *keys, const uint16_t *values,
                       int kv_stride, int n_keys, int head_dim, float *scores);
