@@ -73,30 +73,55 @@ def synthetic_folder(preset: str, seed: int) -> Path:
 @click.option("--threads", "-t", type=click.IntRange(min=1), help="Threads (default: every core).")
 @click.option("--head", type=click.Choice(["bf16", "q8", "q4"]), default="bf16", show_default=True,
               help="Output head: the exact bf16 embedding, or an 8- or 4-bit copy derived once.")
+@click.option("--ternary", type=click.Choice(["auto", "tq2", "t5"]), default="auto", show_default=True,
+              help="Ternary weights: the checkpoint's 2-bit packing, a derived 1.6-bit copy, or what the CPU runs best.")
 @click.option("--pp", "n_prompt", default=512, show_default=True, type=click.IntRange(min=0), help="Prompt tokens.")
 @click.option("--tg", "n_gen", default=128, show_default=True, type=click.IntRange(min=0), help="Generated tokens.")
+@click.option("--ctx", "long_context", default=0, type=click.IntRange(min=0),
+              help="Also decode --tg tokens after filling this many positions (memory of a full conversation).")
 @click.option("--repetitions", "-r", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--vs", "versus", type=click.Choice(["llama.cpp"]),
+              help="Then run llama.cpp (llama-cpp-python) on the same weights as GGUF TQ2_0 and TQ1_0; print the ratios.")
 @friendly_errors
-def bench(model, preset, threads, head, n_prompt, n_gen, repetitions, as_json) -> None:
-    """Measure prompt processing (ppN) and generation (tgN) speed in tokens/s, and peak memory."""
+def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, repetitions, as_json,
+          versus=None) -> None:
+    """Measure prompt processing (ppN) and generation (tgN) speed in tokens/s, against the memory bus."""
     from engine import bench as engine_bench
 
     if (model is None) == (preset is None):
         raise click.UsageError("give a model folder or --synthetic PRESET")
+    if long_context and long_context <= n_gen:
+        raise click.UsageError("--ctx must be larger than --tg")
     folder = synthetic_folder(preset, 0) if preset else model
-    r = engine_bench.run(folder, threads=threads, head=head, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions)
+    if versus:
+        from engine import bench_llamacpp
+
+        bench_llamacpp.require(folder)  # one clear line now, not after Trit's own run
+    r = engine_bench.run(folder, threads=threads, head=head, ternary=ternary, n_prompt=n_prompt, n_gen=n_gen,
+                         repetitions=repetitions, long_context=long_context)
+    vs = bench_llamacpp.run(folder, threads=r.threads, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
+                            log=lambda m: click.echo(m, err=True)) if versus else None
     if as_json:
-        click.echo(json.dumps(r.to_dict(), indent=2))
+        click.echo(json.dumps({**r.to_dict(), **({"vs_llama_cpp": bench_llamacpp.comparison(r, vs)} if vs else {})},
+                              indent=2))
         return
+    runs = lambda values: ", ".join(f"{v:.1f}" for v in values)  # noqa: E731
     click.echo(f"model    {r.model}")
-    click.echo(f"kernel   {r.kernel}, {r.threads} thread{'s' if r.threads != 1 else ''}, {r.head} head")
+    click.echo(f"kernel   {r.kernel}, {r.threads} thread{'s' if r.threads != 1 else ''}; "
+               f"ternary {r.ternary}, head {r.head}")
     if n_prompt:
-        click.echo(f"pp{n_prompt:<6} {r.pp_tok_s:8.1f} tok/s   (runs: {', '.join(f'{v:.1f}' for v in r.pp_runs)})")
+        click.echo(f"pp{n_prompt:<6} {r.pp_tok_s:8.1f} tok/s   (runs: {runs(r.pp_runs)})")
     if n_gen:
-        click.echo(f"tg{n_gen:<6} {r.tg_tok_s:8.1f} tok/s   (runs: {', '.join(f'{v:.1f}' for v in r.tg_runs)})")
+        click.echo(f"tg{n_gen:<6} {r.tg_tok_s:8.1f} tok/s   (runs: {runs(r.tg_runs)})")
+        click.echo(f"bus      {r.bytes_per_token_mb:.0f} MB read per token; read bandwidth {r.read_bandwidth_gbs:.1f} GB/s;"
+                   f" {r.bus_share:.0%} of the bus limit reached")
+    if r.long_context:
+        click.echo(f"tg{n_gen} after {r.long_context - n_gen} positions  {r.long_tg_tok_s:.1f} tok/s")
     click.echo(f"load to first logits  {r.load_to_first_logits_s * 1000:.0f} ms")
     click.echo(f"peak RSS {r.peak_rss_mb:.0f} MB")
+    if vs:
+        click.echo("\n" + bench_llamacpp.format_table(r, vs))
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 pp: N prompt tokens evaluated as one request in a fresh context (the chunked batch path), logits for the last.
 tg: N tokens evaluated one at a time in a fresh context, logits for each (the decode path, sampling excluded).
+Decoding reads every weight once per token, so tg is also reported against the bus: bytes read per token, the read
+bandwidth measured right after each tg run (this machine's, in the same conditions), and the share of it reached.
 Token ids are random: speed does not depend on them.
 """
 
@@ -24,6 +26,7 @@ from .model import load
 class BenchResult:
     model: str
     head: str
+    ternary: str
     kernel: str
     threads: int
     n_prompt: int
@@ -34,43 +37,95 @@ class BenchResult:
     tg_tok_s: float = 0.0
     pp_runs: list[float] = field(default_factory=list)
     tg_runs: list[float] = field(default_factory=list)
+    bytes_per_token_mb: float = 0.0   # read by one decoding step, averaged over the tg positions
+    read_bandwidth_gbs: float = 0.0   # median of the measurements taken after each tg run
+    bus_share: float = 0.0            # median over runs of bytes/token x tok/s / bandwidth
+    long_context: int = 0             # --ctx: positions filled before decoding n_gen more
+    long_tg_tok_s: float = 0.0
     peak_rss_mb: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def reset_peak_rss() -> None:
+    """Linux lets a process restart its high-water mark, so the peak belongs to the work measured."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 / 1024 if sys.platform == "darwin" else kb / 1024  # macOS reports bytes
 
 
-def run(folder: str | Path, *, threads: int | None = None, head: str = "bf16", n_prompt: int = 512, n_gen: int = 128,
-        repetitions: int = 3, seed: int = 0) -> BenchResult:
+def run(folder: str | Path, *, threads: int | None = None, head: str = "bf16", ternary: str = "auto",
+        n_prompt: int = 512, n_gen: int = 128, repetitions: int = 3, long_context: int = 0,
+        seed: int = 0) -> BenchResult:
+    reset_peak_rss()
     t0 = time.perf_counter()
-    model = load(folder, threads=threads, head=head)
+    model = load(folder, threads=threads, head=head, ternary=ternary)
     with model.context(1) as ctx:
         ctx.eval([0])
     first = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
     vocab = model.config.vocab_size
-    result = BenchResult(str(folder), head, native.active_kernel(), model.threads, n_prompt, n_gen, repetitions, first)
+    r = BenchResult(str(folder), head, model.ternary, native.active_kernel(), model.threads, n_prompt, n_gen,
+                    repetitions, first)
+    if n_gen:
+        r.bytes_per_token_mb = float(np.mean([model.bytes_per_token(p) for p in range(n_gen)])) / 1e6
+    bandwidths, shares, peaks = [], [], []
+
+    def measure_bus(tg: float) -> None:
+        # the buffer read here would count as the model's memory: note the peak first, restart it after
+        peaks.append(peak_rss_mb())
+        bandwidths.append(model.read_bandwidth())
+        shares.append(r.bytes_per_token_mb * 1e6 * tg / (bandwidths[-1] * 1e9))
+        reset_peak_rss()
+
     for _ in range(repetitions):
         if n_prompt:
             ids = rng.integers(0, vocab, n_prompt)
             with model.context(n_prompt) as ctx:
                 t = time.perf_counter()
                 ctx.eval(ids, logits="last")
-                result.pp_runs.append(n_prompt / (time.perf_counter() - t))
+                r.pp_runs.append(n_prompt / (time.perf_counter() - t))
         if n_gen:
-            ids = rng.integers(0, vocab, n_gen)
-            with model.context(n_gen) as ctx:
-                t = time.perf_counter()
-                for tok in ids:
-                    ctx.eval([tok], logits="last")
-                result.tg_runs.append(n_gen / (time.perf_counter() - t))
-    result.pp_tok_s = statistics.median(result.pp_runs) if result.pp_runs else 0.0
-    result.tg_tok_s = statistics.median(result.tg_runs) if result.tg_runs else 0.0
-    result.peak_rss_mb = peak_rss_mb()
+            r.tg_runs.append(decode_speed(model, rng.integers(0, vocab, n_gen), n_gen))
+            measure_bus(r.tg_runs[-1])
+    if long_context:
+        with model.context(long_context) as ctx:
+            ctx.eval(rng.integers(0, vocab, long_context - n_gen), logits=None)
+            r.long_context = long_context
+            r.long_tg_tok_s = decode_speed(model, rng.integers(0, vocab, n_gen), n_gen, ctx)
+    r.peak_rss_mb = max(peaks + [peak_rss_mb()])
+    if bandwidths:
+        r.read_bandwidth_gbs, r.bus_share = statistics.median(bandwidths), statistics.median(shares)
+    r.pp_tok_s = statistics.median(r.pp_runs) if r.pp_runs else 0.0
+    r.tg_tok_s = statistics.median(r.tg_runs) if r.tg_runs else 0.0
     model.close()
-    return result
+    return r
+
+
+def decode_speed(model, ids, n: int, ctx=None) -> float:
+    """Tokens/s of n one-token steps, in a fresh context unless one is given."""
+    own = ctx is None
+    ctx = ctx or model.context(n)
+    try:
+        t = time.perf_counter()
+        for tok in ids[:n]:
+            ctx.eval([tok], logits="last")
+        return n / (time.perf_counter() - t)
+    finally:
+        if own:
+            ctx.close()

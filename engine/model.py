@@ -11,7 +11,7 @@ from . import derived, native
 from .checkpoint import Checkpoint, ModelConfig
 from .errors import CheckpointError, InputError, NativeError
 
-DEFAULT_BATCH = 512  # prefill chunk: also how often a long prefill can notice a cancel
+DEFAULT_BATCH = 256  # prefill chunk: how often a long prefill can notice a cancel; bounds the scratch memory
 DEFAULT_HEAD = "bf16"
 
 
@@ -32,13 +32,6 @@ class Model:
         self.path: Path = checkpoint.folder
         self._keep: list[np.ndarray] = []  # every array native code points into lives as long as the model
         cfg = self.config
-        for name in checkpoint.packed_names():
-            bad = native.find_invalid_code(checkpoint.raw(name))
-            if bad >= 0:
-                row, col = divmod(bad, checkpoint.raw(name).shape[1])
-                raise CheckpointError(
-                    f"{checkpoint.file.path}: tensor {name} byte [{row}, {col}] holds the invalid ternary code 3"
-                    " — the file is corrupt; download or import it again")
 
         def f32(name: str):
             a = np.ascontiguousarray(checkpoint.f32(name))
@@ -46,6 +39,7 @@ class Model:
             return a.ctypes.data_as(native._f32p)
 
         t5 = derived.ternary_t5(checkpoint) if ternary == "t5" else {}
+        self._check_ternary(checkpoint, t5)
 
         def packed(name: str):
             a = t5[name] if t5 else checkpoint.raw(name)
@@ -63,6 +57,7 @@ class Model:
                 setattr(L, short, packed(p + full + ".weight"))
                 setattr(L, short + "_scale", checkpoint.scale(p + full + ".weight_scale"))
         embed = checkpoint.raw("model.embed_tokens.weight")
+        self._embedding_by_rows = head != "bf16"  # else the head reads all of it every token anyway
         self._keep.append(embed)
         weights = native.Weights(C.cast(native.ptr(embed), native._u16p), f32("model.norm.weight"), layers,
                                  native.HEAD_TYPES[head], None, None)
@@ -82,6 +77,25 @@ class Model:
         if not self._handle:
             raise NativeError(native.last_error())
 
+    @staticmethod
+    def _check_ternary(checkpoint: Checkpoint, t5: dict) -> None:
+        """Every packed byte must hold ternary codes. Only the bytes that will run are read: with T5, the checkpoint's
+        2-bit tensors stay untouched on disk (reading them would also cost their size in resident memory)."""
+        for name in checkpoint.packed_names():
+            if t5:
+                bad = native.find_invalid_t5(t5[name])
+                if bad >= 0:
+                    path = checkpoint.folder / derived.DERIVED_DIR / "ternary-t5.safetensors"
+                    raise CheckpointError(f"{path}: tensor {name} byte {bad} is not a T5 value — delete {path.parent} "
+                                          "and load again to derive it anew")
+                continue
+            bad = native.find_invalid_code(checkpoint.raw(name))
+            if bad >= 0:
+                row, col = divmod(bad, checkpoint.raw(name).shape[1])
+                raise CheckpointError(
+                    f"{checkpoint.file.path}: tensor {name} byte [{row}, {col}] holds the invalid ternary code 3"
+                    " — the file is corrupt; download or import it again")
+
     # ---- properties -----------------------------------------------------------------------------------------------
     @property
     def kernel(self) -> str:
@@ -99,6 +113,32 @@ class Model:
     def n_ctx_max(self) -> int:
         return self.config.max_position_embeddings
 
+    def bytes_per_token(self, position: int = 0) -> int:
+        """Bytes one decoding step reads at a given position: every projection weight, the output head (plus the
+        exact rows a compact head rescores), one embedding row, the norms, and the KV cache so far."""
+        c = self.config
+        h, i, kv = c.hidden_size, c.intermediate_size, c.num_key_value_heads * c.head_dim
+        per_layer = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]
+        if self.ternary == "t5":
+            ternary = sum((rows + 4) // 5 * cols for rows, cols in per_layer)
+        else:
+            ternary = sum(rows // 4 * cols for rows, cols in per_layer)
+        head = {"bf16": c.vocab_size * h * 2,
+                "q8": c.vocab_size * (h + 4),
+                "q4": c.vocab_size * (h // 2 + h // 32 * 2)}[self.head]
+        if self.head != "bf16":
+            head += self.threads * 32 * h * 2
+        norms = (c.num_hidden_layers * (3 * h + i) + h) * 4
+        kv_cache = c.num_hidden_layers * 2 * (position + 1) * kv * 2
+        return c.num_hidden_layers * ternary + head + h * 2 + norms + kv_cache
+
+    def read_bandwidth(self, nbytes: int = 512 << 20, repetitions: int = 3) -> float:
+        """This machine's read bandwidth in GB/s with the model's threads (the bus limit for decoding)."""
+        gbs = self._lib.trit_measure_read_bandwidth(self._handle, nbytes, repetitions)
+        if gbs <= 0:
+            raise NativeError(native.last_error())
+        return gbs
+
     # ---- evaluation -----------------------------------------------------------------------------------------------
     def context(self, n_ctx: int | None = None, max_batch: int = DEFAULT_BATCH) -> "Context":
         return Context(self, n_ctx or self.n_ctx_max, max_batch)
@@ -110,6 +150,11 @@ class Model:
             raise InputError(f"{len(ids)} tokens do not fit the model's context of {self.n_ctx_max}")
         with self.context(max(len(ids), 1)) as ctx:
             return ctx.eval(ids, logits="all")
+
+    def release_embedding_pages(self) -> None:
+        """With a compact head the embedding is read a row at a time; drop the pages mapped in around those rows."""
+        if self._embedding_by_rows:
+            self.checkpoint.file.release("model.embed_tokens.weight")
 
     def close(self) -> None:
         if getattr(self, "_handle", None):
@@ -182,6 +227,7 @@ class Context:
             native.check(self._lib.trit_eval(self._handle, native.ptr(ids), len(ids),
                                              None if out is None else native.ptr(out), mode))
             self.tokens.extend(ids.tolist())
+            self.model.release_embedding_pages()
         return out
 
     def truncate(self, n_past: int) -> None:

@@ -80,6 +80,8 @@ def _bind(lib: C.CDLL) -> C.CDLL:
     fn("trit_t5_size", C.c_int64, C.c_int, C.c_int)
     fn("trit_convert_tq2_to_t5", C.c_int, P, P, C.c_int, C.c_int)
     fn("trit_kernel_preferred_format", C.c_int)
+    fn("trit_find_invalid_t5", C.c_int64, P, C.c_int64)
+    fn("trit_measure_read_bandwidth", C.c_double, P, C.c_int64, C.c_int)
     fn("trit_context_create", P, P, C.c_int, C.c_int)
     fn("trit_context_free", None, P)
     fn("trit_context_n_past", C.c_int, P)
@@ -157,7 +159,13 @@ def ptr(a: np.ndarray) -> int:
 
 
 def find_invalid_code(packed: np.ndarray) -> int:
+    """Offset of the first TQ2 byte holding the code 3, or -1."""
     return lib().trit_find_invalid_code(ptr(packed), packed.nbytes)
+
+
+def find_invalid_t5(packed: np.ndarray) -> int:
+    """Offset of the first T5 byte past 242, or -1."""
+    return lib().trit_find_invalid_t5(ptr(packed), packed.nbytes)
 
 
 # ---- single operations, for tests ---------------------------------------------------------------------------------

@@ -105,6 +105,16 @@ class SafetensorsFile:
             return np.zeros(info.shape, DTYPES[info.dtype])
         return np.frombuffer(self._map, DTYPES[info.dtype], count, info.begin).reshape(info.shape)
 
+    def release(self, name: str) -> None:
+        """Unmap this tensor's pages from the process; they stay in the page cache, so the next read is cheap. For
+        tensors read a row at a time (embedding lookups): the kernel maps neighbouring cached pages in around every
+        touched one, and all of them would count as resident memory."""
+        info = self.tensors[name]
+        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = info.begin - info.begin % mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, start, info.end - start)
+
     def close(self) -> None:
         # Views handed out keep the map alive through their buffer; closing the file object is always safe.
         self._file.close()

@@ -120,10 +120,15 @@ TRIT_API trit_model *trit_model_create(const trit_config *config, const trit_wei
 TRIT_API void trit_model_free(trit_model *model);
 TRIT_API int trit_model_threads(const trit_model *model);
 TRIT_API int trit_model_set_threads(trit_model *model, int n_threads);
+/* Read bandwidth of this machine in GB/s with the model's threads: the best of `repetitions` passes over a buffer of
+ * `bytes` (larger than the caches). The bus limit a decoding speed is measured against. */
+TRIT_API double trit_measure_read_bandwidth(trit_model *model, int64_t bytes, int repetitions);
 
 /* Size in bytes of a rows x cols ternary matrix in T5, and the conversion from the checkpoint's packing. */
 TRIT_API int64_t trit_t5_size(int rows, int cols);
 TRIT_API int trit_convert_tq2_to_t5(uint8_t *t5, const uint8_t *tq2, int rows, int cols);
+/* Scans T5 bytes for values past 242 (not five base-3 digits); returns the first bad offset, or -1. */
+TRIT_API int64_t trit_find_invalid_t5(const uint8_t *t5, int64_t n_bytes);
 /* The ternary format the active kernel runs fastest. */
 TRIT_API int trit_kernel_preferred_format(void);
 

@@ -41,11 +41,43 @@ int trit_cpu_has_avx2(void) { return 0; }
 int trit_cpu_has_avx512vnni(void) { return 0; }
 #endif
 
+/* The NEON kernel needs SDOT (FEAT_DotProd) and is compiled with FP16 allowed (FEAT_FP16). */
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDHP
+#define HWCAP_ASIMDHP (1UL << 10)
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)
+#endif
+int trit_cpu_has_neon_dotprod(void) {
+    unsigned long hw = getauxval(AT_HWCAP);
+    return (hw & HWCAP_ASIMDDP) && (hw & HWCAP_ASIMDHP);
+}
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+/* 1 or 0 as the OS reports the feature; -1 if this macOS predates the hw.optional.arm.FEAT_* names (before 12). */
+static int sysctl_feature(const char *name) {
+    int value = 0;
+    size_t len = sizeof value;
+    return sysctlbyname(name, &value, &len, NULL, 0) == 0 ? value != 0 : -1;
+}
+int trit_cpu_has_neon_dotprod(void) {
+    /* Every Apple Silicon Mac (M1 on) has both; older macOS versions just cannot say so. */
+    return sysctl_feature("hw.optional.arm.FEAT_DotProd") != 0 && sysctl_feature("hw.optional.arm.FEAT_FP16") != 0;
+}
+#else
+int trit_cpu_has_neon_dotprod(void) { return 0; }
+#endif
+
 /* Best first. */
 static const trit_kernel *const KERNELS[] = {
 #ifdef TRIT_X86
     &trit_kernel_avx512,
     &trit_kernel_avx2,
+#endif
+#if defined(__aarch64__)
+    &trit_kernel_neon,
 #endif
     &trit_kernel_scalar,
 };

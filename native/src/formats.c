@@ -27,6 +27,12 @@ int trit_convert_tq2_to_t5(uint8_t *t5, const uint8_t *tq2, int rows, int cols) 
     return TRIT_OK;
 }
 
+int64_t trit_find_invalid_t5(const uint8_t *t5, int64_t n_bytes) {
+    for (int64_t i = 0; i < n_bytes; i++)
+        if (t5[i] > 242) return i;
+    return -1;
+}
+
 int trit_kernel_preferred_format(void) {
     return trit_active_kernel()->t5_matmul ? TRIT_TERNARY_T5 : TRIT_TERNARY_TQ2;
 }

@@ -175,6 +175,94 @@ static float quantize(int8_t *xq, int32_t *sum, const float *x, int n) {
     return s;
 }
 
+static float dot_f16(const uint16_t *a, const float *b, int n);
+
+/* e^x for x <= 0: x = n ln2 + r, a degree-6 polynomial for e^r, times 2^n built in the exponent bits. */
+static inline __m256 exp256(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2));
+}
+
+static inline __m256 load_f16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* As in the AVX-512 kernel: the heads of a group share every key and value read; 16 registers allow 2 keys at a time
+ * for the scores and 32 dimensions of 2 heads at a time for the values. */
+static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
+                   int head_dim, int group, float *scores) {
+    if (head_dim % 32 || head_dim > 128) {
+        trit_kernel_scalar.attend(out, q, keys, values, kv_stride, n_keys, head_dim, group, scores);
+        return;
+    }
+    const int steps = head_dim / 8;
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    for (int h = 0; h < group; h++) {
+        float *sc = scores + (size_t)h * n_keys;
+        const float *qh = q + (size_t)h * head_dim;
+        int k = 0;
+        for (; k + 2 <= n_keys; k += 2) {
+            const uint16_t *k_row = keys + (size_t)k * kv_stride;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+            for (int d = 0; d < steps; d += 2) {
+                __m256 q0 = _mm256_loadu_ps(qh + 8 * d), q1 = _mm256_loadu_ps(qh + 8 * d + 8);
+                a0 = _mm256_fmadd_ps(load_f16x8(k_row + 8 * d), q0, a0);
+                a1 = _mm256_fmadd_ps(load_f16x8(k_row + 8 * d + 8), q1, a1);
+                b0 = _mm256_fmadd_ps(load_f16x8(k_row + kv_stride + 8 * d), q0, b0);
+                b1 = _mm256_fmadd_ps(load_f16x8(k_row + kv_stride + 8 * d + 8), q1, b1);
+            }
+            sc[k] = hsum_f32(_mm256_add_ps(a0, a1)) * scale;
+            sc[k + 1] = hsum_f32(_mm256_add_ps(b0, b1)) * scale;
+        }
+        for (; k < n_keys; k++) sc[k] = dot_f16(keys + (size_t)k * kv_stride, qh, head_dim) * scale;
+        float max = -INFINITY;
+        for (k = 0; k < n_keys; k++) max = sc[k] > max ? sc[k] : max;
+        __m256 vsum = _mm256_setzero_ps(), m = _mm256_set1_ps(max);
+        for (k = 0; k + 8 <= n_keys; k += 8) {
+            __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + k), m));
+            _mm256_storeu_ps(sc + k, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        float sum = hsum_f32(vsum);
+        for (; k < n_keys; k++) {
+            sc[k] = expf(sc[k] - max);
+            sum += sc[k];
+        }
+        float inv = 1.0f / sum;
+        for (k = 0; k < n_keys; k++) sc[k] *= inv;
+    }
+    for (int d0 = 0; d0 < head_dim; d0 += 32)
+        for (int h0 = 0; h0 < group; h0 += 2) {
+            int nh = group - h0 < 2 ? group - h0 : 2;
+            __m256 acc[2][4];
+            for (int h = 0; h < 2; h++)
+                for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
+            for (int k = 0; k < n_keys; k++) {
+                const uint16_t *v_row = values + (size_t)k * kv_stride + d0;
+                __m256 v0 = load_f16x8(v_row), v1 = load_f16x8(v_row + 8), v2 = load_f16x8(v_row + 16),
+                       v3 = load_f16x8(v_row + 24);
+                for (int h = 0; h < nh; h++) {
+                    __m256 p = _mm256_set1_ps(scores[(size_t)(h0 + h) * n_keys + k]);
+                    acc[h][0] = _mm256_fmadd_ps(p, v0, acc[h][0]);
+                    acc[h][1] = _mm256_fmadd_ps(p, v1, acc[h][1]);
+                    acc[h][2] = _mm256_fmadd_ps(p, v2, acc[h][2]);
+                    acc[h][3] = _mm256_fmadd_ps(p, v3, acc[h][3]);
+                }
+            }
+            for (int h = 0; h < nh; h++)
+                for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + (size_t)(h0 + h) * head_dim + d0 + 8 * i, acc[h][i]);
+        }
+}
+
 static float dot_f16(const uint16_t *a, const float *b, int n) {
     __m256 s = _mm256_setzero_ps();
     int i = 0;
@@ -195,5 +283,5 @@ static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
     for (; i < n; i++) y[i] += alpha * trit_f16_to_f32(x[i]);
 }
 
-const trit_kernel trit_kernel_avx2 = {"avx2",    trit_cpu_has_avx2, ternary_matmul, NULL,    bf16_matmul,
-                                      q8_matmul, q4_matmul,         quantize,       dot_f16, axpy_f16};
+const trit_kernel trit_kernel_avx2 = {"avx2",    trit_cpu_has_avx2, ternary_matmul, NULL,    bf16_matmul, q8_matmul,
+                                      q4_matmul, quantize,          attend,         dot_f16, axpy_f16};

@@ -334,6 +334,108 @@ static float quantize(int8_t *xq, int32_t *sum, const float *x, int n) {
     return s;
 }
 
+/* e^x for x <= 0 (softmax after subtracting the max): x = n ln2 + r, a degree-6 polynomial for e^r, times 2^n. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 load_f16x16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+#define KEY_BLOCK 64 /* keys of one block stay in L1 while every head of the group reads them */
+
+/* The heads that share a kv head read each key and value once between them: scores for a block of keys, head by
+ * head with the query in registers, four keys at a time; then the values, 64 dimensions and four heads at a time. */
+static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
+                   int head_dim, int group, float *scores) {
+    if (head_dim % 64 || head_dim > 256) {
+        trit_kernel_scalar.attend(out, q, keys, values, kv_stride, n_keys, head_dim, group, scores);
+        return;
+    }
+    const int steps = head_dim / 16;
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    for (int k0 = 0; k0 < n_keys; k0 += KEY_BLOCK) {
+        int k1 = k0 + KEY_BLOCK < n_keys ? k0 + KEY_BLOCK : n_keys;
+        for (int h = 0; h < group; h++) {
+            __m512 qv[16];
+            for (int d = 0; d < steps; d++) qv[d] = _mm512_loadu_ps(q + (size_t)h * head_dim + 16 * d);
+            float *sc = scores + (size_t)h * n_keys;
+            int k = k0;
+            for (; k + 4 <= k1; k += 4) {
+                const uint16_t *k_row = keys + (size_t)k * kv_stride;
+                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                for (int d = 0; d < steps; d++) {
+                    a0 = _mm512_fmadd_ps(load_f16x16(k_row + 16 * d), qv[d], a0);
+                    a1 = _mm512_fmadd_ps(load_f16x16(k_row + kv_stride + 16 * d), qv[d], a1);
+                    a2 = _mm512_fmadd_ps(load_f16x16(k_row + 2 * kv_stride + 16 * d), qv[d], a2);
+                    a3 = _mm512_fmadd_ps(load_f16x16(k_row + 3 * kv_stride + 16 * d), qv[d], a3);
+                }
+                sc[k] = _mm512_reduce_add_ps(a0) * scale;
+                sc[k + 1] = _mm512_reduce_add_ps(a1) * scale;
+                sc[k + 2] = _mm512_reduce_add_ps(a2) * scale;
+                sc[k + 3] = _mm512_reduce_add_ps(a3) * scale;
+            }
+            for (; k < k1; k++) {
+                __m512 a = _mm512_setzero_ps();
+                for (int d = 0; d < steps; d++) a = _mm512_fmadd_ps(load_f16x16(keys + (size_t)k * kv_stride + 16 * d), qv[d], a);
+                sc[k] = _mm512_reduce_add_ps(a) * scale;
+            }
+        }
+    }
+    for (int h = 0; h < group; h++) { /* softmax */
+        float *sc = scores + (size_t)h * n_keys;
+        __m512 vmax = _mm512_set1_ps(-INFINITY);
+        int k = 0;
+        for (; k + 16 <= n_keys; k += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(sc + k));
+        float max = _mm512_reduce_max_ps(vmax);
+        for (; k < n_keys; k++) max = sc[k] > max ? sc[k] : max;
+        __m512 vsum = _mm512_setzero_ps(), m = _mm512_set1_ps(max);
+        for (k = 0; k + 16 <= n_keys; k += 16) {
+            __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sc + k), m));
+            _mm512_storeu_ps(sc + k, e);
+            vsum = _mm512_add_ps(vsum, e);
+        }
+        float sum = _mm512_reduce_add_ps(vsum);
+        for (; k < n_keys; k++) {
+            sc[k] = expf(sc[k] - max);
+            sum += sc[k];
+        }
+        float inv = 1.0f / sum;
+        for (k = 0; k < n_keys; k++) sc[k] *= inv;
+    }
+    for (int d0 = 0; d0 < head_dim; d0 += 64)
+        for (int h0 = 0; h0 < group; h0 += 4) {
+            int nh = group - h0 < 4 ? group - h0 : 4;
+            __m512 acc[4][4];
+            for (int h = 0; h < 4; h++)
+                for (int i = 0; i < 4; i++) acc[h][i] = _mm512_setzero_ps();
+            for (int k = 0; k < n_keys; k++) {
+                const uint16_t *v_row = values + (size_t)k * kv_stride + d0;
+                __m512 v0 = load_f16x16(v_row), v1 = load_f16x16(v_row + 16), v2 = load_f16x16(v_row + 32),
+                       v3 = load_f16x16(v_row + 48);
+                for (int h = 0; h < nh; h++) {
+                    __m512 p = _mm512_set1_ps(scores[(size_t)(h0 + h) * n_keys + k]);
+                    acc[h][0] = _mm512_fmadd_ps(p, v0, acc[h][0]);
+                    acc[h][1] = _mm512_fmadd_ps(p, v1, acc[h][1]);
+                    acc[h][2] = _mm512_fmadd_ps(p, v2, acc[h][2]);
+                    acc[h][3] = _mm512_fmadd_ps(p, v3, acc[h][3]);
+                }
+            }
+            for (int h = 0; h < nh; h++)
+                for (int i = 0; i < 4; i++) _mm512_storeu_ps(out + (size_t)(h0 + h) * head_dim + d0 + 16 * i, acc[h][i]);
+        }
+}
+
 static float dot_f16(const uint16_t *a, const float *b, int n) {
     __m512 s = _mm512_setzero_ps();
     int i = 0;
@@ -356,4 +458,4 @@ static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
 
 const trit_kernel trit_kernel_avx512 = {"avx512vnni", trit_cpu_has_avx512vnni, ternary_matmul, t5_matmul,
                                         bf16_matmul,  q8_matmul,               q4_matmul,      quantize,
-                                        dot_f16,      axpy_f16};
+                                        attend,       dot_f16,                 axpy_f16};

@@ -105,7 +105,14 @@ static float quantize(int8_t *xq, int32_t *sum, const float *x, int n) {
     return s;
 }
 
+static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
+                   int head_dim, int group, float *scores) {
+    for (int h = 0; h < group; h++)
+        trit_attend_head(&trit_kernel_scalar, out + (size_t)h * head_dim, q + (size_t)h * head_dim, keys, values,
+                         kv_stride, n_keys, head_dim, scores);
+}
+
 static int always(void) { return 1; }
 
-const trit_kernel trit_kernel_scalar = {"scalar",  always,    ternary_matmul, t5_matmul, bf16_matmul,
-                                        q8_matmul, q4_matmul, quantize,       dot_f16,   axpy_f16};
+const trit_kernel trit_kernel_scalar = {"scalar",  always,    ternary_matmul, t5_matmul, bf16_matmul, q8_matmul,
+                                        q4_matmul, quantize,  attend,         dot_f16,   axpy_f16};

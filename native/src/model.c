@@ -32,7 +32,7 @@ typedef struct {
     float *xs;     /* [B] their scales */
     int32_t *xsum; /* [B] their sums */
     float *row;    /* [max(hidden, intermediate)] one token's normed input */
-    float *scores; /* [n_ctx] attention scores */
+    float *scores; /* [heads per kv head][n_ctx] attention scores */
 } thread_scratch;
 
 struct trit_context {
@@ -137,6 +137,12 @@ void trit_model_free(trit_model *m) {
 
 int trit_model_threads(const trit_model *m) { return trit_pool_size(m->pool); }
 
+void trit_model_run(trit_model *m, trit_task_fn fn, void *arg) {
+    pthread_mutex_lock(&m->lock);
+    trit_pool_run(m->pool, fn, arg);
+    pthread_mutex_unlock(&m->lock);
+}
+
 int trit_model_set_threads(trit_model *m, int n_threads) {
     if (n_threads <= 0) n_threads = default_threads();
     trit_pool *pool = trit_pool_create(n_threads);
@@ -188,7 +194,7 @@ static int ensure_thread_scratch(trit_context *ctx) {
         ts->xs = malloc(sizeof(float) * B);
         ts->xsum = malloc(sizeof(int32_t) * B);
         ts->row = malloc(sizeof(float) * wide);
-        ts->scores = malloc(sizeof(float) * (size_t)ctx->n_ctx);
+        ts->scores = malloc(sizeof(float) * (size_t)ctx->n_ctx * (size_t)(c->n_heads / c->n_kv_heads));
         if (!ts->xq || !ts->xs || !ts->xsum || !ts->row || !ts->scores) {
             free_thread_scratch(ctx);
             return trit_fail(TRIT_E_NOMEM, "context: out of memory");
@@ -385,7 +391,8 @@ static void run_rope_store(void *arg, int ith, int nth) {
     }
 }
 
-/* Causal grouped-query attention: one (token, head) pair per item; query head h reads kv head h / (H / KV). */
+/* Causal grouped-query attention: one (token, kv head) pair per item, with the query heads h that read kv head
+ * h / (H / KV) together, so they share every key and value read. */
 static void run_attention(void *arg, int ith, int nth) {
     const batch *b = arg;
     trit_context *ctx = b->ctx;
@@ -394,12 +401,12 @@ static void run_attention(void *arg, int ith, int nth) {
     size_t layer_at = (size_t)b->layer * ctx->n_ctx * KV;
     float *scores = ctx->threads[ith].scores;
     /* round robin: a later token attends to more positions, so contiguous shares would be uneven */
-    for (int i = ith; i < b->n * c->n_heads; i += nth) {
-        int t = i / c->n_heads, h = i % c->n_heads;
-        size_t head_at = (size_t)t * c->hidden_size + (size_t)h * c->head_dim;
-        size_t kv_at = layer_at + (size_t)(h / group) * c->head_dim;
-        trit_attend_head(b->kern, ctx->att + head_at, ctx->q + head_at, ctx->k_cache + kv_at, ctx->v_cache + kv_at, KV,
-                         b->pos0 + t + 1, c->head_dim, scores);
+    for (int i = ith; i < b->n * c->n_kv_heads; i += nth) {
+        int t = i / c->n_kv_heads, kvh = i % c->n_kv_heads;
+        size_t head_at = (size_t)t * c->hidden_size + (size_t)kvh * group * c->head_dim;
+        size_t kv_at = layer_at + (size_t)kvh * c->head_dim;
+        b->kern->attend(ctx->att + head_at, ctx->q + head_at, ctx->k_cache + kv_at, ctx->v_cache + kv_at, KV,
+                        b->pos0 + t + 1, c->head_dim, group, scores);
     }
 }
 

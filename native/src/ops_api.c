@@ -49,7 +49,7 @@ int trit_op_attention(float *out, const float *q, const float *k, const float *v
     int n_keys = pos0 + n_q, kv = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
     size_t cells = (size_t)n_keys * kv;
     uint16_t *kh = malloc(sizeof(uint16_t) * cells), *vh = malloc(sizeof(uint16_t) * cells);
-    float *scores = malloc(sizeof(float) * (size_t)n_keys);
+    float *scores = malloc(sizeof(float) * (size_t)n_keys * (size_t)group);
     if (!kh || !vh || !scores) {
         free(kh), free(vh), free(scores);
         return trit_fail(TRIT_E_NOMEM, "attention: out of memory");
@@ -59,9 +59,9 @@ int trit_op_attention(float *out, const float *q, const float *k, const float *v
         vh[i] = trit_f32_to_f16(v[i]);
     }
     for (int t = 0; t < n_q; t++)
-        for (int h = 0; h < n_heads; h++) {
-            size_t at = ((size_t)t * n_heads + h) * head_dim, kv_at = (size_t)(h / group) * head_dim;
-            trit_attend_head(kern, out + at, q + at, kh + kv_at, vh + kv_at, kv, pos0 + t + 1, head_dim, scores);
+        for (int g = 0; g < n_kv_heads; g++) {
+            size_t at = ((size_t)t * n_heads + (size_t)g * group) * head_dim, kv_at = (size_t)g * head_dim;
+            kern->attend(out + at, q + at, kh + kv_at, vh + kv_at, kv, pos0 + t + 1, head_dim, group, scores);
         }
     free(kh), free(vh), free(scores);
     return TRIT_OK;

@@ -31,6 +31,11 @@ typedef struct {
                       int n_tokens, int r0, int r1);
     /* trit_quantize, vectorised: the same int8 values and scale, bit for bit; also returns sum(xq) in *sum. */
     float (*quantize)(int8_t *xq, int32_t *sum, const float *x, int n);
+    /* Causal attention of `group` query heads that share one kv head (consecutive in q and out, head_dim apart)
+     * against n_keys cached fp16 positions, kv_stride apart: out[h] = softmax(q[h] . K^T / sqrt(hd)) . V.
+     * scores: scratch of group * n_keys floats. */
+    void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride,
+                   int n_keys, int head_dim, int group, float *scores);
     /* sum_i a[i] * b[i], a fp16 (the KV cache). */
     float (*dot_f16)(const uint16_t *a, const float *b, int n);
     /* y[i] += alpha * x[i], x fp16. */
@@ -43,13 +48,20 @@ extern const trit_kernel trit_kernel_scalar;
 extern const trit_kernel trit_kernel_avx2;
 extern const trit_kernel trit_kernel_avx512;
 #endif
+#if defined(__aarch64__)
+extern const trit_kernel trit_kernel_neon;
+#endif
 
 const trit_kernel *trit_active_kernel(void);
 const trit_kernel *trit_kernel_at(int index);
 
+/* model.c: runs a job on the model's threads, between forward passes */
+void trit_model_run(trit_model *model, trit_task_fn fn, void *arg);
+
 /* cpu.c */
 int trit_cpu_has_avx2(void);
 int trit_cpu_has_avx512vnni(void);
+int trit_cpu_has_neon_dotprod(void); /* AArch64 with SDOT and FP16 */
 
 /* error.c: set the thread's last error and return code */
 int trit_fail(int code, const char *fmt, ...)
