@@ -209,5 +209,16 @@ class Checkpoint:
             raise CheckpointError(f"{self.file.path}: tensor {name} is {value}; a weight scale must be finite and non-zero")
         return value
 
+    def check_ternary_codes(self, name: str) -> None:
+        """A packed byte holding the code 3 is not a ternary value: the file is corrupt."""
+        from . import native  # the scan runs natively: 521 MB for the 2B4T
+
+        packed = self.raw(name)
+        bad = native.find_invalid_code(packed)
+        if bad >= 0:
+            row, col = divmod(bad, packed.shape[1])
+            raise CheckpointError(f"{self.file.path}: tensor {name} byte [{row}, {col}] holds the invalid ternary code 3"
+                                  " — the file is corrupt; download or import it again")
+
     def packed_names(self) -> list[str]:
         return [f"model.layers.{i}.{p}.weight" for i in range(self.config.num_hidden_layers) for p in PROJECTIONS]

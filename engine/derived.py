@@ -104,6 +104,7 @@ def derive_t5(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
     """Every ternary projection converted to T5 by the native library (it defines the format)."""
     out = {}
     for name in checkpoint.packed_names():
+        checkpoint.check_ternary_codes(name)
         tq2 = checkpoint.raw(name)
         rows, cols = tq2.shape[0] * 4, tq2.shape[1]
         t5 = np.empty((native.lib().trit_t5_size(rows, cols) // cols, cols), np.uint8)

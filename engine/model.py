@@ -89,12 +89,7 @@ class Model:
                     raise CheckpointError(f"{path}: tensor {name} byte {bad} is not a T5 value — delete {path.parent} "
                                           "and load again to derive it anew")
                 continue
-            bad = native.find_invalid_code(checkpoint.raw(name))
-            if bad >= 0:
-                row, col = divmod(bad, checkpoint.raw(name).shape[1])
-                raise CheckpointError(
-                    f"{checkpoint.file.path}: tensor {name} byte [{row}, {col}] holds the invalid ternary code 3"
-                    " — the file is corrupt; download or import it again")
+            checkpoint.check_ternary_codes(name)
 
     # ---- properties -----------------------------------------------------------------------------------------------
     @property
