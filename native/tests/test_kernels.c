@@ -1,0 +1,594 @@
+/* test_kernels: every kernel this CPU runs, against the scalar kernel, through the public API (trit.h) only.
+ *
+ *   - the ternary matmul, TQ2 and T5, on odd shapes: int32 bit-identical (and the scalar one against a plain sum);
+ *   - the activation quantisation: int8 values and scale bit-identical;
+ *   - the bf16 / q8 / q4 output heads and attention over the fp16 cache: equal within a stated float tolerance;
+ *   - a whole tiny model (threads splitting rows, prefill tiles, decoding, every head, both ternary formats): logits
+ *     close, which also covers what the public operations cannot reach (the quantiser's sum, row shares).
+ *
+ * One line per check; the last line is "N passed, M failed"; the exit status is 1 if anything failed. Plain C11 with
+ * a fixed-seed generator, so a failure reproduces exactly. Run by native/tests/run-aarch64.sh (also under qemu). */
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "trit.h"
+
+static int passed, failed;
+
+static void check(int ok, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs(ok ? "ok   " : "FAIL ", stdout);
+    vprintf(fmt, ap);
+    putchar('\n');
+    va_end(ap);
+    if (ok)
+        passed++;
+    else
+        failed++;
+    fflush(stdout);
+}
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* ---- a fixed-seed generator (splitmix64) ------------------------------------------------------------------------ */
+static uint64_t rng;
+
+static void seed(uint64_t s) { rng = s * 0x9E3779B97F4A7C15ull + 12345; }
+
+static uint64_t next_u64(void) {
+    uint64_t z = (rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static int rand_int(int lo, int hi) { return lo + (int)(next_u64() % (uint64_t)(hi - lo + 1)); } /* inclusive */
+
+static float rand_float(float lo, float hi) {
+    return lo + (hi - lo) * (float)((double)(next_u64() >> 40) / 16777216.0);
+}
+
+/* Maxima without fmaxf: aarch64 GCC 12.2 crashes vectorising an fmaxf reduction (vect_transform_reduction). NaN
+ * loses to a number in max_f; in max_d, the worst error, NaN wins. */
+static float max_f(float a, float b) { return b > a ? b : a; }
+static double max_d(double worst, double e) { return e <= worst ? worst : e; }
+
+static uint16_t f32_to_bf16(float f) { /* round to nearest even; the test never makes NaNs */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* A positive normal fp16 with a random mantissa and exponent e - 15 for e in [e_lo, e_hi], and its value. */
+static uint16_t rand_f16(int e_lo, int e_hi, float *value) {
+    int e = rand_int(e_lo, e_hi), m = rand_int(0, 1023);
+    *value = ldexpf(1.0f + (float)m / 1024.0f, e - 15);
+    return (uint16_t)(e << 10 | m);
+}
+
+/* ---- the kernels ------------------------------------------------------------------------------------------------- */
+static int n_kernels, scalar_index = -1;
+static int runnable[16], n_runnable; /* indices of supported kernels, scalar last */
+
+static const char *kname(int k) { return trit_kernel_name(k); }
+
+static void select_kernel(int k) {
+    if (trit_kernel_select(kname(k)) != TRIT_OK) {
+        fprintf(stderr, "cannot select kernel %s: %s\n", kname(k), trit_last_error());
+        exit(2);
+    }
+}
+
+/* ---- ternary matmul ---------------------------------------------------------------------------------------------- */
+
+/* W [rows][cols] in -1..1 packed as the checkpoint does (trit.h). */
+static uint8_t *pack_tq2(const int8_t *w, int rows, int cols) {
+    int quarter = rows / 4;
+    uint8_t *p = xmalloc((size_t)quarter * cols);
+    memset(p, 0, (size_t)quarter * cols);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            p[(size_t)(r % quarter) * cols + c] |= (uint8_t)((w[(size_t)r * cols + c] + 1) << (2 * (r / quarter)));
+    return p;
+}
+
+enum { FILL_RANDOM, FILL_MAX, FILL_MIN };
+
+static void check_ternary_shape(int rows, int cols, int n, int fill) {
+    const char *what = fill == FILL_RANDOM ? "" : fill == FILL_MAX ? " (largest sums)" : " (most negative sums)";
+    seed((uint64_t)rows * 1000003u + (uint64_t)cols * 101u + (uint64_t)n * 7u + (uint64_t)fill);
+    int8_t *w = xmalloc((size_t)rows * cols), *x = xmalloc((size_t)n * cols);
+    for (size_t i = 0; i < (size_t)rows * cols; i++)
+        w[i] = (int8_t)(fill == FILL_RANDOM ? rand_int(-1, 1) : (i % 3 == 0 ? 1 : -1) * (fill == FILL_MAX ? 1 : -1));
+    for (size_t i = 0; i < (size_t)n * cols; i++)
+        x[i] = (int8_t)(fill == FILL_RANDOM ? rand_int(-128, 127)
+                                             : (i % 3 == 0 ? 127 : -128)); /* every product at its extreme */
+    uint8_t *tq2 = pack_tq2(w, rows, cols);
+    uint8_t *t5 = xmalloc((size_t)trit_t5_size(rows, cols));
+    if (trit_convert_tq2_to_t5(t5, tq2, rows, cols) != TRIT_OK) {
+        check(0, "convert %dx%d to T5: %s", rows, cols, trit_last_error());
+        return;
+    }
+    size_t n_out = (size_t)n * rows;
+    int32_t *ref = xmalloc(sizeof(int32_t) * n_out), *want = xmalloc(sizeof(int32_t) * n_out);
+    int32_t *got = xmalloc(sizeof(int32_t) * n_out);
+    for (int t = 0; t < n; t++)
+        for (int r = 0; r < rows; r++) {
+            int64_t s = 0;
+            for (int c = 0; c < cols; c++) s += (int64_t)w[(size_t)r * cols + c] * x[(size_t)t * cols + c];
+            ref[(size_t)t * rows + r] = (int32_t)s;
+        }
+    for (int format = TRIT_TERNARY_TQ2; format <= TRIT_TERNARY_T5; format++) {
+        const char *fname = format == TRIT_TERNARY_TQ2 ? "tq2" : "t5";
+        const uint8_t *packed = format == TRIT_TERNARY_TQ2 ? tq2 : t5;
+        memset(want, 0x7f, sizeof(int32_t) * n_out);
+        int rc = trit_op_ternary_matmul(scalar_index, format, want, packed, rows, cols, x, n);
+        check(rc == TRIT_OK && memcmp(want, ref, sizeof(int32_t) * n_out) == 0,
+              "%-4s scalar     = plain sum  rows=%d cols=%d tokens=%d%s", fname, rows, cols, n, what);
+        for (int i = 0; i < n_runnable; i++) {
+            int k = runnable[i];
+            if (k == scalar_index) continue;
+            memset(got, 0x7f, sizeof(int32_t) * n_out); /* every output must be written */
+            rc = trit_op_ternary_matmul(k, format, got, packed, rows, cols, x, n);
+            if (rc == TRIT_E_UNSUPPORTED && format == TRIT_TERNARY_T5) continue; /* reported once, in main */
+            size_t bad = 0, first = 0;
+            for (size_t j = 0; j < n_out; j++)
+                if (got[j] != want[j] && !bad++) first = j;
+            if (rc != TRIT_OK)
+                check(0, "%-4s %-10s = scalar     rows=%d cols=%d tokens=%d%s: %s", fname, kname(k), rows, cols, n,
+                      what, trit_last_error());
+            else if (bad)
+                check(0, "%-4s %-10s = scalar     rows=%d cols=%d tokens=%d%s: %zu of %zu differ, first [t=%zu][r=%zu] "
+                         "%d != %d",
+                      fname, kname(k), rows, cols, n, what, bad, n_out, first / (size_t)rows, first % (size_t)rows,
+                      got[first], want[first]);
+            else
+                check(1, "%-4s %-10s = scalar     rows=%d cols=%d tokens=%d%s", fname, kname(k), rows, cols, n, what);
+        }
+    }
+    free(w), free(x), free(tq2), free(t5), free(ref), free(want), free(got);
+}
+
+static void check_ternary(void) {
+    /* rows a multiple of 4 but not of 16 (T5: not of 5 either), columns not a multiple of 16, 32 or 64; token counts
+     * that leave every tile size a remainder, and one past a 64-token block */
+    static const int shapes[][3] = {
+        {4, 1, 1},     {8, 15, 2},   {12, 17, 1},  {20, 31, 3},   {36, 33, 4},    {44, 63, 5},    {28, 65, 7},
+        {52, 100, 1},  {60, 127, 6}, {68, 129, 9}, {260, 300, 7}, {12, 40, 70},   {132, 2563, 2}, {16, 6912, 1},
+        {100, 257, 8}, {4, 48, 3},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        check_ternary_shape(shapes[i][0], shapes[i][1], shapes[i][2], FILL_RANDOM);
+    check_ternary_shape(8, 6912, 2, FILL_MAX); /* the longest 2B4T row with every product at +-128 */
+    check_ternary_shape(8, 6912, 3, FILL_MIN);
+}
+
+/* ---- quantisation ------------------------------------------------------------------------------------------------ */
+
+/* x[i] with x[i] * s exactly k + 0.5 (round half to even must pick k or k + 1 by parity), where it can be found. */
+static int fill_ties(float *x, int n) {
+    float amax = rand_float(0.5f, 4.0f), s = 127.0f * (1.0f / amax); /* the scale as trit_op_quantize computes it */
+    int ties = 0;
+    for (int i = 0; i < n; i++) {
+        float t = (float)rand_int(-126, 126) + 0.5f, v = t / s;
+        for (int step = 0; step < 8 && v * s != t; step++) v = nextafterf(v, v * s < t ? INFINITY : -INFINITY);
+        x[i] = v;
+        ties += v * s == t;
+    }
+    x[n / 2] = n % 2 ? amax : -amax;
+    return ties;
+}
+
+static int fill_quantize(float *x, int n, int kind) {
+    if (kind == 1) return fill_ties(x, n);
+    for (int i = 0; i < n; i++) {
+        switch (kind) {
+        case 0: x[i] = rand_float(-3.0f, 3.0f); break;
+        case 2: x[i] = rand_float(-1e-7f, 1e-7f); break; /* max below 1e-5: s = 127 / 1e-5 */
+        case 3: x[i] = 0.0f; break;
+        case 4: x[i] = rand_float(-1e30f, 1e30f); break;
+        default: x[i] = (float)rand_int(-1000, 1000) / 8.0f; break;
+        }
+    }
+    return 0;
+}
+
+static const char *ties_note(int kind, int ties) {
+    static char note[32];
+    snprintf(note, sizeof note, " (%d exact ties)", ties);
+    return kind == 1 ? note : "";
+}
+
+static void check_quantize(void) {
+    static const char *kinds[] = {"uniform", "ties", "tiny", "zeros", "huge", "eighths"};
+    static const int sizes[] = {1, 3, 7, 15, 16, 17, 31, 33, 64, 100, 2560, 6913};
+    for (int kind = 0; kind < 6; kind++)
+        for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+            int n = sizes[si];
+            seed((uint64_t)kind * 7919u + (uint64_t)n);
+            float *x = xmalloc(sizeof(float) * (size_t)n);
+            int8_t *want = xmalloc((size_t)n), *got = xmalloc((size_t)n);
+            int ties = fill_quantize(x, n, kind);
+            select_kernel(scalar_index);
+            float s_want = trit_op_quantize(want, x, n);
+            for (int i = 0; i < n_runnable; i++) {
+                int k = runnable[i];
+                if (k == scalar_index) continue;
+                select_kernel(k);
+                memset(got, 0x55, (size_t)n);
+                float s_got = trit_op_quantize(got, x, n);
+                int same_s = memcmp(&s_got, &s_want, sizeof(float)) == 0, bad = 0, first = -1;
+                for (int j = 0; j < n; j++)
+                    if (got[j] != want[j] && !bad++) first = j;
+                if (same_s && !bad)
+                    check(1, "quantize %-10s = scalar     n=%d %s%s", kname(k), n, kinds[kind], ties_note(kind, ties));
+                else
+                    check(0,
+                          "quantize %-10s = scalar     n=%d %s: scale %.9g vs %.9g, %d values differ (first at %d: %d vs %d)",
+                          kname(k), n, kinds[kind], s_got, s_want, bad, first, first >= 0 ? got[first] : 0,
+                          first >= 0 ? want[first] : 0);
+            }
+            free(x), free(want), free(got);
+        }
+}
+
+/* ---- output heads ------------------------------------------------------------------------------------------------ */
+
+/* Float results may differ from the scalar kernel's by summation order and FMA contraction (|error| <= 1e-5 of the
+ * sum of |w x| here, with room to spare), and for the compact heads by the SIMD kernels' split of x into two int8
+ * parts (|error| <= max|x| / 32512 per element, times sum |w|). */
+static void check_head(int head_type, int vocab, int hidden) {
+    static const char *names[] = {"bf16", "q8", "q4"};
+    seed((uint64_t)head_type * 65537u + (uint64_t)vocab * 131u + (uint64_t)hidden);
+    float *x = xmalloc(sizeof(float) * (size_t)hidden), *wf = xmalloc(sizeof(float) * (size_t)vocab * hidden);
+    void *head = NULL, *scales = NULL;
+    for (int c = 0; c < hidden; c++) x[c] = rand_float(-2.0f, 2.0f);
+    if (hidden > 8) x[hidden / 3] = 6.0f; /* one outlier, as real hidden states have */
+    if (head_type == TRIT_HEAD_BF16) {
+        uint16_t *h = xmalloc(sizeof(uint16_t) * (size_t)vocab * hidden);
+        for (size_t i = 0; i < (size_t)vocab * hidden; i++) {
+            h[i] = f32_to_bf16(rand_float(-0.1f, 0.1f));
+            wf[i] = bf16_to_f32(h[i]);
+        }
+        head = h;
+    } else if (head_type == TRIT_HEAD_Q8) {
+        int8_t *h = xmalloc((size_t)vocab * hidden);
+        float *sc = xmalloc(sizeof(float) * (size_t)vocab);
+        for (int v = 0; v < vocab; v++) sc[v] = rand_float(0.0005f, 0.002f);
+        for (size_t i = 0; i < (size_t)vocab * hidden; i++) {
+            h[i] = (int8_t)rand_int(-127, 127);
+            wf[i] = sc[i / (size_t)hidden] * (float)h[i];
+        }
+        head = h, scales = sc;
+    } else {
+        uint8_t *h = xmalloc((size_t)vocab * hidden / 2);
+        int blocks = hidden / TRIT_Q4_BLOCK;
+        uint16_t *sc = xmalloc(sizeof(uint16_t) * (size_t)vocab * blocks);
+        float *scf = xmalloc(sizeof(float) * (size_t)vocab * blocks);
+        for (size_t i = 0; i < (size_t)vocab * blocks; i++) sc[i] = rand_f16(3, 6, &scf[i]); /* 2^-12 .. 2^-8 */
+        for (size_t i = 0; i < (size_t)vocab * hidden / 2; i++) h[i] = (uint8_t)rand_int(0, 255);
+        for (int v = 0; v < vocab; v++)
+            for (int c = 0; c < hidden; c++) {
+                uint8_t byte = h[(size_t)v * hidden / 2 + c / TRIT_Q4_GROUP * 32 + c % 32];
+                int q = c % TRIT_Q4_GROUP < 32 ? byte & 15 : byte >> 4;
+                wf[(size_t)v * hidden + c] = scf[(size_t)v * blocks + c / TRIT_Q4_BLOCK] * (float)(q - 8);
+            }
+        free(scf);
+        head = h, scales = sc;
+    }
+    float amax = 0.0f;
+    for (int c = 0; c < hidden; c++) amax = max_f(amax, fabsf(x[c]));
+    double *tol = xmalloc(sizeof(double) * (size_t)vocab), *tol_sum = xmalloc(sizeof(double) * (size_t)vocab);
+    double *exact = xmalloc(sizeof(double) * (size_t)vocab);
+    for (int v = 0; v < vocab; v++) {
+        double l1 = 0.0, w1 = 0.0, sum = 0.0;
+        for (int c = 0; c < hidden; c++) {
+            double wv = wf[(size_t)v * hidden + c];
+            sum += wv * x[c];
+            l1 += fabs(wv * x[c]);
+            w1 += fabs(wv);
+        }
+        exact[v] = sum;
+        tol_sum[v] = 1e-5 * l1 + 1e-30;
+        tol[v] = tol_sum[v] + (head_type == TRIT_HEAD_BF16 ? 0.0 : amax / 32512.0 * w1);
+    }
+    float *want = xmalloc(sizeof(float) * (size_t)vocab), *got = xmalloc(sizeof(float) * (size_t)vocab);
+    select_kernel(scalar_index);
+    int rc = trit_op_output_head(head_type, want, x, head, scales, vocab, hidden);
+    double worst = 0.0;
+    for (int v = 0; v < vocab && rc == TRIT_OK; v++) worst = max_d(worst, fabs(want[v] - exact[v]) / tol_sum[v]);
+    /* the scalar kernel (no split of x) against a double-precision sum of the same weights */
+    check(rc == TRIT_OK && worst <= 1.0,
+          "head %-4s scalar     ~ exact sum  vocab=%d hidden=%d (worst %.2g of the tolerance)", names[head_type], vocab,
+          hidden, worst);
+    for (int i = 0; i < n_runnable; i++) {
+        int k = runnable[i];
+        if (k == scalar_index) continue;
+        select_kernel(k);
+        for (int v = 0; v < vocab; v++) got[v] = NAN;
+        rc = trit_op_output_head(head_type, got, x, head, scales, vocab, hidden);
+        worst = 0.0;
+        int at = 0;
+        for (int v = 0; v < vocab; v++) {
+            double e = fabs((double)got[v] - want[v]) / tol[v];
+            if (!(e <= worst)) worst = e, at = v; /* NaN counts as worst */
+        }
+        check(rc == TRIT_OK && worst <= 1.0,
+              "head %-4s %-10s ~ scalar     vocab=%d hidden=%d (worst %.2g of the tolerance, %g vs %g)",
+              names[head_type], kname(k), vocab, hidden, worst, got[at], want[at]);
+    }
+    free(x), free(wf), free(head), free(scales), free(tol), free(tol_sum), free(exact), free(want), free(got);
+}
+
+static void check_heads(void) {
+    static const int any[][2] = {{1, 1},  {37, 17},  {37, 100}, {50, 64},  {33, 2560},
+                                 {21, 80}, {9, 4100}, {5, 2576}, {3, 16400}};
+    static const int q4[][2] = {{37, 64}, {50, 128}, {33, 192}, {17, 512}, {11, 2560}, {5, 4096}, {3, 16448}};
+    for (size_t i = 0; i < sizeof any / sizeof any[0]; i++) {
+        check_head(TRIT_HEAD_BF16, any[i][0], any[i][1]);
+        check_head(TRIT_HEAD_Q8, any[i][0], any[i][1]);
+    }
+    for (size_t i = 0; i < sizeof q4 / sizeof q4[0]; i++) check_head(TRIT_HEAD_Q4, q4[i][0], q4[i][1]);
+}
+
+/* ---- attention over the fp16 cache ------------------------------------------------------------------------------- */
+
+static void check_attention(int n_q, int pos0, int n_heads, int n_kv, int hd, float q_range) {
+    seed((uint64_t)n_q * 31u + (uint64_t)pos0 * 977u + (uint64_t)n_heads * 7u + (uint64_t)hd);
+    int n_keys = pos0 + n_q;
+    size_t nq = (size_t)n_q * n_heads * hd, nk = (size_t)n_keys * n_kv * hd;
+    float *q = xmalloc(sizeof(float) * nq), *k = xmalloc(sizeof(float) * nk), *v = xmalloc(sizeof(float) * nk);
+    float *want = xmalloc(sizeof(float) * nq), *got = xmalloc(sizeof(float) * nq);
+    for (size_t i = 0; i < nq; i++) q[i] = rand_float(-q_range, q_range);
+    for (size_t i = 0; i < nk; i++) k[i] = rand_float(-1.0f, 1.0f), v[i] = rand_float(-1.0f, 1.0f);
+    select_kernel(scalar_index);
+    int rc = trit_op_attention(want, q, k, v, n_q, pos0, n_heads, n_kv, hd);
+    check(rc == TRIT_OK, "attention scalar     runs       n_q=%d pos0=%d heads=%d/%d head_dim=%d", n_q, pos0, n_heads,
+          n_kv, hd);
+    for (int i = 0; i < n_runnable; i++) {
+        int kk = runnable[i];
+        if (kk == scalar_index) continue;
+        select_kernel(kk);
+        for (size_t j = 0; j < nq; j++) got[j] = NAN;
+        rc = trit_op_attention(got, q, k, v, n_q, pos0, n_heads, n_kv, hd);
+        /* outputs are averages of values in [-1, 1]: dot products that differ in the last bits move them by far less */
+        double worst = 0.0;
+        for (size_t j = 0; j < nq; j++) {
+            double e = fabs((double)got[j] - want[j]);
+            worst = max_d(worst, e);
+        }
+        check(rc == TRIT_OK && worst <= 2e-5,
+              "attention %-10s ~ scalar     n_q=%d pos0=%d heads=%d/%d head_dim=%d (max |diff| %.2g)",
+              kname(kk), n_q, pos0, n_heads, n_kv, hd, worst);
+    }
+    free(q), free(k), free(v), free(want), free(got);
+}
+
+static void check_attentions(void) {
+    check_attention(1, 0, 2, 1, 8, 1.0f);
+    check_attention(1, 9, 4, 2, 20, 2.0f);
+    check_attention(5, 3, 4, 2, 64, 1.0f);
+    check_attention(3, 30, 8, 8, 13, 4.0f);
+    check_attention(2, 100, 4, 1, 128, 1.0f);
+    check_attention(7, 0, 6, 3, 6, 1.0f);
+}
+
+/* ---- a tiny model, end to end ------------------------------------------------------------------------------------ */
+
+enum { M_HIDDEN = 128, M_INTER = 204, M_LAYERS = 2, M_HEADS = 4, M_KV = 2, M_HD = 32, M_VOCAB = 96, M_CTX = 16 };
+
+typedef struct {
+    trit_config cfg;
+    trit_layer_weights layers[M_LAYERS];
+    uint16_t *embed;
+    float *norms; /* every norm weight, one block */
+    uint8_t *tq2[M_LAYERS][7], *t5[M_LAYERS][7];
+    int8_t *q8;
+    float *q8_scales;
+    uint8_t *q4;
+    uint16_t *q4_scales;
+} tiny_model;
+
+static void make_tiny_model(tiny_model *m) {
+    seed(2026);
+    memset(m, 0, sizeof *m);
+    m->cfg = (trit_config){M_HIDDEN, M_INTER, M_LAYERS, M_HEADS, M_KV, M_HD, M_VOCAB, M_CTX, 10000.0f, 1e-5f,
+                           TRIT_SCALE_MULTIPLY, TRIT_TERNARY_TQ2};
+    m->embed = xmalloc(sizeof(uint16_t) * M_VOCAB * M_HIDDEN);
+    for (int i = 0; i < M_VOCAB * M_HIDDEN; i++) m->embed[i] = f32_to_bf16(rand_float(-1.0f, 1.0f));
+    int n_norms = M_LAYERS * (3 * M_HIDDEN + M_INTER) + M_HIDDEN;
+    m->norms = xmalloc(sizeof(float) * (size_t)n_norms);
+    for (int i = 0; i < n_norms; i++) m->norms[i] = rand_float(0.5f, 1.5f);
+    const int shape[7][2] = {/* q k v o gate up down */
+                             {M_HIDDEN, M_HIDDEN}, {M_KV * M_HD, M_HIDDEN}, {M_KV * M_HD, M_HIDDEN}, {M_HIDDEN, M_HIDDEN},
+                             {M_INTER, M_HIDDEN},  {M_INTER, M_HIDDEN},     {M_HIDDEN, M_INTER}};
+    float *norm = m->norms;
+    for (int l = 0; l < M_LAYERS; l++) {
+        for (int p = 0; p < 7; p++) {
+            int rows = shape[p][0], cols = shape[p][1];
+            int8_t *w = xmalloc((size_t)rows * cols);
+            for (size_t i = 0; i < (size_t)rows * cols; i++) w[i] = (int8_t)rand_int(-1, 1);
+            m->tq2[l][p] = pack_tq2(w, rows, cols);
+            m->t5[l][p] = xmalloc((size_t)trit_t5_size(rows, cols));
+            trit_convert_tq2_to_t5(m->t5[l][p], m->tq2[l][p], rows, cols);
+            free(w);
+        }
+        trit_layer_weights *L = &m->layers[l];
+        L->input_norm = norm, norm += M_HIDDEN;
+        L->attn_sub_norm = norm, norm += M_HIDDEN;
+        L->post_attn_norm = norm, norm += M_HIDDEN;
+        L->ffn_sub_norm = norm, norm += M_INTER;
+        L->q_scale = 0.08f, L->k_scale = 0.1f, L->v_scale = 0.1f, L->o_scale = 0.05f;
+        L->gate_scale = 0.1f, L->up_scale = 0.1f, L->down_scale = 0.03f;
+    }
+    /* the derived heads, quantised from the embedding roughly as engine/derived.py does */
+    m->q8 = xmalloc(M_VOCAB * M_HIDDEN);
+    m->q8_scales = xmalloc(sizeof(float) * M_VOCAB);
+    m->q4 = xmalloc(M_VOCAB * M_HIDDEN / 2);
+    m->q4_scales = xmalloc(sizeof(uint16_t) * M_VOCAB * (M_HIDDEN / TRIT_Q4_BLOCK));
+    memset(m->q4, 0, M_VOCAB * M_HIDDEN / 2);
+    for (int v = 0; v < M_VOCAB; v++) {
+        const uint16_t *e = m->embed + (size_t)v * M_HIDDEN;
+        float amax = 0.0f;
+        for (int c = 0; c < M_HIDDEN; c++) amax = max_f(amax, fabsf(bf16_to_f32(e[c])));
+        m->q8_scales[v] = amax / 127.0f;
+        for (int c = 0; c < M_HIDDEN; c++)
+            m->q8[v * M_HIDDEN + c] = (int8_t)lrintf(bf16_to_f32(e[c]) / m->q8_scales[v]);
+        for (int blk = 0; blk < M_HIDDEN / TRIT_Q4_BLOCK; blk++) {
+            float d; /* a power of two near amax / 7, exact in fp16 */
+            int ex;
+            frexpf(amax / 7.0f, &ex);
+            d = ldexpf(1.0f, ex - 1);
+            m->q4_scales[v * (M_HIDDEN / TRIT_Q4_BLOCK) + blk] = (uint16_t)((ex - 1 + 15) << 10);
+            for (int c = blk * TRIT_Q4_BLOCK; c < (blk + 1) * TRIT_Q4_BLOCK; c++) {
+                long q = lrintf(bf16_to_f32(e[c]) / d) + 8;
+                q = q < 0 ? 0 : q > 15 ? 15 : q;
+                m->q4[v * M_HIDDEN / 2 + c / TRIT_Q4_GROUP * 32 + c % 32] |=
+                    (uint8_t)(c % TRIT_Q4_GROUP < 32 ? q : q << 4);
+            }
+        }
+    }
+}
+
+static void free_tiny_model(tiny_model *m) {
+    for (int l = 0; l < M_LAYERS; l++)
+        for (int p = 0; p < 7; p++) free(m->tq2[l][p]), free(m->t5[l][p]);
+    free(m->embed), free(m->norms), free(m->q8), free(m->q8_scales), free(m->q4), free(m->q4_scales);
+}
+
+enum { PROMPT = 7, DECODE = 2, N_LOGITS = (PROMPT + DECODE) * M_VOCAB };
+
+/* Logits of a 7-token prompt (all rows) and two decoding steps with the selected kernel; 0 on success. */
+static int run_tiny_model(tiny_model *m, int format, int head_type, float *logits) {
+    trit_config cfg = m->cfg;
+    cfg.ternary_format = format;
+    trit_layer_weights layers[M_LAYERS];
+    for (int l = 0; l < M_LAYERS; l++) {
+        uint8_t **w = format == TRIT_TERNARY_T5 ? m->t5[l] : m->tq2[l];
+        layers[l] = m->layers[l];
+        layers[l].q = w[0], layers[l].k = w[1], layers[l].v = w[2], layers[l].o = w[3];
+        layers[l].gate = w[4], layers[l].up = w[5], layers[l].down = w[6];
+    }
+    trit_weights weights = {m->embed, m->norms + M_LAYERS * (3 * M_HIDDEN + M_INTER), layers, head_type, NULL, NULL};
+    if (head_type == TRIT_HEAD_Q8) weights.head = m->q8, weights.head_scales = m->q8_scales;
+    if (head_type == TRIT_HEAD_Q4) weights.head = m->q4, weights.head_scales = m->q4_scales;
+    trit_model *model = trit_model_create(&cfg, &weights, 2); /* two threads: each takes a share of the rows */
+    if (!model) return -1;
+    trit_context *ctx = trit_context_create(model, M_CTX, 0);
+    int rc = ctx ? TRIT_OK : -1;
+    const int32_t prompt[PROMPT] = {1, 17, 42, 5, 95, 0, 63}, next[DECODE] = {88, 3};
+    if (rc == TRIT_OK) rc = trit_eval(ctx, prompt, PROMPT, logits, TRIT_LOGITS_ALL);
+    for (int i = 0; i < DECODE && rc == TRIT_OK; i++)
+        rc = trit_eval(ctx, &next[i], 1, logits + (size_t)(PROMPT + i) * M_VOCAB, TRIT_LOGITS_LAST);
+    trit_context_free(ctx);
+    trit_model_free(model);
+    return rc;
+}
+
+static void check_model(void) {
+    static const char *heads[] = {"bf16", "q8", "q4"};
+    tiny_model m;
+    make_tiny_model(&m);
+    float *want = xmalloc(sizeof(float) * N_LOGITS), *got = xmalloc(sizeof(float) * N_LOGITS);
+    for (int format = TRIT_TERNARY_TQ2; format <= TRIT_TERNARY_T5; format++)
+        for (int head = TRIT_HEAD_BF16; head <= TRIT_HEAD_Q4; head++) {
+            const char *fname = format == TRIT_TERNARY_TQ2 ? "tq2" : "t5";
+            select_kernel(scalar_index);
+            int rc = run_tiny_model(&m, format, head, want);
+            float scale = 0.0f;
+            for (int i = 0; i < N_LOGITS; i++) scale = max_f(scale, fabsf(want[i]));
+            check(rc == TRIT_OK && scale > 0.0f,
+                  "model scalar     runs       %s weights, %s head (max |logit| %.3g)%s%s",
+                  fname, heads[head], scale, rc == TRIT_OK ? "" : ": ", rc == TRIT_OK ? "" : trit_last_error());
+            for (int i = 0; i < n_runnable; i++) {
+                int k = runnable[i];
+                if (k == scalar_index) continue;
+                select_kernel(k);
+                for (int j = 0; j < N_LOGITS; j++) got[j] = NAN;
+                rc = run_tiny_model(&m, format, head, got);
+                double worst = 0.0;
+                for (int j = 0; j < N_LOGITS; j++) {
+                    double e = fabs((double)got[j] - want[j]);
+                    worst = max_d(worst, e);
+                }
+                /* The int32 core is exact; float paths differ in the last bits, which can move an activation across
+                 * a rounding tie of the int8 quantiser: one step of 1/127 in one input, diluted over the sums. */
+                check(rc == TRIT_OK && worst <= 2e-3 * scale,
+                      "model %-10s ~ scalar     %s weights, %s head (max |diff| %.2g of max |logit| %.3g)", kname(k),
+                      fname, heads[head], worst, scale);
+            }
+        }
+    free(want), free(got);
+    free_tiny_model(&m);
+}
+
+/* ---- main ------------------------------------------------------------------------------------------------------- */
+
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("trit %s, %d kernels\n", trit_version(), trit_kernel_count());
+    n_kernels = trit_kernel_count();
+    const char *active = trit_kernel_active(); /* before any select: what dispatch chose */
+    int first_supported = -1;
+    for (int k = 0; k < n_kernels; k++) {
+        int ok = trit_kernel_supported(k);
+        printf("kernel %s: %s\n", kname(k), ok ? "supported" : "not supported on this CPU, skipped");
+        if (!strcmp(kname(k), "scalar")) scalar_index = k;
+        if (ok && first_supported < 0) first_supported = k;
+        if (ok && strcmp(kname(k), "scalar") && n_runnable < 15) runnable[n_runnable++] = k;
+    }
+    if (scalar_index < 0) {
+        check(0, "a kernel named scalar exists");
+        printf("%d passed, %d failed\n", passed, failed);
+        return 1;
+    }
+    runnable[n_runnable++] = scalar_index;
+    const char *forced = getenv("TRIT_KERNEL");
+    if (forced && *forced)
+        check(!strcmp(active, forced), "dispatch: TRIT_KERNEL=%s is the active kernel (%s)", forced, active);
+    else
+        check(!strcmp(active, kname(first_supported)), "dispatch: the active kernel is the best supported one (%s)",
+              active);
+    check(trit_kernel_supported(scalar_index), "the scalar kernel is supported");
+    for (int i = 0; i < n_runnable; i++) {
+        int32_t out[4];
+        const uint8_t zero = 121; /* every weight 0 in T5 */
+        const int8_t x = 1;
+        int rc = trit_op_ternary_matmul(runnable[i], TRIT_TERNARY_T5, out, &zero, 4, 1, &x, 1);
+        printf("kernel %s: T5 %s\n", kname(runnable[i]),
+               rc == TRIT_OK ? "native" : "not native (the engine uses TQ2 with it; the scalar T5 stands in)");
+        select_kernel(runnable[i]);
+        check(trit_kernel_preferred_format() == (rc == TRIT_OK ? TRIT_TERNARY_T5 : TRIT_TERNARY_TQ2),
+              "kernel %s prefers the %s format", kname(runnable[i]), rc == TRIT_OK ? "T5" : "TQ2");
+    }
+
+    check_ternary();
+    check_quantize();
+    check_heads();
+    check_attentions();
+    check_model();
+
+    printf("tested kernels:");
+    for (int i = 0; i < n_runnable; i++) printf(" %s", kname(runnable[i]));
+    printf("\n%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
