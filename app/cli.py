@@ -71,8 +71,8 @@ def synthetic_folder(preset: str, seed: int) -> Path:
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--synthetic", "preset", metavar="PRESET", help="Benchmark a random model of this shape: tiny, small, 2b4t.")
 @click.option("--threads", "-t", type=click.IntRange(min=1), help="Threads (default: every core).")
-@click.option("--head", type=click.Choice(["bf16", "q8", "q4"]), default="bf16", show_default=True,
-              help="Output head: the exact bf16 embedding, or an 8- or 4-bit copy derived once.")
+@click.option("--head", type=click.Choice(["bf16", "q8", "q4"]), default="q4", show_default=True,
+              help="Output head: the exact bf16 embedding, or an 8- or 4.5-bit copy derived once (best logits exact).")
 @click.option("--ternary", type=click.Choice(["auto", "tq2", "t5"]), default="auto", show_default=True,
               help="Ternary weights: the checkpoint's 2-bit packing, a derived 1.6-bit copy, or what the CPU runs best.")
 @click.option("--pp", "n_prompt", default=512, show_default=True, type=click.IntRange(min=0), help="Prompt tokens.")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import native
-from .model import load
+from .model import DEFAULT_HEAD, load
 
 
 @dataclass
@@ -69,7 +69,7 @@ def peak_rss_mb() -> float:
     return kb / 1024 / 1024 if sys.platform == "darwin" else kb / 1024  # macOS reports bytes
 
 
-def run(folder: str | Path, *, threads: int | None = None, head: str = "bf16", ternary: str = "auto",
+def run(folder: str | Path, *, threads: int | None = None, head: str = DEFAULT_HEAD, ternary: str = "auto",
         n_prompt: int = 512, n_gen: int = 128, repetitions: int = 3, long_context: int = 0,
         seed: int = 0) -> BenchResult:
     reset_peak_rss()

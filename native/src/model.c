@@ -468,13 +468,13 @@ void trit_output_head(const trit_kernel *kern, int head_type, const void *head, 
         kern->bf16_matmul(logits, vocab, head, hidden, x, n_tokens, r0, r1);
 }
 
-/* The candidates a compact head may misorder: each thread's RESCORE best, recomputed from the exact bf16 rows. The
- * union over threads holds the global best RESCORE, so the tokens that matter get exact logits. */
+/* The candidates a compact head may misorder: the RESCORE highest logits of a token, recomputed from the exact bf16
+ * rows. Chosen over the whole vocabulary (not per thread's share), so the result does not depend on the threads. */
 #define RESCORE 32
 
-static void rescore_best(const trit_kernel *kern, const trit_model *m, float *logits, const float *x, int r0, int r1) {
+static void rescore_best(const trit_kernel *kern, const trit_model *m, float *logits, const float *x) {
     int best[RESCORE], n = 0;
-    for (int r = r0; r < r1; r++) {
+    for (int r = 0; r < m->cfg.vocab_size; r++) {
         if (n == RESCORE && logits[r] <= logits[best[n - 1]]) continue;
         int i = n < RESCORE ? n++ : n - 1; /* insert, keeping best[] sorted from high to low */
         for (; i > 0 && logits[best[i - 1]] < logits[r]; i--) best[i] = best[i - 1];
@@ -494,9 +494,10 @@ static void run_head(void *arg, int ith, int nth) {
     const float *x = j->b->ctx->xn + (size_t)j->first * c->hidden_size;
     trit_output_head(j->b->kern, m->w.head_type, head, m->w.head_scales, j->logits, c->vocab_size, c->hidden_size,
                      x, n, r0, r1);
-    if (m->w.head_type != TRIT_HEAD_BF16)
-        for (int t = 0; t < n; t++)
-            rescore_best(j->b->kern, m, j->logits + (size_t)t * c->vocab_size, x + (size_t)t * c->hidden_size, r0, r1);
+    if (m->w.head_type == TRIT_HEAD_BF16) return;
+    trit_pool_barrier(m->pool); /* every logit of the compact head is in */
+    for (int t = ith; t < n; t += nth)
+        rescore_best(j->b->kern, m, j->logits + (size_t)t * c->vocab_size, x + (size_t)t * c->hidden_size);
 }
 
 static void forward_batch(trit_context *ctx, const int32_t *tokens, int n, float *logits, int first_logit) {
