@@ -80,6 +80,7 @@ def run(folder: str | Path, *, threads: int | None = None, head: str = DEFAULT_H
     first = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
     vocab = model.config.vocab_size
+    decode_speed(model, rng.integers(0, vocab, 16), 16)  # warm-up, as llama-bench does: pages in, threads awake
     r = BenchResult(str(folder), head, model.ternary, native.active_kernel(), model.threads, n_prompt, n_gen,
                     repetitions, first)
     if n_gen:
