@@ -46,7 +46,7 @@ struct trit_context {
     float *kv;    /* [B][2*kv_dim] new keys then values, before they go to the cache */
     float *att;   /* [B][hidden] attention output */
     float *ffn;   /* [B][2*intermediate] gate then up */
-    int32_t *acc; /* [B][hidden + 2*kv_dim + 2*intermediate] int32 sums */
+    int32_t *acc; /* [B][max(hidden + 2*kv_dim, 2*intermediate)] int32 sums of one matmul job */
     thread_scratch *threads;
     int n_threads;
 };
@@ -231,7 +231,7 @@ trit_context *trit_context_create(trit_model *m, int n_ctx, int max_batch) {
     ctx->kv = malloc(sizeof(float) * B * 2 * KV);
     ctx->att = malloc(sizeof(float) * B * H);
     ctx->ffn = malloc(sizeof(float) * B * 2 * I);
-    ctx->acc = malloc(sizeof(int32_t) * B * (H + 2 * KV + 2 * I));
+    ctx->acc = malloc(sizeof(int32_t) * B * (H + 2 * KV > 2 * I ? H + 2 * KV : 2 * I)); /* one matmul job's sums */
     if (!ctx->k_cache || !ctx->v_cache || !ctx->x || !ctx->xn || !ctx->q || !ctx->kv || !ctx->att || !ctx->ffn ||
         !ctx->acc || ensure_thread_scratch(ctx) != TRIT_OK)
         goto oom;
