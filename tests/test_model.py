@@ -42,7 +42,8 @@ def token_ids(vocab: int, n: int = N_POSITIONS, seed: int = 0) -> np.ndarray:
 def test_matches_transformers(make_model, shape, linear_class):
     folder = shape_model(make_model, shape, linear_class)
     ids = token_ids(1024)
-    ours = engine.load(folder, threads=2).logits(ids)
+    # the exact head: this proves the forward pass; the compact heads are measured in test_derived.py
+    ours = engine.load(folder, threads=2, head="bf16").logits(ids)
     theirs = hf_logits(load_hf_model(folder), ids)
     assert ours.shape == theirs.shape == (N_POSITIONS, 1024) and ours.dtype == np.float32
     corr, top1 = mean_correlation(ours, theirs), top1_agreement(ours, theirs)
@@ -59,7 +60,7 @@ def test_wrong_scale_direction_is_caught(make_model, tmp_path):
     config["quantization_config"]["linear_class"] = "bitlinear"
     (wrong / "config.json").write_text(json.dumps(config))
     ids = token_ids(1024)
-    ours = engine.load(wrong, threads=2).logits(ids)
+    ours = engine.load(wrong, threads=2, head="bf16").logits(ids)
     theirs = hf_logits(load_hf_model(folder), ids)
     assert mean_correlation(ours, theirs) < 0.99 or top1_agreement(ours, theirs) < 0.9
 
