@@ -60,7 +60,7 @@ T5_KERNELS = ["scalar"] + [k for k in RUNNABLE if k != "scalar" and _runs_t5(k)]
 
 
 @pytest.mark.parametrize("kernel", T5_KERNELS)
-@pytest.mark.parametrize("rows,cols,n", SHAPES + [(6912, 70, 3), (16, 65, 9)])
+@pytest.mark.parametrize("rows,cols,n", SHAPES + [(6912, 70, 3), (16, 65, 9), (260, 300, 70), (12, 2560, 8)])
 def test_t5_matmul_int32_is_bit_identical(kernel, rows, cols, n):
     """T5 holds the same weights in 1.6 bits: the same exact int32 products, row counts not a multiple of 5 too."""
     rng = np.random.default_rng(rows * 1000 + cols + 1)

@@ -164,9 +164,87 @@ static t5_tables make_t5_tables(void) {
 DEFINE_T5_TILE(t5_tile1, EACH1)
 DEFINE_T5_TILE(t5_tile2, EACH2)
 
+/* A batch: each row group is decoded once into five code rows in scratch (L1/L2), and tiles of 5 rows x 4 tokens
+ * read them back, so decoding costs nothing per token and the tile is bound by vpdpbusd, as for TQ2. */
+#define T5_SCRATCH_COLS 8192
+
+static void t5_decode_rows(uint8_t *codes, const uint8_t *row, int cols, const t5_tables *tables) {
+    const t5_tables tab = *tables;
+    const __m512i n81 = _mm512_set1_epi8(81), n162 = _mm512_set1_epi8((char)162), one = _mm512_set1_epi8(1);
+    for (int c = 0; c < cols; c += 64) {
+        __mmask64 live = cols - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (cols - c)) - 1);
+        __m512i b = _mm512_maskz_loadu_epi8(live, row + c);
+        T5_DECODE(b);
+        _mm512_storeu_si512(codes + c, d0);
+        _mm512_storeu_si512(codes + T5_SCRATCH_COLS + c, d1);
+        _mm512_storeu_si512(codes + 2 * T5_SCRATCH_COLS + c, d2);
+        _mm512_storeu_si512(codes + 3 * T5_SCRATCH_COLS + c, d3);
+        _mm512_storeu_si512(codes + 4 * T5_SCRATCH_COLS + c, d4);
+    }
+}
+
+#define CODE_DECL(i) __m512i f0_##i = _mm512_setzero_si512(), f1_##i = f0_##i, f2_##i = f0_##i, f3_##i = f0_##i, f4_##i = f0_##i;
+#define CODE_STEP(i, load)                                                                                        \
+    {                                                                                                             \
+        __m512i xv = load;                                                                                        \
+        dpbusd(&f0_##i, d0, xv);                                                                                  \
+        dpbusd(&f1_##i, d1, xv);                                                                                  \
+        dpbusd(&f2_##i, d2, xv);                                                                                  \
+        dpbusd(&f3_##i, d3, xv);                                                                                  \
+        dpbusd(&f4_##i, d4, xv);                                                                                  \
+    }
+#define CODE_FULL(i) CODE_STEP(i, _mm512_loadu_si512(x + (size_t)(i) * cols + c))
+#define CODE_TAIL(i) CODE_STEP(i, _mm512_maskz_loadu_epi8(live, x + (size_t)(i) * cols + c))
+#define CODE_STORE(i)                                                                                             \
+    {                                                                                                             \
+        int32_t *o = out + (size_t)(t0 + i) * rows + g, s = xsum[t0 + i];                                         \
+        T5_STORE_ONE(f0_##i, 0) T5_STORE_ONE(f1_##i, 1) T5_STORE_ONE(f2_##i, 2) T5_STORE_ONE(f3_##i, 3)           \
+        T5_STORE_ONE(f4_##i, 4)                                                                                   \
+    }
+#define LOAD_CODES(load)                                                                                          \
+    __m512i d0 = load(codes + c), d1 = load(codes + T5_SCRATCH_COLS + c), d2 = load(codes + 2 * T5_SCRATCH_COLS + c), \
+            d3 = load(codes + 3 * T5_SCRATCH_COLS + c), d4 = load(codes + 4 * T5_SCRATCH_COLS + c)
+#define LOAD_FULL(p) _mm512_loadu_si512(p)
+#define LOAD_LIVE(p) _mm512_maskz_loadu_epi8(live, p)
+
+#define DEFINE_CODE_TILE(NAME, EACH)                                                                              \
+    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *codes, int rows, int cols,           \
+                                               const int8_t *xq, const int32_t *xsum, int t0, int g) {           \
+        const int groups = trit_t5_groups(rows), full = cols & ~63;                                               \
+        const int8_t *x = xq + (size_t)t0 * cols;                                                                 \
+        EACH(CODE_DECL)                                                                                           \
+        int c = 0;                                                                                                \
+        for (; c < full; c += 64) {                                                                               \
+            LOAD_CODES(LOAD_FULL);                                                                                \
+            EACH(CODE_FULL)                                                                                       \
+        }                                                                                                         \
+        if (c < cols) {                                                                                           \
+            __mmask64 live = ((__mmask64)1 << (cols - c)) - 1;                                                    \
+            LOAD_CODES(LOAD_LIVE);                                                                                \
+            EACH(CODE_TAIL)                                                                                       \
+        }                                                                                                         \
+        EACH(CODE_STORE)                                                                                          \
+    }
+
+DEFINE_CODE_TILE(code_tile4, EACH4)
+DEFINE_CODE_TILE(code_tile1, EACH1)
+
 static void t5_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
                       int n_tokens, int g0, int g1) {
     const t5_tables tables = make_t5_tables();
+    if (n_tokens >= 8 && cols <= T5_SCRATCH_COLS) {
+        _Alignas(64) uint8_t codes[5 * T5_SCRATCH_COLS];
+        for (int tb = 0; tb < n_tokens; tb += TOKEN_BLOCK) {
+            int te = tb + TOKEN_BLOCK < n_tokens ? tb + TOKEN_BLOCK : n_tokens;
+            for (int g = g0; g < g1; g++) {
+                t5_decode_rows(codes, packed + (size_t)g * cols, cols, &tables);
+                int t = tb;
+                for (; t + 4 <= te; t += 4) code_tile4(out, codes, rows, cols, xq, xsum, t, g);
+                for (; t < te; t++) code_tile1(out, codes, rows, cols, xq, xsum, t, g);
+            }
+        }
+        return;
+    }
     for (int tb = 0; tb < n_tokens; tb += TOKEN_BLOCK) {
         int te = tb + TOKEN_BLOCK < n_tokens ? tb + TOKEN_BLOCK : n_tokens;
         for (int g = g0; g < g1; g++) {
