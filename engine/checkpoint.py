@@ -141,17 +141,25 @@ class ModelConfig:
         return out
 
 
+def read_json(path: Path, required: bool = True) -> dict | None:
+    """A JSON object from a model folder; None for an optional file that is absent, else a one-line CheckpointError."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if not required:
+            return None
+        raise CheckpointError(f"{path}: file not found — is this a model folder?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = " ".join(str(e).split())
+        raise CheckpointError(f"{path}: not valid JSON ({reason})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return raw
+
+
 def read_config(folder: Path) -> ModelConfig:
     path = folder / CONFIG_FILE
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found — is this a model folder?") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
-    return ModelConfig.from_dict(raw, str(path))
+    return ModelConfig.from_dict(read_json(path), str(path))
 
 
 def widen_to_f32(arr: np.ndarray, dtype: str) -> np.ndarray:

@@ -20,7 +20,6 @@ the block sums and then a token in it, instead of a cumsum over the whole vocabu
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
+from .checkpoint import read_json
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 _BLOCK = 256
@@ -120,13 +119,8 @@ class SamplingParams:
         overrides = _overrides(overrides)
         values: dict[str, object] = {}
         path = Path(folder) / GENERATION_CONFIG_FILE if folder is not None else None
-        if path is not None and path.is_file():
-            try:
-                config = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise CheckpointError(f"{path}: not readable JSON ({e})") from e
-            if not isinstance(config, dict):
-                raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+        config = read_json(path, required=False) if path is not None else None
+        if config is not None:
             for key, name in (("temperature", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"),
                               ("min_p", "min_p"), ("repetition_penalty", "repetition_penalty"),
                               ("max_new_tokens", "max_tokens")):

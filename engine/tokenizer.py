@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .checkpoint import read_json
 from .errors import CheckpointError, InputError
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -62,19 +63,6 @@ _CHAR_TO_BYTE = _byte_alphabet()
 
 # ---------------------------------------------------------------------------------------------------------------
 # files
-
-
-def _read_json(path: Path) -> dict | None:
-    """An optional JSON file: None when absent, CheckpointError when present but unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({_one_line(e)})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
 
 
 def _one_line(e: BaseException) -> str:
@@ -274,9 +262,9 @@ class Tokenizer:
         byte_level = isinstance(backend.decoder, decoders.ByteLevel)
 
         cfg_path = folder / TOKENIZER_CONFIG_FILE
-        tcfg = _read_json(cfg_path) or {}
-        gen = _read_json(folder / GENERATION_CONFIG_FILE) or {}
-        model_cfg = _read_json(folder / CONFIG_FILE) or {}
+        tcfg = read_json(cfg_path, required=False) or {}
+        gen = read_json(folder / GENERATION_CONFIG_FILE, required=False) or {}
+        model_cfg = read_json(folder / CONFIG_FILE, required=False) or {}
 
         special = {k: _token_content(tcfg.get(k)) for k in _SPECIAL_TOKEN_KEYS}
 
