@@ -169,7 +169,6 @@ def ternary_t5(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
 
 def dequantized_head(embed_bf16: np.ndarray, kind: str, tensors: dict[str, np.ndarray]) -> np.ndarray:
     """The head a derived form stands for, dequantised to float32 (for tests on small vocabularies)."""
-    hidden = embed_bf16.shape[1]
     if kind == "bf16":
         return widen_to_f32(embed_bf16, "BF16")
     if kind == "q8":
