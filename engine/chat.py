@@ -1,0 +1,165 @@
+"""A conversation turn, streamed: the chat template, KV-prefix reuse across turns, sampling, stopping, cancelling.
+
+    chat = Chat(model, tokenizer)
+    for event in chat.stream(messages, params, cancel=event):
+        if isinstance(event, Piece): print(event.text, end="")
+        else: result = event                      # the last event: a ChatResult
+
+The context keeps the tokens of the previous turn, generated ones included, and the text they spell. When the new
+prompt's text continues that text, only the continuation is tokenized and prefilled: tokenizing the whole prompt
+again would split the reply's first word from "Assistant: " differently and lose the reuse. Otherwise the longest
+common token prefix is reused. A cancel is noticed between prefill chunks and between decoded tokens, and
+leaves the cache consistent (it holds exactly the tokens evaluated).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Protocol, Sequence
+
+from .errors import InputError
+from .model import Context, Model
+from .sampling import Sampler, SamplingParams, StopStrings
+from .tokenizer import Tokenizer
+
+
+class Cancel(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass
+class Piece:
+    text: str
+
+
+@dataclass
+class ChatResult:
+    text: str
+    finish_reason: str  # "stop" (end-of-turn token), "stop_string", "length", "cancelled"
+    prompt_tokens: int
+    reused_tokens: int  # of the prompt, found in the cache
+    generated_tokens: int
+    dropped_messages: int = 0  # oldest turns left out so the conversation fits the context
+    prefill_tok_s: float = 0.0
+    decode_tok_s: float = 0.0
+    time_to_first_token_s: float = 0.0
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class Chat:
+    """One model's conversation engine with a KV cache that carries over from turn to turn."""
+
+    def __init__(self, model: Model, tokenizer: Tokenizer, n_ctx: int | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.context: Context = model.context(n_ctx)
+        self._text = ""  # what context.tokens spell, when known exactly
+
+    @property
+    def n_ctx(self) -> int:
+        return self.context.n_ctx
+
+    def prompt(self, messages: Sequence[Mapping]) -> tuple[list[int], str]:
+        """The prompt's token ids, and the text they spell ("" when not known exactly)."""
+        rendered = self.tokenizer.render_chat(messages)
+        cached = self.context.tokens
+        if self._text and cached and rendered.startswith(self._text):
+            suffix = rendered[len(self._text):]
+            suffix_ids = self.tokenizer.encode(suffix)
+            if self.tokenizer.decode(suffix_ids, skip_special=False) == suffix:
+                return cached + suffix_ids, rendered
+        ids = self.tokenizer.encode_chat(messages)
+        return ids, rendered if self.tokenizer.decode(ids, skip_special=False) == rendered else ""
+
+    def fit(self, messages: Sequence[Mapping], reply_room: int) -> tuple[list[int], str, int]:
+        """Prompt ids with room for the reply, the text they spell, and how many of the oldest turns were dropped
+        to make it fit (never the system prompt)."""
+        messages = list(messages)
+        system = [m for m in messages[:1] if m.get("role") == "system"]
+        turns = messages[len(system):]
+        dropped = 0
+        while True:
+            ids, text = self.prompt(system + turns)
+            if len(ids) + reply_room <= self.n_ctx:
+                return ids, text, dropped
+            if len(turns) <= 1:
+                raise InputError(f"the message is {len(ids)} tokens long and does not fit the context of {self.n_ctx} "
+                                 f"with room for a reply of {reply_room}: shorten it")
+            turns, dropped = turns[1:], dropped + 1
+
+    def prefill(self, ids: list[int], cancel: Cancel | None = None, text: str = ""):
+        """Evaluate what the cache does not already hold; returns (logits of the last prompt token, reused, seconds)
+        or (None, reused, seconds) if cancelled between chunks. `text`: what ids spell, kept for the next turn."""
+        ctx = self.context
+        reused = min(common_prefix(ctx.tokens, ids), len(ids) - 1)  # the last token is evaluated for its logits
+        ctx.truncate(reused)
+        self._text = ""  # known again once the whole prompt is in
+        t = time.perf_counter()
+        logits = None
+        for start in range(reused, len(ids), ctx.max_batch):
+            if cancel is not None and cancel.is_set():
+                return None, reused, time.perf_counter() - t
+            chunk = ids[start:start + ctx.max_batch]
+            logits = ctx.eval(chunk, logits="last" if start + len(chunk) == len(ids) else None)
+        self._text = text
+        return logits, reused, time.perf_counter() - t
+
+    def stream(self, messages: Sequence[Mapping], params: SamplingParams,
+               cancel: Cancel | None = None) -> Iterator[Piece | ChatResult]:
+        reply_room = max(1, min(params.max_tokens, self.n_ctx // 2))
+        ids, prompt_text, dropped = self.fit(messages, reply_room)
+        start = time.perf_counter()
+        logits, reused, prefill_s = self.prefill(ids, cancel, prompt_text)
+        result = ChatResult("", "cancelled", len(ids), reused, 0, dropped,
+                            prefill_tok_s=(len(ids) - reused) / prefill_s if prefill_s > 0 else 0.0)
+        if logits is None:
+            yield result
+            return
+        sampler = Sampler(params, self.model.config.vocab_size)
+        decoder, stops = self.tokenizer.detokenizer(), StopStrings(params.stop)
+        history, text, generated = list(ids), [], []
+        result.finish_reason = "length"
+        decode_start = time.perf_counter()
+        limit = min(params.max_tokens, self.n_ctx - len(ids))
+        try:
+            while len(generated) < limit:
+                if cancel is not None and cancel.is_set():
+                    result.finish_reason = "cancelled"
+                    break
+                token = sampler.sample(logits, history)
+                if token in self.tokenizer.stop_ids:
+                    result.finish_reason = "stop"
+                    break
+                generated.append(token)
+                history.append(token)
+                emit, stopped = stops.push(decoder.push(token))
+                if emit:
+                    if not text:
+                        result.time_to_first_token_s = time.perf_counter() - start
+                    text.append(emit)
+                    yield Piece(emit)
+                if stopped:
+                    result.finish_reason = "stop_string"
+                    break
+                if len(generated) < limit:
+                    logits = self.context.eval([token])
+        finally:  # the text the cache now spells, so that the next turn can continue it
+            if self._text:
+                self._text += self.tokenizer.decode(self.context.tokens[len(ids):], skip_special=False)
+        if result.finish_reason in ("stop", "length", "cancelled"):
+            tail = stops.push(decoder.flush())[0] + stops.flush()
+            if tail:
+                text.append(tail)
+                yield Piece(tail)
+        seconds = time.perf_counter() - decode_start
+        result.text, result.generated_tokens, result.token_ids = "".join(text), len(generated), generated
+        result.decode_tok_s = len(generated) / seconds if seconds > 0 else 0.0
+        yield result
