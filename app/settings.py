@@ -1,0 +1,77 @@
+"""The user's settings: `config.toml` in the config folder. Missing keys take the defaults below; unknown keys are
+kept when the file is written back, so a newer Trit's settings survive an older one."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import tomli_w
+
+from .paths import paths
+
+CONFIG_FILE = "config.toml"
+
+
+class SettingsError(Exception):
+    """config.toml cannot be read: the message names the file and what to fix."""
+
+
+@dataclass
+class Settings:
+    default_model: str = ""    # a model name from `trit models`, or a folder; "" = the one installed, else the demo
+    system_prompt: str = ""    # "" = the model's own default (none for BitNet)
+    temperature: float | None = None  # None = the model's generation_config.json
+    top_p: float | None = None
+    max_tokens: int = 1024
+    theme: str = "textual-dark"
+    keys: dict[str, str] = field(default_factory=dict)  # binding id -> keys, e.g. {"new_chat": "ctrl+n"}
+    extra: dict = field(default_factory=dict, repr=False)  # keys this version does not know
+
+    def sampling_overrides(self) -> dict:
+        """The sampling settings the user set, as SamplingParams keyword arguments."""
+        values = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        return {k: v for k, v in values.items() if v is not None}
+
+
+def config_path() -> Path:
+    return paths().config / CONFIG_FILE
+
+
+def _check(name: str, value, default):
+    expected = type(default) if default is not None else (int, float)
+    if name in ("temperature", "top_p"):
+        expected = (int, float)
+    if isinstance(value, bool) or not isinstance(value, expected):
+        raise SettingsError(f"{config_path()}: {name} = {value!r} is not valid; fix or delete that line")
+    return float(value) if name in ("temperature", "top_p") else value
+
+
+def load_settings() -> Settings:
+    path = config_path()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Settings()
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SettingsError(f"{path}: not valid TOML ({e}); fix it or delete the file to start from defaults")
+    defaults = Settings()
+    known = {f.name for f in fields(Settings)} - {"extra"}
+    values = {name: _check(name, data[name], getattr(defaults, name)) for name in known if name in data}
+    if "keys" in values and not all(isinstance(v, str) for v in values["keys"].values()):
+        raise SettingsError(f"{path}: every entry under [keys] must be a string such as \"ctrl+n\"")
+    return Settings(**values, extra={k: v for k, v in data.items() if k not in known})
+
+
+def save_settings(settings: Settings) -> Path:
+    """Write config.toml atomically (a crash mid-write leaves the old file)."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {k: v for k, v in asdict(settings).items() if k != "extra" and v is not None}
+    data = {**settings.extra, **data}
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
