@@ -5,15 +5,20 @@
     logits = model.logits([128000, 9906])         # float32 [n_tokens, vocab], fresh context
     ctx = model.context()                         # a KV cache for incremental generation
     last = ctx.eval(prompt_ids)                   # logits of the last token
+
+    for event in model.chat([{"role": "user", "content": "Hi"}], model.default_params(seed=1)):
+        print(event.text if isinstance(event, Piece) else f"\n{event.generated_tokens} tokens", end="")
 """
 
 from .checkpoint import Checkpoint, ModelConfig
 from .errors import CheckpointError, EngineError, InputError, NativeError
+from .chat import ChatResult, Piece
 from .model import Context, Model, load
+from .sampling import SamplingParams
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Checkpoint", "CheckpointError", "Context", "EngineError", "InputError", "Model", "ModelConfig", "NativeError",
-    "load", "__version__",
+    "ChatResult", "Checkpoint", "CheckpointError", "Context", "EngineError", "InputError", "Model", "ModelConfig",
+    "NativeError", "Piece", "SamplingParams", "load", "__version__",
 ]

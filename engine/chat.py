@@ -14,11 +14,12 @@ leaves the cache consistent (it holds exactly the tokens evaluated).
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Protocol, Sequence
 
-from .errors import InputError
+from .errors import EngineError, InputError
 from .model import Context, Model
 from .sampling import Sampler, SamplingParams, StopStrings
 from .tokenizer import Tokenizer
@@ -44,7 +45,12 @@ class ChatResult:
     prefill_tok_s: float = 0.0
     decode_tok_s: float = 0.0
     time_to_first_token_s: float = 0.0
+    n_ctx: int = 0  # the context window; prompt_tokens + generated_tokens of it are in use
     token_ids: list[int] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "token_ids"}
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -62,6 +68,7 @@ class Chat:
         self.model, self.tokenizer = model, tokenizer
         self.context: Context = model.context(n_ctx)
         self._text = ""  # what context.tokens spell, when known exactly
+        self.last_prompt_tokens = 0
 
     @property
     def n_ctx(self) -> int:
@@ -116,10 +123,12 @@ class Chat:
                cancel: Cancel | None = None) -> Iterator[Piece | ChatResult]:
         reply_room = max(1, min(params.max_tokens, self.n_ctx // 2))
         ids, prompt_text, dropped = self.fit(messages, reply_room)
+        self.last_prompt_tokens = len(ids)
         start = time.perf_counter()
         logits, reused, prefill_s = self.prefill(ids, cancel, prompt_text)
         result = ChatResult("", "cancelled", len(ids), reused, 0, dropped,
-                            prefill_tok_s=(len(ids) - reused) / prefill_s if prefill_s > 0 else 0.0)
+                            prefill_tok_s=(len(ids) - reused) / prefill_s if prefill_s > 0 else 0.0,
+                            n_ctx=self.n_ctx)
         if logits is None:
             yield result
             return
@@ -163,3 +172,61 @@ class Chat:
         result.text, result.generated_tokens, result.token_ids = "".join(text), len(generated), generated
         result.decode_tok_s = len(generated) / seconds if seconds > 0 else 0.0
         yield result
+
+
+DEFAULT_CACHE_BUDGET = 1 << 30  # bytes of KV cache kept for recent conversations (three full 2B4T windows)
+
+
+class ChatSessions:
+    """The KV caches of a few recent conversations, so that switching between them does not prefill them again.
+
+    A request goes to the cache that already holds most of its prompt: one it extends (the next turn), or one that
+    covers at least half of it (the same conversation with its last reply regenerated or last message edited).
+    Otherwise it gets a new cache while the budget allows, else the least recently used one."""
+
+    def __init__(self, model: Model, tokenizer: Tokenizer, n_ctx: int | None = None,
+                 max_sessions: int | None = None, budget_bytes: int = DEFAULT_CACHE_BUDGET):
+        self.model, self.tokenizer = model, tokenizer
+        self.n_ctx = n_ctx or model.n_ctx_max
+        if max_sessions is None:
+            c = model.config
+            full = c.num_hidden_layers * 2 * self.n_ctx * c.num_key_value_heads * c.head_dim * 2  # fp16 K and V
+            max_sessions = max(1, min(8, budget_bytes // full))
+        self.max_sessions = max_sessions
+        self.sessions: list[Chat] = []  # least recently used first
+        self._lock = threading.Lock()  # one turn at a time: the model's threads are all busy with it anyway
+
+    def pick(self, messages: Sequence[Mapping]) -> Chat:
+        """The session this conversation should continue in, made the most recently used."""
+        best, best_reuse, best_ids = None, -1, []
+        for chat in self.sessions:
+            ids = chat.prompt(messages)[0]
+            reuse = common_prefix(chat.context.tokens, ids)
+            if reuse > best_reuse:
+                best, best_reuse, best_ids = chat, reuse, ids
+        # The same conversation: its last prompt is all there (a follow-up, or the reply regenerated), or most of the
+        # new prompt is (a message edited near the end). A shared system prompt alone is not enough.
+        if best is not None and (best_reuse >= best.last_prompt_tokens - 1 or 2 * best_reuse >= len(best_ids)):
+            chosen = best
+        elif len(self.sessions) < self.max_sessions:
+            chosen = Chat(self.model, self.tokenizer, self.n_ctx)
+        else:
+            chosen = self.sessions[0]
+        if chosen in self.sessions:
+            self.sessions.remove(chosen)
+        self.sessions.append(chosen)
+        return chosen
+
+    def stream(self, messages: Sequence[Mapping], params: SamplingParams,
+               cancel: Cancel | None = None) -> Iterator[Piece | ChatResult]:
+        if not self._lock.acquire(timeout=60):
+            raise EngineError("the model is still busy with another reply")
+        try:
+            yield from self.pick(messages).stream(messages, params, cancel)
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        for chat in self.sessions:
+            chat.context.close()
+        self.sessions.clear()

@@ -43,6 +43,9 @@ class NativeObject:
 class Model(NativeObject):
     """Weights memory-mapped from a checked checkpoint, handed to the native library without a copy."""
 
+    _sessions = None
+    _tokenizer = None
+
     def __init__(self, checkpoint: Checkpoint, threads: int | None = None, head: str = DEFAULT_HEAD,
                  ternary: str = "auto"):
         if head not in derived.HEADS:
@@ -170,6 +173,40 @@ class Model(NativeObject):
             raise InputError(f"{len(ids)} tokens do not fit the model's context of {self.n_ctx_max}")
         with self.context(max(len(ids), 1)) as ctx:
             return ctx.eval(ids, logits="all")
+
+    # ---- conversation ---------------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The folder's tokenizer and chat template, read when first needed."""
+        if self._tokenizer is None:
+            from .tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_folder(self.path)
+        return self._tokenizer
+
+    def default_params(self, **overrides):
+        """Sampling settings from the folder's generation_config.json, with overrides."""
+        from .sampling import SamplingParams
+
+        return SamplingParams.from_generation_config(self.path, **overrides)
+
+    def chat(self, messages, params=None, cancel=None):
+        """Continue a conversation: yields engine.chat.Piece (text as it comes) and, last, a ChatResult.
+
+        messages: [{"role": "system" | "user" | "assistant", "content": str}, ...]. params: SamplingParams
+        (default: the folder's generation_config.json). cancel: anything with is_set(), e.g. threading.Event.
+        The KV caches of recent conversations are kept, so a follow-up prefills only its new tokens."""
+        from .chat import ChatSessions
+
+        if self._sessions is None:
+            self._sessions = ChatSessions(self, self.tokenizer)
+        return self._sessions.stream(messages, params or self.default_params(), cancel)
+
+    def close(self) -> None:
+        if self._sessions is not None:
+            self._sessions.close()  # contexts before the model they belong to
+            self._sessions = None
+        super().close()
 
     def release_embedding_pages(self) -> None:
         """With a compact head the embedding is read a row at a time; drop the pages mapped in around those rows."""

@@ -112,3 +112,64 @@ def test_stop_strings_end_the_reply_before_they_show(model_folder):
     stop = free.text[3:6]
     cut = run(new_chat(model_folder), CONVERSATION, SamplingParams(temperature=0, max_tokens=24, stop=(stop,)))
     assert cut.finish_reason == "stop_string" and stop not in cut.text and free.text.startswith(cut.text)
+
+
+def reply_to(model, messages, params=PARAMS):
+    events = list(model.chat(messages, params))
+    return events[-1]
+
+
+def follow_up(messages, result, text):
+    return messages + [{"role": "assistant", "content": result.text}, {"role": "user", "content": text}]
+
+
+def test_model_chat_keeps_recent_conversations_warm(model_folder):
+    """Two conversations taking turns each continue in their own cache; a third, beyond the budget, takes the
+    least recently used one."""
+    model = engine.load(model_folder, threads=2)
+    model.chat([], PARAMS)  # the sessions exist once chat is first called
+    a = [{"role": "user", "content": "Tell me about the sea."}]
+    b = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Bonjour?"}]
+    ra, rb = reply_to(model, a), reply_to(model, b)
+    assert ra.reused_tokens == 0 and rb.reused_tokens == 0
+    a2, b2 = follow_up(a, ra, "And rivers?"), follow_up(b, rb, "Encore?")
+    ra2, rb2 = reply_to(model, a2), reply_to(model, b2)
+    assert ra2.reused_tokens >= ra.prompt_tokens - 1 and rb2.reused_tokens >= rb.prompt_tokens - 1
+    regenerated = reply_to(model, a2)  # the same turn again: everything but the last prompt token is cached
+    assert regenerated.reused_tokens == regenerated.prompt_tokens - 1
+    assert len(model._sessions.sessions) == 2
+    model.close()
+
+
+def test_sessions_are_bounded(model_folder):
+    from engine.chat import ChatSessions
+
+    model = engine.load(model_folder, threads=2)
+    sessions = ChatSessions(model, Tokenizer.from_folder(model_folder), max_sessions=1)
+    a = [{"role": "user", "content": "Tell me about the sea."}]
+    b = [{"role": "user", "content": "Something else entirely, please."}]
+    ra = list(sessions.stream(a, PARAMS))[-1]
+    list(sessions.stream(b, PARAMS))
+    ra2 = list(sessions.stream(follow_up(a, ra, "More."), PARAMS))[-1]
+    assert len(sessions.sessions) == 1 and ra2.reused_tokens < ra.prompt_tokens  # a's cache was given to b
+    # a budget of one full window on this model holds exactly one conversation
+    c = model.config
+    one = c.num_hidden_layers * 2 * 512 * c.num_key_value_heads * c.head_dim * 2
+    assert ChatSessions(model, sessions.tokenizer, budget_bytes=one).max_sessions == 1
+    assert ChatSessions(model, sessions.tokenizer, budget_bytes=3 * one).max_sessions == 3
+    sessions.close()
+    model.close()
+
+
+def test_model_chat_defaults_come_from_generation_config(model_folder):
+    import json
+
+    model = engine.load(model_folder, threads=2)
+    config = json.loads((model_folder / "generation_config.json").read_text())
+    params = model.default_params()
+    assert params.temperature == config.get("temperature", params.temperature)
+    result = reply_to(model, CONVERSATION, model.default_params(seed=3, max_tokens=5))
+    assert result.n_ctx == 512 and result.generated_tokens <= 5
+    assert set(result.to_dict()) >= {"text", "prompt_tokens", "reused_tokens", "generated_tokens", "prefill_tok_s",
+                                     "decode_tok_s", "dropped_messages", "finish_reason"}
+    model.close()
