@@ -130,3 +130,78 @@ def decode_speed(model, ids, n: int, ctx=None) -> float:
     finally:
         if own:
             ctx.close()
+
+
+# ---- a conversation, turn by turn --------------------------------------------------------------------------------
+DOCUMENT = ("The committee met on a grey morning to review the harbour accounts. Each ledger listed cargo, tolls, "
+            "repairs to the breakwater and the wages of the pilots who guided ships past the northern shoals. ")
+FOLLOW_UPS = ["Which costs rose the most?", "Summarise the pilots' wages in one sentence.",
+              "What should the committee do first?", "List three risks for next year."]
+
+
+@dataclass
+class ConversationTurn:
+    turn: int
+    prompt_tokens: int
+    reused_tokens: int
+    new_tokens: int
+    generated_tokens: int
+    time_to_first_token_s: float
+    prefill_tok_s: float
+    decode_tok_s: float
+
+
+@dataclass
+class ConversationBench:
+    model: str
+    kernel: str
+    threads: int
+    turns: list[ConversationTurn]
+    cold_last_turn_prefill_s: float  # the last turn's prompt prefilled with nothing cached: what reuse saves
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_conversation(folder: str | Path, *, threads: int | None = None, head: str = DEFAULT_HEAD,
+                     ternary: str = "auto", document_tokens: int = 2300, reply_tokens: int = 96,
+                     seed: int = 0) -> ConversationBench:
+    """Five turns: a long document with a question, then four short follow-ups, each answered with reply_tokens
+    tokens (the model's own replies go back into the conversation, as in a real chat). Reports every turn's time to
+    first token, and the last turn's again in a fresh cache."""
+    from .chat import Chat
+
+    model = load(folder, threads=threads, head=head, ternary=ternary)
+    tokenizer = model.tokenizer
+    sentence = len(tokenizer.encode(DOCUMENT))
+    document = DOCUMENT * max(1, document_tokens // sentence)
+    messages = [{"role": "system", "content": "You are a careful assistant."},
+                {"role": "user", "content": document + "\n\nWhat does this record say?"}]
+    # the random ids of a synthetic model's reply can include the end-of-turn token: ignore it so every turn
+    # generates reply_tokens (the timings do not depend on the words)
+    params = model.default_params(seed=seed, max_tokens=reply_tokens)
+    chat = Chat(model, tokenizer)
+    stop_ids, tokenizer.stop_ids = tokenizer.stop_ids, frozenset()
+    turns = []
+    try:
+        for i, question in enumerate([None] + FOLLOW_UPS):
+            if question is not None:
+                messages.append({"role": "user", "content": question})
+            result = list(chat.stream(messages, params))[-1]
+            turns.append(ConversationTurn(i + 1, result.prompt_tokens, result.reused_tokens,
+                                          result.prompt_tokens - result.reused_tokens, result.generated_tokens,
+                                          result.time_to_first_token_s, result.prefill_tok_s, result.decode_tok_s))
+            messages.append({"role": "assistant", "content": result.text})
+        last_messages = messages[:-1]
+        chat.context.close()
+        cold = Chat(model, tokenizer)
+        t = time.perf_counter()
+        ids, text, _ = cold.fit(last_messages, reply_tokens)
+        cold.prefill(ids, text=text)
+        cold_s = time.perf_counter() - t
+        cold.context.close()
+    finally:
+        tokenizer.stop_ids = stop_ids
+    r = ConversationBench(str(folder), native.active_kernel(), model.threads, turns, cold_s)
+    model.close()
+    return r

@@ -5,10 +5,10 @@
         if isinstance(event, Piece): print(event.text, end="")
         else: result = event                      # the last event: a ChatResult
 
-The context keeps the tokens of the previous turn, generated ones included, and the text they spell. When the new
-prompt's text continues that text, only the continuation is tokenized and prefilled: tokenizing the whole prompt
-again would split the reply's first word from "Assistant: " differently and lose the reuse. Otherwise the longest
-common token prefix is reused. A cancel is noticed between prefill chunks and between decoded tokens, and
+The context keeps the tokens of the previous turn, generated ones included, and the text they spell. The cached
+tokens that spell a prefix of the new prompt's text are kept, and only the rest of the text is tokenized and
+prefilled: tokenizing the whole prompt again would split the reply's first word from "Assistant: " differently and
+lose the reuse. When the cache's text is not known, the longest common token prefix is reused. A cancel is noticed between prefill chunks and between decoded tokens, and
 leaves the cache consistent (it holds exactly the tokens evaluated).
 """
 
@@ -78,13 +78,29 @@ class Chat:
         """The prompt's token ids, and the text they spell ("" when not known exactly)."""
         rendered = self.tokenizer.render_chat(messages)
         cached = self.context.tokens
-        if self._text and cached and rendered.startswith(self._text):
-            suffix = rendered[len(self._text):]
+        keep = self._reusable_tokens(rendered)
+        if keep:
+            suffix = rendered[len(self.tokenizer.decode(cached[:keep], skip_special=False)):]
             suffix_ids = self.tokenizer.encode(suffix)
             if self.tokenizer.decode(suffix_ids, skip_special=False) == suffix:
-                return cached + suffix_ids, rendered
+                return cached[:keep] + suffix_ids, rendered
         ids = self.tokenizer.encode_chat(messages)
         return ids, rendered if self.tokenizer.decode(ids, skip_special=False) == rendered else ""
+
+    def _reusable_tokens(self, rendered: str) -> int:
+        """How many cached tokens spell a prefix of the new prompt's text: all of them for a follow-up; fewer when
+        the conversation changed, or when the template trimmed the whitespace a reply ended with."""
+        cached = self.context.tokens
+        if not self._text or not cached:
+            return 0
+        if rendered.startswith(self._text):
+            return len(cached)
+        spells_prefix = lambda k: rendered.startswith(self.tokenizer.decode(cached[:k], skip_special=False))  # noqa: E731
+        lo, hi = 0, len(cached)  # the largest k whose text is a prefix (prefixes of a prefix are prefixes)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if spells_prefix(mid) else (lo, mid - 1)
+        return lo
 
     def fit(self, messages: Sequence[Mapping], reply_room: int) -> tuple[list[int], str, int]:
         """Prompt ids with room for the reply, the text they spell, and how many of the oldest turns were dropped

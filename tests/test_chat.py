@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine.chat import Chat, ChatResult, Piece
+from engine.chat import Chat, ChatResult, Piece, common_prefix
 from engine.sampling import SamplingParams
 from engine.tokenizer import Tokenizer
 
@@ -173,3 +173,18 @@ def test_model_chat_defaults_come_from_generation_config(model_folder):
     assert set(result.to_dict()) >= {"text", "prompt_tokens", "reused_tokens", "generated_tokens", "prefill_tok_s",
                                      "decode_tok_s", "dropped_messages", "finish_reason"}
     model.close()
+
+
+def test_a_reply_the_template_trims_is_still_reused(model_folder):
+    """The template strips the whitespace a reply ends with; the cached reply tokens before it still count."""
+    chat = new_chat(model_folder)
+    first = [{"role": "user", "content": "Say something."}]
+    ids, text = chat.prompt(first)
+    reply = "The tide is out.  \n"
+    reply_ids = chat.tokenizer.encode(reply)
+    chat.prefill(ids + reply_ids, text=text + reply)
+    follow = first + [{"role": "assistant", "content": reply}, {"role": "user", "content": "Why?"}]
+    new_ids, _ = chat.prompt(follow)
+    kept = common_prefix(chat.context.tokens, new_ids)
+    assert kept >= len(ids) + len(chat.tokenizer.encode("The tide is out.")) - 1
+    assert chat.tokenizer.decode(new_ids, skip_special=False) == chat.tokenizer.render_chat(follow)
