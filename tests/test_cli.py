@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from network_guard import offline_env
 
 
 def trit_command() -> list[str]:
@@ -21,7 +22,8 @@ def trit_command() -> list[str]:
 def run(tmp_path):
     def run(*args, env=None):
         return subprocess.run(trit_command() + list(args), capture_output=True, text=True, cwd=tmp_path,
-                              env={**os.environ, "TRIT_HOME": str(tmp_path / "home"), **(env or {})}, timeout=600)
+                              env=offline_env({**os.environ, "TRIT_HOME": str(tmp_path / "home"), **(env or {})}),
+                              timeout=600)
 
     return run
 

@@ -24,3 +24,14 @@ def test_loopback_is_allowed():
     finally:
         client.close()
         server.close()
+
+
+def test_processes_the_tests_start_are_guarded_too():
+    import subprocess
+    import sys
+
+    from network_guard import offline_env
+
+    code = "import socket; socket.create_connection(('192.0.2.1', 443), timeout=1)"
+    r = subprocess.run([sys.executable, "-c", code], env=offline_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Trit must stay offline" in r.stderr
