@@ -14,23 +14,33 @@ from .paths import paths
 VERSION = "0.1.0"
 
 
+def is_user_error(e: BaseException) -> bool:
+    """Errors whose message tells the user what is wrong and what to do: shown as one line."""
+    from engine import EngineError
+
+    from .settings import SettingsError
+
+    store = sys.modules.get("app.store")  # only commands that use the history import sqlite
+    return isinstance(e, (EngineError, SettingsError)) or (store is not None and isinstance(e, store.StoreError))
+
+
 def friendly_errors(fn):
     """User mistakes and Ctrl-C end in one line on stderr, never a traceback."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        from engine import EngineError
-
         try:
             return fn(*args, **kwargs)
-        except EngineError as e:
-            click.echo(f"trit: {e}", err=True)
-            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("trit: interrupted", err=True)
             sys.exit(130)
         except OSError as e:
             click.echo(f"trit: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", err=True)
+            sys.exit(1)
+        except Exception as e:
+            if not is_user_error(e):
+                raise
+            click.echo(f"trit: {e}", err=True)
             sys.exit(1)
 
     return wrapper
@@ -52,6 +62,224 @@ def paths_cmd() -> None:
     p = paths()
     for name, value in (("data", p.data), ("models", p.models), ("config", p.config), ("cache", p.cache)):
         click.echo(f"{name:7} {value}")
+
+
+# ---- trit ask ------------------------------------------------------------------------------------------------------
+def read_prompt(words: tuple[str, ...]) -> str:
+    """The arguments, after whatever was piped in (`cat notes.txt | trit ask "summarise"`), like llm."""
+    parts = []
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        if piped.strip():
+            parts.append(piped.strip())
+    if words:
+        parts.append(" ".join(words))
+    if not parts:
+        raise click.UsageError('nothing to ask: give the question as arguments or on stdin, e.g. trit ask "Hello"')
+    return "\n\n".join(parts)
+
+
+class CtrlC:
+    """The first Ctrl-C stops the reply between two tokens (what was said is kept); a second one stops at once."""
+
+    def __init__(self):
+        import threading
+
+        self.event = threading.Event()
+
+    def __enter__(self):
+        import signal
+
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self.event
+
+    def _handle(self, signum, frame):
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.signal(signal.SIGINT, self._previous)
+
+
+@cli.command()
+@click.argument("prompt", nargs=-1)
+@click.option("-s", "--system", help="System prompt (for a new conversation, or to change it when continuing).")
+@click.option("-m", "--model", "model_name", metavar="NAME", help="An installed model, a model folder, or 'demo'.")
+@click.option("--temperature", type=click.FloatRange(min=0), help="0 is greedy (default: the model's own).")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True))
+@click.option("-n", "--max-tokens", type=click.IntRange(min=1), help="Longest reply in tokens.")
+@click.option("--seed", type=int, help="Same seed, same model, same prompt: same answer.")
+@click.option("-c", "--continue", "continue_last", is_flag=True, help="Continue the most recent conversation.")
+@click.option("--cid", type=int, metavar="ID", help="Continue conversation ID (see `trit history list`).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the shape `trit history show --json` uses).")
+@click.option("--no-log", is_flag=True, help="Keep nothing: the question and answer are not written to history.")
+@click.option("--threads", "-t", type=click.IntRange(min=1), help="Threads (default: every core).")
+@friendly_errors
+def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, continue_last, cid, as_json, no_log,
+        threads) -> None:
+    """Answer once and exit: the answer streams to stdout; Ctrl-C stops it and keeps what was said."""
+    from .service import Service, Turn
+    from .store import Store
+
+    if continue_last and cid is not None:
+        raise click.UsageError("give either -c or --cid, not both")
+    text = read_prompt(prompt)
+    overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens),
+                                   ("seed", seed)) if v is not None}
+    continuing = continue_last or cid is not None
+    store = Store() if continuing or not no_log else None  # --no-log on a new conversation: no file at all
+    service = Service(store, threads=threads)
+    try:
+        if continuing:
+            dialogue = service.last(logged=not no_log) if continue_last else service.open(cid, logged=not no_log)
+            if model_name:
+                dialogue.model = service.model(model_name)[0].name
+            if system is not None:
+                dialogue.system = system
+            dialogue.params.update(overrides)
+            if dialogue.logged and (model_name or system is not None or overrides):
+                store.update_conversation(dialogue.conversation_id, system=dialogue.system, params=dialogue.params,
+                                          model=dialogue.model)
+        else:
+            dialogue = service.new(model=model_name, system=system, params=overrides, logged=not no_log)
+        turn = None
+        with CtrlC() as cancel:
+            for event in service.send(dialogue, text, cancel):
+                if isinstance(event, Turn):
+                    turn = event
+                elif not as_json:
+                    click.echo(event.text, nl=False)
+                    sys.stdout.flush()
+        result = turn.result
+        if as_json:
+            click.echo(json.dumps(turn.to_dict(), indent=2, ensure_ascii=False))
+        elif result.text and not result.text.endswith("\n"):
+            click.echo()
+        if result.dropped_messages:
+            click.echo(f"trit: the {result.dropped_messages} oldest messages were left out to fit the "
+                       f"{result.n_ctx}-token context", err=True)
+        if result.finish_reason == "cancelled":
+            kept = f"; the partial answer is kept in conversation {turn.conversation_id}" if dialogue.logged else ""
+            click.echo(f"trit: stopped{kept}", err=True)
+            sys.exit(130)
+    finally:
+        service.close()
+        if store is not None:
+            store.close()
+
+
+# ---- trit history ---------------------------------------------------------------------------------------------------
+@cli.group()
+def history() -> None:
+    """Conversations kept in the local history database."""
+
+
+def ago(iso: str) -> str:
+    from datetime import datetime, timezone
+
+    import humanize
+
+    return humanize.naturaltime(datetime.now(timezone.utc) - datetime.fromisoformat(iso))
+
+
+@history.command("list")
+@click.option("-n", "--count", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def history_list(count, as_json) -> None:
+    """The most recent conversations, newest first."""
+    from .store import Store
+
+    with Store() as store:
+        conversations = store.list_conversations(limit=count)
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in conversations], indent=2, ensure_ascii=False))
+        return
+    if not conversations:
+        click.echo('no conversations yet: trit ask "…" or trit starts one', err=True)
+    for c in conversations:
+        click.echo(f"{c.id:>5}  {ago(c.updated):>16}  {c.message_count:>3} msgs  {c.model[:24]:24}  {c.title}")
+
+
+@history.command("show")
+@click.argument("cid", type=int)
+@click.option("--json", "as_json", is_flag=True, help="The conversation and its messages as JSON.")
+@friendly_errors
+def history_show(cid, as_json) -> None:
+    """One conversation, whole."""
+    from .store import Store
+
+    with Store() as store:
+        click.echo(json.dumps(store.to_json(cid), indent=2, ensure_ascii=False) if as_json
+                   else store.to_markdown(cid))
+
+
+@history.command("search")
+@click.argument("text", nargs=-1, required=True)
+@click.option("-n", "--count", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def history_search(text, count, as_json) -> None:
+    """Messages containing these words, best match first."""
+    from dataclasses import asdict
+
+    from .store import Store
+
+    with Store() as store:
+        hits = store.search(" ".join(text), limit=count)
+    if as_json:
+        click.echo(json.dumps([asdict(h) for h in hits], indent=2, ensure_ascii=False))
+        return
+    if not hits:
+        click.echo("no message matches", err=True)
+    for h in hits:
+        click.echo(f"{h.conversation_id:>5}  {h.title[:30]:30}  {h.role:9}  {h.snippet}")
+
+
+@history.command("rm")
+@click.argument("cids", type=int, nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Delete every conversation.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@friendly_errors
+def history_rm(cids, everything, yes) -> None:
+    """Delete conversations (for good: they are not kept anywhere else)."""
+    from .store import Store
+
+    if everything == bool(cids):
+        raise click.UsageError("give conversation ids, or --all")
+    with Store() as store:
+        if everything:
+            if not yes:
+                click.confirm("Delete every conversation?", abort=True)
+            click.echo(f"deleted {store.delete_all()} conversations", err=True)
+            return
+        for cid in cids:
+            store.conversation(cid)  # every id must exist before anything is deleted
+        for cid in cids:
+            store.delete_conversation(cid)
+        click.echo(f"deleted {len(cids)} conversation{'s' if len(cids) != 1 else ''}", err=True)
+
+
+@history.command("export")
+@click.argument("cid", type=int)
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write to this file instead of stdout.")
+@friendly_errors
+def history_export(cid, fmt, output) -> None:
+    """A conversation as Markdown or JSON."""
+    from .store import Store
+
+    with Store() as store:
+        text = store.to_markdown(cid) if fmt == "md" else json.dumps(store.to_json(cid), indent=2, ensure_ascii=False)
+    if output is None:
+        click.echo(text)
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
 
 
 def synthetic_folder(preset: str, seed: int) -> Path:
@@ -81,11 +309,13 @@ def synthetic_folder(preset: str, seed: int) -> Path:
               help="Also decode --tg tokens after filling this many positions (memory of a full conversation).")
 @click.option("--repetitions", "-r", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--conversation", is_flag=True,
+              help="Instead: time to first token of each turn of a 5-turn conversation of ~3000 tokens.")
 @click.option("--vs", "versus", type=click.Choice(["llama.cpp"]),
               help="Then run llama.cpp (llama-cpp-python) on the same weights as GGUF TQ2_0 and TQ1_0; print the ratios.")
 @friendly_errors
 def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, repetitions, as_json,
-          versus=None) -> None:
+          conversation=False, versus=None) -> None:
     """Measure prompt processing (ppN) and generation (tgN) speed in tokens/s, against the memory bus."""
     from engine import bench as engine_bench
 
@@ -94,6 +324,19 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
     if long_context and long_context <= n_gen:
         raise click.UsageError("--ctx must be larger than --tg")
     folder = synthetic_folder(preset, 0) if preset else model
+    if conversation:
+        c = engine_bench.run_conversation(folder, threads=threads, head=head, ternary=ternary)
+        if as_json:
+            click.echo(json.dumps(c.to_dict(), indent=2))
+            return
+        click.echo(f"model    {c.model}\nkernel   {c.kernel}, {c.threads} threads")
+        click.echo("turn  prompt  reused  new  generated  first token   prefill tok/s  decode tok/s")
+        for t in c.turns:
+            click.echo(f"{t.turn:>4}  {t.prompt_tokens:>6}  {t.reused_tokens:>6}  {t.new_tokens:>4}  "
+                       f"{t.generated_tokens:>9}  {t.time_to_first_token_s:>9.2f} s  {t.prefill_tok_s:>13.1f}  "
+                       f"{t.decode_tok_s:>12.1f}")
+        click.echo(f"turn {c.turns[-1].turn} with nothing cached: prefill {c.cold_last_turn_prefill_s:.2f} s")
+        return
     if versus:
         from engine import bench_llamacpp
 

@@ -1,0 +1,235 @@
+"""One chat turn, the same for the TUI and `trit ask`: the conversation from the store, the reply from the engine,
+and the store again when the reply ends — finished, cut short or stopped by the user.
+
+    service = Service(Store())
+    dialogue = service.open(cid)                    # or service.new(system=..., model=...)
+    for event in service.send(dialogue, "Hello", cancel):
+        if isinstance(event, Piece): show(event.text)
+        else: turn = event                          # a Turn: the stored message and the engine's figures
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import engine
+from engine import ChatResult, Piece
+
+from .paths import paths
+from .settings import Settings, load_settings
+from .store import Message, Store
+
+DEMO_NAME = "demo"
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "seed")
+
+
+class ModelChoiceError(engine.EngineError):
+    """The model asked for is not installed or not a model folder."""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    name: str   # what the store records and the UI shows
+    path: Path
+    demo: bool = False
+
+
+def demo_model() -> ModelChoice | None:
+    try:
+        from assets import DEMO_MODEL
+    except ImportError:
+        return None
+    return ModelChoice(DEMO_NAME, Path(DEMO_MODEL), demo=True) if Path(DEMO_MODEL, "config.json").exists() else None
+
+
+def choose_model(name: str | None, settings: Settings) -> ModelChoice:
+    """A folder, an installed model's name, or (no name) the default: the configured one, else the installed one,
+    else the demo model that ships inside Trit."""
+    from engine import hub
+
+    name = name or settings.default_model or None
+    if name is None:
+        models = hub.installed(paths().models)
+        if models:
+            newest = models[-1]
+            return ModelChoice(newest.name, newest.path)
+        demo = demo_model()
+        if demo is None:
+            raise ModelChoiceError("no model installed: run `trit pull` to download BitNet b1.58 2B4T, "
+                                   "or `trit import PATH` for one on this machine")
+        return demo
+    if name == DEMO_NAME:
+        demo = demo_model()
+        if demo is None:
+            raise ModelChoiceError("the demo model is not part of this installation")
+        return demo
+    folder = Path(name).expanduser()
+    if (folder / "config.json").is_file():
+        return ModelChoice(str(folder.resolve()), folder.resolve())
+    installed = hub.locate(paths().models, name)
+    return ModelChoice(installed.name, installed.path)
+
+
+@dataclass
+class Dialogue:
+    """An open conversation: what the model is shown, and where it is kept (nowhere when `logged` is False)."""
+    model: str
+    system: str = ""
+    params: dict = field(default_factory=dict)  # sampling overrides for this conversation
+    messages: list[Message] = field(default_factory=list)  # user and assistant, oldest first
+    conversation_id: int | None = None  # set once the first message is stored
+    logged: bool = True
+    title: str = ""
+
+    def engine_messages(self) -> list[dict]:
+        """The list the chat template renders: the system prompt, then every turn with text."""
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        return out + [{"role": m.role, "content": m.content} for m in self.messages if m.content]
+
+    def context_tokens(self) -> int:
+        """Tokens the conversation used at its last reply (prompt and reply), 0 before the first."""
+        for m in reversed(self.messages):
+            if m.role == "assistant" and m.prompt_tokens is not None:
+                return m.prompt_tokens + (m.generated_tokens or 0)
+        return 0
+
+
+@dataclass
+class Turn:
+    """The end of one reply: the assistant message as stored, and the engine's figures for it."""
+    message: Message
+    result: ChatResult
+    conversation_id: int | None
+
+    def to_dict(self) -> dict:
+        return self.message.to_dict()
+
+
+class Service:
+    """The store and one loaded model; loads the model a conversation names when it is first needed."""
+
+    def __init__(self, store: Store | None, settings: Settings | None = None, threads: int | None = None):
+        self.store = store
+        self.settings = settings or load_settings()
+        self.threads = threads
+        self._loaded: tuple[ModelChoice, engine.Model] | None = None
+        self._lock = threading.Lock()
+
+    # ---- models ---------------------------------------------------------------------------------------------------
+    def model(self, name: str | None = None) -> tuple[ModelChoice, engine.Model]:
+        choice = choose_model(name, self.settings)
+        with self._lock:
+            if self._loaded is None or self._loaded[0].path != choice.path:
+                if self._loaded is not None:
+                    self._loaded[1].close()
+                    self._loaded = None
+                self._loaded = (choice, engine.load(choice.path, threads=self.threads))
+            return self._loaded
+
+    def close(self) -> None:
+        if self._loaded is not None:
+            self._loaded[1].close()
+            self._loaded = None
+
+    # ---- conversations --------------------------------------------------------------------------------------------
+    def new(self, *, model: str | None = None, system: str | None = None, params: dict | None = None,
+            logged: bool = True) -> Dialogue:
+        choice = choose_model(model, self.settings)
+        system = self.settings.system_prompt if system is None else system
+        return Dialogue(choice.name, system, dict(params or {}), logged=logged and self.store is not None)
+
+    def open(self, cid: int, *, logged: bool = True) -> Dialogue:
+        if self.store is None:
+            raise engine.EngineError("no history store is open")
+        c = self.store.conversation(cid)
+        return Dialogue(c.model, c.system, dict(c.params), self.store.messages(cid), c.id, logged, c.title)
+
+    def last(self, *, logged: bool = True) -> Dialogue:
+        cid = self.store.last_conversation_id() if self.store is not None else None
+        if cid is None:
+            raise engine.EngineError("there is no conversation to continue yet: ask without -c first")
+        return self.open(cid, logged=logged)
+
+    def params_for(self, dialogue: Dialogue, model: engine.Model):
+        overrides = {**self.settings.sampling_overrides(), **dialogue.params}
+        return model.default_params(**{k: v for k, v in overrides.items() if k in SAMPLING_KEYS and v is not None})
+
+    def _store(self, dialogue: Dialogue, role: str, content: str, **stats) -> Message:
+        if not dialogue.logged:
+            return Message(id=None, conversation_id=None, role=role, content=content,
+                           created=_now(), **stats)
+        if dialogue.conversation_id is None:
+            c = self.store.create_conversation(model=dialogue.model, system=dialogue.system,
+                                               params=dialogue.params, title=dialogue.title)
+            dialogue.conversation_id = c.id
+        return self.store.add_message(dialogue.conversation_id, role, content, **stats)
+
+    # ---- one turn -------------------------------------------------------------------------------------------------
+    def send(self, dialogue: Dialogue, text: str, cancel=None) -> Iterator[Piece | Turn]:
+        """Append the user's message (stored at once), then stream the reply and store it when it ends."""
+        dialogue.messages.append(self._store(dialogue, "user", text))
+        try:
+            yield from self.reply(dialogue, cancel)
+        except engine.InputError:  # the message can never be answered (too long): keep it out of the conversation
+            self._forget_from(dialogue, len(dialogue.messages) - 1)
+            raise
+
+    def reply(self, dialogue: Dialogue, cancel=None) -> Iterator[Piece | Turn]:
+        """Stream the assistant's answer to the conversation as it stands."""
+        choice, model = self.model(dialogue.model)
+        params = self.params_for(dialogue, model)
+        result = None
+        pieces: list[str] = []
+        try:
+            for event in model.chat(dialogue.engine_messages(), params, cancel):
+                if isinstance(event, Piece):
+                    pieces.append(event.text)
+                    yield event
+                else:
+                    result = event
+        except (GeneratorExit, KeyboardInterrupt):  # stopped from outside: keep what was shown, marked stopped
+            self._keep_reply(dialogue, choice, ChatResult("".join(pieces), "cancelled", 0, 0, len(pieces)))
+            raise
+        message = self._keep_reply(dialogue, choice, result)
+        yield Turn(message, result, dialogue.conversation_id)
+
+    def _keep_reply(self, dialogue: Dialogue, choice: ModelChoice, result: ChatResult) -> Message:
+        message = self._store(dialogue, "assistant", result.text, model=choice.name,
+                              finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
+                              reused_tokens=result.reused_tokens, generated_tokens=result.generated_tokens,
+                              dropped_messages=result.dropped_messages, prefill_tok_s=round(result.prefill_tok_s, 2),
+                              decode_tok_s=round(result.decode_tok_s, 2),
+                              time_to_first_token_s=round(result.time_to_first_token_s, 4))
+        dialogue.messages.append(message)
+        return message
+
+    def regenerate(self, dialogue: Dialogue, cancel=None) -> Iterator[Piece | Turn]:
+        """Replace the last reply with a new one."""
+        if dialogue.messages and dialogue.messages[-1].role == "assistant":
+            self._forget_from(dialogue, len(dialogue.messages) - 1)
+        if not dialogue.messages or dialogue.messages[-1].role != "user":
+            raise engine.EngineError("there is no message to answer again")
+        yield from self.reply(dialogue, cancel)
+
+    def edit_last(self, dialogue: Dialogue, text: str, cancel=None) -> Iterator[Piece | Turn]:
+        """Replace the last user message (and the reply to it) and send it again."""
+        users = [i for i, m in enumerate(dialogue.messages) if m.role == "user"]
+        if not users:
+            raise engine.EngineError("there is no message to edit")
+        self._forget_from(dialogue, users[-1])
+        yield from self.send(dialogue, text, cancel)
+
+    def _forget_from(self, dialogue: Dialogue, index: int) -> None:
+        first = dialogue.messages[index]
+        if dialogue.logged and first.id is not None:
+            self.store.delete_messages_from(dialogue.conversation_id, first.id)
+        del dialogue.messages[index:]
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
