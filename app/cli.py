@@ -367,5 +367,169 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
         click.echo("\n" + bench_llamacpp.format_table(r, vs))
 
 
+# ---- models: trit pull, import, models, rm ---------------------------------------------------------------------------
+def human_size(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+class TransferBar:
+    """A progress bar on stderr for a pull or an import: bytes, speed and time left (tqdm). Messages printed while
+    it runs go above it."""
+
+    def __init__(self, label: str):
+        self.label, self.bar = label, None
+
+    def __call__(self, p) -> None:  # engine.hub.Progress
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=p.total, initial=p.done, desc=self.label, unit="B", unit_scale=True,
+                            unit_divisor=1000, file=sys.stderr, dynamic_ncols=True, mininterval=0.25,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B "
+                                       "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        self.bar.set_postfix_str(p.filename, refresh=False)
+        self.bar.update(p.done - self.bar.n)
+
+    def log(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(f"trit: {message}", file=sys.stderr)
+        else:
+            click.echo(f"trit: {message}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def default_model_name(models) -> str:
+    """The model `trit` and `trit ask` use without --model: the configured one, else the newest installed."""
+    from .settings import load_settings
+
+    return load_settings().default_model or (models[-1].name if models else "")
+
+
+@cli.command()
+@click.argument("repo", metavar="[NAME]", required=False)
+@click.option("--revision", metavar="REV", help="A branch, tag or commit of the repository (default: main).")
+@friendly_errors
+def pull(repo, revision) -> None:
+    """Download a model from the Hugging Face Hub (default: microsoft/bitnet-b1.58-2B-4T).
+
+    Only the files Trit needs are fetched, each checked against the sha256 the hub publishes; the model is ready
+    only when all of them match. An interrupted pull continues where it stopped when run again. HF_ENDPOINT selects
+    another hub, HF_TOKEN authenticates. This is the only command that uses the network."""
+    from engine import hub
+
+    command = "trit pull" + (f" {repo}" if repo else "") + (f" --revision {revision}" if revision else "")
+    repo = repo or hub.DEFAULT_REPO
+    bar = TransferBar(hub.default_name(repo))
+    try:
+        m = hub.pull(repo, paths().models, revision=revision, progress=bar, log=bar.log)
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo(f"trit: interrupted — what was downloaded is kept; run `{command}` again to continue", err=True)
+        sys.exit(130)
+    finally:
+        bar.close()
+    click.echo(f"{m.name} is ready: {human_size(m.size_bytes)}, {m.source} at {m.short_revision}, in {m.path}")
+
+
+@cli.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", help="The name to install it under (default: the folder's name).")
+@friendly_errors
+def import_cmd(path, name) -> None:
+    """Install a model folder from this machine (no network): a BitNet b1.58 checkpoint in the Hugging Face packed
+    format (config.json, model.safetensors, tokenizer.json, ...), or a copy of a pulled model's folder. It is
+    checked, hashed and copied into Trit's models folder."""
+    from engine import hub
+
+    bar = TransferBar(name or path.name)
+    try:
+        m = hub.import_folder(path, paths().models, name=name, progress=bar)
+    finally:
+        bar.close()
+    click.echo(f"{m.name} is ready: {human_size(m.size_bytes)}, from {path}, in {m.path}")
+
+
+@cli.command("models")
+@click.option("--default", "make_default", metavar="NAME", help="Make NAME the model Trit uses by default.")
+@click.option("--verify", "check", is_flag=True, help="Hash every file again and compare with what was installed.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@friendly_errors
+def models_cmd(make_default, check, as_json) -> None:
+    """List the installed models; the default one is marked with *."""
+    from engine import hub
+
+    from .settings import load_settings, save_settings
+
+    folder = paths().models
+    if make_default:
+        m = hub.locate(folder, make_default)
+        settings = load_settings()
+        settings.default_model = m.name
+        save_settings(settings)
+        click.echo(f"{m.name} is the default model")
+        return
+    damaged = []
+    if check:
+        for m in hub.installed(folder):
+            bad = hub.verify(m)
+            click.echo(f"{m.name}: " + (f"damaged: {', '.join(bad)} — run `trit rm {m.name}` and install it again"
+                                        if bad else "every file matches"), err=True)
+            damaged += [m.name] if bad else []
+    models = hub.installed(folder)
+    default = default_model_name(models)
+    if as_json:
+        click.echo(json.dumps([{**m.to_dict(), "default": m.name == default} for m in models], indent=2))
+    elif not models:
+        click.echo("no models installed — `trit pull` downloads BitNet b1.58 2B4T (1.2 GB), "
+                   "`trit import PATH` installs one from this machine")
+    else:
+        rows = [("", "NAME", "SIZE", "SOURCE", "REVISION", "VERIFIED")] + [
+            ("*" if m.name == default else "", m.name, human_size(m.size_bytes), m.source, m.short_revision or "-",
+             "yes" if m.verified else "NO") for m in models]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    if damaged:
+        sys.exit(1)
+
+
+@cli.command("rm")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@friendly_errors
+def rm_cmd(name, yes) -> None:
+    """Remove an installed model (or the kept data of an unfinished pull of that name)."""
+    from engine import hub
+
+    from .settings import load_settings, save_settings
+
+    folder = paths().models
+    try:
+        m = hub.locate(folder, name)
+        what = f"{m.name} ({human_size(m.size_bytes)}, {m.source})"
+    except hub.ModelNotFound:
+        if not hub.partial_folder(folder, name).is_dir():
+            raise
+        what = f"the unfinished download of {name}"
+    if not yes and not click.confirm(f"remove {what}?", default=False, err=True):
+        click.echo("nothing removed", err=True)
+        sys.exit(1)
+    hub.remove(folder, name)
+    settings = load_settings()
+    if settings.default_model == name:
+        settings.default_model = ""
+        save_settings(settings)
+        click.echo(f"removed {what}; it was the default model, so the default is now the newest installed one")
+    else:
+        click.echo(f"removed {what}")
+
+
 def main() -> None:
     cli()

@@ -1,0 +1,759 @@
+"""Models on disk: download one from the Hugging Face Hub (resumable, verified), import one from a folder, list,
+check and remove them. This module is the only part of Trit that talks to the network, and only inside `pull`.
+
+    <models>/<name>/                  a ready model: the repository's files plus trit-model.json (the manifest)
+    <models>/.partial/<name>/         a pull in progress: finished files, <file>.incomplete, pull-state.json
+    <models>/.partial/<name>.import-* an import in progress
+
+A folder under <models> is a model only if it holds the manifest, and the manifest is written only after every
+file has matched the checksum the hub publishes and the engine has opened the folder; the staging folder then
+becomes the model folder with one rename. An interrupted pull keeps its bytes in the staging folder and the next
+`pull` of the same model continues them with an HTTP Range request.
+
+The download is done here rather than by `huggingface_hub.hf_hub_download`: that function writes to a temporary
+file unique to the process and deletes it when anything fails (huggingface_hub 2.4 `_download_to_tmp_and_move`),
+so a Ctrl-C or a dropped connection would start a 1.2 GB file over, and it checks sizes but not sha256. Here
+huggingface_hub supplies the hub's URLs, request headers (user agent, HF_TOKEN) and the model-info schema, and the
+request goes through a client of our own, so HF_HUB_OFFLINE (which Trit sets for everything else) does not apply
+to this one explicit command.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from .errors import CheckpointError, EngineError
+
+DEFAULT_REPO = "microsoft/bitnet-b1.58-2B-4T"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+MANIFEST_FILE = "trit-model.json"
+STATE_FILE = "pull-state.json"
+PARTIAL_DIR = ".partial"
+BACKEND = "bitnet"
+MANIFEST_FORMAT = 1
+
+# What a model folder holds, in download order: the small files first, so a repository that is not a BitNet
+# checkpoint is refused after a few KB rather than after the weights.
+REQUIRED_FILES = (CONFIG_FILE, "tokenizer.json", WEIGHTS_FILE)
+OPTIONAL_FILES = ("tokenizer_config.json", "generation_config.json", "chat_template.jinja", "special_tokens_map.json",
+                  "LICENSE")
+MODEL_FILES = REQUIRED_FILES[:1] + OPTIONAL_FILES + REQUIRED_FILES[1:]
+
+RETRY_DELAYS = (1.0, 2.0, 4.0)  # seconds before each retry of a broken connection or a 5xx answer
+RETRY_STATUS = (429, 500, 502, 503, 504)
+CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0
+HASH_CHUNK = 4 << 20
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+
+
+class HubError(EngineError):
+    """A pull failed: the hub could not be reached, refused, or sent something else than it published."""
+
+
+class ChecksumError(HubError):
+    """A downloaded file does not match the sha256 the hub publishes for it, twice in a row."""
+
+
+class DiskSpaceError(EngineError):
+    """Not enough free space for a pull or an import, or the disk filled up while writing."""
+
+
+class ModelNotFound(EngineError):
+    """No installed model has that name."""
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    """A model folder under the models dir, as its manifest describes it."""
+
+    name: str
+    path: Path
+    size_bytes: int            # everything in the folder, derived weights included
+    source: str                # "hf:<repo>" or "local:<folder it was imported from>"
+    revision: str | None       # the hub commit the files come from (None for an import without one)
+    verified: bool             # every file matched its checksum when installed, and at the last `verify`
+    backend: str = BACKEND
+    installed: str = ""        # ISO 8601 time
+    files: dict = field(default_factory=dict, repr=False)  # file -> {"size": int, "sha256": str}
+
+    @property
+    def short_revision(self) -> str:
+        return (self.revision or "")[:7]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "size_bytes": self.size_bytes, "source": self.source,
+                "revision": self.revision, "verified": self.verified, "backend": self.backend,
+                "installed": self.installed}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a pull or an import stands, in bytes. `done` counts bytes already on disk when the call started."""
+
+    filename: str
+    file_done: int
+    file_total: int
+    done: int
+    total: int
+
+
+ProgressCallback = Callable[[Progress], None]
+LogCallback = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# names, manifests, listing
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
+        raise EngineError(f"{name!r} is not a usable model name: use letters, digits, '.', '_', '-' (no '/')")
+    return name
+
+
+def normalize_repo(repo: str) -> str:
+    """'owner/name' from 'owner/name', 'hf:owner/name' or a huggingface.co URL."""
+    r = repo.strip()
+    r = re.sub(r"^(hf:|https?://(www\.)?(huggingface\.co|hf\.co)/)", "", r).strip("/")
+    if not _REPO.fullmatch(r):
+        raise HubError(f"{repo!r} is not a Hugging Face model id: expected owner/name, e.g. {DEFAULT_REPO}")
+    return r
+
+
+def default_name(repo: str) -> str:
+    return validate_name(normalize_repo(repo).rsplit("/", 1)[1])
+
+
+def _folder_size(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _read_manifest(folder: Path) -> InstalledModel | None:
+    path = folder / MANIFEST_FILE
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable manifest ({' '.join(str(e).split())}); "
+                              f"remove the model with `trit rm {folder.name}` and install it again") from None
+    if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
+        raise CheckpointError(f"{path}: not a Trit manifest; remove the model with `trit rm {folder.name}` "
+                              "and install it again")
+    return InstalledModel(name=folder.name, path=folder, size_bytes=_folder_size(folder),
+                          source=str(m.get("source", "")), revision=m.get("revision"),
+                          verified=m.get("verified") is True, backend=str(m.get("backend", BACKEND)),
+                          installed=str(m.get("installed", "")), files=m["files"])
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _manifest(name: str, source: str, revision: str | None, files: dict) -> dict:
+    return {"format": MANIFEST_FORMAT, "name": name, "source": source, "revision": revision, "backend": BACKEND,
+            "verified": True, "installed": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "files": files}
+
+
+def installed(models_dir: str | os.PathLike) -> list[InstalledModel]:
+    """Every ready model (a folder with a manifest), oldest install first: the last one is the newest. Staging
+    folders and folders without a manifest are not models."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        return []
+    out = []
+    for folder in sorted(models_dir.iterdir(), key=lambda p: p.name.lower()):
+        if folder.name.startswith(".") or not folder.is_dir():
+            continue
+        try:
+            m = _read_manifest(folder)
+        except CheckpointError:
+            m = InstalledModel(name=folder.name, path=folder, size_bytes=_folder_size(folder), source="?",
+                               revision=None, verified=False)
+        if m is not None:
+            out.append(m)
+    return sorted(out, key=lambda m: m.installed)  # ISO 8601 UTC times sort as text; stable for equal times
+
+
+def locate(models_dir: str | os.PathLike, name: str) -> InstalledModel:
+    folder = Path(models_dir) / name
+    m = _read_manifest(folder) if _NAME.fullmatch(name or "") and folder.is_dir() else None
+    if m is None:
+        raise ModelNotFound(f"no model named {name!r} — `trit models` lists them, `trit pull` downloads one")
+    return m
+
+
+def partial_folder(models_dir: str | os.PathLike, name: str) -> Path:
+    return Path(models_dir) / PARTIAL_DIR / name
+
+
+def remove(models_dir: str | os.PathLike, name: str) -> Path:
+    """Delete an installed model, or the kept data of an unfinished pull of that name. Returns what was removed.
+    The folder is renamed away first, so a crash midway never leaves a half-deleted model that looks ready."""
+    models_dir = Path(models_dir)
+    folder = models_dir / name
+    if _NAME.fullmatch(name or "") and folder.is_dir() and (folder / MANIFEST_FILE).exists():
+        target = folder
+    elif _NAME.fullmatch(name or "") and partial_folder(models_dir, name).is_dir():
+        target = partial_folder(models_dir, name)
+    else:
+        raise ModelNotFound(f"no model named {name!r} — `trit models` lists them")
+    trash = models_dir / PARTIAL_DIR / f"{name}.removing-{os.getpid()}"
+    trash.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(target, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    return target
+
+
+def _hash_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return h.hexdigest()
+
+
+def verify(model: InstalledModel, record: bool = True) -> list[str]:
+    """Hash every file the manifest lists again; return the ones that are missing or differ. With record=True the
+    manifest's `verified` flag is updated, so `trit models` shows a damaged model as unverified."""
+    bad = []
+    for fname, info in sorted(model.files.items()):
+        path = model.path / fname
+        try:
+            if path.stat().st_size != info.get("size") or _hash_file(path) != info.get("sha256"):
+                bad.append(fname)
+        except OSError:
+            bad.append(fname)
+    ok = not bad and bool(model.files)
+    if record and ok != model.verified:
+        path = model.path / MANIFEST_FILE
+        m = json.loads(path.read_text(encoding="utf-8"))
+        m["verified"] = ok
+        _write_json_atomic(path, m)
+    return bad
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checks shared by pull and import
+
+
+def check_folder(folder: str | os.PathLike) -> None:
+    """What makes a folder a model Trit runs: config.json and model.safetensors agree (every tensor's name, shape and
+    dtype), tokenizer.json loads, and the engine loads it (ternary codes scanned). Raises CheckpointError."""
+    from .model import load
+    from .tokenizer import Tokenizer
+
+    folder = Path(folder)
+    Tokenizer.from_folder(folder)
+    load(folder, threads=1, head="bf16", ternary="tq2").close()  # the checkpoint's own bytes only: nothing derived
+
+
+def _free_space(path: Path) -> int:
+    for p in (path, *path.parents):
+        try:
+            return shutil.disk_usage(p).free
+        except OSError:
+            continue
+    return 1 << 62
+
+
+def _fmt(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _check_space(where: Path, needed: int, what: str) -> None:
+    free = _free_space(where)
+    if free < needed:
+        raise DiskSpaceError(f"not enough disk space for {what}: {_fmt(needed)} still to write, {_fmt(free)} free "
+                             f"in {where} — free some space and run the same command again")
+
+
+def _disk_full(e: OSError, filename: str, kept: Path | None) -> DiskSpaceError:
+    tail = f"; what was written is kept in {kept}, free some space and run the same command again" if kept else \
+        "; free some space and try again"
+    return DiskSpaceError(f"the disk is full while writing {filename} ({e.strerror}){tail}")
+
+
+def _move_into_place(staging: Path, dest: Path) -> None:
+    """Rename the finished staging folder to the model folder; an older install of the same name is replaced."""
+    old = None
+    if dest.exists():
+        old = dest.parent / PARTIAL_DIR / f"{dest.name}.old-{os.getpid()}"
+        os.replace(dest, old)
+    os.replace(staging, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _Lock:
+    """One pull or import per model name at a time (an advisory lock file in .partial/)."""
+
+    def __init__(self, models_dir: Path, name: str):
+        self.path = models_dir / PARTIAL_DIR / f"{name}.lock"
+        self.fd = None
+        self.name = name
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # Windows: no advisory lock
+            pass
+        except OSError:
+            os.close(self.fd)
+            raise EngineError(f"another Trit process is installing {self.name!r} right now; wait for it to finish")
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the hub
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    size: int
+    sha256: str | None   # LFS files: the hub publishes the content's sha256
+    git_sha1: str | None  # other files: the git blob id, sha1 of b"blob <size>\0" + content
+
+
+class _Hub:
+    """Requests to one hub endpoint through a client of our own (no HF_HUB_OFFLINE hook), with retries."""
+
+    def __init__(self, endpoint: str, token: str | bool | None, log: LogCallback | None):
+        import httpx2
+        from huggingface_hub.utils import build_hf_headers
+
+        from . import __version__
+
+        self.httpx2 = httpx2
+        self.endpoint = endpoint.rstrip("/")
+        self.headers = build_hf_headers(token=token, library_name="trit", library_version=__version__)
+        self.client = httpx2.Client(follow_redirects=True,
+                                    timeout=httpx2.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT))
+        self.log = log or (lambda msg: None)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def url(self, repo: str, filename: str, revision: str) -> str:
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(repo, filename, revision=revision, endpoint=self.endpoint)
+
+    def unreachable(self, e: Exception, tail: str = "") -> HubError:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        return HubError(f"cannot reach the model hub at {self.endpoint} ({reason}) — check the network connection "
+                        f"and run the same command again{tail}")
+
+    def http_error(self, status: int, headers, what: str, repo: str, revision: str | None) -> HubError:
+        code = headers.get("X-Error-Code", "")
+        if code == "RevisionNotFound":
+            return HubError(f"{repo} has no revision {revision!r} on {self.endpoint}")
+        if code == "GatedRepo" or status == 403:
+            return HubError(f"{repo} is gated on {self.endpoint}: accept its terms on the website, then set HF_TOKEN")
+        if code == "RepoNotFound" or (status in (401, 404) and what == "the model information"):
+            return HubError(f"no model repository {repo} on {self.endpoint} (check the name; if it is private, "
+                            "set HF_TOKEN)")
+        if status == 404:
+            return HubError(f"{what} is not in {repo} at revision {revision} on {self.endpoint}")
+        if status >= 500 or status == 429:
+            return HubError(f"the model hub answered HTTP {status} for {what} of {repo} — it may be busy or down; "
+                            "try again later (downloaded data is kept)")
+        return HubError(f"the model hub answered HTTP {status} for {what} of {repo}")
+
+    def _retry(self, attempt: int, why: str) -> bool:
+        if attempt >= len(RETRY_DELAYS):
+            return False
+        self.log(f"{why}; retrying in {RETRY_DELAYS[attempt]:g} s")
+        time.sleep(RETRY_DELAYS[attempt])
+        return True
+
+    def plan(self, repo: str, revision: str | None) -> tuple[str, list[RemoteFile], list[str]]:
+        """The commit `revision` resolves to, the files Trit needs from it with size and checksum, and every file
+        the repository holds."""
+        from huggingface_hub.hf_api import ModelInfo
+
+        rev = revision or "main"
+        api = f"{self.endpoint}/api/models/{repo}/revision/{quote(rev, safe='')}"
+        attempt = 0
+        while True:
+            try:
+                r = self.client.get(api, params={"blobs": True}, headers=self.headers)
+            except self.httpx2.TransportError as e:
+                if isinstance(e, self.httpx2.ConnectError) or not self._retry(attempt, f"model info: {e}"):
+                    raise self.unreachable(e) from None
+                attempt += 1
+                continue
+            if r.status_code in RETRY_STATUS and self._retry(attempt, f"model info: HTTP {r.status_code}"):
+                attempt += 1
+                continue
+            if r.status_code != 200:
+                raise self.http_error(r.status_code, r.headers, "the model information", repo, rev)
+            break
+        try:
+            info = ModelInfo(**r.json())
+        except (ValueError, TypeError, KeyError) as e:
+            raise HubError(f"{self.endpoint} answered model info for {repo} with something unexpected ({e}); "
+                           "is HF_ENDPOINT a Hugging Face hub?") from None
+        commit = info.sha or ""
+        if not _SHA1.fullmatch(commit):
+            raise HubError(f"{self.endpoint} did not say which commit {rev!r} of {repo} is; is HF_ENDPOINT a hub?")
+        siblings = {s.rfilename: s for s in info.siblings or []}
+        files = []
+        for fname in MODEL_FILES:
+            s = siblings.get(fname)
+            if s is None:
+                continue
+            size, sha256, sha1 = (s.lfs.size, s.lfs.sha256, None) if s.lfs else (s.size, None, s.blob_id)
+            if size is None or not (sha256 or sha1):
+                size, sha256, sha1 = self.head(repo, fname, commit)
+            files.append(RemoteFile(fname, int(size), (sha256 or "").lower() or None, (sha1 or "").lower() or None))
+        return commit, files, sorted(siblings)
+
+    def head(self, repo: str, filename: str, commit: str) -> tuple[int, str | None, str | None]:
+        """Size and checksum from the resolve endpoint's headers, as huggingface_hub reads them: X-Linked-Etag and
+        X-Linked-Size for an LFS file (on the redirect to the CDN), else ETag and Content-Length."""
+        url = self.url(repo, filename, commit)
+        try:
+            r = self.client.head(url, headers={**self.headers, "Accept-Encoding": "identity"},
+                                 follow_redirects=False)
+        except self.httpx2.TransportError as e:
+            raise self.unreachable(e) from None
+        if r.status_code >= 400:
+            raise self.http_error(r.status_code, r.headers, filename, repo, commit)
+        etag = (r.headers.get("X-Linked-Etag") or r.headers.get("ETag") or "").removeprefix("W/").strip('"').lower()
+        size = r.headers.get("X-Linked-Size") or (None if r.is_redirect else r.headers.get("Content-Length"))
+        if size is None or not (_SHA256.fullmatch(etag) or _SHA1.fullmatch(etag)):
+            raise HubError(f"the model hub publishes no size or checksum for {filename} of {repo}; refusing to "
+                           "install a file that cannot be verified")
+        return int(size), (etag if len(etag) == 64 else None), (etag if len(etag) == 40 else None)
+
+    def download(self, repo: str, commit: str, part: Path, f: RemoteFile,
+                 progress: Callable[[int], None]) -> tuple[str, str]:
+        """Bring `part` up to f.size bytes, continuing from what it holds with a Range request, retrying a broken
+        connection or a 5xx answer. Returns the sha256 and git blob sha1 of the whole file."""
+        httpx2 = self.httpx2
+        url = self.url(repo, f.name, commit)
+        sha256 = hashlib.sha256()
+        sha1 = hashlib.sha1(b"blob %d\0" % f.size)
+        have = part.stat().st_size if part.exists() else 0
+        if have > f.size:
+            part.unlink()
+            have = 0
+        if have:
+            with open(part, "rb") as src:
+                while chunk := src.read(HASH_CHUNK):
+                    sha256.update(chunk)
+                    sha1.update(chunk)
+        attempt = 0
+        with _open_for_append(part) as out:
+            while have < f.size:
+                headers = {**self.headers, "Accept-Encoding": "identity"}
+                if have:
+                    headers["Range"] = f"bytes={have}-"
+                try:
+                    with self.client.stream("GET", url, headers=headers) as r:
+                        if r.status_code in RETRY_STATUS and self._retry(attempt, f"{f.name}: HTTP {r.status_code}"):
+                            attempt += 1
+                            continue
+                        if r.status_code not in (200, 206):
+                            raise self.http_error(r.status_code, r.headers, f.name, repo, commit)
+                        if r.status_code == 200 and have:  # the server ignored the Range: start over
+                            out.seek(0)
+                            out.truncate()
+                            progress(-have)
+                            sha256, sha1, have = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % f.size), 0
+                        elif r.status_code == 206 and not r.headers.get("Content-Range", "").startswith(
+                                f"bytes {have}-"):
+                            raise HubError(f"{f.name}: the server answered the range request from byte {have} with "
+                                           f"{r.headers.get('Content-Range')!r}")
+                        for chunk in r.iter_bytes():
+                            if have + len(chunk) > f.size:
+                                out.seek(0)
+                                out.truncate()
+                                raise HubError(f"{f.name}: the server sent more than the {f.size} bytes the hub "
+                                               "lists; the partial file was discarded")
+                            _write_all(out, chunk, f.name, part.parent)
+                            sha256.update(chunk)
+                            sha1.update(chunk)
+                            have += len(chunk)
+                            attempt = 0  # progress made: a later break gets the full set of retries
+                            progress(len(chunk))
+                    if have < f.size:
+                        raise httpx2.RemoteProtocolError("the response ended early")
+                except httpx2.TransportError as e:
+                    if not self._retry(attempt, f"{f.name}: {' '.join(str(e).split())}"):
+                        kept = f"; {_fmt(have)} of {f.name} are kept for it" if have else ""
+                        if isinstance(e, httpx2.ConnectError):
+                            raise self.unreachable(e, kept) from None
+                        raise HubError(f"the connection to {self.endpoint} broke while downloading {f.name} "
+                                       f"({' '.join(str(e).split())}) — run the same command again to resume{kept}"
+                                       ) from None
+                    attempt += 1
+        return sha256.hexdigest(), sha1.hexdigest()
+
+
+def _open_for_append(path: Path):
+    """The .incomplete file, opened to continue it. Unbuffered: what write() accepted is on disk, and a full disk is
+    reported by the write that hit it, not by a later close. (A seam for the disk-full test.)"""
+    return open(path, "ab", buffering=0)
+
+
+def _write_all(out, data: bytes, filename: str, kept: Path | None) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[out.write(view):]
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(e, filename, kept) from None
+        raise
+
+
+def _matches(f: RemoteFile, sha256: str, sha1: str) -> bool:
+    return (f.sha256 == sha256) if f.sha256 else (f.git_sha1 == sha1)
+
+
+def _check_listing(repo: str, files: list[RemoteFile], listing: list[str], commit: str) -> None:
+    have = {f.name for f in files}
+    missing = [f for f in REQUIRED_FILES if f not in have]
+    if not missing:
+        return
+    if WEIGHTS_FILE in missing and any(re.fullmatch(r"model-\d+-of-\d+\.safetensors", n) for n in listing):
+        raise HubError(f"{repo} has sharded weights; Trit runs a single {WEIGHTS_FILE} in the packed BitNet b1.58 "
+                       f"format, like {DEFAULT_REPO}")
+    if any(n.endswith(".gguf") for n in listing):
+        raise HubError(f"{repo} holds GGUF files, not the packed safetensors Trit downloads; try {DEFAULT_REPO}")
+    raise HubError(f"{repo} (commit {commit[:7]}) has no {', '.join(missing)}: it is not a BitNet b1.58 model in the "
+                   f"packed Hugging Face format, like {DEFAULT_REPO}")
+
+
+def pull(repo: str = DEFAULT_REPO, models_dir: str | os.PathLike = ".", revision: str | None = None, *,
+         name: str | None = None, endpoint: str | None = None, token: str | bool | None = None,
+         progress: ProgressCallback | None = None, log: LogCallback | None = None) -> InstalledModel:
+    """Download a model from the hub into models_dir/<name> (name: the repository's last component).
+
+    revision: a branch, tag or commit (default main), resolved once to a commit that every file is fetched from and
+    that the manifest records. endpoint: the hub (default $HF_ENDPOINT, read now, else huggingface.co).
+    An installed model already at that commit is returned as it is. Interrupting keeps the data for the next call.
+    """
+    repo = normalize_repo(repo)
+    name = validate_name(name or default_name(repo))
+    models_dir = Path(models_dir)
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    log = log or (lambda msg: None)
+    source = f"hf:{repo}"
+    hub = _Hub(endpoint, token, log)
+    try:
+        commit, files, listing = hub.plan(repo, revision)
+        _check_listing(repo, files, listing, commit)
+        dest = models_dir / name
+        current = _read_manifest(dest) if dest.is_dir() else None
+        if current is None and dest.exists():
+            raise EngineError(f"{dest} exists and is not a model Trit installed; move it away first")
+        if current is not None and current.source == source and current.revision == commit and current.verified:
+            log(f"{name} is already installed at {commit[:7]}")
+            return current
+        models_dir.mkdir(parents=True, exist_ok=True)
+        with _Lock(models_dir, name):
+            return _pull_locked(hub, repo, commit, files, name, models_dir, progress, log)
+    finally:
+        hub.close()
+
+
+def _pull_locked(hub: _Hub, repo: str, commit: str, files: list[RemoteFile], name: str, models_dir: Path,
+                 progress: ProgressCallback | None, log: LogCallback) -> InstalledModel:
+    staging = partial_folder(models_dir, name)
+    state_path = staging / STATE_FILE
+    state = None
+    if staging.is_dir():
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = None
+        if not isinstance(state, dict) or state.get("repo") != repo or state.get("revision") != commit:
+            if any(staging.iterdir()):
+                log(f"discarding kept data of an earlier pull of {name} (another repository or revision)")
+            shutil.rmtree(staging)
+            state = None
+    if state is None:
+        staging.mkdir(parents=True)
+        state = {"repo": repo, "revision": commit, "done": {}}
+        _write_json_atomic(state_path, state)
+
+    def finished(f: RemoteFile) -> bool:
+        entry = state["done"].get(f.name)
+        path = staging / f.name
+        return bool(entry) and path.is_file() and path.stat().st_size == f.size and entry.get("size") == f.size
+
+    on_disk = {f.name: (f.size if finished(f) else
+                        min((staging / (f.name + ".incomplete")).stat().st_size, f.size)
+                        if (staging / (f.name + ".incomplete")).exists() else 0) for f in files}
+    total = sum(f.size for f in files)
+    done = sum(on_disk.values())
+    _check_space(models_dir, total - done, f"{repo} ({_fmt(total)})")
+
+    for f in files:
+        if finished(f):
+            continue
+        part = staging / (f.name + ".incomplete")
+        for attempt in (1, 2):
+            start = min(part.stat().st_size, f.size) if part.exists() else 0
+            file_done = start
+
+            def step(n: int, f=f) -> None:
+                nonlocal done, file_done
+                done += n
+                file_done += n
+                if progress:
+                    progress(Progress(f.name, file_done, f.size, done, total))
+
+            if progress:
+                progress(Progress(f.name, file_done, f.size, done, total))
+            sha256, sha1 = hub.download(repo, commit, part, f, step)
+            if _matches(f, sha256, sha1):
+                break
+            part.unlink()
+            done -= f.size
+            expected = f.sha256 or f.git_sha1
+            got = sha256 if f.sha256 else sha1
+            kind = "sha256" if f.sha256 else "git blob sha1"
+            if attempt == 2:
+                raise ChecksumError(f"{f.name} of {repo} does not match the {kind} the hub publishes, twice in a row "
+                                    f"(expected {expected[:12]}…, got {got[:12]}…); the download was discarded — try "
+                                    "again later")
+            log(f"{f.name}: {kind} {got[:12]}… does not match the hub's {expected[:12]}…; downloading it again")
+        os.replace(part, staging / f.name)
+        state["done"][f.name] = {"size": f.size, "sha256": sha256}
+        _write_json_atomic(state_path, state)
+        if f.name == CONFIG_FILE:  # refuse a repository that is no BitNet checkpoint before fetching its weights
+            try:
+                ModelConfig.from_dict(json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8")))
+            except (CheckpointError, ValueError) as e:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise HubError(f"{repo} is not a model Trit can run: {e}") from None
+
+    try:
+        check_folder(staging)
+    except CheckpointError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise HubError(f"{repo} at {commit[:7]} is not a model Trit can run: {e}") from None
+    state_path.unlink()
+    _write_json_atomic(staging / MANIFEST_FILE, _manifest(name, f"hf:{repo}", commit, state["done"]))
+    _move_into_place(staging, models_dir / name)
+    return locate(models_dir, name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# import
+
+
+def import_folder(path: str | os.PathLike, models_dir: str | os.PathLike, name: str | None = None, *,
+                  progress: ProgressCallback | None = None) -> InstalledModel:
+    """Copy a model folder from a local disk (a hub repository's files, or a pulled model's folder) into
+    models_dir/<name> (default: the folder's name), after checking it is a BitNet b1.58 checkpoint. No network.
+    A folder that carries a manifest (a copied pull) is checked against it and keeps its source and revision."""
+    src = Path(path).expanduser()
+    if not src.is_dir():
+        raise CheckpointError(f"{src}: not a folder (a model is a folder with {CONFIG_FILE}, {WEIGHTS_FILE} and "
+                              "tokenizer.json)")
+    src = src.resolve()
+    name = validate_name(name or src.name)
+    models_dir = Path(models_dir)
+    try:
+        ModelConfig.from_dict(json.loads((src / CONFIG_FILE).read_text(encoding="utf-8")))
+        for f in REQUIRED_FILES:
+            if not (src / f).is_file():
+                raise CheckpointError(f"{src / f}: file not found")
+    except FileNotFoundError:
+        raise CheckpointError(f"{src} is not a BitNet b1.58 model folder: it has no {CONFIG_FILE}") from None
+    except (OSError, ValueError, CheckpointError) as e:
+        raise CheckpointError(f"{src} is not a BitNet b1.58 model folder: {' '.join(str(e).split())}") from None
+    if (models_dir / name).exists():
+        raise EngineError(f"a model named {name!r} is already installed — pick another with --name, or "
+                          f"`trit rm {name}` first")
+    try:
+        prior = _read_manifest(src)
+    except CheckpointError:
+        prior = None
+    files = [f for f in MODEL_FILES if (src / f).is_file()]
+    sizes = {f: (src / f).stat().st_size for f in files}
+    total = sum(sizes.values())
+    models_dir.mkdir(parents=True, exist_ok=True)
+    _check_space(models_dir, total, f"importing {src.name} ({_fmt(total)})")
+    with _Lock(models_dir, name):
+        (models_dir / PARTIAL_DIR).mkdir(exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{name}.import-", dir=models_dir / PARTIAL_DIR))
+        try:
+            recorded, done = {}, 0
+            for f in files:
+                h = hashlib.sha256()
+                file_done = 0
+                with open(src / f, "rb") as inp, open(staging / f, "wb", buffering=0) as out:
+                    while chunk := inp.read(HASH_CHUNK):
+                        _write_all(out, chunk, f, None)
+                        h.update(chunk)
+                        done += len(chunk)
+                        file_done += len(chunk)
+                        if progress:
+                            progress(Progress(f, file_done, sizes[f], done, total))
+                recorded[f] = {"size": file_done, "sha256": h.hexdigest()}
+                if prior and f in prior.files and prior.files[f].get("sha256") != recorded[f]["sha256"]:
+                    raise CheckpointError(f"{src / f} differs from what its {MANIFEST_FILE} records: the copy is "
+                                          "damaged; copy it again or pull the model")
+            try:
+                check_folder(staging)
+            except CheckpointError as e:
+                raise CheckpointError(f"{src} is not a model Trit can run: "
+                                      f"{str(e).replace(str(staging), str(src))}") from None
+            source, revision = (prior.source, prior.revision) if prior and prior.source else (f"local:{src}", None)
+            _write_json_atomic(staging / MANIFEST_FILE, _manifest(name, source, revision, recorded))
+            if (models_dir / name).exists():
+                raise EngineError(f"a model named {name!r} appeared while importing; nothing was changed")
+            os.replace(staging, models_dir / name)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return locate(models_dir, name)
