@@ -269,15 +269,19 @@ def verify(model: InstalledModel, record: bool = True) -> list[str]:
 # checks shared by pull and import
 
 
-def check_folder(folder: str | os.PathLike) -> None:
+def check_folder(folder: str | os.PathLike, derive: bool = True) -> None:
     """What makes a folder a model Trit runs: config.json and model.safetensors agree (every tensor's name, shape and
-    dtype), tokenizer.json loads, and the engine loads it (ternary codes scanned). Raises CheckpointError."""
+    dtype), tokenizer.json loads, and the engine loads it (every packed byte scanned for ternary codes). Raises
+    CheckpointError. With derive=True the weights this CPU runs best are then derived into the folder (trit/), so
+    that happens once at install rather than at the first chat."""
     from .model import load
     from .tokenizer import Tokenizer
 
     folder = Path(folder)
     Tokenizer.from_folder(folder)
-    load(folder, threads=1, head="bf16", ternary="tq2").close()  # the checkpoint's own bytes only: nothing derived
+    load(folder, threads=1, head="bf16", ternary="tq2").close()  # the checkpoint's own bytes, as they are
+    if derive:
+        load(folder).close()
 
 
 def _free_space(path: Path) -> int:
@@ -570,7 +574,7 @@ def _check_listing(repo: str, files: list[RemoteFile], listing: list[str], commi
                    f"packed Hugging Face format, like {DEFAULT_REPO}")
 
 
-def pull(repo: str = DEFAULT_REPO, models_dir: str | os.PathLike = ".", revision: str | None = None, *,
+def pull(repo: str, models_dir: str | os.PathLike, revision: str | None = None, *,
          name: str | None = None, endpoint: str | None = None, token: str | bool | None = None,
          progress: ProgressCallback | None = None, log: LogCallback | None = None) -> InstalledModel:
     """Download a model from the hub into models_dir/<name> (name: the repository's last component).
@@ -675,6 +679,7 @@ def _pull_locked(hub: _Hub, repo: str, commit: str, files: list[RemoteFile], nam
                 shutil.rmtree(staging, ignore_errors=True)
                 raise HubError(f"{repo} is not a model Trit can run: {e}") from None
 
+    log(f"checking {name} and preparing its weights for this CPU")
     try:
         check_folder(staging)
     except CheckpointError as e:

@@ -68,7 +68,7 @@ class Interrupt:
             raise KeyboardInterrupt
 
 
-# ---- pull -------------------------------------------------------------------------------------------------------------
+# ---- pull ----------------------------------------------------------------------------------------------------------
 
 
 def test_pull_installs_verified_files_that_load_with_the_server_gone(server, source, models):
@@ -76,7 +76,9 @@ def test_pull_installs_verified_files_that_load_with_the_server_gone(server, sou
     assert (m.name, m.source, m.revision, m.verified, m.backend) == (NAME, f"hf:{REPO}", server.repos[REPO].commit,
                                                                     True, "bitnet")
     expected = sorted(p.name for p in source.iterdir() if p.is_file())
-    assert sorted(p.name for p in m.path.iterdir()) == sorted(expected + [hub.MANIFEST_FILE])  # no README
+    files = sorted(p.name for p in m.path.iterdir() if p.is_file())
+    assert files == sorted(expected + [hub.MANIFEST_FILE])  # no README
+    assert any((m.path / "trit").glob("*.safetensors"))  # weights for this CPU derived once, at install
     manifest = json.loads((m.path / hub.MANIFEST_FILE).read_text())
     assert manifest["revision"] == server.repos[REPO].commit and manifest["verified"] is True
     assert manifest["files"] == {f: {"size": (source / f).stat().st_size, "sha256": sha256(source / f)}
@@ -299,7 +301,7 @@ def test_a_new_revision_replaces_the_installed_one(server, source, models, tmp_p
     assert sha256(second.path / WEIGHTS) == sha256(other / WEIGHTS) and len(hub.installed(models)) == 1
 
 
-# ---- import, list, verify, remove -----------------------------------------------------------------------------------
+# ---- import, list, verify, remove ----------------------------------------------------------------------------------
 
 
 def test_import_a_folder(source, models):
@@ -379,7 +381,7 @@ def test_list_locate_verify_remove(source, models):
         hub.remove(models, "stray")
 
 
-# ---- the trit command -----------------------------------------------------------------------------------------------
+# ---- the trit command ----------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
