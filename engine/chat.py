@@ -20,13 +20,28 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Protocol, Sequence
 
 from .errors import EngineError, InputError
-from .model import Context, Model
+from .model import Model
 from .sampling import Sampler, SamplingParams, StopStrings
 from .tokenizer import Tokenizer
 
 
 class Cancel(Protocol):
     def is_set(self) -> bool: ...
+
+
+class KVContext(Protocol):
+    """What Chat needs of a KV cache: engine.model.Context (native) and engine.gguf_backend.LlamaCppContext
+    (llama.cpp) both are one. A model gives them out with model.context(n_ctx) and has config.vocab_size."""
+
+    tokens: list[int]  # the tokens the cache holds, positions 0..n-1
+    n_ctx: int
+    max_batch: int  # a prefill is fed in chunks of at most this many tokens; a cancel is noticed between them
+
+    def eval(self, token_ids, logits: str | None = "last"): ...  # -> float32 [vocab] for "last", None for None
+
+    def truncate(self, n_past: int) -> None: ...  # keep at most the first n_past tokens (tokens says how many)
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -66,7 +81,7 @@ class Chat:
 
     def __init__(self, model: Model, tokenizer: Tokenizer, n_ctx: int | None = None):
         self.model, self.tokenizer = model, tokenizer
-        self.context: Context = model.context(n_ctx)
+        self.context: KVContext = model.context(n_ctx)
         self._text = ""  # what context.tokens spell, when known exactly
         self.last_prompt_tokens = 0
 
@@ -124,6 +139,7 @@ class Chat:
         ctx = self.context
         reused = min(common_prefix(ctx.tokens, ids), len(ids) - 1)  # the last token is evaluated for its logits
         ctx.truncate(reused)
+        reused = len(ctx.tokens)  # fewer when the cache cannot be cut back there (a recurrent model's state)
         self._text = ""  # known again once the whole prompt is in
         t = time.perf_counter()
         logits = None
