@@ -43,6 +43,7 @@ class NativeObject:
 class Model(NativeObject):
     """Weights memory-mapped from a checked checkpoint, handed to the native library without a copy."""
 
+    backend = "bitnet"  # Trit's own kernel; a GGUF model (engine.gguf_backend.GGUFModel) says "llama.cpp"
     _sessions = None
     _tokenizer = None
 
@@ -294,10 +295,18 @@ class Context(NativeObject):
         self._lib.trit_context_free(handle)
 
 
-def load(path: str | Path, threads: int | None = None, head: str = DEFAULT_HEAD, ternary: str = "auto") -> Model:
+def load(path: str | Path, threads: int | None = None, head: str = DEFAULT_HEAD, ternary: str = "auto"):
     """Memory-map and check a model folder in the Hugging Face packed format; threads=None uses every core.
 
     head: "bf16" computes logits against the exact tied embedding; "q8" / "q4" against a copy in 8 / 4.5 bits a
     weight. ternary: "tq2" runs the checkpoint's 2-bit packing as it is, "t5" a lossless 1.6-bit copy, "auto" what the
-    CPU's kernel runs fastest. Derived copies are made once and kept beside the model (engine/derived.py)."""
+    CPU's kernel runs fastest. Derived copies are made once and kept beside the model (engine/derived.py).
+
+    A .gguf file (or a folder holding one and no config.json) loads through llama.cpp instead
+    (engine.gguf_backend.GGUFModel, the same chat interface; head and ternary do not apply)."""
+    from . import gguf_backend
+
+    gguf = gguf_backend.find_gguf(path)
+    if gguf is not None:
+        return gguf_backend.GGUFModel(gguf, threads=threads)
     return Model(Checkpoint(path), threads, head, ternary)
