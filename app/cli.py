@@ -52,8 +52,12 @@ def friendly_errors(fn):
 def cli(ctx: click.Context) -> None:
     """Trit: an offline, private assistant running BitNet b1.58 on your CPU."""
     if ctx.invoked_subcommand is None:
-        # The chat app arrives with the conversation layer; until then, say what there is.
-        click.echo(ctx.get_help())
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):  # piped or redirected: the chat app needs a terminal
+            click.echo(ctx.get_help())
+            return
+        from .tui import run  # Textual is imported here only, so `trit ask` and scripts start without it
+
+        ctx.exit(run())
 
 
 @cli.command("paths")

@@ -1,0 +1,67 @@
+"""One line under the message box: the model, how much of the context window is used, and how fast the last reply
+came. Whatever does not fit is cut from the right, so the model and the context stay in view."""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.widgets import Static
+
+CONTEXT_WARNING = 0.8  # from this share of the window on, say that the oldest turns will soon be left out
+SEP = ("  ·  ", "dim")
+CONTEXT_WARNING_TEXT = ("⚠ {share:.0%} of the context window is used: the oldest turns will soon be left out "
+                        "of what the model reads. Ctrl+N starts a fresh conversation.")
+
+
+def model_label(name: str) -> str:
+    """A folder's last part rather than its whole path."""
+    return name.rstrip("/").rsplit("/", 1)[-1] or name
+
+
+class StatusLine(Static):
+    def __init__(self, **kwargs):
+        super().__init__("", markup=False, **kwargs)
+        self.model: list = []
+        self.context: list = []
+        self.speed: list = []
+        self.context_warning = False
+
+    def _show(self) -> None:
+        parts = [p for p in (self.model, self.context, self.speed) if p]
+        pieces: list = []
+        for i, part in enumerate(parts):
+            if i:
+                pieces.append(SEP)
+            pieces += part
+        self.update(Content.assemble(*pieces))
+
+    def show_model(self, name: str, *, demo: bool = False, incognito: bool = False, note: str = "") -> None:
+        self.model = [("INCOGNITO", "bold $warning"), ("  ", "")] if incognito else []
+        self.model.append((model_label(name), "bold"))
+        if demo:
+            self.model.append((" (demo model: to try the app, not to trust)", "$warning"))
+        if note:
+            self.model.append((f" {note}", "dim"))
+        self._show()
+
+    def show_context(self, used: int, n_ctx: int | None) -> None:
+        self.context_warning = False
+        if not n_ctx:
+            self.context = [(f"context {used:,} tokens", "")] if used else []
+        else:
+            share = used / n_ctx
+            self.context_warning = share >= CONTEXT_WARNING
+            self.context = [(f"{'⚠ ' if self.context_warning else ''}context {used:,}/{n_ctx:,} ({share:.0%})",
+                             "bold $warning" if self.context_warning else "")]
+        self._show()
+
+    def show_speed(self, decode_tok_s: float | None, first_token_s: float | None) -> None:
+        self.speed = []
+        if decode_tok_s:
+            self.speed.append((f"{decode_tok_s:.1f} tok/s", ""))
+        if first_token_s:
+            self.speed.append((("  ·  " if self.speed else "") + f"first token {first_token_s:.2f} s", ""))
+        self._show()
+
+    @property
+    def plain(self) -> str:
+        return str(self.render())
