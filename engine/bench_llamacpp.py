@@ -29,7 +29,7 @@ from .errors import EngineError
 QTYPES = ("tq2_0", "tq1_0")
 MIN_CTX = 640
 RESULT_PREFIX = "TRIT-LLAMACPP-RESULT "
-INSTALL_HINT = 'pip install "trit[llamacpp]"'
+INSTALL_HINT = 'pip install "trit[gguf]"'
 SILU_WARNING = ("llama.cpp's bitnet graph computes the FFN with SiLU, not BitNet b1.58's relu², so its output text "
                 "is wrong: compare speed only")
 

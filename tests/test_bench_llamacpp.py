@@ -25,7 +25,7 @@ from engine.packing import unpack_ternary
 SHAPE = dict(hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2, vocab_size=1024)
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason='llama-cpp-python is not installed '
-                                     '(pip install "trit[llamacpp]"; it compiles llama.cpp)')
+                                     '(pip install "trit[gguf]"; it compiles llama.cpp)')
 LLAMA_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
                "mlp.down_proj": "ffn_down"}
@@ -179,7 +179,7 @@ def test_vs_llama_cpp_without_the_package_is_one_line_and_exit_1(monkeypatch, ti
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
     r = CliRunner().invoke(cli, ["bench", str(tiny_model), "--vs", "llama.cpp", "--pp", "4", "--tg", "2", "-r", "1"])
     assert r.exit_code == 1
-    assert 'pip install "trit[llamacpp]"' in r.output and "Traceback" not in r.output
+    assert 'pip install "trit[gguf]"' in r.output and "Traceback" not in r.output
     assert "pp4" not in r.output  # refused before Trit's own run
 
 
