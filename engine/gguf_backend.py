@@ -35,12 +35,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .bench_llamacpp import LlamaCppError, LlamaCppMissing
+from .bench_llamacpp import INSTALL_HINT, LlamaCppError, LlamaCppMissing
 from .errors import CheckpointError, InputError
 from .tokenizer import Tokenizer, _jinja_environment, _one_line
 
 BACKEND = "llama.cpp"
-INSTALL_HINT = 'pip install "trit[gguf]"'
 DEFAULT_N_CTX = 4096  # the conversation window when the model allows it (as the native engine's 2B4T)
 DEFAULT_BATCH = 256  # prefill chunk: how often a long prefill notices a cancel
 DEFAULT_CACHE_BUDGET = 1 << 30  # bytes of KV cache kept for recent conversations
@@ -291,6 +290,9 @@ def _parse(path: Path, buf, size: int) -> GGUFInfo:
         total = 0
         for name, dims, ttype, offset in tensors:
             if ttype not in sizes:
+                arch = metadata.get("general.architecture")
+                if arch in BITNET_ARCHITECTURES:  # bitnet.cpp's own I2_S type: say what matters
+                    raise GGUFError(bitnet_refusal(path, arch))
                 raise GGUFError(f"{path}: tensor {name} has the unknown ggml type {ttype}")
             block, type_size = sizes[ttype]
             n = int(np.prod(dims, dtype=np.uint64)) if dims else 1
@@ -301,6 +303,30 @@ def _parse(path: Path, buf, size: int) -> GGUFInfo:
                                 "(an interrupted download?)")
             total += nbytes
     return GGUFInfo(path, version, metadata, n_tensors, size, total)
+
+
+def gguf_architecture(path: str | os.PathLike) -> str | None:
+    """general.architecture from the start of a GGUF file that may still be downloading; None when the bytes so far
+    end before it (or the file is not GGUF). Converters write it first, so a few KB are enough."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+    except OSError:
+        return None
+    if data[:4] != GGUF_MAGIC or len(data) < 24:
+        return None
+    r = _Reader(data, len(data))
+    r.take(8)
+    _n_tensors, n_kv = r.scalar("<Q"), r.scalar("<Q")
+    try:
+        for _ in range(n_kv):
+            key = r.string()
+            value = r.value(r.scalar("<I"), keep_array=False)
+            if key == "general.architecture":
+                return value if isinstance(value, str) else None
+    except (_Truncated, ValueError, struct.error):
+        pass
+    return None
 
 
 def check_gguf(path: str | os.PathLike) -> GGUFInfo:
