@@ -233,11 +233,45 @@ async def test_escape_stops_the_reply_keeps_it_and_the_box_works_again(home, sma
         await reply_to(pilot, "escape")
         assert [r[0] for r in rows("SELECT content FROM messages WHERE role = 'user' ORDER BY id")] == [
             "Tell me a long story", "Shorter please"]
+        # quitting while a reply is written keeps it too, marked stopped
+        await type_text(pilot, "One more")
+        await pilot.press("enter")
+        await until(pilot, lambda: chat.generating and chat.got_text, what="the third reply")
+        await pilot.press("ctrl+q")
+    assert rows("SELECT content <> '', finish_reason FROM messages WHERE role = 'assistant' ORDER BY id")[-1] == (
+        1, "cancelled")
+    app = TritApp()
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
         # Esc with nothing being written brings the focus back to the message box
         await pilot.press("shift+tab")
         assert not isinstance(app.focused, PromptInput)
         await pilot.press("escape")
         assert isinstance(app.focused, PromptInput)
+
+
+@drive
+async def test_a_slow_start_says_it_is_reading(with_tiny, monkeypatch):
+    from app.service import Service
+
+    reply = Service.reply
+
+    def slow_reply(self, dialogue, cancel=None):  # a long prefill: no text for a while
+        time.sleep(0.6)
+        yield from reply(self, dialogue, cancel)
+
+    monkeypatch.setattr(Service, "reply", slow_reply)
+    monkeypatch.setattr("app.tui.screens.chat.WAITING_AFTER_S", 0.2)
+    app = TritApp()
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        await type_text(pilot, "Hi")
+        await pilot.press("enter")
+        await until(pilot, lambda: chat.reply_box is not None and chat.reply_box.query_one(".waiting").display)
+        assert str(chat.reply_box.query_one(".waiting").render()) == "reading your message…"
+        box = chat.reply_box
+        await until(pilot, lambda: chat.replies == 1)
+        assert not box.query_one(".waiting").display and box.markdown.source
 
 
 @drive
@@ -396,6 +430,33 @@ async def test_first_run_without_a_model_offers_a_choice_and_imports_a_folder(ho
         from engine import hub
 
         assert [m.name for m in hub.installed(paths().models)] == ["bitnet-tiny"]
+
+
+@drive
+async def test_first_run_downloads_from_a_hub_and_says_what_failed_in_one_line(home, tiny, monkeypatch):
+    from hub_server import HubServer
+
+    from engine import hub
+
+    server = HubServer().start()
+    try:
+        server.add_repo(hub.DEFAULT_REPO, tiny)
+        monkeypatch.setenv("HF_ENDPOINT", server.url)  # the stand-in hub on 127.0.0.1
+        server.status["info"] = [404]
+        app = TritApp()
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, FirstRunScreen))
+            screen = app.screen
+            await pilot.press("enter")  # the download button has the focus
+            await until(pilot, lambda: screen.query_one("#first-run-message").has_class("error"))
+            message = str(screen.query_one("#first-run-message").render())
+            assert "\n" not in message and hub.DEFAULT_REPO in message
+            screen.query_one("#download").focus()
+            await pilot.press("enter")  # the hub answers this time
+            chat = await started(pilot)
+            assert hub.default_name(hub.DEFAULT_REPO) in status(chat)
+    finally:
+        server.stop()
 
 
 # ---- keys, palette, themes, errors ----------------------------------------------------------------------------------

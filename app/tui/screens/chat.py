@@ -113,7 +113,7 @@ class ChatScreen(Screen):
 
     async def on_mount(self) -> None:
         self.refresh_list()
-        self.set_interval(60, self.refresh_list)  # "5 minutes ago" keeps moving
+        self.set_interval(30, self.refresh_list)  # "5 minutes ago" keeps moving
         await self.start_new(logged=self.store is not None)
 
     def focus_prompt(self) -> None:
@@ -198,7 +198,7 @@ class ChatScreen(Screen):
             except StoreError:
                 pass
         if not d.logged:
-            text = f"{title or 'Incognito conversation'} — incognito: nothing of it is written to disk"
+            text = f"{title + ' · ' if title else ''}Incognito: nothing of this conversation is written to disk"
         else:
             text = title or "New conversation"
         self.query_one("#chat-title", Static).update(text)

@@ -33,7 +33,7 @@ class ConversationSettings:
 class SettingsScreen(ModalScreen[ConversationSettings | None]):
     BINDINGS = [
         Binding("escape", "dismiss_none", "Cancel", id="settings_cancel"),
-        Binding("ctrl+s", "save", "Save", id="settings_save", priority=True),
+        Binding("ctrl+s", "save", "Save", id="settings_save"),
     ]
 
     def __init__(self, system: str, params: dict, defaults: Settings, model: str, logged: bool):
