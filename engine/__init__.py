@@ -11,12 +11,13 @@
 
     gguf = engine.load("Llama-3.2-1B-Instruct-Q4_K_M.gguf")   # any GGUF through llama-cpp-python: same chat()
     check_gguf("model.gguf")                       # its header checked without loading: architecture, context…
+    find_gguf("folder")                            # the GGUF file engine.load would run for a path, or None
 """
 
 from .checkpoint import Checkpoint, ModelConfig
 from .errors import CheckpointError, EngineError, InputError, NativeError
 from .chat import ChatResult, Piece
-from .gguf_backend import GGUFError, GGUFInfo, GGUFModel, check_gguf
+from .gguf_backend import GGUFError, GGUFInfo, GGUFModel, check_gguf, find_gguf
 from .model import Context, Model, load
 from .sampling import SamplingParams
 
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChatResult", "Checkpoint", "CheckpointError", "Context", "EngineError", "GGUFError", "GGUFInfo", "GGUFModel",
-    "InputError", "Model", "ModelConfig", "NativeError", "Piece", "SamplingParams", "check_gguf", "load",
+    "InputError", "Model", "ModelConfig", "NativeError", "Piece", "SamplingParams", "check_gguf", "find_gguf",
+    "load",
     "__version__",
 ]

@@ -316,8 +316,8 @@ def gguf_architecture(path: str | os.PathLike) -> str | None:
     if data[:4] != GGUF_MAGIC or len(data) < 24:
         return None
     r = _Reader(data, len(data))
-    r.take(8)
-    _n_tensors, n_kv = r.scalar("<Q"), r.scalar("<Q")
+    r.take(16)  # magic, version, tensor count
+    n_kv = r.scalar("<Q")
     try:
         for _ in range(n_kv):
             key = r.string()

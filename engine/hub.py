@@ -1,7 +1,9 @@
-"""Models on disk: download one from the Hugging Face Hub (resumable, verified), import one from a folder, list,
-check and remove them. This module is the only part of Trit that talks to the network, and only inside `pull`.
+"""Models on disk: download one from the Hugging Face Hub (resumable, verified), import one from a folder or a GGUF
+file, list, check and remove them. This module is the only part of Trit that talks to the network, and only inside
+`pull`.
 
     <models>/<name>/                  a ready model: the repository's files plus trit-model.json (the manifest)
+    <models>/<name>/<file>.gguf       … or one GGUF file (any llama.cpp model) plus the manifest, backend "llama.cpp"
     <models>/.partial/<name>/         a pull in progress: finished files, <file>.incomplete, pull-state.json
     <models>/.partial/<name>.import-* an import in progress
 
@@ -29,13 +31,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from .errors import CheckpointError, EngineError
+from .gguf_backend import BACKEND as GGUF_BACKEND
+from .gguf_backend import BITNET_ARCHITECTURES, GGUFError, GGUFInfo, bitnet_refusal, check_gguf, find_gguf, \
+    gguf_architecture
 
 DEFAULT_REPO = "microsoft/bitnet-b1.58-2B-4T"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -51,6 +56,10 @@ REQUIRED_FILES = (CONFIG_FILE, "tokenizer.json", WEIGHTS_FILE)
 OPTIONAL_FILES = ("tokenizer_config.json", "generation_config.json", "chat_template.jinja", "special_tokens_map.json",
                   "LICENSE")
 MODEL_FILES = REQUIRED_FILES[:1] + OPTIONAL_FILES + REQUIRED_FILES[1:]
+
+GGUF_SUFFIX = ".gguf"
+GGUF_PEEK_BYTES = 64 << 10  # a GGUF's architecture is in its first few KB: a BitNet one is refused after this much
+_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 
 RETRY_DELAYS = (1.0, 2.0, 4.0)  # seconds before each retry of a broken connection or a 5xx answer
 RETRY_STATUS = (429, 500, 502, 503, 504)
@@ -89,9 +98,12 @@ class InstalledModel:
     source: str                # "hf:<repo>" or "local:<folder it was imported from>"
     revision: str | None       # the hub commit the files come from (None for an import without one)
     verified: bool             # every file matched its checksum when installed, and at the last `verify`
-    backend: str = BACKEND
+    backend: str = BACKEND     # "bitnet" (Trit's own engine) or "llama.cpp" (a GGUF file)
     installed: str = ""        # ISO 8601 time
     files: dict = field(default_factory=dict, repr=False)  # file -> {"size": int, "sha256": str}
+    architecture: str | None = None  # GGUF models: what their header says (general.architecture, …)
+    file_type: str | None = None     # e.g. "Q4_K_M"
+    context_length: int | None = None
 
     @property
     def short_revision(self) -> str:
@@ -100,7 +112,8 @@ class InstalledModel:
     def to_dict(self) -> dict:
         return {"name": self.name, "path": str(self.path), "size_bytes": self.size_bytes, "source": self.source,
                 "revision": self.revision, "verified": self.verified, "backend": self.backend,
-                "installed": self.installed}
+                "architecture": self.architecture, "file_type": self.file_type,
+                "context_length": self.context_length, "installed": self.installed}
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,16 @@ def default_name(repo: str) -> str:
     return validate_name(normalize_repo(repo).rsplit("/", 1)[1])
 
 
+def gguf_name(filename: str) -> str:
+    """The default model name for a GGUF file: its stem, lower-cased, anything but letters, digits, '.', '_', '+',
+    '-' turned into '-' ("Llama-3.2-1B-Instruct-Q4_K_M.gguf" -> "llama-3.2-1b-instruct-q4_k_m")."""
+    stem = Path(filename).name
+    if stem.lower().endswith(GGUF_SUFFIX):
+        stem = stem[:-len(GGUF_SUFFIX)]
+    name = re.sub(r"[^a-z0-9._+-]+", "-", stem.lower()).strip("-._+")[:128].rstrip("-._+")
+    return validate_name(name or "model")
+
+
 def _folder_size(folder: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(folder):
@@ -164,10 +187,14 @@ def _read_manifest(folder: Path) -> InstalledModel | None:
     if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
         raise CheckpointError(f"{path}: not a Trit manifest; remove the model with `trit rm {folder.name}` "
                               "and install it again")
+    context = m.get("context_length")
     return InstalledModel(name=folder.name, path=folder, size_bytes=_folder_size(folder),
                           source=str(m.get("source", "")), revision=m.get("revision"),
                           verified=m.get("verified") is True, backend=str(m.get("backend", BACKEND)),
-                          installed=str(m.get("installed", "")), files=m["files"])
+                          installed=str(m.get("installed", "")), files=m["files"],
+                          architecture=m.get("architecture") if isinstance(m.get("architecture"), str) else None,
+                          file_type=m.get("file_type") if isinstance(m.get("file_type"), str) else None,
+                          context_length=context if isinstance(context, int) else None)
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
@@ -179,8 +206,12 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def _manifest(name: str, source: str, revision: str | None, files: dict) -> dict:
-    return {"format": MANIFEST_FORMAT, "name": name, "source": source, "revision": revision, "backend": BACKEND,
+def _manifest(name: str, source: str, revision: str | None, files: dict, gguf: GGUFInfo | None = None) -> dict:
+    """The manifest of a model folder; `gguf`: the header of its GGUF file (backend llama.cpp)."""
+    details = {"backend": BACKEND} if gguf is None else {
+        "backend": GGUF_BACKEND, "architecture": gguf.architecture, "file_type": gguf.file_type,
+        "context_length": gguf.context_length}
+    return {"format": MANIFEST_FORMAT, "name": name, "source": source, "revision": revision, **details,
             "verified": True, "installed": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "files": files}
 
@@ -360,6 +391,11 @@ class RemoteFile:
     size: int
     sha256: str | None   # LFS files: the hub publishes the content's sha256
     git_sha1: str | None  # other files: the git blob id, sha1 of b"blob <size>\0" + content
+    local: str | None = None  # its name in the model folder, when not `name` (a GGUF in a folder of the repo)
+
+    @property
+    def dest(self) -> str:
+        return self.local or self.name
 
 
 class _Hub:
@@ -417,6 +453,12 @@ class _Hub:
     def plan(self, repo: str, revision: str | None) -> tuple[str, list[RemoteFile], list[str]]:
         """The commit `revision` resolves to, the files Trit needs from it with size and checksum, and every file
         the repository holds."""
+        commit, siblings = self.info(repo, revision)
+        return commit, self.remote_files(repo, commit, siblings, MODEL_FILES), sorted(siblings)
+
+    def info(self, repo: str, revision: str | None) -> tuple[str, dict]:
+        """The commit `revision` resolves to, and the repository's files (rfilename -> huggingface_hub's
+        RepoSibling) at it."""
         from huggingface_hub.hf_api import ModelInfo
 
         rev = revision or "main"
@@ -444,9 +486,12 @@ class _Hub:
         commit = info.sha or ""
         if not _SHA1.fullmatch(commit):
             raise HubError(f"{self.endpoint} did not say which commit {rev!r} of {repo} is; is HF_ENDPOINT a hub?")
-        siblings = {s.rfilename: s for s in info.siblings or []}
+        return commit, {s.rfilename: s for s in info.siblings or []}
+
+    def remote_files(self, repo: str, commit: str, siblings: dict, names) -> list[RemoteFile]:
+        """Size and checksum of each of `names` the repository holds (from the model info, else a HEAD request)."""
         files = []
-        for fname in MODEL_FILES:
+        for fname in names:
             s = siblings.get(fname)
             if s is None:
                 continue
@@ -454,7 +499,7 @@ class _Hub:
             if size is None or not (sha256 or sha1):
                 size, sha256, sha1 = self.head(repo, fname, commit)
             files.append(RemoteFile(fname, int(size), (sha256 or "").lower() or None, (sha1 or "").lower() or None))
-        return commit, files, sorted(siblings)
+        return files
 
     def head(self, repo: str, filename: str, commit: str) -> tuple[int, str | None, str | None]:
         """Size and checksum from the resolve endpoint's headers, as huggingface_hub reads them: X-Linked-Etag and
@@ -568,73 +613,154 @@ def _check_listing(repo: str, files: list[RemoteFile], listing: list[str], commi
     if WEIGHTS_FILE in missing and any(re.fullmatch(r"model-\d+-of-\d+\.safetensors", n) for n in listing):
         raise HubError(f"{repo} has sharded weights; Trit runs a single {WEIGHTS_FILE} in the packed BitNet b1.58 "
                        f"format, like {DEFAULT_REPO}")
-    if any(n.endswith(".gguf") for n in listing):
-        raise HubError(f"{repo} holds GGUF files, not the packed safetensors Trit downloads; try {DEFAULT_REPO}")
+    if any(n.lower().endswith(GGUF_SUFFIX) for n in listing):
+        raise HubError(f"{repo} holds no GGUF model file (only {', '.join(_gguf_files(listing, every=True)[:3])}) "
+                       f"and no BitNet checkpoint in the packed Hugging Face format, like {DEFAULT_REPO}")
     raise HubError(f"{repo} (commit {commit[:7]}) has no {', '.join(missing)}: it is not a BitNet b1.58 model in the "
                    f"packed Hugging Face format, like {DEFAULT_REPO}")
 
 
-def pull(repo: str, models_dir: str | os.PathLike, revision: str | None = None, *,
-         name: str | None = None, endpoint: str | None = None, token: str | bool | None = None,
-         progress: ProgressCallback | None = None, log: LogCallback | None = None) -> InstalledModel:
-    """Download a model from the hub into models_dir/<name> (name: the repository's last component).
+def _gguf_files(listing: list[str], every: bool = False) -> list[str]:
+    """The GGUF model files of a repository listing: not projectors (mmproj-*), and of a split model only its first
+    part. every=True: every .gguf file."""
+    out = []
+    for n in listing:
+        base = n.rsplit("/", 1)[-1].lower()
+        if not base.endswith(GGUF_SUFFIX):
+            continue
+        split = _SPLIT.search(base)
+        if every or not (base.startswith("mmproj") or (split and int(split.group(1)) != 1)):
+            out.append(n)
+    return out
 
+
+def _few(names: list[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _gguf_to_pull(repo: str, commit: str, listing: list[str], file: str | None) -> str | None:
+    """The GGUF file of the repository to install: `file`, or its only GGUF model when it is no BitNet checkpoint.
+    None: a BitNet checkpoint (or nothing Trit runs, which _check_listing explains)."""
+    models = _gguf_files(listing)
+    if file is not None:
+        f = file.strip().lstrip("/")
+        if not f.lower().endswith(GGUF_SUFFIX):
+            raise HubError(f"--file names one .gguf file of {repo}, not {file!r}"
+                           + (f"; it holds {_few(models)}" if models else ""))
+        if f not in listing:
+            raise HubError(f"{repo} has no {f} at {commit[:7]}"
+                           + (f"; its GGUF files: {_few(models)}" if models else "; it holds no GGUF file"))
+    elif all(n in listing for n in REQUIRED_FILES) or not models:
+        return None
+    elif len(models) > 1:
+        raise HubError(f"{repo} holds {len(models)} GGUF models ({_few(models)}): choose one with --file, e.g. "
+                       f"`trit pull {repo} --file {models[0]}`")
+    else:
+        f = models[0]
+    split = _SPLIT.search(f)
+    if split and int(split.group(2)) > 1:
+        raise HubError(f"{f} of {repo} is one part of a GGUF split into {int(split.group(2))} files; Trit installs "
+                       "single-file GGUFs: pick a quantization that comes as one file")
+    return f
+
+
+def _check_gguf(path: Path, shown: str) -> GGUFInfo:
+    """check_gguf (one line: not GGUF, truncated, BitNet, not a chat model) naming the file `shown`, and only a
+    whole model: one part of a split GGUF is not installed."""
+    try:
+        info = check_gguf(path)
+    except GGUFError as e:
+        raise GGUFError(str(e).replace(str(path), shown)) from None
+    count = info.metadata.get("split.count")
+    if isinstance(count, int) and count > 1:
+        raise GGUFError(f"{shown}: one part of a GGUF split into {count} files; Trit installs single-file GGUFs — "
+                        "join the parts with llama.cpp's `llama-gguf-split --merge` and install the result")
+    return info
+
+
+def pull(repo: str, models_dir: str | os.PathLike, revision: str | None = None, *,
+         name: str | None = None, file: str | None = None, endpoint: str | None = None,
+         token: str | bool | None = None, progress: ProgressCallback | None = None,
+         log: LogCallback | None = None) -> InstalledModel:
+    """Download a model from the hub into models_dir/<name>.
+
+    A BitNet b1.58 checkpoint in the packed Hugging Face format (name: the repository's last component), or one GGUF
+    file for llama.cpp: `file` (its path in the repository), or the repository's only GGUF model when it holds no
+    checkpoint (name: the file's stem, see gguf_name). Several GGUF models and no `file`: HubError listing them.
     revision: a branch, tag or commit (default main), resolved once to a commit that every file is fetched from and
     that the manifest records. endpoint: the hub (default $HF_ENDPOINT, read now, else huggingface.co).
     An installed model already at that commit is returned as it is. Interrupting keeps the data for the next call.
     """
     repo = normalize_repo(repo)
-    name = validate_name(name or default_name(repo))
+    if name is not None:
+        validate_name(name)
     models_dir = Path(models_dir)
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
     log = log or (lambda msg: None)
     source = f"hf:{repo}"
     hub = _Hub(endpoint, token, log)
     try:
-        commit, files, listing = hub.plan(repo, revision)
-        _check_listing(repo, files, listing, commit)
+        commit, siblings = hub.info(repo, revision)
+        listing = sorted(siblings)
+        gguf = _gguf_to_pull(repo, commit, listing, file)
+        if gguf is None:
+            files = hub.remote_files(repo, commit, siblings, MODEL_FILES)
+            _check_listing(repo, files, listing, commit)
+            name = name or default_name(repo)
+        else:
+            local = gguf.rsplit("/", 1)[-1]
+            local = local[:-len(GGUF_SUFFIX)] + GGUF_SUFFIX  # *.GGUF too: the model folder's file is found by *.gguf
+            files = [replace(f, local=local) for f in hub.remote_files(repo, commit, siblings, [gguf])]
+            name = name or gguf_name(gguf)
         dest = models_dir / name
         current = _read_manifest(dest) if dest.is_dir() else None
         if current is None and dest.exists():
             raise EngineError(f"{dest} exists and is not a model Trit installed; move it away first")
-        if current is not None and current.source == source and current.revision == commit and current.verified:
+        if (current is not None and current.source == source and current.revision == commit and current.verified
+                and set(current.files) == {f.dest for f in files}):
             log(f"{name} is already installed at {commit[:7]}")
             return current
         models_dir.mkdir(parents=True, exist_ok=True)
         with _Lock(models_dir, name):
-            return _pull_locked(hub, repo, commit, files, name, models_dir, progress, log)
+            return _pull_locked(hub, repo, commit, files, name, models_dir, progress, log, gguf=gguf is not None)
     finally:
         hub.close()
 
 
+class _Refused(HubError):
+    """A download stopped early because the file is one Trit will not install."""
+
+
 def _pull_locked(hub: _Hub, repo: str, commit: str, files: list[RemoteFile], name: str, models_dir: Path,
-                 progress: ProgressCallback | None, log: LogCallback) -> InstalledModel:
+                 progress: ProgressCallback | None, log: LogCallback, gguf: bool = False) -> InstalledModel:
     staging = partial_folder(models_dir, name)
     state_path = staging / STATE_FILE
+    wanted = [f.dest for f in files]
     state = None
     if staging.is_dir():
         try:
             state = json.loads(state_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             state = None
-        if not isinstance(state, dict) or state.get("repo") != repo or state.get("revision") != commit:
+        if (not isinstance(state, dict) or state.get("repo") != repo or state.get("revision") != commit
+                or state.get("files", wanted) != wanted):
             if any(staging.iterdir()):
-                log(f"discarding kept data of an earlier pull of {name} (another repository or revision)")
+                log(f"discarding kept data of an earlier pull of {name} (another repository, revision or file)")
             shutil.rmtree(staging)
             state = None
     if state is None:
         staging.mkdir(parents=True)
-        state = {"repo": repo, "revision": commit, "done": {}}
+        state = {"repo": repo, "revision": commit, "files": wanted, "done": {}}
         _write_json_atomic(state_path, state)
 
     def finished(f: RemoteFile) -> bool:
-        entry = state["done"].get(f.name)
-        path = staging / f.name
+        entry = state["done"].get(f.dest)
+        path = staging / f.dest
         return bool(entry) and path.is_file() and path.stat().st_size == f.size and entry.get("size") == f.size
 
-    on_disk = {f.name: (f.size if finished(f) else
-                        min((staging / (f.name + ".incomplete")).stat().st_size, f.size)
-                        if (staging / (f.name + ".incomplete")).exists() else 0) for f in files}
+    on_disk = {f.dest: (f.size if finished(f) else
+                        min((staging / (f.dest + ".incomplete")).stat().st_size, f.size)
+                        if (staging / (f.dest + ".incomplete")).exists() else 0) for f in files}
     total = sum(f.size for f in files)
     done = sum(on_disk.values())
     _check_space(models_dir, total - done, f"{repo} ({_fmt(total)})")
@@ -642,21 +768,31 @@ def _pull_locked(hub: _Hub, repo: str, commit: str, files: list[RemoteFile], nam
     for f in files:
         if finished(f):
             continue
-        part = staging / (f.name + ".incomplete")
+        part = staging / (f.dest + ".incomplete")
         for attempt in (1, 2):
             start = min(part.stat().st_size, f.size) if part.exists() else 0
             file_done = start
+            peek = gguf and start < GGUF_PEEK_BYTES  # look at a GGUF's architecture once its header is in
 
-            def step(n: int, f=f) -> None:
-                nonlocal done, file_done
+            def step(n: int, f=f, part=part) -> None:
+                nonlocal done, file_done, peek
                 done += n
                 file_done += n
                 if progress:
-                    progress(Progress(f.name, file_done, f.size, done, total))
+                    progress(Progress(f.dest, file_done, f.size, done, total))
+                if peek and file_done >= min(GGUF_PEEK_BYTES, f.size):
+                    peek = False
+                    arch = gguf_architecture(part)
+                    if arch in BITNET_ARCHITECTURES:
+                        raise _Refused(bitnet_refusal(f"{repo}/{f.name}", arch))
 
             if progress:
-                progress(Progress(f.name, file_done, f.size, done, total))
-            sha256, sha1 = hub.download(repo, commit, part, f, step)
+                progress(Progress(f.dest, file_done, f.size, done, total))
+            try:
+                sha256, sha1 = hub.download(repo, commit, part, f, step)
+            except _Refused:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             if _matches(f, sha256, sha1):
                 break
             part.unlink()
@@ -669,24 +805,33 @@ def _pull_locked(hub: _Hub, repo: str, commit: str, files: list[RemoteFile], nam
                                     f"(expected {expected[:12]}…, got {got[:12]}…); the download was discarded — try "
                                     "again later")
             log(f"{f.name}: {kind} {got[:12]}… does not match the hub's {expected[:12]}…; downloading it again")
-        os.replace(part, staging / f.name)
-        state["done"][f.name] = {"size": f.size, "sha256": sha256}
+        os.replace(part, staging / f.dest)
+        state["done"][f.dest] = {"size": f.size, "sha256": sha256}
         _write_json_atomic(state_path, state)
-        if f.name == CONFIG_FILE:  # refuse a repository that is no BitNet checkpoint before fetching its weights
+        if f.name == CONFIG_FILE and not gguf:  # refuse a repository that is no BitNet checkpoint before its weights
             try:
                 ModelConfig.from_dict(json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8")))
             except (CheckpointError, ValueError) as e:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise HubError(f"{repo} is not a model Trit can run: {e}") from None
 
-    log(f"checking {name} and preparing its weights for this CPU")
-    try:
-        check_folder(staging)
-    except CheckpointError as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise HubError(f"{repo} at {commit[:7]} is not a model Trit can run: {e}") from None
+    info = None
+    if gguf:  # llama.cpp is not needed to install: its header is checked here, the model is loaded at the first chat
+        try:
+            info = _check_gguf(staging / files[0].dest, f"{repo}/{files[0].name}")
+        except GGUFError as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise HubError(str(e)) from None
+    else:
+        log(f"checking {name} and preparing its weights for this CPU")
+        try:
+            check_folder(staging)
+        except CheckpointError as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise HubError(f"{repo} at {commit[:7]} is not a model Trit can run: {e}") from None
     state_path.unlink()
-    _write_json_atomic(staging / MANIFEST_FILE, _manifest(name, f"hf:{repo}", commit, state["done"]))
+    recorded = {f.dest: state["done"][f.dest] for f in files}
+    _write_json_atomic(staging / MANIFEST_FILE, _manifest(name, f"hf:{repo}", commit, recorded, info))
     _move_into_place(staging, models_dir / name)
     return locate(models_dir, name)
 
@@ -695,18 +840,30 @@ def _pull_locked(hub: _Hub, repo: str, commit: str, files: list[RemoteFile], nam
 # import
 
 
-def import_folder(path: str | os.PathLike, models_dir: str | os.PathLike, name: str | None = None, *,
-                  progress: ProgressCallback | None = None) -> InstalledModel:
+def import_model(path: str | os.PathLike, models_dir: str | os.PathLike, name: str | None = None, *,
+                 progress: ProgressCallback | None = None) -> InstalledModel:
+    """Install a model from this machine, with no network: a GGUF file, or a folder whose one model file is a GGUF
+    (and that has no config.json), goes to import_gguf; any other folder must be a BitNet b1.58 checkpoint."""
+    src = Path(path).expanduser()
+    if src.is_file() or src.suffix.lower() == GGUF_SUFFIX:
+        return import_gguf(src, models_dir, name, progress=progress)
+    gguf = find_gguf(src) if src.is_dir() else None
+    if gguf is not None:
+        return import_gguf(gguf, models_dir, name, progress=progress)
+    return import_checkpoint(src, models_dir, name, progress=progress)
+
+
+def import_checkpoint(path: str | os.PathLike, models_dir: str | os.PathLike, name: str | None = None, *,
+                      progress: ProgressCallback | None = None) -> InstalledModel:
     """Copy a model folder from a local disk (a hub repository's files, or a pulled model's folder) into
     models_dir/<name> (default: the folder's name), after checking it is a BitNet b1.58 checkpoint. No network.
     A folder that carries a manifest (a copied pull) is checked against it and keeps its source and revision."""
     src = Path(path).expanduser()
     if not src.is_dir():
         raise CheckpointError(f"{src}: not a folder (a model is a folder with {CONFIG_FILE}, {WEIGHTS_FILE} and "
-                              "tokenizer.json)")
+                              "tokenizer.json, or a .gguf file)")
     src = src.resolve()
     name = validate_name(name or src.name)
-    models_dir = Path(models_dir)
     try:
         ModelConfig.from_dict(json.loads((src / CONFIG_FILE).read_text(encoding="utf-8")))
         for f in REQUIRED_FILES:
@@ -716,15 +873,55 @@ def import_folder(path: str | os.PathLike, models_dir: str | os.PathLike, name: 
         raise CheckpointError(f"{src} is not a BitNet b1.58 model folder: it has no {CONFIG_FILE}") from None
     except (OSError, ValueError, CheckpointError) as e:
         raise CheckpointError(f"{src} is not a BitNet b1.58 model folder: {' '.join(str(e).split())}") from None
-    if (models_dir / name).exists():
-        raise EngineError(f"a model named {name!r} is already installed — pick another with --name, or "
-                          f"`trit rm {name}` first")
     try:
         prior = _read_manifest(src)
     except CheckpointError:
         prior = None
-    files = [f for f in MODEL_FILES if (src / f).is_file()]
-    sizes = {f: (src / f).stat().st_size for f in files}
+
+    def check(staging: Path) -> None:
+        try:
+            check_folder(staging)
+        except CheckpointError as e:
+            raise CheckpointError(f"{src} is not a model Trit can run: "
+                                  f"{str(e).replace(str(staging), str(src))}") from None
+
+    files = [(src / f, f) for f in MODEL_FILES if (src / f).is_file()]
+    return _install_copy(src, files, Path(models_dir), name, prior, check, progress)
+
+
+import_folder = import_model  # the earlier name; it takes a GGUF file too
+
+
+def import_gguf(path: str | os.PathLike, models_dir: str | os.PathLike, name: str | None = None, *,
+                progress: ProgressCallback | None = None) -> InstalledModel:
+    """Copy one GGUF file into models_dir/<name>/<file>.gguf (default name: the file's stem, see gguf_name) with
+    backend "llama.cpp", after check_gguf — which needs no llama.cpp and refuses a BitNet GGUF, a truncated file or
+    a model that does not chat. A file in a model folder whose manifest lists it (a copied GGUF pull) is checked
+    against it and keeps its source and revision."""
+    src = Path(path).expanduser()
+    _check_gguf(src, str(src))
+    src = src.resolve()
+    name = validate_name(name or gguf_name(src.name))
+    local = (src.name[:-len(GGUF_SUFFIX)] if src.suffix.lower() == GGUF_SUFFIX else src.name) + GGUF_SUFFIX
+    try:
+        prior = _read_manifest(src.parent)
+    except CheckpointError:
+        prior = None
+    if prior is not None and (prior.backend != GGUF_BACKEND or src.name not in prior.files):
+        prior = None
+    return _install_copy(src, [(src, local)], Path(models_dir), name, prior,
+                         lambda staging: _check_gguf(staging / local, str(src)), progress)
+
+
+def _install_copy(src: Path, files: list[tuple[Path, str]], models_dir: Path, name: str,
+                  prior: InstalledModel | None, check: Callable[[Path], GGUFInfo | None],
+                  progress: ProgressCallback | None) -> InstalledModel:
+    """Copy files (source, name in the model folder) into a staging folder, hashing them; check(staging) the copy;
+    write the manifest; rename the staging folder to models_dir/<name>. Nothing is left behind on any failure."""
+    if (models_dir / name).exists():
+        raise EngineError(f"a model named {name!r} is already installed — pick another with --name, or "
+                          f"`trit rm {name}` first")
+    sizes = {dest: p.stat().st_size for p, dest in files}
     total = sum(sizes.values())
     models_dir.mkdir(parents=True, exist_ok=True)
     _check_space(models_dir, total, f"importing {src.name} ({_fmt(total)})")
@@ -733,10 +930,10 @@ def import_folder(path: str | os.PathLike, models_dir: str | os.PathLike, name: 
         staging = Path(tempfile.mkdtemp(prefix=f"{name}.import-", dir=models_dir / PARTIAL_DIR))
         try:
             recorded, done = {}, 0
-            for f in files:
+            for p, f in files:
                 h = hashlib.sha256()
                 file_done = 0
-                with open(src / f, "rb") as inp, open(staging / f, "wb", buffering=0) as out:
+                with open(p, "rb") as inp, open(staging / f, "wb", buffering=0) as out:
                     while chunk := inp.read(HASH_CHUNK):
                         _write_all(out, chunk, f, None)
                         h.update(chunk)
@@ -745,16 +942,12 @@ def import_folder(path: str | os.PathLike, models_dir: str | os.PathLike, name: 
                         if progress:
                             progress(Progress(f, file_done, sizes[f], done, total))
                 recorded[f] = {"size": file_done, "sha256": h.hexdigest()}
-                if prior and f in prior.files and prior.files[f].get("sha256") != recorded[f]["sha256"]:
-                    raise CheckpointError(f"{src / f} differs from what its {MANIFEST_FILE} records: the copy is "
+                if prior and p.name in prior.files and prior.files[p.name].get("sha256") != recorded[f]["sha256"]:
+                    raise CheckpointError(f"{p} differs from what its {MANIFEST_FILE} records: the copy is "
                                           "damaged; copy it again or pull the model")
-            try:
-                check_folder(staging)
-            except CheckpointError as e:
-                raise CheckpointError(f"{src} is not a model Trit can run: "
-                                      f"{str(e).replace(str(staging), str(src))}") from None
+            info = check(staging)
             source, revision = (prior.source, prior.revision) if prior and prior.source else (f"local:{src}", None)
-            _write_json_atomic(staging / MANIFEST_FILE, _manifest(name, source, revision, recorded))
+            _write_json_atomic(staging / MANIFEST_FILE, _manifest(name, source, revision, recorded, info))
             if (models_dir / name).exists():
                 raise EngineError(f"a model named {name!r} appeared while importing; nothing was changed")
             os.replace(staging, models_dir / name)

@@ -62,7 +62,7 @@ class Repo:
     files: dict[str, bytes]
 
     def is_lfs(self, name: str) -> bool:
-        return name in LFS_FILES
+        return name in LFS_FILES or name.endswith(".gguf")  # the hub keeps GGUF files in LFS too
 
     @staticmethod
     def git_sha1(data: bytes) -> str:
