@@ -409,6 +409,12 @@ class TransferBar:
             self.bar = None
 
 
+def model_kind(m) -> str:
+    """What runs an installed model, for messages: "bitnet", or "llama.cpp, llama Q4_K_M" for a GGUF."""
+    details = " ".join(x for x in (m.architecture, m.file_type) if x)
+    return f"{m.backend}, {details}" if details else m.backend
+
+
 def default_model_name(models) -> str:
     """The model `trit` and `trit ask` use without --model: the configured one, else the newest installed."""
     from .settings import load_settings
@@ -417,47 +423,64 @@ def default_model_name(models) -> str:
 
 
 @cli.command()
-@click.argument("repo", metavar="[NAME]", required=False)
+@click.argument("repo", metavar="[REPO]", required=False)
+@click.option("--file", "file", metavar="FILE.gguf",
+              help="One GGUF file of the repository to install (its path in the repository).")
 @click.option("--revision", metavar="REV", help="A branch, tag or commit of the repository (default: main).")
+@click.option("--name", help="The name to install it under (default: the repository's name; for a GGUF file, its "
+                             "name without .gguf, lower-cased).")
 @friendly_errors
-def pull(repo, revision) -> None:
+def pull(repo, file, revision, name) -> None:
     """Download a model from the Hugging Face Hub (default: microsoft/bitnet-b1.58-2B-4T).
+
+    \b
+      trit pull                           BitNet b1.58 2B4T (Trit's own engine)
+      trit pull OWNER/REPO                a BitNet checkpoint, or the repo's one GGUF
+      trit pull OWNER/REPO --file F.gguf  one GGUF file of the repo (llama.cpp)
+
+    GGUF models (Llama, Qwen, Gemma, …) run through llama.cpp: pip install "trit[gguf]".
 
     Only the files Trit needs are fetched, each checked against the sha256 the hub publishes; the model is ready
     only when all of them match. An interrupted pull continues where it stopped when run again. HF_ENDPOINT selects
     another hub, HF_TOKEN authenticates. This is the only command that uses the network."""
     from engine import hub
 
-    command = "trit pull" + (f" {repo}" if repo else "") + (f" --revision {revision}" if revision else "")
+    if file and not repo:
+        raise click.UsageError("--file needs the repository: trit pull OWNER/REPO --file FILE.gguf")
+    command = "trit pull" + "".join(f" {flag}{value}" for flag, value in (
+        ("", repo), ("--file ", file), ("--revision ", revision), ("--name ", name)) if value)
     repo = repo or hub.DEFAULT_REPO
-    bar = TransferBar(hub.default_name(repo))
+    bar = TransferBar(name or (hub.gguf_name(file) if file else hub.default_name(repo)))
     try:
-        m = hub.pull(repo, paths().models, revision=revision, progress=bar, log=bar.log)
+        m = hub.pull(repo, paths().models, revision=revision, name=name, file=file, progress=bar, log=bar.log)
     except KeyboardInterrupt:
         bar.close()
         click.echo(f"trit: interrupted — what was downloaded is kept; run `{command}` again to continue", err=True)
         sys.exit(130)
     finally:
         bar.close()
-    click.echo(f"{m.name} is ready: {human_size(m.size_bytes)}, {m.source} at {m.short_revision}, in {m.path}")
+    click.echo(f"{m.name} is ready ({model_kind(m)}): {human_size(m.size_bytes)}, {m.source} at {m.short_revision}, "
+               f"in {m.path}")
 
 
 @cli.command("import")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--name", help="The name to install it under (default: the folder's name).")
+@click.option("--name", help="The name to install it under (default: the folder's name; for a GGUF file, its name "
+                             "without .gguf, lower-cased).")
 @friendly_errors
 def import_cmd(path, name) -> None:
-    """Install a model folder from this machine (no network): a BitNet b1.58 checkpoint in the Hugging Face packed
-    format (config.json, model.safetensors, tokenizer.json, ...), or a copy of a pulled model's folder. It is
-    checked, hashed and copied into Trit's models folder."""
+    """Install a model from this machine (no network): a folder with a BitNet b1.58 checkpoint in the Hugging Face
+    packed format (config.json, model.safetensors, tokenizer.json, ...) or a copy of a pulled model's folder; or a
+    GGUF file (Llama, Qwen, Gemma, … — run by llama.cpp: pip install "trit[gguf]"). It is checked, hashed and copied
+    into Trit's models folder."""
     from engine import hub
 
     bar = TransferBar(name or path.name)
     try:
-        m = hub.import_folder(path, paths().models, name=name, progress=bar)
+        m = hub.import_model(path, paths().models, name=name, progress=bar)
     finally:
         bar.close()
-    click.echo(f"{m.name} is ready: {human_size(m.size_bytes)}, from {path}, in {m.path}")
+    click.echo(f"{m.name} is ready ({model_kind(m)}): {human_size(m.size_bytes)}, from {path}, in {m.path}")
 
 
 @cli.command("models")
@@ -492,10 +515,12 @@ def models_cmd(make_default, check, as_json) -> None:
         click.echo(json.dumps([{**m.to_dict(), "default": m.name == default} for m in models], indent=2))
     elif not models:
         click.echo("no models installed — `trit pull` downloads BitNet b1.58 2B4T (1.2 GB), "
-                   "`trit import PATH` installs one from this machine")
+                   "`trit import PATH` installs one from this machine (a model folder or a .gguf file)")
     else:
-        rows = [("", "NAME", "SIZE", "SOURCE", "REVISION", "VERIFIED")] + [
-            ("*" if m.name == default else "", m.name, human_size(m.size_bytes), m.source, m.short_revision or "-",
+        # QUANT: how the weights are stored — BitNet's ternary, or the GGUF's file type (Q4_K_M, …)
+        rows = [("", "NAME", "SIZE", "BACKEND", "QUANT", "SOURCE", "REVISION", "VERIFIED")] + [
+            ("*" if m.name == default else "", m.name, human_size(m.size_bytes), m.backend,
+             m.file_type or ("ternary" if m.backend == "bitnet" else "-"), m.source, m.short_revision or "-",
              "yes" if m.verified else "NO") for m in models]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:

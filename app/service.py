@@ -46,8 +46,9 @@ def demo_model() -> ModelChoice | None:
 
 
 def choose_model(name: str | None, settings: Settings) -> ModelChoice:
-    """A folder, an installed model's name, or (no name) the default: the configured one, else the installed one,
-    else the demo model that ships inside Trit."""
+    """A model folder, a .gguf file (or a folder holding one), an installed model's name, or (no name) the default:
+    the configured one, else the newest installed one, else the demo model that ships inside Trit. engine.load
+    then runs whichever it is."""
     from engine import hub
 
     name = name or settings.default_model or None
@@ -69,6 +70,9 @@ def choose_model(name: str | None, settings: Settings) -> ModelChoice:
     folder = Path(name).expanduser()
     if (folder / "config.json").is_file():
         return ModelChoice(str(folder.resolve()), folder.resolve())
+    gguf = engine.find_gguf(folder) if folder.exists() else None
+    if gguf is not None:
+        return ModelChoice(str(gguf.resolve()), gguf.resolve())
     installed = hub.locate(paths().models, name)
     return ModelChoice(installed.name, installed.path)
 

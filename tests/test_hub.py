@@ -409,9 +409,10 @@ def test_cli_pull_models_default_rm(server, trit, tmp_path):
     models = tmp_path / "home" / "data" / "models"
     r = trit("models")
     header, row = r.stdout.splitlines()
-    assert header.split() == ["NAME", "SIZE", "SOURCE", "REVISION", "VERIFIED"]
+    assert header.split() == ["NAME", "SIZE", "BACKEND", "QUANT", "SOURCE", "REVISION", "VERIFIED"]
     size = human_size(hub.locate(models, NAME).size_bytes)
-    assert row.split() == ["*", NAME, *size.split(), f"hf:{REPO}", server.repos[REPO].commit[:7], "yes"]
+    assert row.split() == ["*", NAME, *size.split(), "bitnet", "ternary", f"hf:{REPO}", server.repos[REPO].commit[:7],
+                           "yes"]
 
     hub.import_folder(models / NAME, models, name="second")
     assert trit("models", "--default", NAME).exit_code == 0
@@ -419,7 +420,8 @@ def test_cli_pull_models_default_rm(server, trit, tmp_path):
     assert load_settings().default_model == NAME
     assert [line.split()[0] for line in trit("models").stdout.splitlines()[1:]] == ["*", "second"]
     listed = json.loads(trit("models", "--json").stdout)
-    assert [(m["name"], m["default"], m["verified"]) for m in listed] == [(NAME, True, True), ("second", False, True)]
+    assert [(m["name"], m["default"], m["verified"], m["backend"]) for m in listed] == [
+        (NAME, True, True, "bitnet"), ("second", False, True, "bitnet")]
 
     r = trit("rm", NAME, input="n\n")
     assert r.exit_code == 1 and (models / NAME).is_dir()
@@ -472,8 +474,7 @@ def test_the_real_command_pulls_with_hf_hub_offline_set(server, tmp_path):
     root = str(Path(__file__).resolve().parents[1])
     env = offline_env({**os.environ, "TRIT_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
                        "HF_ENDPOINT": server.url,
-                       "PYTHONPATH": os.pathsep.join([root] + ([os.environ["PYTHONPATH"]] * bool(os.environ.get(
-                           "PYTHONPATH"))))})
+                       "PYTHONPATH": os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])})
     r = subprocess.run([sys.executable, "-m", "app", "pull"], capture_output=True, text=True, env=env, timeout=120,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
