@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Build the `trit` binary for the platform this runs on, from this checkout:
+#   dist/trit/trit                       one folder: the program and its _internal/ folder (fast start)
+#   dist/trit-<version>-<os>-<arch>      one file: unpacks itself into a temporary folder at every start
+# An isolated virtual environment (build/packaging/venv) gets `pip install .` (CMake builds the native library, as
+# for any user) and PyInstaller (packaging/requirements.txt); nothing outside the checkout is changed.
+# Needs: Python >= 3.10 with venv, a C compiler, CMake >= 3.18. PYTHON picks the interpreter (default python3).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+python=${PYTHON:-python3}
+work=$root/build/packaging
+venv=$work/venv
+start=$(date +%s)
+
+if [[ ! -x $venv/bin/python ]]; then
+    "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+# Not editable: the binary is made from what `pip install .` installs, native library included.
+"$venv/bin/python" -m pip install --quiet -r packaging/requirements.txt "$root"
+installed=$(date +%s)
+
+rm -rf dist/trit dist/trit-*
+# From outside the checkout, so that the analysis sees the installed packages, not the source folders.
+(cd "$work" && "$venv/bin/pyinstaller" --noconfirm --log-level WARN \
+    --distpath "$root/dist" --workpath "$work/pyinstaller" "$root/packaging/trit.spec")
+done_at=$(date +%s)
+
+onefile=$(ls dist/trit-* | head -n1)
+echo
+echo "built in $((done_at - start)) s (install $((installed - start)) s, PyInstaller $((done_at - installed)) s):"
+echo "  one folder  dist/trit/trit   $(du -sh dist/trit | cut -f1) in $(find dist/trit -type f | wc -l) files"
+echo "  one file    $onefile   $(du -h "$onefile" | cut -f1)"
+echo "smoke test:  $venv/bin/python packaging/smoke_test.py"
