@@ -500,9 +500,13 @@ async def test_problems_are_one_line_notifications(home, tiny):
         assert "no-such-model" in str(message.render()) and message.has_class("error")
 
 
-def test_the_command_line_stays_free_of_textual():
+def test_the_command_line_stays_free_of_textual_and_trit_without_a_terminal_prints_help(home):
+    root = Path(__file__).parent.parent
     code = "import sys, app.cli; assert 'textual' not in sys.modules, 'textual imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    r = subprocess.run([sys.executable, "-m", "app"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       cwd=root, timeout=60)
+    assert r.returncode == 0 and "Usage:" in r.stdout and "ask" in r.stdout
 
 
 # ---- snapshots ------------------------------------------------------------------------------------------------------
@@ -510,10 +514,29 @@ def frozen_app() -> TritApp:
     return TritApp(clock=lambda: NOW)
 
 
+async def steady(pilot) -> None:
+    """No blinking cursor in a snapshot: it is drawn or not depending on the moment."""
+    from textual.widgets import Input, TextArea
+
+    for screen in pilot.app.screen_stack:
+        for widget in screen.query("TextArea, Input"):
+            if isinstance(widget, (TextArea, Input)):
+                widget.cursor_blink = False
+    # and every Markdown block laid out: the scrollbar depends on the height of what is above the view
+    chat = next((s for s in pilot.app.screen_stack if isinstance(s, ChatScreen)), None)
+    seen, same = None, 0
+    while chat is not None and same < 3:
+        await pilot.pause(0.05)
+        now = (chat.chat.virtual_size, chat.chat.scroll_y)
+        same = same + 1 if now == seen else 0
+        seen = now
+    await pilot.pause(0.1)
+
+
 def test_snapshot_chat(stored, snap_compare):
     async def run_before(pilot):
         await open_conversation(pilot, stored["rivers"])
-        await pilot.pause(0.3)
+        await steady(pilot)
 
     assert snap_compare(frozen_app(), terminal_size=SIZE, run_before=run_before)
 
@@ -522,7 +545,7 @@ def test_snapshot_help(with_tiny, snap_compare):
     async def run_before(pilot):
         await started(pilot)
         await pilot.press("f1")
-        await pilot.pause(0.3)
+        await steady(pilot)
 
     assert snap_compare(frozen_app(), terminal_size=SIZE, run_before=run_before)
 
@@ -531,7 +554,7 @@ def test_snapshot_settings(stored, snap_compare):
     async def run_before(pilot):
         await open_conversation(pilot, stored["bread"])
         await pilot.press("ctrl+o")
-        await pilot.pause(0.3)
+        await steady(pilot)
 
     assert snap_compare(frozen_app(), terminal_size=SIZE, run_before=run_before)
 
@@ -542,6 +565,6 @@ def test_snapshot_first_run(home, tiny, monkeypatch, snap_compare):
 
     async def run_before(pilot):
         await until(pilot, lambda: isinstance(pilot.app.screen, FirstRunScreen))
-        await pilot.pause(0.3)
+        await steady(pilot)
 
     assert snap_compare(frozen_app(), terminal_size=SIZE, run_before=run_before)
