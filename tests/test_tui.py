@@ -500,6 +500,22 @@ async def test_problems_are_one_line_notifications(home, tiny):
         assert "no-such-model" in str(message.render()) and message.has_class("error")
 
 
+@drive
+async def test_a_history_that_cannot_be_written_gives_the_message_back(with_tiny, monkeypatch):
+    from app.store import StoreError
+
+    def refuse(self, *args, **kwargs):
+        raise StoreError("history.db is read-only; make it and its folder writable by you and try again")
+
+    app = TritApp()
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        monkeypatch.setattr(Store, "add_message", refuse)
+        await send(pilot, "Keep this")
+        assert chat.prompt.text == "Keep this" and chat.chat.boxes() == []
+        assert any("read-only" in n and "\n" not in n for n in notifications(app))
+
+
 def test_the_command_line_stays_free_of_textual_and_trit_without_a_terminal_prints_help(home):
     root = Path(__file__).parent.parent
     code = "import sys, app.cli; assert 'textual' not in sys.modules, 'textual imported'"

@@ -27,14 +27,15 @@ from .screens.help import HelpScreen
 STOP_WAIT_S = 5.0  # how long quitting waits for a stopped reply to be stored
 
 
-def styles_path() -> Path:
-    """assets/styles/trit.tcss, wherever the assets package is (installed or in the source tree)."""
+def styles_path() -> Path | None:
+    """assets/styles/trit.tcss, wherever the assets package is (installed or in the source tree); None (the app runs
+    with Textual's own styles) if an installation lacks it."""
     candidates = []
     spec = importlib.util.find_spec("assets")
     if spec is not None:
         candidates += [Path(p) / "styles" / "trit.tcss" for p in (spec.submodule_search_locations or [])]
     candidates.append(Path(__file__).resolve().parents[2] / "assets" / "styles" / "trit.tcss")
-    return next((p for p in candidates if p.is_file()), candidates[-1])
+    return next((p for p in candidates if p.is_file()), None)
 
 
 class TritApp(App):

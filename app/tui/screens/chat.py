@@ -360,11 +360,15 @@ class ChatScreen(Screen):
         box = self.reply_box
         if box is None:
             return
-        if message.unanswerable:  # the message never entered the conversation: give it back to edit
-            users = [b for b in self.chat.boxes() if b.role == "user"]
-            if users:
-                self.give_back(users[-1].text)
-                await self.chat.remove_from(users[-1])
+        users = [b for b in self.chat.boxes() if b.role == "user"]
+        d = self.dialogue
+        kept = bool(users) and bool(d.messages) and d.messages[-1].role == "user" and \
+            d.messages[-1].content == users[-1].text
+        if users and (message.unanswerable or not kept):  # not part of the conversation: give it back to edit
+            self.give_back(users[-1].text)
+            await self.chat.remove_from(users[-1])
+            if not self.chat.boxes():
+                await self.chat.show([], incognito=not d.logged)
         elif box.markdown.source:
             box.set_waiting(False)
             box.set_note(f"not finished: {message.error}", warning=True)
