@@ -32,4 +32,9 @@ echo
 echo "built in $((done_at - start)) s (install $((installed - start)) s, PyInstaller $((done_at - installed)) s):"
 echo "  one folder  dist/trit/trit   $(du -sh dist/trit | cut -f1) in $(find dist/trit -type f | wc -l) files"
 echo "  one file    $onefile   $(du -h "$onefile" | cut -f1)"
+if command -v objdump >/dev/null; then  # the newest glibc symbol any file of the bundle asks for
+    glibc=$(find dist/trit -type f \( -name '*.so*' -o -name trit \) -exec objdump -T {} + 2>/dev/null |
+        grep -o 'GLIBC_2\.[0-9.]*' | sort -V | tail -n1)
+    echo "  runs on Linux with glibc >= ${glibc#GLIBC_} (this machine's: $(ldd --version | head -n1 | awk '{print $NF}'))"
+fi
 echo "smoke test:  $venv/bin/python packaging/smoke_test.py"
