@@ -251,7 +251,7 @@ async def test_escape_stops_the_reply_keeps_it_and_the_box_works_again(home, sma
 
 
 @drive
-async def test_a_slow_start_says_it_is_reading(with_tiny, monkeypatch):
+async def test_a_slow_start_says_it_is_reading_and_a_message_sent_meanwhile_waits(with_tiny, monkeypatch):
     from app.service import Service
 
     reply = Service.reply
@@ -270,8 +270,13 @@ async def test_a_slow_start_says_it_is_reading(with_tiny, monkeypatch):
         await until(pilot, lambda: chat.reply_box is not None and chat.reply_box.query_one(".waiting").display)
         assert str(chat.reply_box.query_one(".waiting").render()) == "reading your message…"
         box = chat.reply_box
+        await type_text(pilot, "Next")  # sent while the reply is written: it waits, then goes out
+        await pilot.press("enter")
+        assert chat.pending == "Next" and chat.prompt.text == ""
         await until(pilot, lambda: chat.replies == 1)
         assert not box.query_one(".waiting").display and box.markdown.source
+        await until(pilot, lambda: chat.replies == 2, what="the waiting message's reply")
+        assert [r[0] for r in rows("SELECT content FROM messages WHERE role = 'user' ORDER BY id")] == ["Hi", "Next"]
 
 
 @drive

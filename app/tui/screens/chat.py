@@ -39,6 +39,8 @@ from .text_entry import TextEntryScreen
 USER_ERRORS = (engine.EngineError, StoreError, SettingsError)
 WAITING_AFTER_S = 1.0  # show "reading your message…" when no text came for this long
 BUSY = "A reply is being written — Esc stops it first."
+WRITING_SUBTITLE = "writing… Esc stops"
+WAITING_SUBTITLE = "writing… Esc stops · your next message waits"
 
 
 class ChatScreen(Screen):
@@ -78,7 +80,7 @@ class ChatScreen(Screen):
         self.reply_box: MessageBox | None = None
         self.reply_started = 0.0
         self.got_text = False
-        self.pending: str | None = None  # sent while a stopped reply was still winding down
+        self.pending: str | None = None  # sent while a reply was being written: goes out when it ends
         self.editing = False
         self.loaded_model: str | None = None  # the model the service holds, once loaded
         self.n_ctx: int | None = None
@@ -258,11 +260,14 @@ class ChatScreen(Screen):
         if self.dialogue is None:
             return
         if self.generating:
-            if self.cancel.is_set():  # the stopped reply is winding down: send this right after it
+            if self.pending is None:  # one message waits for the reply being written, and goes right after it
                 self.pending = text
+                self.prompt.border_subtitle = WAITING_SUBTITLE
+                if not self.cancel.is_set():
+                    self.app.notify("Your message goes out when this reply ends — Esc ends it now.")
             else:
                 self.give_back(text)
-                self.app.notify(BUSY, severity="warning")
+                self.app.notify("A message is already waiting to go out after this reply.", severity="warning")
             return
         service, d = self.app_service, self.dialogue
         if self.editing:
@@ -294,7 +299,7 @@ class ChatScreen(Screen):
         self.cancel = cancel = threading.Event()
         self.got_text = False
         self.reply_started = time.monotonic()
-        self.prompt.border_subtitle = "writing… Esc stops"
+        self.prompt.border_subtitle = WAITING_SUBTITLE if self.pending is not None else WRITING_SUBTITLE
         self.set_timer(WAITING_AFTER_S, self.check_waiting)
 
         def work() -> None:
