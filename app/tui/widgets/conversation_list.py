@@ -40,7 +40,7 @@ class ConversationList(OptionList):
             label.append(time_ago(c.updated, now), style="dim")
             options.append(Option(label, id=str(c.id)))
         self.add_options(options)
-        keep = current if current is not None else highlighted
+        keep = highlighted if self.has_focus and highlighted is not None else current  # do not move a browsing cursor
         index = next((i for i, c in enumerate(conversations) if c.id == keep), None)
         self.highlighted = index
 
