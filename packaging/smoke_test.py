@@ -192,19 +192,21 @@ def run_tui(exe: Path, env: dict, cwd: Path, expect: str, cols: int = 100, rows:
     return TuiRun(first_draw, code, quit_at, restored, screen)
 
 
-def check_tui(report: Report, label: str, exe: Path, env: dict, cwd: Path, expect: str, times: int = 1) -> None:
+def check_tui(report: Report, label: str, exe: Path, env: dict, cwd: Path, expect: str, times: int = 1) -> str:
+    """Start the chat app `times` times; returns the text of the last screen."""
     runs = [run_tui(exe, env, cwd, expect) for _ in range(times)]
     ok = all(r.first_draw_s is not None for r in runs)
     tail = runs[-1].screen.strip()[-1500:]
     report.check(ok, f"{label}: the chat app draws {expect!r} under a pseudo-terminal", tail)
     if not ok:
-        return
+        return runs[-1].screen
     report.check(all(r.exit_code == 0 for r in runs), f"{label}: Ctrl+Q quits it with exit code 0",
                  f"exit codes {[r.exit_code for r in runs]}; screen: {tail}")
     report.check(all(r.restored for r in runs), f"{label}: it gives the terminal back (leaves the alternate screen)")
     draws = sorted(r.first_draw_s for r in runs)
     report.figure(f"{label} chat app start to first screen",
                   f"{statistics.median(draws):.2f} s (median of {len(runs)}; {', '.join(f'{d:.2f}' for d in draws)})")
+    return runs[-1].screen
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -365,7 +367,10 @@ def main() -> int:
 
         # the chat app on a first start (no model installed: the welcome screen)
         for label, exe in (("one-folder", onedir), ("one-file", onefile)):
-            check_tui(report, label, exe, box.env(f"home-tui-{label}"), box.work, "Welcome to Trit", times=3)
+            screen = check_tui(report, label, exe, box.env(f"home-tui-{label}"), box.work, "Welcome to Trit", times=3)
+            if demo:
+                report.check("demo model is not part of this installation" not in screen,
+                             f"{label}: the welcome screen offers the demo model inside the binary")
 
         # trit pull from the local stand-in hub, then the model is listed, answers, and the chat app opens on it
         served = demo
