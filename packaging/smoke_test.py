@@ -11,7 +11,9 @@ the temporary folder, a PATH with no Python on it, no PYTHONPATH or virtual envi
     AVX), where the library must pick the AVX2 and the scalar kernel by itself;
   - the chat app started under a pseudo-terminal: the time to its first screen, then Ctrl+Q and a clean exit;
   - `trit pull` from tests/hub_server.py (the local stand-in for the Hugging Face Hub, on 127.0.0.1), then
-    `trit models` listing the model and `trit ask` answering with it, and the chat app opening on it.
+    `trit models` listing the model and `trit ask` answering with it, and the chat app opening on it;
+  - the same hub over HTTPS with a certificate from a CA made here (openssl): the pull is refused until
+    SSL_CERT_FILE names that CA (the bundled ssl module and OpenSSL work, and verify).
 
 Needs only Python's standard library (any python3 >= 3.10 runs it) and qemu-user for the emulated CPUs; the
 binaries need nothing at all.
@@ -40,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from hub_server import HubServer  # noqa: E402  (standard library only)
+from hub_server import HubServer, _handler  # noqa: E402  (standard library only)
 
 TIMEOUT = 300  # seconds for one command; a tiny model answers in well under one
 TUI_TIMEOUT = 60
@@ -223,6 +225,87 @@ def synthetic_tiny(box: Sandbox, exe: Path, env: dict, prefix: tuple[str, ...] =
     return json.loads(r.stdout)["kernel"], r
 
 
+class TLSHub(HubServer):
+    """The stand-in hub over HTTPS, as the real one is, with a certificate of a CA made for the test."""
+
+    def __init__(self, context):
+        super().__init__()
+        self.context = context
+
+    def start(self) -> "TLSHub":
+        from http.server import ThreadingHTTPServer
+        import threading
+
+        for _ in range(2):
+            srv = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+            srv.socket = self.context.wrap_socket(srv.socket, server_side=True)
+            srv.daemon_threads = True
+            t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+            t.start()
+            self._servers.append(srv)
+            self._threads.append(t)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self._servers[0].server_address[1]}"
+
+    @property
+    def cdn_url(self) -> str:
+        return f"https://127.0.0.1:{self._servers[1].server_address[1]}"
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path] | None:
+    """A CA, and a server certificate for 127.0.0.1 that it signed (openssl): (ca.pem, server.pem, server.key)."""
+    openssl = shutil.which("openssl", path="/usr/local/bin:/usr/bin:/bin")
+    if openssl is None:
+        return None
+    folder.mkdir()
+    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
+                                       "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                                       "extendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+         "-subj", "/CN=Trit smoke test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj",
+         "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+         "server.pem", "-days", "2", "-extfile", "server.ext"],
+    ]
+    for step in steps:
+        if subprocess.run([openssl, *step], cwd=folder, capture_output=True).returncode != 0:
+            return None
+    return folder / "ca.pem", folder / "server.pem", folder / "server.key"
+
+
+def check_https_pull(report: Report, box: Sandbox, builds: dict[str, Path], served: Path) -> None:
+    """A pull over HTTPS: the binary's own ssl module and OpenSSL verify the hub's certificate, and refuse one that
+    no CA they trust signed."""
+    import ssl
+
+    certs = make_certificates(box.base / "tls")
+    if not report.check(certs is not None, "openssl made a CA and a certificate for an HTTPS stand-in hub"):
+        return
+    ca, cert, key = certs
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    hub = TLSHub(context).start()
+    try:
+        hub.add_repo("trit-smoke/tiny-bitnet", folder=served)
+        for label, exe in builds.items():
+            env = box.env(f"home-https-{label}", HF_ENDPOINT=hub.url)
+            r = box.run(exe, "pull", "trit-smoke/tiny-bitnet", env=env)
+            report.check(r.returncode == 1 and "certificate" in r.stderr.lower(),
+                         f"{label}: trit pull over HTTPS refuses a certificate no trusted CA signed",
+                         f"exit {r.returncode}; {r.stdout} {r.stderr}")
+            r = box.run(exe, "pull", "trit-smoke/tiny-bitnet", env={**env, "SSL_CERT_FILE": str(ca)})
+            report.check(r.returncode == 0 and "tiny-bitnet is ready" in r.stdout,
+                         f"{label}: trit pull over HTTPS with the hub's CA trusted (SSL_CERT_FILE)",
+                         f"exit {r.returncode}; {r.stdout} {r.stderr}")
+    finally:
+        hub.stop()
+
+
 def check_pull(report: Report, box: Sandbox, builds: dict[str, Path], served: Path) -> None:
     """`trit pull` from the local stand-in hub, then the model is listed, answers, and the chat app opens on it."""
     hub = HubServer().start()
@@ -379,6 +462,7 @@ def main() -> int:
             served = Path(json.loads(r.stdout)["model"]) if r.returncode == 0 else None
         if report.check(served is not None, "a model to serve from the stand-in hub"):
             check_pull(report, box, {"one-folder": onedir, "one-file": onefile}, served)
+            check_https_pull(report, box, {"one-folder": onedir, "one-file": onefile}, served)
     finally:
         if args.keep:
             print(f"kept {base}")
