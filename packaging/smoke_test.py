@@ -405,6 +405,8 @@ def main() -> int:
         report.check(shutil.which("python3", path=box.env("h")["PATH"]) is None and
                      shutil.which("python", path=box.env("h")["PATH"]) is None, "no Python on the binaries' PATH")
 
+        report.check((base / "opt" / "trit" / "_internal" / "assets" / "styles" / "trit.tcss").is_file(),
+                     "the chat app's stylesheet is inside the binary (without it the app falls back to plain styles)")
         demo = bundled_demo(base / "opt" / "trit")
         model = "demo" if demo else None
         if demo is None:
