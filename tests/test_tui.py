@@ -546,9 +546,11 @@ async def steady(pilot) -> None:
     # and every Markdown block laid out: the scrollbar depends on the height of what is above the view
     chat = next((s for s in pilot.app.screen_stack if isinstance(s, ChatScreen)), None)
     seen, same = None, 0
-    while chat is not None and same < 3:
+    while chat is not None and same < 10:
+        await pilot.wait_for_scheduled_animations()
         await pilot.pause(0.05)
-        now = (chat.chat.virtual_size, chat.chat.scroll_y)
+        now = (chat.chat.virtual_size, chat.chat.scroll_y, chat.chat.max_scroll_y,
+               [b.size for b in chat.chat.boxes()])
         same = same + 1 if now == seen else 0
         seen = now
     await pilot.pause(0.1)
