@@ -5,6 +5,8 @@ app carries on: with default settings that it then never writes over the user's 
 
 from __future__ import annotations
 
+import sys
+
 import asyncio
 import importlib.util
 from datetime import datetime, timezone
@@ -168,6 +170,9 @@ class TritApp(App):
 
 
 def run() -> int:
+    # The reply is decoded in a worker thread that gives up the GIL for every native call; with Python's default
+    # 5 ms switch interval, a busy UI thread would make it wait up to that long to get it back, token after token.
+    sys.setswitchinterval(0.0005)
     app = TritApp()
     app.run()
     return app.return_code or 0

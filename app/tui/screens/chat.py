@@ -38,6 +38,7 @@ from .text_entry import TextEntryScreen
 
 USER_ERRORS = (engine.EngineError, StoreError, SettingsError)
 WAITING_AFTER_S = 1.0  # show "reading your message…" when no text came for this long
+PIECES_EVERY_S = 0.05  # 20 redraws a second look smooth and leave the CPU to the model
 BUSY = "A reply is being written — Esc stops it first."
 WRITING_SUBTITLE = "writing… Esc stops"
 WAITING_SUBTITLE = "writing… Esc stops · your next message waits"
@@ -303,11 +304,23 @@ class ChatScreen(Screen):
         self.set_timer(WAITING_AFTER_S, self.check_waiting)
 
         def work() -> None:
+            # Pieces go to the screen at most every PIECES_EVERY_S: each redraw parses Markdown on the UI thread,
+            # which holds the GIL the decoding loop needs between native calls.
+            pending: list[str] = []
+            last = 0.0
             try:
                 for event in events(cancel):
                     if isinstance(event, Piece):
-                        self.post_message(self.ReplyPiece(event.text))
+                        pending.append(event.text)
+                        now = time.monotonic()
+                        if now - last >= PIECES_EVERY_S:
+                            self.post_message(self.ReplyPiece("".join(pending)))
+                            pending.clear()
+                            last = now
                     else:
+                        if pending:
+                            self.post_message(self.ReplyPiece("".join(pending)))
+                            pending.clear()
                         self.post_message(self.ReplyDone(event))
             except engine.InputError as e:
                 self.post_message(self.ReplyFailed(str(e), unanswerable=True))
