@@ -496,11 +496,16 @@ def models_cmd(make_default, check, as_json) -> None:
 
     folder = paths().models
     if make_default:
-        m = hub.locate(folder, make_default)
+        from .service import DEMO_NAME, demo_model
+
+        if make_default == DEMO_NAME and demo_model() is not None:
+            name = DEMO_NAME  # the model that ships inside Trit, not an installed one
+        else:
+            name = hub.locate(folder, make_default).name
         settings = load_settings()
-        settings.default_model = m.name
+        settings.default_model = name
         save_settings(settings)
-        click.echo(f"{m.name} is the default model")
+        click.echo(f"{name} is the default model")
         return
     damaged = []
     if check:
@@ -515,7 +520,8 @@ def models_cmd(make_default, check, as_json) -> None:
         click.echo(json.dumps([{**m.to_dict(), "default": m.name == default} for m in models], indent=2))
     elif not models:
         click.echo("no models installed — `trit pull` downloads BitNet b1.58 2B4T (1.2 GB), "
-                   "`trit import PATH` installs one from this machine (a model folder or a .gguf file)")
+                   "`trit import PATH` installs one from this machine (a model folder or a .gguf file); "
+                   "until then the demo model that ships inside Trit answers (`-m demo`)")
     else:
         # QUANT: how the weights are stored — BitNet's ternary, or the GGUF's file type (Q4_K_M, …)
         rows = [("", "NAME", "SIZE", "BACKEND", "QUANT", "SOURCE", "REVISION", "VERIFIED")] + [
