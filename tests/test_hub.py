@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -471,11 +470,12 @@ def test_cli_ctrl_c_during_pull_says_how_to_continue(server, trit, tmp_path, mon
 
 def test_the_real_command_pulls_with_hf_hub_offline_set(server, tmp_path):
     """HF_HUB_OFFLINE=1 (as Trit's tests and users may set it) does not block the one explicit download."""
-    root = str(Path(__file__).resolve().parents[1])
+    from test_cli import trit_command
+
+    # the installed trit (as CI has it); the checkout's own engine/ holds no built library
     env = offline_env({**os.environ, "TRIT_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
-                       "HF_ENDPOINT": server.url,
-                       "PYTHONPATH": os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])})
-    r = subprocess.run([sys.executable, "-m", "app", "pull"], capture_output=True, text=True, env=env, timeout=120,
+                       "HF_ENDPOINT": server.url})
+    r = subprocess.run(trit_command() + ["pull"], capture_output=True, text=True, env=env, timeout=120,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert hub.locate(tmp_path / "home" / "data" / "models", NAME).verified
