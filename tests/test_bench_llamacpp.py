@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -211,15 +210,18 @@ def test_bench_llamacpp_measures_in_a_child_process(make_model):
 @needs_llama_cpp
 def test_cli_vs_llama_cpp_json_and_table(make_model, tmp_path):
     folder = make_model("tiny", **SHAPE)
-    env = {**os.environ, "TRIT_HOME": str(tmp_path / "home")}
-    cmd = [sys.executable, "-m", "app", "bench", str(folder), "--vs", "llama.cpp", "--pp", "16", "--tg", "4",
-           "-r", "1", "--threads", "2"]
-    r = subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=env, timeout=600)
+    from network_guard import offline_env
+    from test_cli import trit_command
+
+    env = offline_env({**os.environ, "TRIT_HOME": str(tmp_path / "home")})
+    cmd = trit_command() + ["bench", str(folder), "--vs", "llama.cpp", "--pp", "16", "--tg", "4", "-r", "1",
+                            "--threads", "2"]
+    r = subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     vs = json.loads(r.stdout)["vs_llama_cpp"]
     assert [x["qtype"] for x in vs["results"]] == ["tq2_0", "tq1_0"] and "SiLU" in vs["warning"]
     assert vs["ratios"]["tq2_0"]["tg"] > 0
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     for text in ("llama.cpp TQ2_0", "llama.cpp TQ1_0", "Trit / llama.cpp TQ2_0", "SiLU", "peak RSS"):
         assert text in r.stdout
