@@ -188,3 +188,30 @@ def test_a_reply_the_template_trims_is_still_reused(model_folder):
     kept = common_prefix(chat.context.tokens, new_ids)
     assert kept >= len(ids) + len(chat.tokenizer.encode("The tide is out.")) - 1
     assert chat.tokenizer.decode(new_ids, skip_special=False) == chat.tokenizer.render_chat(follow)
+
+
+def test_on_the_demo_model_turn_two_prefills_only_its_new_tokens():
+    """With trained weights the replies are real text that comes back verbatim: the next turn reuses the whole cache,
+    prompt and reply, and its logits equal a fresh prefill of the same prompt."""
+    from assets import DEMO_MODEL
+
+    model = engine.load(DEMO_MODEL, threads=2)
+    conversation = [{"role": "user", "content": "Who is Mr. Darcy?"}]
+    params = model.default_params(temperature=0, max_tokens=40)
+    first = list(model.chat(conversation, params))[-1]
+    assert first.generated_tokens > 0 and first.text
+    cached = len(model._sessions.sessions[0].context.tokens)
+    follow = follow_up(conversation, first, "And Elizabeth?")
+    second = list(model.chat(follow, params))[-1]
+    # everything cached is reused: the prompt and the reply (its last token is not evaluated at the length limit)
+    assert second.reused_tokens == cached >= first.prompt_tokens + first.generated_tokens - 1
+    chat = model._sessions.sessions[0]
+    ids = chat.context.tokens[:second.prompt_tokens]
+    assert chat.tokenizer.decode(ids, skip_special=False) == chat.tokenizer.render_chat(follow)
+    # the logits after reuse equal those of a fresh prefill of the same tokens
+    chat.context.truncate(second.prompt_tokens - 1)
+    continued = chat.context.eval(ids[-1:])
+    fresh = engine.load(DEMO_MODEL, threads=2).logits(ids)[-1]
+    np.testing.assert_allclose(continued, fresh, rtol=1e-4, atol=1e-3)
+    assert int(np.argmax(continued)) == int(np.argmax(fresh))
+    model.close()
