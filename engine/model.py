@@ -15,6 +15,9 @@ DEFAULT_BATCH = 128  # prefill chunk: how often a long prefill can notice a canc
 # A 4.5-bit head with its 32 best logits per thread recomputed exactly: 185 MB read per token instead of 657 MB for
 # the 2B4T, KL 0.0055 nats from the exact head on a random model (engine/derived.py). "bf16" stays available.
 DEFAULT_HEAD = "q4"
+# Below this many ternary weights a decoding step takes well under a millisecond on one core, and a second thread
+# mostly waits at the barriers between operations (a tenth of the speed when another program holds the other core).
+SMALL_MODEL_WEIGHTS = 50_000_000
 
 
 class NativeObject:
@@ -102,9 +105,17 @@ class Model(NativeObject):
             native.SCALE_MULTIPLY if cfg.linear_class == "autobitlinear" else native.SCALE_DIVIDE,
             native.TERNARY_FORMATS[ternary])
         self._lib = native.lib()
+        if threads is None and self._ternary_weights(cfg) < SMALL_MODEL_WEIGHTS:
+            threads = 1  # too little work per step to share: each hand-off between cores costs more than it saves
         self._handle = self._lib.trit_model_create(C.byref(config), C.byref(weights), int(threads or 0))
         if not self._handle:
             raise NativeError(native.last_error())
+
+    @staticmethod
+    def _ternary_weights(cfg: ModelConfig) -> int:
+        kv = cfg.num_key_value_heads * cfg.head_dim
+        per_layer = cfg.hidden_size * (2 * cfg.hidden_size + 2 * kv) + 3 * cfg.hidden_size * cfg.intermediate_size
+        return cfg.num_hidden_layers * per_layer
 
     @staticmethod
     def _check_ternary(checkpoint: Checkpoint, t5: dict) -> None:

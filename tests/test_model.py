@@ -9,6 +9,7 @@ correlation and top-1 agreement cannot be moved by flips but are by bugs (a wron
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -115,3 +116,12 @@ def test_logits_last_equals_the_last_row_of_all(tiny_model):
     with model.context() as ctx:
         last = ctx.eval(ids)
     assert np.array_equal(last, model.logits(ids)[-1])
+
+
+def test_small_models_decode_on_one_thread_unless_asked(make_model, monkeypatch):
+    from engine import model as model_module
+
+    folder = make_model("tiny")
+    assert engine.load(folder).threads == 1 and engine.load(folder, threads=2).threads == 2
+    monkeypatch.setattr(model_module, "SMALL_MODEL_WEIGHTS", 0)  # as if it were large: every core
+    assert engine.load(folder).threads == min(os.cpu_count(), engine.load(folder, threads=64).threads)
