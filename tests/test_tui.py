@@ -100,10 +100,11 @@ def drive(test):
     return run
 
 
-async def until(pilot, condition, timeout: float = TIMEOUT, what: str = "") -> None:
+async def until(pilot, condition, timeout: float = TIMEOUT, what="") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        shown = what() if callable(what) else what
+        assert time.monotonic() < deadline, f"timed out waiting for {shown or condition}"
         await pilot.pause(0.05)
 
 
@@ -456,8 +457,15 @@ async def test_first_run_downloads_from_a_hub_and_says_what_failed_in_one_line(h
             await until(pilot, lambda: screen.query_one("#first-run-message").has_class("error"))
             message = str(screen.query_one("#first-run-message").render())
             assert "\n" not in message and hub.DEFAULT_REPO in message
+            await until(pilot, lambda: not screen.query_one("#download").disabled, what="the buttons back")
             screen.query_one("#download").focus()
             await pilot.press("enter")  # the hub answers this time
+            await until(pilot, lambda: screen.busy or app.screen is not screen, what="the download to start")
+            # leaves the first-run screen, or says why not (shown if it times out)
+            await until(pilot, lambda: app.screen is not screen or
+                        screen.query_one("#first-run-message").has_class("error"),
+                        what=lambda: str(screen.query_one("#first-run-message").render()))
+            assert app.screen is not screen, str(screen.query_one("#first-run-message").render())
             chat = await started(pilot)
             assert hub.default_name(hub.DEFAULT_REPO) in status(chat)
     finally:
