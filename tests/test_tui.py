@@ -458,8 +458,7 @@ async def test_first_run_downloads_from_a_hub_and_says_what_failed_in_one_line(h
             message = str(screen.query_one("#first-run-message").render())
             assert "\n" not in message and hub.DEFAULT_REPO in message
             await until(pilot, lambda: not screen.query_one("#download").disabled, what="the buttons back")
-            screen.query_one("#download").focus()
-            await pilot.press("enter")  # the hub answers this time
+            await pilot.click("#download")  # the hub answers this time
             await until(pilot, lambda: screen.busy or app.screen is not screen, what="the download to start")
             # leaves the first-run screen, or says why not (shown if it times out)
             await until(pilot, lambda: app.screen is not screen or
