@@ -37,6 +37,7 @@ import numpy as np
 
 from .bench_llamacpp import INSTALL_HINT, LlamaCppError, LlamaCppMissing
 from .errors import CheckpointError, InputError
+from .model import NativeObject
 from .tokenizer import Tokenizer, _jinja_environment, _one_line
 
 BACKEND = "llama.cpp"
@@ -488,7 +489,7 @@ class GGUFConfig:
 # the model
 
 
-class GGUFModel:
+class GGUFModel(NativeObject):
     """A GGUF model loaded by llama.cpp (memory-mapped), with the interface of engine.Model that the app uses:
     chat, default_params, tokenizer, context, logits, close, path, config, backend."""
 
@@ -636,14 +637,8 @@ class GGUFModel:
         except Exception:
             pass
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-class LlamaCppContext:
+class LlamaCppContext(NativeObject):
     """A KV cache on a llama_context (one sequence): tokens evaluated so far (`tokens`), extended by `eval`, cut
     back by `truncate` — engine.chat.KVContext, as engine.model.Context."""
 
@@ -764,12 +759,6 @@ class LlamaCppContext:
                 self.close()
         except Exception:
             pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------

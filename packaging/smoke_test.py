@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from hub_server import HubServer, _handler  # noqa: E402  (standard library only)
+from hub_server import HubServer  # noqa: E402  (standard library only)
 
 TIMEOUT = 300  # seconds for one command; a tiny model answers in well under one
 TUI_TIMEOUT = 60
@@ -225,36 +225,6 @@ def synthetic_tiny(box: Sandbox, exe: Path, env: dict, prefix: tuple[str, ...] =
     return json.loads(r.stdout)["kernel"], r
 
 
-class TLSHub(HubServer):
-    """The stand-in hub over HTTPS, as the real one is, with a certificate of a CA made for the test."""
-
-    def __init__(self, context):
-        super().__init__()
-        self.context = context
-
-    def start(self) -> "TLSHub":
-        from http.server import ThreadingHTTPServer
-        import threading
-
-        for _ in range(2):
-            srv = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-            srv.socket = self.context.wrap_socket(srv.socket, server_side=True)
-            srv.daemon_threads = True
-            t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-            t.start()
-            self._servers.append(srv)
-            self._threads.append(t)
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self._servers[0].server_address[1]}"
-
-    @property
-    def cdn_url(self) -> str:
-        return f"https://127.0.0.1:{self._servers[1].server_address[1]}"
-
-
 def make_certificates(folder: Path) -> tuple[Path, Path, Path] | None:
     """A CA, and a server certificate for 127.0.0.1 that it signed (openssl): (ca.pem, server.pem, server.key)."""
     openssl = shutil.which("openssl", path="/usr/local/bin:/usr/bin:/bin")
@@ -289,7 +259,7 @@ def check_https_pull(report: Report, box: Sandbox, builds: dict[str, Path], serv
     ca, cert, key = certs
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    hub = TLSHub(context).start()
+    hub = HubServer(ssl_context=context).start()
     try:
         hub.add_repo("trit-smoke/tiny-bitnet", folder=served)
         for label, exe in builds.items():

@@ -82,7 +82,8 @@ class Repo:
 
 
 class HubServer:
-    def __init__(self):
+    def __init__(self, ssl_context=None):
+        self.ssl_context = ssl_context  # an ssl.SSLContext serves HTTPS, as the real hub does
         self.repos: dict[str, Repo] = {}
         self.blobs_by_sha: dict[str, tuple[Repo, str]] = {}
         self.requests: list[Request] = []
@@ -119,6 +120,8 @@ class HubServer:
     def start(self) -> "HubServer":
         for _ in range(2):  # the hub, and the CDN on another port (another origin)
             srv = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+            if self.ssl_context is not None:
+                srv.socket = self.ssl_context.wrap_socket(srv.socket, server_side=True)
             srv.daemon_threads = True
             t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
             t.start()
@@ -128,11 +131,15 @@ class HubServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._servers[0].server_address[1]}"
+        return f"{self._scheme}://127.0.0.1:{self._servers[0].server_address[1]}"
 
     @property
     def cdn_url(self) -> str:
-        return f"http://127.0.0.1:{self._servers[1].server_address[1]}"
+        return f"{self._scheme}://127.0.0.1:{self._servers[1].server_address[1]}"
+
+    @property
+    def _scheme(self) -> str:
+        return "http" if self.ssl_context is None else "https"
 
     def stop(self) -> None:
         for srv in self._servers:
