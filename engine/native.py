@@ -93,7 +93,8 @@ def _bind(lib: C.CDLL) -> C.CDLL:
     fn("trit_op_ternary_matmul", C.c_int, C.c_int, C.c_int, P, P, C.c_int, C.c_int, P, C.c_int)
     fn("trit_op_rope", None, P, C.c_int, C.c_int, C.c_int, C.c_float)
     fn("trit_op_attention", C.c_int, P, P, P, P, C.c_int, C.c_int, C.c_int, C.c_int, C.c_int)
-    fn("trit_op_relu2_gate", None, P, P, P, C.c_int)
+    fn("trit_op_relu2_sums", None, P, P, C.c_float, P, C.c_float, C.c_int)
+    fn("trit_op_to_f16", None, P, P, C.c_int)
     fn("trit_op_output_head", C.c_int, C.c_int, P, P, P, P, C.c_int, C.c_int)
     return lib
 
@@ -229,10 +230,18 @@ def op_attention(q, k, v, pos0: int, n_heads: int, n_kv_heads: int, head_dim: in
     return out
 
 
-def op_relu2_gate(gate, up) -> np.ndarray:
-    gate, up = _f32(gate), _f32(up)
-    out = np.empty_like(gate)
-    lib().trit_op_relu2_gate(ptr(out), ptr(gate), ptr(up), gate.size)
+def op_relu2_sums(gate, fg: float, up, fu: float) -> np.ndarray:
+    """relu(gate * fg)^2 * (up * fu) in float32 from the gate and up projections' int32 sums."""
+    gate, up = np.ascontiguousarray(gate, np.int32), np.ascontiguousarray(up, np.int32)
+    out = np.empty(gate.shape, np.float32)
+    lib().trit_op_relu2_sums(ptr(out), ptr(gate), fg, ptr(up), fu, gate.size)
+    return out
+
+
+def op_to_f16(x) -> np.ndarray:
+    x = _f32(x)
+    out = np.empty(x.shape, np.uint16)
+    lib().trit_op_to_f16(ptr(out), ptr(x), x.size)
     return out
 
 

@@ -157,10 +157,21 @@ def test_attention(heads, kv_heads, head_dim, pos0, n):
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_relu2_gate():
+def test_relu2_sums_is_the_gated_activation_of_the_two_projections():
     rng = np.random.default_rng(3)
-    g, u = rng.standard_normal((2, 6912)).astype(np.float32)
-    assert np.array_equal(native.op_relu2_gate(g, u), ref.relu2_gate(g, u))
+    for n in (1, 15, 6912):
+        gate, up = rng.integers(-40000, 40000, (2, n), dtype=np.int32)
+        fg, fu = np.float32(3.1e-4), np.float32(-2.7e-4)
+        want = ref.relu2_gate(gate.astype(np.float32) * fg, up.astype(np.float32) * fu)
+        assert np.array_equal(native.op_relu2_sums(gate, fg, up, fu), want)
+
+
+def test_to_f16_rounds_as_numpy_does():
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.standard_normal(5000) * 10.0 ** rng.integers(-9, 6, 5000),
+                        [0.0, -0.0, 65504.0, 65519.0, 65520.0, -1e6, 6e-8, 2.9e-8, 3.0e-8, 1e-40]])
+    x = x.astype(np.float32)
+    assert np.array_equal(native.op_to_f16(x), x.astype(np.float16).view(np.uint16))
 
 
 @pytest.mark.parametrize("kind", ["bf16", "q8", "q4"])

@@ -162,7 +162,12 @@ TRIT_API void trit_op_rope(float *x, int n_heads, int head_dim, int pos, float t
  * q: [n_q][n_heads*hd], k, v: [pos0+n_q][n_kv_heads*hd] (stored as fp16 inside, as in the KV cache), out like q. */
 TRIT_API int trit_op_attention(float *out, const float *q, const float *k, const float *v, int n_q, int pos0, int n_heads,
                       int n_kv_heads, int head_dim);
-TRIT_API void trit_op_relu2_gate(float *out, const float *gate, const float *up, int n);
+/* The gated FFN activation from the gate and up matmuls' int32 sums: out = relu(gate * fg)^2 * (up * fu). */
+TRIT_API void trit_op_relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n);
+/* out = acc * f, or out += acc * f when add is set (a projection's sums to floats). */
+TRIT_API void trit_op_scale_sums(float *out, const int32_t *acc, float f, int n, int add);
+/* fp32 to fp16 bits, rounded to nearest even (the KV cache). */
+TRIT_API void trit_op_to_f16(uint16_t *dst, const float *src, int n);
 /* logits[v] = sum_c x[c] * H[v][c] with the head in any TRIT_HEAD_* form. */
 TRIT_API int trit_op_output_head(int head_type, float *logits, const float *x, const void *head, const void *scales,
                                  int vocab, int hidden);

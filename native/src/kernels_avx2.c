@@ -283,5 +283,72 @@ static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
     for (; i < n; i++) y[i] += alpha * trit_f16_to_f32(x[i]);
 }
 
-const trit_kernel trit_kernel_avx2 = {"avx2",    trit_cpu_has_avx2, ternary_matmul, NULL,    bf16_matmul, q8_matmul,
-                                      q4_matmul, quantize,          attend,         dot_f16, axpy_f16};
+static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) {
+    __m256 vf = _mm256_set1_ps(f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(acc + i))), vf);
+        _mm256_storeu_ps(out + i, add ? _mm256_add_ps(_mm256_loadu_ps(out + i), y) : y);
+    }
+    for (; i < n; i++) out[i] = add ? out[i] + (float)acc[i] * f : (float)acc[i] * f;
+}
+
+static void relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n) {
+    __m256 vg = _mm256_set1_ps(fg), vu = _mm256_set1_ps(fu), zero = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(gate + i))), vg);
+        __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(up + i))), vu);
+        g = _mm256_and_ps(g, _mm256_cmp_ps(g, zero, _CMP_GT_OQ));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, g), u));
+    }
+    for (; i < n; i++) {
+        float g = (float)gate[i] * fg;
+        g = g > 0.0f ? g : 0.0f;
+        out[i] = g * g * ((float)up[i] * fu);
+    }
+}
+
+static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
+        s0 = _mm256_fmadd_ps(a, a, s0);
+        s1 = _mm256_fmadd_ps(b, b, s1);
+    }
+    float ss = hsum_f32(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) ss += x[i] * x[i];
+    float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    __m256 vinv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(weight + i), _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv)));
+    for (; i < n; i++) out[i] = weight[i] * (x[i] * inv);
+}
+
+/* vcvtps2ph rounds to nearest even, as trit_f32_to_f16 does */
+static void to_f16(uint16_t *dst, const float *src, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = trit_f32_to_f16(src[i]);
+}
+
+const trit_kernel trit_kernel_avx2 = {
+    .name = "avx2",
+    .supported = trit_cpu_has_avx2,
+    .ternary_matmul = ternary_matmul,
+    .t5_matmul = NULL, /* no byte permute: base 3 decodes too slowly, TQ2 is faster here */
+    .bf16_matmul = bf16_matmul,
+    .q8_matmul = q8_matmul,
+    .q4_matmul = q4_matmul,
+    .quantize = quantize,
+    .attend = attend,
+    .attend_tokens = NULL,
+    .scale_sums = scale_sums,
+    .relu2_sums = relu2_sums,
+    .rmsnorm = rmsnorm,
+    .to_f16 = to_f16,
+    .dot_f16 = dot_f16,
+    .axpy_f16 = axpy_f16,
+};

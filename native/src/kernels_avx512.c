@@ -238,6 +238,8 @@ static void t5_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, c
             int te = tb + TOKEN_BLOCK < n_tokens ? tb + TOKEN_BLOCK : n_tokens;
             for (int g = g0; g < g1; g++) {
                 t5_decode_rows(codes, packed + (size_t)g * cols, cols, &tables);
+                if (g + 1 < g1) /* the next row arrives from memory while the tiles compute */
+                    for (int c = 0; c < cols; c += 64) _mm_prefetch((const char *)packed + (size_t)(g + 1) * cols + c, _MM_HINT_T1);
                 int t = tb;
                 for (; t + 4 <= te; t += 4) code_tile4(out, codes, rows, cols, xq, xsum, t, g);
                 for (; t < te; t++) code_tile1(out, codes, rows, cols, xq, xsum, t, g);
@@ -430,89 +432,256 @@ static inline __m512 exp512(__m512 x) {
 
 static inline __m512 load_f16x16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 
-#define KEY_BLOCK 64 /* keys of one block stay in L1 while every head of the group reads them */
+#define KEY_BLOCK 64 /* values of one block stay in L1 while every head of the group reads them */
 
-/* The heads that share a kv head read each key and value once between them: scores for a block of keys, head by
- * head with the query in registers, four keys at a time; then the values, 64 dimensions and four heads at a time. */
+/* In place: r[i] becomes column i of the 16x16 matrix whose rows were r[0..15]. */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+        r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
+    }
+}
+
+/* One token (decoding). It rounds exactly as attend_tokens does, so a prompt gives the same logits whether it was
+ * evaluated in one batch or token by token: each score is one chain of FMAs over d from 0, times the scale; the
+ * softmax sums in key order; out accumulates p * V in key order. For that the keys go in lanes: a block of 32 keys is
+ * converted and transposed (kt[d][key]) once, and every head of the group (four at a time) reads it. */
 static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
                    int head_dim, int group, float *scores) {
     if (head_dim % 64 || head_dim > 256) {
         trit_kernel_scalar.attend(out, q, keys, values, kv_stride, n_keys, head_dim, group, scores);
         return;
     }
-    const int steps = head_dim / 16;
-    const float scale = 1.0f / sqrtf((float)head_dim);
+    const __m512 vscale = _mm512_set1_ps(1.0f / sqrtf((float)head_dim));
+    float *kt = scores + (size_t)group * n_keys; /* [head_dim][32] */
+    _Alignas(64) float zero_q[256] = {0};        /* the missing heads of a last set of four */
+    for (int k0 = 0; k0 < n_keys; k0 += 32) {
+        int kb = n_keys - k0 < 32 ? n_keys - k0 : 32;
+        for (int half = 0; half < 2; half++)
+            for (int c = 0; c < head_dim; c += 16) {
+                __m512 r[16];
+                for (int j = 0; j < 16; j++) {
+                    int k = half * 16 + j;
+                    r[j] = k < kb ? load_f16x16(keys + (size_t)(k0 + k) * kv_stride + c) : _mm512_setzero_ps();
+                }
+                transpose16(r);
+                for (int i = 0; i < 16; i++) _mm512_storeu_ps(kt + (size_t)(c + i) * 32 + half * 16, r[i]);
+            }
+        __mmask16 live_lo = kb >= 16 ? 0xffff : (__mmask16)((1u << kb) - 1);
+        __mmask16 live_hi = kb <= 16 ? 0 : kb == 32 ? 0xffff : (__mmask16)((1u << (kb - 16)) - 1);
+        for (int h0 = 0; h0 < group; h0 += 4) {
+            const float *qh[4];
+            for (int h = 0; h < 4; h++) qh[h] = h0 + h < group ? q + (size_t)(h0 + h) * head_dim : zero_q;
+            __m512 lo0 = _mm512_setzero_ps(), lo1 = lo0, lo2 = lo0, lo3 = lo0, hi0 = lo0, hi1 = lo0, hi2 = lo0, hi3 = lo0;
+            for (int d = 0; d < head_dim; d++) {
+                __m512 a = _mm512_loadu_ps(kt + (size_t)d * 32), b = _mm512_loadu_ps(kt + (size_t)d * 32 + 16);
+                __m512 q0 = _mm512_set1_ps(qh[0][d]), q1 = _mm512_set1_ps(qh[1][d]), q2 = _mm512_set1_ps(qh[2][d]),
+                       q3 = _mm512_set1_ps(qh[3][d]);
+                lo0 = _mm512_fmadd_ps(q0, a, lo0), hi0 = _mm512_fmadd_ps(q0, b, hi0);
+                lo1 = _mm512_fmadd_ps(q1, a, lo1), hi1 = _mm512_fmadd_ps(q1, b, hi1);
+                lo2 = _mm512_fmadd_ps(q2, a, lo2), hi2 = _mm512_fmadd_ps(q2, b, hi2);
+                lo3 = _mm512_fmadd_ps(q3, a, lo3), hi3 = _mm512_fmadd_ps(q3, b, hi3);
+            }
+            __m512 lo[4] = {lo0, lo1, lo2, lo3}, hi[4] = {hi0, hi1, hi2, hi3};
+            for (int h = 0; h < 4 && h0 + h < group; h++) {
+                float *sc = scores + (size_t)(h0 + h) * n_keys + k0;
+                _mm512_mask_storeu_ps(sc, live_lo, _mm512_mul_ps(lo[h], vscale));
+                _mm512_mask_storeu_ps(sc + 16, live_hi, _mm512_mul_ps(hi[h], vscale));
+            }
+        }
+    }
+    for (int h0 = 0; h0 < group; h0 += 4) { /* softmax, four heads at a time so the sums' dependency chains overlap */
+        int nh = group - h0 < 4 ? group - h0 : 4;
+        float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f}, max[4];
+        for (int h = 0; h < nh; h++) {
+            float *sc = scores + (size_t)(h0 + h) * n_keys;
+            __m512 vmax = _mm512_set1_ps(-INFINITY);
+            for (int k = 0; k < n_keys; k += 16) {
+                __mmask16 live = n_keys - k >= 16 ? 0xffff : (__mmask16)((1u << (n_keys - k)) - 1);
+                vmax = _mm512_mask_max_ps(vmax, live, vmax, _mm512_maskz_loadu_ps(live, sc + k));
+            }
+            max[h] = _mm512_reduce_max_ps(vmax);
+            __m512 m = _mm512_set1_ps(max[h]);
+            for (int k = 0; k < n_keys; k += 16) {
+                __mmask16 live = n_keys - k >= 16 ? 0xffff : (__mmask16)((1u << (n_keys - k)) - 1);
+                _mm512_mask_storeu_ps(sc + k, live, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, sc + k), m)));
+            }
+        }
+        const float *e[4];
+        for (int h = 0; h < 4; h++) e[h] = scores + (size_t)(h0 + (h < nh ? h : 0)) * n_keys;
+        for (int k = 0; k < n_keys; k++) {
+            sum[0] += e[0][k], sum[1] += e[1][k], sum[2] += e[2][k], sum[3] += e[3][k];
+        }
+        for (int h = 0; h < nh; h++) {
+            float *sc = scores + (size_t)(h0 + h) * n_keys;
+            __m512 inv = _mm512_set1_ps(1.0f / sum[h]);
+            for (int k = 0; k < n_keys; k += 16) {
+                __mmask16 live = n_keys - k >= 16 ? 0xffff : (__mmask16)((1u << (n_keys - k)) - 1);
+                _mm512_mask_storeu_ps(sc + k, live, _mm512_mul_ps(_mm512_maskz_loadu_ps(live, sc + k), inv));
+            }
+        }
+    }
+    /* the values in blocks, so each is read from memory once and then from L1 for every head and dimension */
     for (int k0 = 0; k0 < n_keys; k0 += KEY_BLOCK) {
         int k1 = k0 + KEY_BLOCK < n_keys ? k0 + KEY_BLOCK : n_keys;
-        for (int h = 0; h < group; h++) {
-            __m512 qv[16];
-            for (int d = 0; d < steps; d++) qv[d] = _mm512_loadu_ps(q + (size_t)h * head_dim + 16 * d);
-            float *sc = scores + (size_t)h * n_keys;
-            int k = k0;
-            for (; k + 4 <= k1; k += 4) {
-                const uint16_t *k_row = keys + (size_t)k * kv_stride;
-                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-                for (int d = 0; d < steps; d++) {
-                    a0 = _mm512_fmadd_ps(load_f16x16(k_row + 16 * d), qv[d], a0);
-                    a1 = _mm512_fmadd_ps(load_f16x16(k_row + kv_stride + 16 * d), qv[d], a1);
-                    a2 = _mm512_fmadd_ps(load_f16x16(k_row + 2 * kv_stride + 16 * d), qv[d], a2);
-                    a3 = _mm512_fmadd_ps(load_f16x16(k_row + 3 * kv_stride + 16 * d), qv[d], a3);
+        for (int d0 = 0; d0 < head_dim; d0 += 64)
+            for (int h0 = 0; h0 < group; h0 += 4) {
+                int nh = group - h0 < 4 ? group - h0 : 4;
+                __m512 acc[4][4];
+                for (int h = 0; h < 4; h++)
+                    for (int i = 0; i < 4; i++)
+                        acc[h][i] = h < nh && k0 ? _mm512_loadu_ps(out + (size_t)(h0 + h) * head_dim + d0 + 16 * i)
+                                                 : _mm512_setzero_ps();
+                for (int k = k0; k < k1; k++) {
+                    const uint16_t *v_row = values + (size_t)k * kv_stride + d0;
+                    __m512 v0 = load_f16x16(v_row), v1 = load_f16x16(v_row + 16), v2 = load_f16x16(v_row + 32),
+                           v3 = load_f16x16(v_row + 48);
+                    for (int h = 0; h < nh; h++) {
+                        __m512 p = _mm512_set1_ps(scores[(size_t)(h0 + h) * n_keys + k]);
+                        acc[h][0] = _mm512_fmadd_ps(p, v0, acc[h][0]);
+                        acc[h][1] = _mm512_fmadd_ps(p, v1, acc[h][1]);
+                        acc[h][2] = _mm512_fmadd_ps(p, v2, acc[h][2]);
+                        acc[h][3] = _mm512_fmadd_ps(p, v3, acc[h][3]);
+                    }
                 }
-                sc[k] = _mm512_reduce_add_ps(a0) * scale;
-                sc[k + 1] = _mm512_reduce_add_ps(a1) * scale;
-                sc[k + 2] = _mm512_reduce_add_ps(a2) * scale;
-                sc[k + 3] = _mm512_reduce_add_ps(a3) * scale;
+                for (int h = 0; h < nh; h++)
+                    for (int i = 0; i < 4; i++) _mm512_storeu_ps(out + (size_t)(h0 + h) * head_dim + d0 + 16 * i, acc[h][i]);
             }
-            for (; k < k1; k++) {
-                __m512 a = _mm512_setzero_ps();
-                for (int d = 0; d < steps; d++) a = _mm512_fmadd_ps(load_f16x16(keys + (size_t)k * kv_stride + 16 * d), qv[d], a);
-                sc[k] = _mm512_reduce_add_ps(a) * scale;
-            }
-        }
     }
-    for (int h = 0; h < group; h++) { /* softmax */
-        float *sc = scores + (size_t)h * n_keys;
-        __m512 vmax = _mm512_set1_ps(-INFINITY);
-        int k = 0;
-        for (; k + 16 <= n_keys; k += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(sc + k));
-        float max = _mm512_reduce_max_ps(vmax);
-        for (; k < n_keys; k++) max = sc[k] > max ? sc[k] : max;
-        __m512 vsum = _mm512_setzero_ps(), m = _mm512_set1_ps(max);
-        for (k = 0; k + 16 <= n_keys; k += 16) {
-            __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sc + k), m));
-            _mm512_storeu_ps(sc + k, e);
-            vsum = _mm512_add_ps(vsum, e);
-        }
-        float sum = _mm512_reduce_add_ps(vsum);
-        for (; k < n_keys; k++) {
-            sc[k] = expf(sc[k] - max);
-            sum += sc[k];
-        }
-        float inv = 1.0f / sum;
-        for (k = 0; k < n_keys; k++) sc[k] *= inv;
-    }
-    for (int d0 = 0; d0 < head_dim; d0 += 64)
-        for (int h0 = 0; h0 < group; h0 += 4) {
-            int nh = group - h0 < 4 ? group - h0 : 4;
-            __m512 acc[4][4];
-            for (int h = 0; h < 4; h++)
-                for (int i = 0; i < 4; i++) acc[h][i] = _mm512_setzero_ps();
-            for (int k = 0; k < n_keys; k++) {
-                const uint16_t *v_row = values + (size_t)k * kv_stride + d0;
-                __m512 v0 = load_f16x16(v_row), v1 = load_f16x16(v_row + 16), v2 = load_f16x16(v_row + 32),
-                       v3 = load_f16x16(v_row + 48);
-                for (int h = 0; h < nh; h++) {
-                    __m512 p = _mm512_set1_ps(scores[(size_t)(h0 + h) * n_keys + k]);
-                    acc[h][0] = _mm512_fmadd_ps(p, v0, acc[h][0]);
-                    acc[h][1] = _mm512_fmadd_ps(p, v1, acc[h][1]);
-                    acc[h][2] = _mm512_fmadd_ps(p, v2, acc[h][2]);
-                    acc[h][3] = _mm512_fmadd_ps(p, v3, acc[h][3]);
-                }
-            }
-            for (int h = 0; h < nh; h++)
-                for (int i = 0; i < 4; i++) _mm512_storeu_ps(out + (size_t)(h0 + h) * head_dim + d0 + 16 * i, acc[h][i]);
-        }
 }
+
+/* Prefill: the rows r = token * group + head of up to TRIT_ATTEND_ROWS tokens' heads (two vectors of 16) are scored
+ * against every key together. A vector holds one key's scores for 16 rows: the queries are transposed once (qt[d][r])
+ * and each key element is broadcast from an f32 copy of a block of keys, so no dot product needs a horizontal sum and
+ * each key is converted once for all rows. Softmax runs across keys with the rows in lanes; then out[r] += p[r][k] *
+ * V[k] for 4 rows and 64 dimensions at a time, from an f32 copy of a block of values. */
+#define ROWS TRIT_ATTEND_ROWS
+#define KB TRIT_ATTEND_KEY_BLOCK
+
+static void to_f32_block(float *dst, const uint16_t *src, int n_rows, int head_dim) {
+    for (int i = 0; i < n_rows * head_dim; i += 16) _mm512_storeu_ps(dst + i, load_f16x16(src + i));
+    for (int i = n_rows * head_dim; i < KB * head_dim; i += 16) _mm512_storeu_ps(dst + i, _mm512_setzero_ps());
+}
+
+#define SCORE_STEP(j)                                                                                             \
+    {                                                                                                             \
+        __m512 kv = _mm512_set1_ps(kf[(k + (j)) * head_dim + d]);                                                 \
+        lo##j = _mm512_fmadd_ps(a, kv, lo##j);                                                                    \
+        hi##j = _mm512_fmadd_ps(b, kv, hi##j);                                                                    \
+    }
+#define SCORE_STORE(j)                                                                                            \
+    if (k + (j) < kb) {                                                                                           \
+        _mm512_storeu_ps(st + (size_t)(k0 + k + (j)) * ROWS, _mm512_mul_ps(lo##j, vscale));                       \
+        _mm512_storeu_ps(st + (size_t)(k0 + k + (j)) * ROWS + 16, _mm512_mul_ps(hi##j, vscale));                  \
+    }
+#define EACH8(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7)
+#define ZERO2(j) __m512 lo##j = _mm512_setzero_ps(), hi##j = lo##j;
+
+static void attend_tokens(float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
+                          int n_q, int n_keys0, int head_dim, int group, float *scratch) {
+    if (head_dim % 64 || head_dim > 256 || group > ROWS) {
+        for (int i = 0; i < n_q; i++)
+            attend(out + (size_t)i * q_stride, q + (size_t)i * q_stride, keys, values, head_dim, n_keys0 + i + 1,
+                   head_dim, group, scratch);
+        return;
+    }
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    const __m512 vscale = _mm512_set1_ps(scale);
+    const int per_block = ROWS / group;
+    for (int t0 = 0; t0 < n_q; t0 += per_block) {
+        int nt = n_q - t0 < per_block ? n_q - t0 : per_block, rows = nt * group, n_keys = n_keys0 + t0 + nt;
+        float *st = scratch, *qt = st + (size_t)n_keys * ROWS, *kf = qt + (size_t)ROWS * head_dim;
+        float *pad = kf + (size_t)KB * head_dim; /* where rows past the last go */
+        float *row_out[ROWS];
+        _Alignas(64) int32_t limit[ROWS]; /* row r sees keys 0 .. limit[r] - 1 */
+        for (int r = 0; r < ROWS; r++) {
+            int t = t0 + r / group, h = r % group;
+            row_out[r] = r < rows ? out + (size_t)t * q_stride + (size_t)h * head_dim : pad;
+            limit[r] = r < rows ? n_keys0 + t + 1 : n_keys;
+            for (int d = 0; d < head_dim; d++) qt[d * ROWS + r] = r < rows ? q[(size_t)t * q_stride + (size_t)h * head_dim + d] : 0.0f;
+        }
+        /* scores: st[k][r] */
+        for (int k0 = 0; k0 < n_keys; k0 += KB) {
+            int kb = n_keys - k0 < KB ? n_keys - k0 : KB;
+            to_f32_block(kf, keys + (size_t)k0 * head_dim, kb, head_dim);
+            for (int k = 0; k < kb; k += 8) {
+                EACH8(ZERO2)
+                for (int d = 0; d < head_dim; d++) {
+                    __m512 a = _mm512_loadu_ps(qt + d * ROWS), b = _mm512_loadu_ps(qt + d * ROWS + 16);
+                    EACH8(SCORE_STEP)
+                }
+                EACH8(SCORE_STORE)
+            }
+        }
+        /* softmax over each row's keys, rows in lanes */
+        for (int v = 0; v < ROWS; v += 16) {
+            if (v >= rows) break;
+            const __m512i lim = _mm512_load_si512(limit + v);
+            __m512 m = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+            for (int k = 0; k < n_keys; k++)
+                m = _mm512_mask_max_ps(m, _mm512_cmplt_epi32_mask(_mm512_set1_epi32(k), lim), m,
+                                       _mm512_loadu_ps(st + (size_t)k * ROWS + v));
+            for (int k = 0; k < n_keys; k++) {
+                __mmask16 live = _mm512_cmplt_epi32_mask(_mm512_set1_epi32(k), lim);
+                __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(_mm512_loadu_ps(st + (size_t)k * ROWS + v), m)));
+                _mm512_storeu_ps(st + (size_t)k * ROWS + v, e);
+                sum = _mm512_add_ps(sum, e);
+            }
+            __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
+            for (int k = 0; k < n_keys; k++)
+                _mm512_storeu_ps(st + (size_t)k * ROWS + v, _mm512_mul_ps(_mm512_loadu_ps(st + (size_t)k * ROWS + v), inv));
+        }
+        /* out[r] = sum_k p[r][k] * V[k] */
+        for (int k0 = 0; k0 < n_keys; k0 += KB) {
+            int kb = n_keys - k0 < KB ? n_keys - k0 : KB;
+            to_f32_block(kf, values + (size_t)k0 * head_dim, kb, head_dim);
+            for (int r0 = 0; r0 < rows; r0 += 4)
+                for (int d0 = 0; d0 < head_dim; d0 += 64) {
+                    __m512 acc[4][4];
+                    for (int r = 0; r < 4; r++)
+                        for (int i = 0; i < 4; i++)
+                            acc[r][i] = k0 ? _mm512_loadu_ps(row_out[r0 + r] + d0 + 16 * i) : _mm512_setzero_ps();
+                    for (int k = 0; k < kb; k++) {
+                        const float *vk = kf + (size_t)k * head_dim + d0, *p = st + (size_t)(k0 + k) * ROWS + r0;
+                        __m512 v0 = _mm512_loadu_ps(vk), v1 = _mm512_loadu_ps(vk + 16), v2 = _mm512_loadu_ps(vk + 32),
+                               v3 = _mm512_loadu_ps(vk + 48);
+                        for (int r = 0; r < 4; r++) {
+                            __m512 pr = _mm512_set1_ps(p[r]);
+                            acc[r][0] = _mm512_fmadd_ps(pr, v0, acc[r][0]);
+                            acc[r][1] = _mm512_fmadd_ps(pr, v1, acc[r][1]);
+                            acc[r][2] = _mm512_fmadd_ps(pr, v2, acc[r][2]);
+                            acc[r][3] = _mm512_fmadd_ps(pr, v3, acc[r][3]);
+                        }
+                    }
+                    for (int r = 0; r < 4; r++)
+                        for (int i = 0; i < 4; i++) _mm512_storeu_ps(row_out[r0 + r] + d0 + 16 * i, acc[r][i]);
+                }
+        }
+    }
+}
+#undef ROWS
+#undef KB
 
 static float dot_f16(const uint16_t *a, const float *b, int n) {
     __m512 s = _mm512_setzero_ps();
@@ -534,6 +703,72 @@ static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
     for (; i < n; i++) y[i] += alpha * trit_f16_to_f32(x[i]);
 }
 
-const trit_kernel trit_kernel_avx512 = {"avx512vnni", trit_cpu_has_avx512vnni, ternary_matmul, t5_matmul,
-                                        bf16_matmul,  q8_matmul,               q4_matmul,      quantize,
-                                        attend,       dot_f16,                 axpy_f16};
+static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) {
+    __m512 vf = _mm512_set1_ps(f);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(acc + i)), vf);
+        _mm512_storeu_ps(out + i, add ? _mm512_add_ps(_mm512_loadu_ps(out + i), y) : y);
+    }
+    for (; i < n; i++) out[i] = add ? out[i] + (float)acc[i] * f : (float)acc[i] * f;
+}
+
+static void relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n) {
+    __m512 vg = _mm512_set1_ps(fg), vu = _mm512_set1_ps(fu), zero = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 g = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(gate + i)), vg);
+        __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(up + i)), vu);
+        g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(g, zero, _CMP_GT_OQ), g);
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(g, g), u));
+    }
+    for (; i < n; i++) {
+        float g = (float)gate[i] * fg;
+        g = g > 0.0f ? g : 0.0f;
+        out[i] = g * g * ((float)up[i] * fu);
+    }
+}
+
+static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+        s0 = _mm512_fmadd_ps(a, a, s0);
+        s1 = _mm512_fmadd_ps(b, b, s1);
+    }
+    float ss = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    for (; i < n; i++) ss += x[i] * x[i];
+    float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    __m512 vinv = _mm512_set1_ps(inv);
+    for (i = 0; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_loadu_ps(weight + i), _mm512_mul_ps(_mm512_loadu_ps(x + i), vinv)));
+    for (; i < n; i++) out[i] = weight[i] * (x[i] * inv);
+}
+
+/* vcvtps2ph rounds to nearest even, as trit_f32_to_f16 does */
+static void to_f16(uint16_t *dst, const float *src, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = trit_f32_to_f16(src[i]);
+}
+
+const trit_kernel trit_kernel_avx512 = {
+    .name = "avx512vnni",
+    .supported = trit_cpu_has_avx512vnni,
+    .ternary_matmul = ternary_matmul,
+    .t5_matmul = t5_matmul,
+    .bf16_matmul = bf16_matmul,
+    .q8_matmul = q8_matmul,
+    .q4_matmul = q4_matmul,
+    .quantize = quantize,
+    .attend = attend,
+    .attend_tokens = attend_tokens,
+    .scale_sums = scale_sums,
+    .relu2_sums = relu2_sums,
+    .rmsnorm = rmsnorm,
+    .to_f16 = to_f16,
+    .dot_f16 = dot_f16,
+    .axpy_f16 = axpy_f16,
+};

@@ -425,6 +425,57 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
                          kv_stride, n_keys, head_dim, scores);
 }
 
+static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) {
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t y = vmulq_n_f32(vcvtq_f32_s32(vld1q_s32(acc + i)), f);
+        vst1q_f32(out + i, add ? vaddq_f32(vld1q_f32(out + i), y) : y);
+    }
+    for (; i < n; i++) out[i] = add ? out[i] + (float)acc[i] * f : (float)acc[i] * f;
+}
+
+static void relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n) {
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t g = vmulq_n_f32(vcvtq_f32_s32(vld1q_s32(gate + i)), fg);
+        const float32x4_t u = vmulq_n_f32(vcvtq_f32_s32(vld1q_s32(up + i)), fu);
+        g = vbslq_f32(vcgtq_f32(g, zero), g, zero);
+        vst1q_f32(out + i, vmulq_f32(vmulq_f32(g, g), u));
+    }
+    for (; i < n; i++) {
+        float g = (float)gate[i] * fg;
+        g = g > 0.0f ? g : 0.0f;
+        out[i] = g * g * ((float)up[i] * fu);
+    }
+}
+
+static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
+    float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const float32x4_t a = vld1q_f32(x + i), b = vld1q_f32(x + i + 4);
+        s0 = vfmaq_f32(s0, a, a);
+        s1 = vfmaq_f32(s1, b, b);
+    }
+    float ss = vaddvq_f32(vaddq_f32(s0, s1));
+    for (; i < n; i++) ss += x[i] * x[i];
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (i = 0; i + 4 <= n; i += 4)
+        vst1q_f32(out + i, vmulq_f32(vld1q_f32(weight + i), vmulq_n_f32(vld1q_f32(x + i), inv)));
+    for (; i < n; i++) out[i] = weight[i] * (x[i] * inv);
+}
+
+/* FCVTN rounds to nearest even in the default FPCR mode, as trit_f32_to_f16 does */
+static void to_f16(uint16_t *dst, const float *src, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const float16x8_t h = vcvt_high_f16_f32(vcvt_f16_f32(vld1q_f32(src + i)), vld1q_f32(src + i + 4));
+        vst1q_u16(dst + i, vreinterpretq_u16_f16(h));
+    }
+    for (; i < n; i++) dst[i] = trit_f32_to_f16(src[i]);
+}
+
 const trit_kernel trit_kernel_neon = {
     .name = "neon",
     .supported = trit_cpu_has_neon_dotprod,
@@ -435,6 +486,11 @@ const trit_kernel trit_kernel_neon = {
     .q4_matmul = q4_matmul,
     .quantize = quantize,
     .attend = attend,
+    .attend_tokens = NULL,
+    .scale_sums = scale_sums,
+    .relu2_sums = relu2_sums,
+    .rmsnorm = rmsnorm,
+    .to_f16 = to_f16,
     .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
 };

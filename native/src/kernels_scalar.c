@@ -112,7 +112,40 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
                          kv_stride, n_keys, head_dim, scores);
 }
 
+static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) {
+    for (int i = 0; i < n; i++) out[i] = add ? out[i] + (float)acc[i] * f : (float)acc[i] * f;
+}
+
+/* BitNet's FFN activation (relu squared) times the up projection, straight from the two matmuls' sums */
+static void relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n) {
+    for (int i = 0; i < n; i++) {
+        float g = (float)gate[i] * fg;
+        g = g > 0.0f ? g : 0.0f;
+        out[i] = g * g * ((float)up[i] * fu);
+    }
+}
+
+static void to_f16(uint16_t *dst, const float *src, int n) {
+    for (int i = 0; i < n; i++) dst[i] = trit_f32_to_f16(src[i]);
+}
+
 static int always(void) { return 1; }
 
-const trit_kernel trit_kernel_scalar = {"scalar",  always,    ternary_matmul, t5_matmul, bf16_matmul, q8_matmul,
-                                        q4_matmul, quantize,  attend,         dot_f16,   axpy_f16};
+const trit_kernel trit_kernel_scalar = {
+    .name = "scalar",
+    .supported = always,
+    .ternary_matmul = ternary_matmul,
+    .t5_matmul = t5_matmul,
+    .bf16_matmul = bf16_matmul,
+    .q8_matmul = q8_matmul,
+    .q4_matmul = q4_matmul,
+    .quantize = quantize,
+    .attend = attend,
+    .attend_tokens = NULL, /* token by token: the definition */
+    .scale_sums = scale_sums,
+    .relu2_sums = relu2_sums,
+    .rmsnorm = trit_rmsnorm,
+    .to_f16 = to_f16,
+    .dot_f16 = dot_f16,
+    .axpy_f16 = axpy_f16,
+};

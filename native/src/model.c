@@ -32,20 +32,20 @@ typedef struct {
     float *xs;     /* [B] their scales */
     int32_t *xsum; /* [B] their sums */
     float *row;    /* [max(hidden, intermediate)] one token's normed input */
-    float *scores; /* [heads per kv head][n_ctx] attention scores */
+    float *scores; /* TRIT_ATTEND_SCRATCH floats: attention scores and blocks of keys and values */
 } thread_scratch;
 
 struct trit_context {
     trit_model *m;
     int n_ctx, max_batch, n_past;
-    uint16_t *k_cache, *v_cache; /* fp16 [n_layers][n_ctx][kv_dim] */
+    uint16_t *k_cache, *v_cache; /* fp16 [n_layers][n_kv_heads][n_ctx][head_dim]: one head's keys are contiguous */
     /* scratch for one batch */
     float *x;     /* [B][hidden] residual stream; projections o and down add into it */
     float *xn;    /* [B][hidden] the final normed state */
     float *q;     /* [B][hidden] */
     float *kv;    /* [B][2*kv_dim] new keys then values, before they go to the cache */
     float *att;   /* [B][hidden] attention output */
-    float *ffn;   /* [B][2*intermediate] gate then up */
+    float *ffn;   /* [B][intermediate] relu(gate)^2 * up */
     int32_t *acc; /* [B][max(hidden + 2*kv_dim, 2*intermediate)] int32 sums of one matmul job */
     thread_scratch *threads;
     int n_threads;
@@ -194,7 +194,7 @@ static int ensure_thread_scratch(trit_context *ctx) {
         ts->xs = malloc(sizeof(float) * B);
         ts->xsum = malloc(sizeof(int32_t) * B);
         ts->row = malloc(sizeof(float) * wide);
-        ts->scores = malloc(sizeof(float) * (size_t)ctx->n_ctx * (size_t)(c->n_heads / c->n_kv_heads));
+        ts->scores = malloc(sizeof(float) * TRIT_ATTEND_SCRATCH(ctx->n_ctx, c->head_dim, c->n_heads / c->n_kv_heads));
         if (!ts->xq || !ts->xs || !ts->xsum || !ts->row || !ts->scores) {
             free_thread_scratch(ctx);
             return trit_fail(TRIT_E_NOMEM, "context: out of memory");
@@ -230,7 +230,7 @@ trit_context *trit_context_create(trit_model *m, int n_ctx, int max_batch) {
     ctx->q = malloc(sizeof(float) * B * H);
     ctx->kv = malloc(sizeof(float) * B * 2 * KV);
     ctx->att = malloc(sizeof(float) * B * H);
-    ctx->ffn = malloc(sizeof(float) * B * 2 * I);
+    ctx->ffn = malloc(sizeof(float) * B * I);
     ctx->acc = malloc(sizeof(int32_t) * B * (H + 2 * KV > 2 * I ? H + 2 * KV : 2 * I)); /* one matmul job's sums */
     if (!ctx->k_cache || !ctx->v_cache || !ctx->x || !ctx->xn || !ctx->q || !ctx->kv || !ctx->att || !ctx->ffn ||
         !ctx->acc || ensure_thread_scratch(ctx) != TRIT_OK)
@@ -310,51 +310,64 @@ static const thread_scratch *prepare_input(const matmul_job *j, int ith, int nth
     thread_scratch *own = &ctx->threads[ith], *in = batch ? &ctx->threads[0] : own;
     if (batch) trit_split(n, ith, nth, &t0, &t1);
     for (int t = t0; t < t1; t++) {
-        trit_rmsnorm(own->row, j->x + (size_t)t * j->x_stride, j->norm, j->cols, c->rms_eps);
+        j->b->kern->rmsnorm(own->row, j->x + (size_t)t * j->x_stride, j->norm, j->cols, c->rms_eps);
         in->xs[t] = j->b->kern->quantize(in->xq + (size_t)t * j->cols, &in->xsum[t], own->row, j->cols);
     }
     if (batch) trit_pool_barrier(ctx->m->pool);
     return in;
 }
 
+/* Tokens a matmul takes at a time: their int8 inputs stay in L2 while every row of the thread's share streams past
+ * (and T5 rows are decoded once per chunk), and their int32 sums become floats while still in cache. */
+static int token_chunk(int cols) {
+    int n = (512 * 1024 / cols) & ~3;
+    return n < 16 ? 16 : n;
+}
+
 /* Each thread takes a share of the packed rows (TQ2: 4 rows a byte, a quarter apart; T5: 5 rows, a fifth apart),
- * computes their int32 sums and turns them into floats: y = acc / s, times or divided by the weight scale. */
+ * computes their int32 sums and turns them into floats: y = acc / s, times or divided by the weight scale. The
+ * gate/up pair leaves relu(gate)^2 * up in the gate half instead (gate and up rows split alike, so a thread owns
+ * both halves of its rows). */
 static void run_matmul(void *arg, int ith, int nth) {
     matmul_job *j = arg;
     trit_context *ctx = j->b->ctx;
     const thread_scratch *in = prepare_input(j, ith, nth);
     const trit_kernel *kern = j->b->kern;
     int divide = ctx->m->cfg.scale_mode == TRIT_SCALE_DIVIDE, t5 = ctx->m->cfg.ternary_format == TRIT_TERNARY_T5;
-    for (int k = 0; k < j->n_proj; k++) {
-        const projection *p = &j->p[k];
-        int per_byte = t5 ? 5 : 4, stride = t5 ? trit_t5_groups(p->rows) : p->rows / 4, g0, g1;
-        trit_split(stride, ith, nth, &g0, &g1);
-        if (t5)
-            (kern->t5_matmul ? kern : &trit_kernel_scalar)
-                ->t5_matmul(p->acc, p->w, p->rows, j->cols, in->xq, in->xsum, j->b->n, g0, g1);
-        else
-            kern->ternary_matmul(p->acc, p->w, p->rows, j->cols, in->xq, in->xsum, j->b->n, g0, g1);
-        for (int t = 0; t < j->b->n; t++) {
-            const int32_t *acc = p->acc + (size_t)t * p->rows;
-            float *out = p->out + (size_t)t * p->out_stride;
-            float f = divide ? 1.0f / (in->xs[t] * p->scale) : p->scale / in->xs[t];
-            for (int q = 0; q < per_byte; q++) {
-                int r1 = g1 + q * stride < p->rows ? g1 + q * stride : p->rows;
-                for (int r = g0 + q * stride; r < r1; r++) out[r] = j->add ? out[r] + (float)acc[r] * f : (float)acc[r] * f;
+    int per_byte = t5 ? 5 : 4, chunk = token_chunk(j->cols);
+    for (int c0 = 0; c0 < j->b->n; c0 += chunk) {
+        int nc = j->b->n - c0 < chunk ? j->b->n - c0 : chunk;
+        const int8_t *xq = in->xq + (size_t)c0 * j->cols;
+        for (int k = 0; k < j->n_proj; k++) {
+            const projection *p = &j->p[k];
+            int stride = t5 ? trit_t5_groups(p->rows) : p->rows / 4, g0, g1;
+            trit_split(stride, ith, nth, &g0, &g1);
+            if (t5)
+                (kern->t5_matmul ? kern : &trit_kernel_scalar)
+                    ->t5_matmul(p->acc, p->w, p->rows, j->cols, xq, in->xsum + c0, nc, g0, g1);
+            else
+                kern->ternary_matmul(p->acc, p->w, p->rows, j->cols, xq, in->xsum + c0, nc, g0, g1);
+        }
+        for (int k = 0; k < (j->gated ? 1 : j->n_proj); k++) {
+            const projection *p = &j->p[k], *up = &j->p[1];
+            int stride = t5 ? trit_t5_groups(p->rows) : p->rows / 4, g0, g1;
+            trit_split(stride, ith, nth, &g0, &g1);
+            for (int t = 0; t < nc; t++) {
+                float s = in->xs[c0 + t];
+                const int32_t *acc = p->acc + (size_t)t * p->rows;
+                float *out = p->out + (size_t)(c0 + t) * p->out_stride;
+                float f = divide ? 1.0f / (s * p->scale) : p->scale / s;
+                for (int q = 0; q < per_byte; q++) {
+                    int r0 = g0 + q * stride, r1 = g1 + q * stride < p->rows ? g1 + q * stride : p->rows;
+                    if (r1 <= r0) continue;
+                    if (j->gated)
+                        kern->relu2_sums(out + r0, acc + r0, f, up->acc + (size_t)t * up->rows + r0,
+                                         divide ? 1.0f / (s * up->scale) : up->scale / s, r1 - r0);
+                    else
+                        kern->scale_sums(out + r0, acc + r0, f, r1 - r0, j->add);
+                }
             }
         }
-    }
-    if (j->gated) { /* gate and up rows split alike, so this thread owns both halves of its rows */
-        const projection *gate = &j->p[0], *up = &j->p[1];
-        int stride = t5 ? trit_t5_groups(gate->rows) : gate->rows / 4, per_byte = t5 ? 5 : 4, g0, g1;
-        trit_split(stride, ith, nth, &g0, &g1);
-        for (int t = 0; t < j->b->n; t++)
-            for (int q = 0; q < per_byte; q++) {
-                int r0 = g0 + q * stride, r1 = g1 + q * stride < gate->rows ? g1 + q * stride : gate->rows;
-                if (r1 <= r0) continue;
-                float *g = gate->out + (size_t)t * gate->out_stride;
-                trit_relu2_gate(g + r0, g + r0, up->out + (size_t)t * up->out_stride + r0, r1 - r0);
-            }
     }
 }
 
@@ -383,30 +396,32 @@ static void run_rope_store(void *arg, int ith, int nth) {
         float *k = ctx->kv + (size_t)t * 2 * KV, *v = k + KV;
         trit_rope_apply(ctx->q + (size_t)t * c->hidden_size, c->n_heads, c->head_dim, cs, sn);
         trit_rope_apply(k, c->n_kv_heads, c->head_dim, cs, sn);
-        size_t at = ((size_t)b->layer * ctx->n_ctx + pos) * KV;
-        for (int i = 0; i < KV; i++) {
-            ctx->k_cache[at + i] = trit_f32_to_f16(k[i]);
-            ctx->v_cache[at + i] = trit_f32_to_f16(v[i]);
+        for (int h = 0; h < c->n_kv_heads; h++) {
+            size_t at = (((size_t)b->layer * c->n_kv_heads + h) * ctx->n_ctx + pos) * c->head_dim;
+            b->kern->to_f16(ctx->k_cache + at, k + (size_t)h * c->head_dim, c->head_dim);
+            b->kern->to_f16(ctx->v_cache + at, v + (size_t)h * c->head_dim, c->head_dim);
         }
     }
 }
 
-/* Causal grouped-query attention: one (token, kv head) pair per item, with the query heads h that read kv head
- * h / (H / KV) together, so they share every key and value read. */
+/* Causal grouped-query attention: one (block of tokens, kv head) pair per item, with the query heads h that read kv
+ * head h / (H / KV) together, so they share every key and value read. The blocks do not depend on the threads, so
+ * neither do the results. */
 static void run_attention(void *arg, int ith, int nth) {
     const batch *b = arg;
     trit_context *ctx = b->ctx;
     const trit_config *c = &ctx->m->cfg;
-    int KV = kv_dim(c), group = c->n_heads / c->n_kv_heads;
-    size_t layer_at = (size_t)b->layer * ctx->n_ctx * KV;
-    float *scores = ctx->threads[ith].scores;
-    /* round robin: a later token attends to more positions, so contiguous shares would be uneven */
-    for (int i = ith; i < b->n * c->n_kv_heads; i += nth) {
-        int t = i / c->n_kv_heads, kvh = i % c->n_kv_heads;
-        size_t head_at = (size_t)t * c->hidden_size + (size_t)kvh * group * c->head_dim;
-        size_t kv_at = layer_at + (size_t)kvh * c->head_dim;
-        b->kern->attend(ctx->att + head_at, ctx->q + head_at, ctx->k_cache + kv_at, ctx->v_cache + kv_at, KV,
-                        b->pos0 + t + 1, c->head_dim, group, scores);
+    int group = c->n_heads / c->n_kv_heads, per_block = group < TRIT_ATTEND_ROWS ? TRIT_ATTEND_ROWS / group : 1;
+    int blocks = (b->n + per_block - 1) / per_block;
+    float *scratch = ctx->threads[ith].scores;
+    /* round robin: a later block attends to more positions, so contiguous shares would be uneven */
+    for (int i = ith; i < blocks * c->n_kv_heads; i += nth) {
+        int t0 = i / c->n_kv_heads * per_block, kvh = i % c->n_kv_heads;
+        int nt = b->n - t0 < per_block ? b->n - t0 : per_block;
+        size_t head_at = (size_t)t0 * c->hidden_size + (size_t)kvh * group * c->head_dim;
+        size_t kv_at = ((size_t)b->layer * c->n_kv_heads + kvh) * ctx->n_ctx * c->head_dim;
+        trit_attend_tokens(b->kern, ctx->att + head_at, ctx->q + head_at, c->hidden_size, ctx->k_cache + kv_at,
+                           ctx->v_cache + kv_at, nt, b->pos0 + t0, c->head_dim, group, scratch);
     }
 }
 
@@ -433,12 +448,12 @@ static void forward_layer(batch *b) {
 
     /* feed-forward block */
     projection gate_up[2] = {
-        {L->gate, I, L->gate_scale, ctx->ffn, 2 * I, NULL},
-        {L->up, I, L->up_scale, ctx->ffn + I, 2 * I, NULL},
+        {L->gate, I, L->gate_scale, ctx->ffn, I, NULL},
+        {L->up, I, L->up_scale, NULL, 0, NULL}, /* only its sums: run_matmul multiplies them into the gate's */
     };
     matmul(b, ctx->x, H, L->post_attn_norm, H, 0, 1, 2, gate_up);
     projection down = {L->down, H, L->down_scale, ctx->x, H, NULL};
-    matmul(b, ctx->ffn, 2 * I, L->ffn_sub_norm, I, 1, 0, 1, &down);
+    matmul(b, ctx->ffn, I, L->ffn_sub_norm, I, 1, 0, 1, &down);
 }
 
 /* Final norm and the output head, for tokens [first, n). */
@@ -455,7 +470,7 @@ static void run_final_norm(void *arg, int ith, int nth) {
     int H = c->hidden_size, t0, t1;
     trit_split(b->n, ith, nth, &t0, &t1);
     for (int t = t0; t < t1; t++)
-        trit_rmsnorm(ctx->xn + (size_t)t * H, ctx->x + (size_t)t * H, ctx->m->w.final_norm, H, c->rms_eps);
+        b->kern->rmsnorm(ctx->xn + (size_t)t * H, ctx->x + (size_t)t * H, ctx->m->w.final_norm, H, c->rms_eps);
 }
 
 void trit_output_head(const trit_kernel *kern, int head_type, const void *head, const void *scales, float *logits,

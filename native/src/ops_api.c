@@ -4,7 +4,7 @@
 #include "trit_internal.h"
 
 void trit_op_rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
-    trit_rmsnorm(out, x, weight, n, eps);
+    trit_active_kernel()->rmsnorm(out, x, weight, n, eps);
 }
 
 float trit_op_quantize(int8_t *xq, const float *x, int n) {
@@ -48,26 +48,38 @@ int trit_op_attention(float *out, const float *q, const float *k, const float *v
     const trit_kernel *kern = trit_active_kernel();
     int n_keys = pos0 + n_q, kv = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
     size_t cells = (size_t)n_keys * kv;
+    /* the cache's layout: [kv head][position][head_dim] */
     uint16_t *kh = malloc(sizeof(uint16_t) * cells), *vh = malloc(sizeof(uint16_t) * cells);
-    float *scores = malloc(sizeof(float) * (size_t)n_keys * (size_t)group);
-    if (!kh || !vh || !scores) {
-        free(kh), free(vh), free(scores);
+    float *scratch = malloc(sizeof(float) * TRIT_ATTEND_SCRATCH(n_keys, head_dim, group));
+    if (!kh || !vh || !scratch) {
+        free(kh), free(vh), free(scratch);
         return trit_fail(TRIT_E_NOMEM, "attention: out of memory");
     }
-    for (size_t i = 0; i < cells; i++) {
-        kh[i] = trit_f32_to_f16(k[i]);
-        vh[i] = trit_f32_to_f16(v[i]);
+    for (int p = 0; p < n_keys; p++)
+        for (int g = 0; g < n_kv_heads; g++)
+            for (int d = 0; d < head_dim; d++) {
+                size_t from = (size_t)p * kv + (size_t)g * head_dim + d, to = ((size_t)g * n_keys + p) * head_dim + d;
+                kh[to] = trit_f32_to_f16(k[from]);
+                vh[to] = trit_f32_to_f16(v[from]);
+            }
+    for (int g = 0; g < n_kv_heads; g++) {
+        size_t at = (size_t)g * group * head_dim, kv_at = (size_t)g * n_keys * head_dim;
+        trit_attend_tokens(kern, out + at, q + at, n_heads * head_dim, kh + kv_at, vh + kv_at, n_q, pos0, head_dim,
+                           group, scratch);
     }
-    for (int t = 0; t < n_q; t++)
-        for (int g = 0; g < n_kv_heads; g++) {
-            size_t at = ((size_t)t * n_heads + (size_t)g * group) * head_dim, kv_at = (size_t)g * head_dim;
-            kern->attend(out + at, q + at, kh + kv_at, vh + kv_at, kv, pos0 + t + 1, head_dim, group, scores);
-        }
-    free(kh), free(vh), free(scores);
+    free(kh), free(vh), free(scratch);
     return TRIT_OK;
 }
 
-void trit_op_relu2_gate(float *out, const float *gate, const float *up, int n) { trit_relu2_gate(out, gate, up, n); }
+void trit_op_relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n) {
+    trit_active_kernel()->relu2_sums(out, gate, fg, up, fu, n);
+}
+
+void trit_op_scale_sums(float *out, const int32_t *acc, float f, int n, int add) {
+    trit_active_kernel()->scale_sums(out, acc, f, n, add);
+}
+
+void trit_op_to_f16(uint16_t *dst, const float *src, int n) { trit_active_kernel()->to_f16(dst, src, n); }
 
 int trit_op_output_head(int head_type, float *logits, const float *x, const void *head, const void *scales, int vocab,
                         int hidden) {

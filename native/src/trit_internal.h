@@ -36,6 +36,19 @@ typedef struct {
      * scores: scratch of group * n_keys floats. */
     void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride,
                    int n_keys, int head_dim, int group, float *scores);
+    /* The same for n_q consecutive tokens at once (prefill): token i's heads are at q + i*q_stride (out alike) and
+     * see keys 0 .. n_keys0 + i, head_dim apart. NULL: trit_attend_tokens runs `attend` token by token.
+     * scratch: TRIT_ATTEND_SCRATCH(n_keys0 + n_q, head_dim, group) floats. */
+    void (*attend_tokens)(float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
+                          int n_q, int n_keys0, int head_dim, int group, float *scratch);
+    /* A projection's int32 sums to floats: out[i] = acc[i] * f, or out[i] += that when add is set. The gate/up pair
+     * in one pass: out[i] = relu(gate[i] * fg)^2 * (up[i] * fu). Bit-identical in every kernel. */
+    void (*scale_sums)(float *out, const int32_t *acc, float f, int n, int add);
+    void (*relu2_sums)(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n);
+    /* trit_rmsnorm, vectorised: the same floats up to the order of the sum of squares. */
+    void (*rmsnorm)(float *out, const float *x, const float *weight, int n, float eps);
+    /* dst[i] = trit_f32_to_f16(src[i]), bit for bit (the KV cache). */
+    void (*to_f16)(uint16_t *dst, const float *src, int n);
     /* sum_i a[i] * b[i], a fp16 (the KV cache). */
     float (*dot_f16)(const uint16_t *a, const float *b, int n);
     /* y[i] += alpha * x[i], x fp16. */
@@ -82,10 +95,21 @@ float trit_quantize(int8_t *xq, const float *x, int n);
 int32_t trit_sum_i8(const int8_t *x, int n);
 void trit_rope_angles(float *cos_out, float *sin_out, int head_dim, int pos, float theta);
 void trit_rope_apply(float *x, int n_heads, int head_dim, const float *cos_pos, const float *sin_pos);
-void trit_relu2_gate(float *out, const float *gate, const float *up, int n);
 void trit_output_head(const trit_kernel *kern, int head_type, const void *head, const void *scales, float *logits,
                       int vocab, int hidden, const float *x, int n_tokens, int r0, int r1);
 static inline int trit_t5_groups(int rows) { return (rows + 4) / 5; }
+
+/* Rows (token x query head) that attend_tokens kernels score at once, and their scratch: scores for every key and
+ * row, plus f32 copies of a block of keys and values. */
+#define TRIT_ATTEND_ROWS 32
+#define TRIT_ATTEND_KEY_BLOCK 32
+#define TRIT_ATTEND_SCRATCH(n_keys, head_dim, group)                                                              \
+    ((size_t)(n_keys) * ((group) > TRIT_ATTEND_ROWS ? (group) : TRIT_ATTEND_ROWS) +                                \
+     (2 * (size_t)TRIT_ATTEND_KEY_BLOCK + TRIT_ATTEND_ROWS) * (size_t)(head_dim) + 64)
+
+/* attend_tokens if the kernel has it, else attend for each token (scratch as for attend_tokens). */
+void trit_attend_tokens(const trit_kernel *kern, float *out, const float *q, int q_stride, const uint16_t *keys,
+                        const uint16_t *values, int n_q, int n_keys0, int head_dim, int group, float *scratch);
 
 /* One query head against positions 0..n_keys-1 of its kv head; scores is scratch of n_keys floats. */
 void trit_attend_head(const trit_kernel *kern, float *out, const float *q, const uint16_t *keys, const uint16_t *values,

@@ -350,6 +350,65 @@ static void check_heads(void) {
     for (size_t i = 0; i < sizeof q4 / sizeof q4[0]; i++) check_head(TRIT_HEAD_Q4, q4[i][0], q4[i][1]);
 }
 
+/* ---- element-wise steps: sums to floats, the gated activation, fp16 for the cache, RMSNorm ------------------------ */
+
+static float rand_wide(void) { /* any sign, magnitudes from fp16's subnormals to past its overflow */
+    float m = rand_float(1.0f, 2.0f) * ldexpf(1.0f, rand_int(-30, 17));
+    return next_u64() & 1 ? -m : m;
+}
+
+static void check_elementwise(void) {
+    static const int sizes[] = {1, 7, 16, 17, 100, 2560, 6913};
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        int n = sizes[si];
+        seed(4242u + (uint64_t)n);
+        int32_t *a = xmalloc(sizeof(int32_t) * (size_t)n), *b = xmalloc(sizeof(int32_t) * (size_t)n);
+        float *x = xmalloc(sizeof(float) * (size_t)n), *w = xmalloc(sizeof(float) * (size_t)n);
+        float *want = xmalloc(sizeof(float) * (size_t)n * 4), *got = xmalloc(sizeof(float) * (size_t)n * 4);
+        uint16_t *h_want = xmalloc(sizeof(uint16_t) * (size_t)n), *h_got = xmalloc(sizeof(uint16_t) * (size_t)n);
+        for (int i = 0; i < n; i++) {
+            a[i] = rand_int(-300000, 300000), b[i] = rand_int(-300000, 300000);
+            x[i] = i % 5 == 0 ? (float)(rand_int(-4096, 4096)) / 2048.0f + ldexpf(1.0f, -25) * (float)rand_int(0, 1)
+                              : rand_wide(); /* halfway cases among them */
+            w[i] = rand_float(-2.0f, 2.0f);
+        }
+        select_kernel(scalar_index);
+        for (int i = 0; i < n; i++) want[n + i] = want[2 * n + i] = x[i];
+        trit_op_scale_sums(want, a, 1.3e-3f, n, 0);
+        trit_op_scale_sums(want + n, a, -7.7e-4f, n, 1);
+        trit_op_relu2_sums(want + 2 * n, a, 2.1e-4f, b, -3.3e-4f, n);
+        trit_op_rmsnorm(want + 3 * n, x, w, n, 1e-5f);
+        trit_op_to_f16(h_want, x, n);
+        for (int r = 0; r < n_runnable; r++) {
+            int k = runnable[r];
+            if (k == scalar_index) continue;
+            select_kernel(k);
+            for (int i = 0; i < n; i++) got[i] = NAN, got[n + i] = x[i], got[2 * n + i] = NAN, got[3 * n + i] = NAN;
+            memset(h_got, 0xff, sizeof(uint16_t) * (size_t)n);
+            trit_op_scale_sums(got, a, 1.3e-3f, n, 0);
+            trit_op_scale_sums(got + n, a, -7.7e-4f, n, 1);
+            trit_op_relu2_sums(got + 2 * n, a, 2.1e-4f, b, -3.3e-4f, n);
+            trit_op_rmsnorm(got + 3 * n, x, w, n, 1e-5f);
+            trit_op_to_f16(h_got, x, n);
+            check(!memcmp(got, want, sizeof(float) * (size_t)n * 3), "scale and relu2 sums %-10s = scalar     n=%d",
+                  kname(k), n);
+            int bad = 0, first = -1;
+            for (int i = 0; i < n; i++)
+                if (h_got[i] != h_want[i] && !bad++) first = i;
+            check(!bad, "to_f16 %-10s = scalar     n=%d (%d differ%s%.9g)", kname(k), n, bad, bad ? ", first " : "",
+                  bad ? x[first] : 0.0f);
+            double worst = 0.0, scale = 0.0;
+            for (int i = 0; i < n; i++) {
+                worst = max_d(worst, fabs((double)got[3 * n + i] - want[3 * n + i]));
+                scale = max_d(scale, fabs((double)want[3 * n + i]));
+            }
+            check(worst <= 1e-5 * scale, "rmsnorm %-10s ~ scalar     n=%d (max |diff| %.2g of %.2g)", kname(k), n, worst,
+                  scale);
+        }
+        free(a), free(b), free(x), free(w), free(want), free(got), free(h_want), free(h_got);
+    }
+}
+
 /* ---- attention over the fp16 cache ------------------------------------------------------------------------------- */
 
 static void check_attention(int n_q, int pos0, int n_heads, int n_kv, int hd, float q_range) {
@@ -390,6 +449,11 @@ static void check_attentions(void) {
     check_attention(3, 30, 8, 8, 13, 4.0f);
     check_attention(2, 100, 4, 1, 128, 1.0f);
     check_attention(7, 0, 6, 3, 6, 1.0f);
+    /* prefill blocks: 32 rows of 8 tokens x 4 heads, over several key blocks; 2B4T's shape; rows padded to 30 and 27 */
+    check_attention(40, 70, 8, 2, 128, 2.0f);
+    check_attention(19, 0, 20, 5, 128, 1.0f);
+    check_attention(23, 33, 6, 2, 64, 3.0f);
+    check_attention(33, 5, 2, 2, 64, 1.0f);
 }
 
 /* ---- a tiny model, end to end ------------------------------------------------------------------------------------ */
@@ -585,6 +649,7 @@ int main(void) {
 
     check_ternary();
     check_quantize();
+    check_elementwise();
     check_heads();
     check_attentions();
     check_model();
