@@ -481,10 +481,12 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
         for (int half = 0; half < 2; half++)
             for (int c = 0; c < head_dim; c += 16) {
                 __m512 r[16];
-                for (int j = 0; j < 16; j++) {
-                    int k = half * 16 + j;
-                    r[j] = k < kb ? load_f16x16(keys + (size_t)(k0 + k) * kv_stride + c) : _mm512_setzero_ps();
-                }
+                const uint16_t *k_at = keys + (size_t)(k0 + half * 16) * kv_stride + c;
+                if (kb == 32) /* the common case without a test per key */
+                    for (int j = 0; j < 16; j++) r[j] = load_f16x16(k_at + (size_t)j * kv_stride);
+                else
+                    for (int j = 0; j < 16; j++)
+                        r[j] = half * 16 + j < kb ? load_f16x16(k_at + (size_t)j * kv_stride) : _mm512_setzero_ps();
                 transpose16(r);
                 for (int i = 0; i < 16; i++) _mm512_storeu_ps(kt + (size_t)(c + i) * 32 + half * 16, r[i]);
             }
