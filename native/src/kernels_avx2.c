@@ -290,7 +290,7 @@ static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) 
         __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(acc + i))), vf);
         _mm256_storeu_ps(out + i, add ? _mm256_add_ps(_mm256_loadu_ps(out + i), y) : y);
     }
-    for (; i < n; i++) out[i] = add ? out[i] + (float)acc[i] * f : (float)acc[i] * f;
+    trit_kernel_scalar.scale_sums(out + i, acc + i, f, n - i, add); /* the tail, by the definition */
 }
 
 static void relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n) {
@@ -302,11 +302,7 @@ static void relu2_sums(float *out, const int32_t *gate, float fg, const int32_t 
         g = _mm256_and_ps(g, _mm256_cmp_ps(g, zero, _CMP_GT_OQ));
         _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, g), u));
     }
-    for (; i < n; i++) {
-        float g = (float)gate[i] * fg;
-        g = g > 0.0f ? g : 0.0f;
-        out[i] = g * g * ((float)up[i] * fu);
-    }
+    trit_kernel_scalar.relu2_sums(out + i, gate + i, fg, up + i, fu, n - i);
 }
 
 static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {

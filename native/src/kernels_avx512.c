@@ -504,7 +504,7 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
     }
     const __m512 vscale = _mm512_set1_ps(1.0f / sqrtf((float)head_dim));
     float *kt = scores + (size_t)group * n_keys; /* [head_dim][32] */
-    _Alignas(64) float zero_q[256] = {0};        /* the missing heads of a last set of four */
+    static const float zero_q[256];               /* the missing heads of a last set of four */
     for (int k0 = 0; k0 < n_keys; k0 += 32) {
         int kb = n_keys - k0 < 32 ? n_keys - k0 : 32;
         for (int half = 0; half < 2; half++)
@@ -741,7 +741,7 @@ static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) 
         __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(acc + i)), vf);
         _mm512_storeu_ps(out + i, add ? _mm512_add_ps(_mm512_loadu_ps(out + i), y) : y);
     }
-    for (; i < n; i++) out[i] = add ? out[i] + (float)acc[i] * f : (float)acc[i] * f;
+    trit_kernel_scalar.scale_sums(out + i, acc + i, f, n - i, add); /* the tail, by the definition */
 }
 
 static void relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n) {
@@ -753,11 +753,7 @@ static void relu2_sums(float *out, const int32_t *gate, float fg, const int32_t 
         g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(g, zero, _CMP_GT_OQ), g);
         _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(g, g), u));
     }
-    for (; i < n; i++) {
-        float g = (float)gate[i] * fg;
-        g = g > 0.0f ? g : 0.0f;
-        out[i] = g * g * ((float)up[i] * fu);
-    }
+    trit_kernel_scalar.relu2_sums(out + i, gate + i, fg, up + i, fu, n - i);
 }
 
 static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {

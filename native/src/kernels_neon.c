@@ -431,7 +431,7 @@ static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) 
         const float32x4_t y = vmulq_n_f32(vcvtq_f32_s32(vld1q_s32(acc + i)), f);
         vst1q_f32(out + i, add ? vaddq_f32(vld1q_f32(out + i), y) : y);
     }
-    for (; i < n; i++) out[i] = add ? out[i] + (float)acc[i] * f : (float)acc[i] * f;
+    trit_kernel_scalar.scale_sums(out + i, acc + i, f, n - i, add); /* the tail, by the definition */
 }
 
 static void relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n) {
@@ -443,11 +443,7 @@ static void relu2_sums(float *out, const int32_t *gate, float fg, const int32_t 
         g = vbslq_f32(vcgtq_f32(g, zero), g, zero);
         vst1q_f32(out + i, vmulq_f32(vmulq_f32(g, g), u));
     }
-    for (; i < n; i++) {
-        float g = (float)gate[i] * fg;
-        g = g > 0.0f ? g : 0.0f;
-        out[i] = g * g * ((float)up[i] * fu);
-    }
+    trit_kernel_scalar.relu2_sums(out + i, gate + i, fg, up + i, fu, n - i);
 }
 
 static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {

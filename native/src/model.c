@@ -46,12 +46,19 @@ struct trit_context {
     float *kv;    /* [B][2*kv_dim] new keys then values, before they go to the cache */
     float *att;   /* [B][hidden] attention output */
     float *ffn;   /* [B][intermediate] relu(gate)^2 * up */
-    int32_t *acc; /* [B][max(hidden + 2*kv_dim, 2*intermediate)] int32 sums of one matmul job */
+    int32_t *acc; /* [chunk][max(hidden + 2*kv_dim, 2*intermediate)] int32 sums of one token chunk of a matmul */
     thread_scratch *threads;
     int n_threads;
 };
 
 static int kv_dim(const trit_config *c) { return c->n_kv_heads * c->head_dim; }
+
+/* Tokens a matmul takes at a time: their int8 inputs stay in L2 while every row of the thread's share streams past
+ * (and T5 rows are decoded once per chunk), and their int32 sums become floats while still in cache. */
+static int token_chunk(int cols) {
+    int n = (512 * 1024 / cols) & ~3;
+    return n < 16 ? 16 : n;
+}
 
 /* ---- model ----------------------------------------------------------------------------------------------------- */
 
@@ -231,7 +238,9 @@ trit_context *trit_context_create(trit_model *m, int n_ctx, int max_batch) {
     ctx->kv = malloc(sizeof(float) * B * 2 * KV);
     ctx->att = malloc(sizeof(float) * B * H);
     ctx->ffn = malloc(sizeof(float) * B * I);
-    ctx->acc = malloc(sizeof(int32_t) * B * (H + 2 * KV > 2 * I ? H + 2 * KV : 2 * I)); /* one matmul job's sums */
+    size_t chunk = (size_t)token_chunk(H < I ? H : I); /* the largest chunk: the narrower input */
+    chunk = chunk < B ? chunk : B;
+    ctx->acc = malloc(sizeof(int32_t) * chunk * (H + 2 * KV > 2 * I ? H + 2 * KV : 2 * I));
     if (!ctx->k_cache || !ctx->v_cache || !ctx->x || !ctx->xn || !ctx->q || !ctx->kv || !ctx->att || !ctx->ffn ||
         !ctx->acc || ensure_thread_scratch(ctx) != TRIT_OK)
         goto oom;
@@ -317,13 +326,6 @@ static const thread_scratch *prepare_input(const matmul_job *j, int ith, int nth
     return in;
 }
 
-/* Tokens a matmul takes at a time: their int8 inputs stay in L2 while every row of the thread's share streams past
- * (and T5 rows are decoded once per chunk), and their int32 sums become floats while still in cache. */
-static int token_chunk(int cols) {
-    int n = (512 * 1024 / cols) & ~3;
-    return n < 16 ? 16 : n;
-}
-
 /* Each thread takes a share of the packed rows (TQ2: 4 rows a byte, a quarter apart; T5: 5 rows, a fifth apart),
  * computes their int32 sums and turns them into floats: y = acc / s, times or divided by the weight scale. The
  * gate/up pair leaves relu(gate)^2 * up in the gate half instead (gate and up rows split alike, so a thread owns
@@ -378,7 +380,7 @@ static void matmul(const batch *b, const float *x, int x_stride, const float *no
     for (int k = 0; k < n_proj; k++) {
         j.p[k] = p[k];
         j.p[k].acc = acc;
-        acc += (size_t)b->n * p[k].rows;
+        acc += (size_t)(b->n < token_chunk(cols) ? b->n : token_chunk(cols)) * p[k].rows; /* room for one chunk */
     }
     trit_pool_run(b->ctx->m->pool, run_matmul, &j);
 }
