@@ -96,3 +96,15 @@ def test_quantised_heads_round_trip_within_their_step():
     nib, d = derived.quantize_q4(rows)
     step = np.repeat(np.abs(d.astype(np.float32)), 32, axis=1)
     assert np.all(np.abs(derived.dequantize_q4(nib, d) - rows) <= step * 1.0001)
+
+
+@pytest.mark.parametrize("head", ["q8", "q4"])
+def test_a_compact_head_gives_the_exact_logits_of_its_best_candidates(model_copy, head):
+    """The 32 highest logits of the compact head are recomputed from the bf16 rows, whichever thread computed them."""
+    exact = engine.load(model_copy, head="bf16", threads=2).logits(ids())
+    for threads in (1, 2):
+        compact = engine.load(model_copy, head=head, threads=threads).logits(ids())
+        same = compact == exact
+        assert np.all(same.sum(axis=1) >= 32)
+        # the exact argmax is among the candidates unless the compact head misjudged it badly
+        assert same[np.arange(len(exact)), exact.argmax(axis=1)].mean() >= 0.95

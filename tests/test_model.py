@@ -99,6 +99,20 @@ def test_one_and_two_threads_give_identical_logits(make_model):
     assert model.threads == 1 and np.array_equal(model.logits(ids), one)
 
 
+def test_wide_projections_in_pieces_and_token_chunks_give_the_same_logits(make_model):
+    """At 2B4T's widths a projection runs in several token chunks and threads claim many pieces of rows as they go
+    (small models fit in one piece): neither the threads nor the path may change a logit."""
+    folder = make_model("tiny", seed=4, num_hidden_layers=1, vocab_size=1024, hidden_size=2560,
+                        num_attention_heads=20, num_key_value_heads=5, intermediate_size=6912)
+    ids = token_ids(1024, n=300, seed=3)  # 204 tokens to a chunk at width 2560
+    one = engine.load(folder, threads=1).logits(ids)
+    model = engine.load(folder, threads=2)
+    assert np.array_equal(model.logits(ids), one)
+    with model.context() as ctx:
+        stepped = np.stack([ctx.eval([t]) for t in ids])
+    np.testing.assert_allclose(stepped, one, rtol=1e-4, atol=1e-3)
+
+
 def test_truncate_keeps_the_prefix(make_model):
     model = engine.load(shape_model(make_model, "gqa4-hd64", "autobitlinear"), threads=2)
     ids = token_ids(1024, n=30, seed=2)

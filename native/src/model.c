@@ -6,7 +6,8 @@
  * where every projection is a BitLinear: y = (quantize(x) . T) / s, times or divided by the weight scale.
  * After the last layer: final_norm, then logits against the (tied) embedding matrix.
  *
- * Each step is one job for the thread pool; inside a job, thread i of n takes its share of rows or tokens.
+ * Each step is one job for the thread pool; inside a job, threads take pieces of the rows as they go (matmuls, the
+ * head: see trit_share) or a fixed share of tokens or heads.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
@@ -25,6 +26,16 @@ struct trit_model {
     pthread_mutex_t lock;       /* one forward pass at a time: contexts share the pool */
 };
 
+/* The candidates a compact head may misorder: the RESCORE highest logits of a token, recomputed from the exact bf16
+ * rows. Each thread keeps the best of the rows it computed; merged, these are the best of the whole vocabulary
+ * whatever the threads' shares, so the result does not depend on them. */
+#define RESCORE 32
+
+typedef struct {
+    float value;
+    int32_t index;
+} candidate; /* a logit and its token */
+
 /* Scratch each pool thread owns: it prepares the int8 input of a projection itself (norm and quantisation are
  * cheap next to the matmul, and a job less per projection means one barrier less). */
 typedef struct {
@@ -33,6 +44,8 @@ typedef struct {
     int32_t *xsum; /* [B] their sums */
     float *row;    /* [max(hidden, intermediate)] one token's normed input */
     float *scores; /* TRIT_ATTEND_SCRATCH floats: attention scores and blocks of keys and values */
+    candidate *best; /* [B][RESCORE] the best logits of the head rows this thread computed, per token */
+    int *n_best;     /* [B] */
 } thread_scratch;
 
 struct trit_context {
@@ -178,6 +191,8 @@ static void free_thread_scratch(trit_context *ctx) {
         free(ctx->threads[i].xsum);
         free(ctx->threads[i].row);
         free(ctx->threads[i].scores);
+        free(ctx->threads[i].best);
+        free(ctx->threads[i].n_best);
     }
     free(ctx->threads);
     ctx->threads = NULL;
@@ -202,7 +217,9 @@ static int ensure_thread_scratch(trit_context *ctx) {
         ts->xsum = malloc(sizeof(int32_t) * B);
         ts->row = malloc(sizeof(float) * wide);
         ts->scores = malloc(sizeof(float) * TRIT_ATTEND_SCRATCH(ctx->n_ctx, c->head_dim, c->n_heads / c->n_kv_heads));
-        if (!ts->xq || !ts->xs || !ts->xsum || !ts->row || !ts->scores) {
+        ts->best = malloc(sizeof(candidate) * B * RESCORE);
+        ts->n_best = malloc(sizeof(int) * B);
+        if (!ts->xq || !ts->xs || !ts->xsum || !ts->row || !ts->scores || !ts->best || !ts->n_best) {
             free_thread_scratch(ctx);
             return trit_fail(TRIT_E_NOMEM, "context: out of memory");
         }
@@ -308,7 +325,14 @@ typedef struct {
     int gated; /* the gate/up pair: leave relu(gate)^2 * up in the gate output */
     int n_proj;
     projection p[3];
+    int chunk_groups; /* the row groups of one token chunk: every projection's in turn, or the gate's (and up's) */
+    trit_share share; /* chunk after chunk, their groups */
 } matmul_job;
+
+/* A group is one packed byte row: T5 packs 5 rows a fifth apart, TQ2 4 rows a quarter apart. */
+static int row_groups(const trit_config *c, int rows) {
+    return c->ternary_format == TRIT_TERNARY_T5 ? trit_t5_groups(rows) : rows / 4;
+}
 
 /* The int8 input. One token (decoding): every thread quantises it into its own scratch, no barrier needed.
  * A batch: threads split the tokens, write the first thread's scratch, and meet at a barrier. */
@@ -326,100 +350,127 @@ static const thread_scratch *prepare_input(const matmul_job *j, int ith, int nth
     return in;
 }
 
-/* Each thread takes a share of the packed rows (TQ2: 4 rows a byte, a quarter apart; T5: 5 rows, a fifth apart),
- * computes their int32 sums and turns them into floats: y = acc / s, times or divided by the weight scale. The
- * gate/up pair leaves relu(gate)^2 * up in the gate half instead (gate and up rows split alike, so a thread owns
- * both halves of its rows). */
-static void run_matmul(void *arg, int ith, int nth) {
-    matmul_job *j = arg;
-    trit_context *ctx = j->b->ctx;
-    const thread_scratch *in = prepare_input(j, ith, nth);
+/* Groups [g0, g1) of projection k (of gate and up when gated) for tokens [c0, c0 + nc): their int32 sums, then
+ * floats y = acc / s, times or divided by the weight scale; or relu(gate)^2 * up into the gate half. */
+static void matmul_piece(const matmul_job *j, const thread_scratch *in, int c0, int nc, int k, int g0, int g1) {
+    const trit_config *c = &j->b->ctx->m->cfg;
     const trit_kernel *kern = j->b->kern;
-    int divide = ctx->m->cfg.scale_mode == TRIT_SCALE_DIVIDE, t5 = ctx->m->cfg.ternary_format == TRIT_TERNARY_T5;
-    int per_byte = t5 ? 5 : 4, chunk = token_chunk(j->cols);
-    for (int c0 = 0; c0 < j->b->n; c0 += chunk) {
-        int nc = j->b->n - c0 < chunk ? j->b->n - c0 : chunk;
-        const int8_t *xq = in->xq + (size_t)c0 * j->cols;
-        for (int k = 0; k < j->n_proj; k++) {
-            const projection *p = &j->p[k];
-            int stride = t5 ? trit_t5_groups(p->rows) : p->rows / 4, g0, g1;
-            trit_split(stride, ith, nth, &g0, &g1);
-            if (t5)
-                (kern->t5_matmul ? kern : &trit_kernel_scalar)
-                    ->t5_matmul(p->acc, p->w, p->rows, j->cols, xq, in->xsum + c0, nc, g0, g1);
+    int divide = c->scale_mode == TRIT_SCALE_DIVIDE, t5 = c->ternary_format == TRIT_TERNARY_T5;
+    const int8_t *xq = in->xq + (size_t)c0 * j->cols;
+    for (int i = k; i < (j->gated ? 2 : k + 1); i++) {
+        const projection *p = &j->p[i];
+        if (t5)
+            (kern->t5_matmul ? kern : &trit_kernel_scalar)
+                ->t5_matmul(p->acc, p->w, p->rows, j->cols, xq, in->xsum + c0, nc, g0, g1);
+        else
+            kern->ternary_matmul(p->acc, p->w, p->rows, j->cols, xq, in->xsum + c0, nc, g0, g1);
+    }
+    const projection *p = &j->p[k], *up = &j->p[1];
+    int stride = row_groups(c, p->rows);
+    for (int t = 0; t < nc; t++) {
+        float s = in->xs[c0 + t];
+        const int32_t *acc = p->acc + (size_t)t * p->rows;
+        float *out = p->out + (size_t)(c0 + t) * p->out_stride;
+        float f = divide ? 1.0f / (s * p->scale) : p->scale / s;
+        for (int q = 0; q < (t5 ? 5 : 4); q++) {
+            int r0 = g0 + q * stride, r1 = g1 + q * stride < p->rows ? g1 + q * stride : p->rows;
+            if (r1 <= r0) continue;
+            if (j->gated)
+                kern->relu2_sums(out + r0, acc + r0, f, up->acc + (size_t)t * up->rows + r0,
+                                 divide ? 1.0f / (s * up->scale) : up->scale / s, r1 - r0);
             else
-                kern->ternary_matmul(p->acc, p->w, p->rows, j->cols, xq, in->xsum + c0, nc, g0, g1);
-        }
-        for (int k = 0; k < (j->gated ? 1 : j->n_proj); k++) {
-            const projection *p = &j->p[k], *up = &j->p[1];
-            int stride = t5 ? trit_t5_groups(p->rows) : p->rows / 4, g0, g1;
-            trit_split(stride, ith, nth, &g0, &g1);
-            for (int t = 0; t < nc; t++) {
-                float s = in->xs[c0 + t];
-                const int32_t *acc = p->acc + (size_t)t * p->rows;
-                float *out = p->out + (size_t)(c0 + t) * p->out_stride;
-                float f = divide ? 1.0f / (s * p->scale) : p->scale / s;
-                for (int q = 0; q < per_byte; q++) {
-                    int r0 = g0 + q * stride, r1 = g1 + q * stride < p->rows ? g1 + q * stride : p->rows;
-                    if (r1 <= r0) continue;
-                    if (j->gated)
-                        kern->relu2_sums(out + r0, acc + r0, f, up->acc + (size_t)t * up->rows + r0,
-                                         divide ? 1.0f / (s * up->scale) : up->scale / s, r1 - r0);
-                    else
-                        kern->scale_sums(out + r0, acc + r0, f, r1 - r0, j->add);
-                }
-            }
+                kern->scale_sums(out + r0, acc + r0, f, r1 - r0, j->add);
         }
     }
+}
+
+/* Token chunk after chunk, threads take pieces of the row groups (see trit_share); a piece's sums do not depend on
+ * who computes them. A chunk's int32 sums reuse the previous chunk's buffer, so a thread whose next piece is in a
+ * later chunk first waits at a barrier for every thread to be done with the earlier ones. */
+static void run_matmul(void *arg, int ith, int nth) {
+    matmul_job *j = arg;
+    const thread_scratch *in = prepare_input(j, ith, nth);
+    const trit_config *c = &j->b->ctx->m->cfg;
+    int chunk = token_chunk(j->cols), chunks = (j->b->n + chunk - 1) / chunk, passed = 0, a, e;
+    while (trit_share_claim(&j->share, nth, &a, &e)) {
+        int ci = a / j->chunk_groups, c0 = ci * chunk, nc = j->b->n - c0 < chunk ? j->b->n - c0 : chunk;
+        for (; passed < ci; passed++) trit_pool_barrier(j->b->ctx->m->pool);
+        a -= ci * j->chunk_groups;
+        e -= ci * j->chunk_groups;
+        for (int k = 0, first = 0; k < (j->gated ? 1 : j->n_proj); first += row_groups(c, j->p[k].rows), k++) {
+            int groups = row_groups(c, j->p[k].rows), g0 = a > first ? a - first : 0;
+            int g1 = e - first < groups ? e - first : groups;
+            if (g0 < g1) matmul_piece(j, in, c0, nc, k, g0, g1);
+        }
+    }
+    for (; passed < chunks - 1; passed++) trit_pool_barrier(j->b->ctx->m->pool);
 }
 
 static void matmul(const batch *b, const float *x, int x_stride, const float *norm, int cols, int add, int gated,
                    int n_proj, const projection *p) {
-    matmul_job j = {b, x, x_stride, norm, cols, add, gated, n_proj, {{0}}};
+    matmul_job j = {b, x, x_stride, norm, cols, add, gated, n_proj, {{0}}, 0, {0}};
+    const trit_config *c = &b->ctx->m->cfg;
     int32_t *acc = b->ctx->acc;
+    int chunk = token_chunk(cols), chunks = (b->n + chunk - 1) / chunk;
     for (int k = 0; k < n_proj; k++) {
         j.p[k] = p[k];
         j.p[k].acc = acc;
-        acc += (size_t)(b->n < token_chunk(cols) ? b->n : token_chunk(cols)) * p[k].rows; /* room for one chunk */
+        acc += (size_t)(b->n < chunk ? b->n : chunk) * p[k].rows; /* room for one chunk */
+        if (!gated || k == 0) j.chunk_groups += row_groups(c, p[k].rows);
     }
+    /* pieces of at least ~32 KB of weights: the claim costs far less than reading them */
+    trit_share_init(&j.share, chunks * j.chunk_groups, j.chunk_groups, (32768 + cols - 1) / cols);
     trit_pool_run(b->ctx->m->pool, run_matmul, &j);
 }
 
-/* RoPE on the new queries and keys; keys and values into the fp16 cache. */
-static void run_rope_store(void *arg, int ith, int nth) {
-    const batch *b = arg;
+/* RoPE on token t's queries and keys of kv heads [h0, h1) (and the query heads that read them); those keys and
+ * values into the fp16 cache. */
+static void rope_store(const batch *b, int t, int h0, int h1) {
     trit_context *ctx = b->ctx;
     const trit_config *c = &ctx->m->cfg;
-    int KV = kv_dim(c), half = c->head_dim / 2, t0, t1;
-    trit_split(b->n, ith, nth, &t0, &t1);
-    for (int t = t0; t < t1; t++) {
-        int pos = b->pos0 + t;
-        const float *cs = ctx->m->rope_cos + (size_t)pos * half, *sn = ctx->m->rope_sin + (size_t)pos * half;
-        float *k = ctx->kv + (size_t)t * 2 * KV, *v = k + KV;
-        trit_rope_apply(ctx->q + (size_t)t * c->hidden_size, c->n_heads, c->head_dim, cs, sn);
-        trit_rope_apply(k, c->n_kv_heads, c->head_dim, cs, sn);
-        for (int h = 0; h < c->n_kv_heads; h++) {
-            size_t at = (((size_t)b->layer * c->n_kv_heads + h) * ctx->n_ctx + pos) * c->head_dim;
-            b->kern->to_f16(ctx->k_cache + at, k + (size_t)h * c->head_dim, c->head_dim);
-            b->kern->to_f16(ctx->v_cache + at, v + (size_t)h * c->head_dim, c->head_dim);
-        }
+    int KV = kv_dim(c), half = c->head_dim / 2, group = c->n_heads / c->n_kv_heads, pos = b->pos0 + t;
+    const float *cs = ctx->m->rope_cos + (size_t)pos * half, *sn = ctx->m->rope_sin + (size_t)pos * half;
+    float *k = ctx->kv + (size_t)t * 2 * KV, *v = k + KV;
+    trit_rope_apply(ctx->q + (size_t)t * c->hidden_size + (size_t)h0 * group * c->head_dim, (h1 - h0) * group,
+                    c->head_dim, cs, sn);
+    trit_rope_apply(k + (size_t)h0 * c->head_dim, h1 - h0, c->head_dim, cs, sn);
+    for (int h = h0; h < h1; h++) {
+        size_t at = (((size_t)b->layer * c->n_kv_heads + h) * ctx->n_ctx + pos) * c->head_dim;
+        b->kern->to_f16(ctx->k_cache + at, k + (size_t)h * c->head_dim, c->head_dim);
+        b->kern->to_f16(ctx->v_cache + at, v + (size_t)h * c->head_dim, c->head_dim);
     }
+}
+
+static void run_rope_store(void *arg, int ith, int nth) {
+    const batch *b = arg;
+    int t0, t1;
+    trit_split(b->n, ith, nth, &t0, &t1);
+    for (int t = t0; t < t1; t++) rope_store(b, t, 0, b->ctx->m->cfg.n_kv_heads);
+}
+
+/* Tokens attended as one block: up to TRIT_ATTEND_ROWS query rows. */
+static int attention_block(const trit_config *c) {
+    int group = c->n_heads / c->n_kv_heads;
+    return group < TRIT_ATTEND_ROWS ? TRIT_ATTEND_ROWS / group : 1;
 }
 
 /* Causal grouped-query attention: one (block of tokens, kv head) pair per item, with the query heads h that read kv
  * head h / (H / KV) together, so they share every key and value read. The blocks do not depend on the threads, so
- * neither do the results. */
+ * neither do the results. When the batch is a single block (decoding), an item first does RoPE and the cache store
+ * of its own kv head, which no other item reads: one job and one barrier less a layer. */
 static void run_attention(void *arg, int ith, int nth) {
     const batch *b = arg;
     trit_context *ctx = b->ctx;
     const trit_config *c = &ctx->m->cfg;
-    int group = c->n_heads / c->n_kv_heads, per_block = group < TRIT_ATTEND_ROWS ? TRIT_ATTEND_ROWS / group : 1;
+    int group = c->n_heads / c->n_kv_heads, per_block = attention_block(c);
     int blocks = (b->n + per_block - 1) / per_block;
     float *scratch = ctx->threads[ith].scores;
     /* round robin: a later block attends to more positions, so contiguous shares would be uneven */
     for (int i = ith; i < blocks * c->n_kv_heads; i += nth) {
         int t0 = i / c->n_kv_heads * per_block, kvh = i % c->n_kv_heads;
         int nt = b->n - t0 < per_block ? b->n - t0 : per_block;
+        if (blocks == 1)
+            for (int t = 0; t < nt; t++) rope_store(b, t, kvh, kvh + 1);
         size_t head_at = (size_t)t0 * c->hidden_size + (size_t)kvh * group * c->head_dim;
         size_t kv_at = ((size_t)b->layer * c->n_kv_heads + kvh) * ctx->n_ctx * c->head_dim;
         trit_attend_tokens(b->kern, ctx->att + head_at, ctx->q + head_at, c->hidden_size, ctx->k_cache + kv_at,
@@ -429,7 +480,8 @@ static void run_attention(void *arg, int ith, int nth) {
 
 static void run_pool_job(const batch *b, trit_task_fn fn) { trit_pool_run(b->ctx->m->pool, fn, (void *)b); }
 
-/* Six jobs a layer, each ending in a barrier: q/k/v, RoPE and the cache, attention, o, gate/up, down. */
+/* Six jobs a layer, each ending in a barrier: q/k/v, RoPE and the cache (within attention when decoding), attention,
+ * o, gate/up, down. */
 static void forward_layer(batch *b) {
     trit_context *ctx = b->ctx;
     const trit_config *c = &ctx->m->cfg;
@@ -443,7 +495,7 @@ static void forward_layer(batch *b) {
         {L->v, KV, L->v_scale, ctx->kv + KV, 2 * KV, NULL},
     };
     matmul(b, ctx->x, H, L->input_norm, H, 0, 0, 3, qkv);
-    run_pool_job(b, run_rope_store);
+    if (b->n > attention_block(c)) run_pool_job(b, run_rope_store);
     run_pool_job(b, run_attention);
     projection o = {L->o, H, L->o_scale, ctx->x, H, NULL};
     matmul(b, ctx->att, H, L->attn_sub_norm, H, 1, 0, 1, &o);
@@ -463,6 +515,7 @@ typedef struct {
     const batch *b;
     int first;
     float *logits;
+    trit_share share; /* the vocabulary's rows */
 } head_job;
 
 static void run_final_norm(void *arg, int ith, int nth) {
@@ -485,36 +538,50 @@ void trit_output_head(const trit_kernel *kern, int head_type, const void *head, 
         kern->bf16_matmul(logits, vocab, head, hidden, x, n_tokens, r0, r1);
 }
 
-/* The candidates a compact head may misorder: the RESCORE highest logits of a token, recomputed from the exact bf16
- * rows. Chosen over the whole vocabulary (not per thread's share), so the result does not depend on the threads. */
-#define RESCORE 32
-
-static void rescore_best(const trit_kernel *kern, const trit_model *m, float *logits, const float *x) {
-    int best[RESCORE], n = 0;
-    for (int r = 0; r < m->cfg.vocab_size; r++) {
-        if (n == RESCORE && logits[r] <= logits[best[n - 1]]) continue;
-        int i = n < RESCORE ? n++ : n - 1; /* insert, keeping best[] sorted from high to low */
-        for (; i > 0 && logits[best[i - 1]] < logits[r]; i--) best[i] = best[i - 1];
-        best[i] = r;
-    }
-    for (int i = 0; i < n; i++)
-        kern->bf16_matmul(logits, 0, m->w.embed, m->cfg.hidden_size, x, 1, best[i], best[i] + 1);
+/* Higher logit first; of equal logits the lower token id, so the set chosen is unique. */
+static int ranks_before(const candidate *a, const candidate *b) {
+    return a->value > b->value || (a->value == b->value && a->index < b->index);
 }
 
+/* Inserts into best[0..*n), kept in rank order and at most RESCORE long. */
+static void consider(candidate *best, int *n, candidate c) {
+    if (*n == RESCORE && !ranks_before(&c, &best[*n - 1])) return;
+    int i = *n < RESCORE ? (*n)++ : *n - 1;
+    for (; i > 0 && ranks_before(&c, &best[i - 1]); i--) best[i] = best[i - 1];
+    best[i] = c;
+}
+
+/* Threads take pieces of the vocabulary; with a compact head, each then keeps its best rows per token, and after a
+ * barrier every thread merges all the lists of a token and rescores its share of the winners. */
 static void run_head(void *arg, int ith, int nth) {
     head_job *j = arg;
     const trit_model *m = j->b->ctx->m;
     const trit_config *c = &m->cfg;
-    int r0, r1, n = j->b->n - j->first;
-    trit_split(c->vocab_size, ith, nth, &r0, &r1);
-    const void *head = m->w.head_type == TRIT_HEAD_BF16 ? (const void *)m->w.embed : m->w.head;
+    thread_scratch *ts = j->b->ctx->threads;
+    int r0, r1, n = j->b->n - j->first, compact = m->w.head_type != TRIT_HEAD_BF16;
+    const void *head = compact ? m->w.head : (const void *)m->w.embed;
     const float *x = j->b->ctx->xn + (size_t)j->first * c->hidden_size;
-    trit_output_head(j->b->kern, m->w.head_type, head, m->w.head_scales, j->logits, c->vocab_size, c->hidden_size,
-                     x, n, r0, r1);
-    if (m->w.head_type == TRIT_HEAD_BF16) return;
-    trit_pool_barrier(m->pool); /* every logit of the compact head is in */
-    for (int t = ith; t < n; t += nth)
-        rescore_best(j->b->kern, m, j->logits + (size_t)t * c->vocab_size, x + (size_t)t * c->hidden_size);
+    for (int t = 0; t < n; t++) ts[ith].n_best[t] = 0;
+    while (trit_share_claim(&j->share, nth, &r0, &r1)) {
+        trit_output_head(j->b->kern, m->w.head_type, head, m->w.head_scales, j->logits, c->vocab_size,
+                         c->hidden_size, x, n, r0, r1);
+        for (int t = 0; compact && t < n; t++) {
+            const float *logits = j->logits + (size_t)t * c->vocab_size;
+            candidate *best = ts[ith].best + (size_t)t * RESCORE;
+            for (int r = r0; r < r1; r++) consider(best, &ts[ith].n_best[t], (candidate){logits[r], r});
+        }
+    }
+    if (!compact) return;
+    trit_pool_barrier(m->pool); /* every thread's candidates are in */
+    for (int t = 0; t < n; t++) {
+        candidate best[RESCORE];
+        int n_best = 0;
+        for (int i = 0; i < nth; i++)
+            for (int k = 0; k < ts[i].n_best[t]; k++) consider(best, &n_best, ts[i].best[(size_t)t * RESCORE + k]);
+        for (int k = (t * RESCORE + ith) % nth; k < n_best; k += nth)
+            j->b->kern->bf16_matmul(j->logits + (size_t)t * c->vocab_size, 0, m->w.embed, c->hidden_size,
+                                    x + (size_t)t * c->hidden_size, 1, best[k].index, best[k].index + 1);
+    }
 }
 
 static void forward_batch(trit_context *ctx, const int32_t *tokens, int n, float *logits, int first_logit) {
@@ -529,7 +596,8 @@ static void forward_batch(trit_context *ctx, const int32_t *tokens, int n, float
     for (b.layer = 0; b.layer < c->n_layers; b.layer++) forward_layer(&b);
     run_pool_job(&b, run_final_norm);
     if (logits && first_logit < n) {
-        head_job j = {&b, first_logit, logits};
+        head_job j = {&b, first_logit, logits, {0}};
+        trit_share_init(&j.share, c->vocab_size, 0, 256);
         trit_pool_run(m->pool, run_head, &j);
     }
     ctx->n_past += n;

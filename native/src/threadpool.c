@@ -146,3 +146,25 @@ void trit_pool_run(trit_pool *pool, trit_task_fn fn, void *arg) {
             cpu_relax();
     }
 }
+
+void trit_share_init(trit_share *s, int total, int segment, int min_piece) {
+    atomic_init(&s->next, 0);
+    s->total = total;
+    s->segment = segment > 0 ? segment : total;
+    s->min_piece = min_piece > 0 ? min_piece : 1;
+}
+
+int trit_share_claim(trit_share *s, int nth, int *begin, int *end) {
+    int b = atomic_load_explicit(&s->next, memory_order_relaxed), e;
+    do {
+        if (b >= s->total) return 0;
+        int segment_end = (b / s->segment + 1) * s->segment;
+        if (segment_end > s->total) segment_end = s->total;
+        int piece = (segment_end - b) / (2 * nth);
+        if (piece < s->min_piece) piece = s->min_piece;
+        e = b + piece < segment_end ? b + piece : segment_end;
+    } while (!atomic_compare_exchange_weak_explicit(&s->next, &b, e, memory_order_relaxed, memory_order_relaxed));
+    *begin = b;
+    *end = e;
+    return 1;
+}

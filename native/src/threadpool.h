@@ -3,6 +3,8 @@
 #ifndef TRIT_THREADPOOL_H
 #define TRIT_THREADPOOL_H
 
+#include <stdatomic.h>
+
 typedef void (*trit_task_fn)(void *arg, int ith, int nth);
 typedef struct trit_pool trit_pool;
 
@@ -22,5 +24,18 @@ static inline void trit_split(int n, int ith, int nth, int *begin, int *end) {
     *begin = b < n ? b : n;
     *end = e < n ? e : n;
 }
+
+/* Items [0, total) handed out in pieces while a job runs, so a thread that finishes early takes more instead of
+ * waiting for a slower one at the end (decoding is bound by the memory bus, and the two threads rarely get equal
+ * shares of it). Pieces start at about 1/(2n) of what is left and shrink to min_piece; none crosses a multiple of
+ * `segment`. Callers make sure a piece's result does not depend on which thread computes it. */
+typedef struct {
+    atomic_int next;
+    int total, segment, min_piece;
+} trit_share;
+
+void trit_share_init(trit_share *s, int total, int segment, int min_piece);
+/* The next piece [*begin, *end) for one of nth threads; 0 once every item is taken. */
+int trit_share_claim(trit_share *s, int nth, int *begin, int *end);
 
 #endif
