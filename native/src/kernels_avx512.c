@@ -164,116 +164,156 @@ static t5_tables make_t5_tables(void) {
 DEFINE_T5_TILE(t5_tile1, EACH1)
 DEFINE_T5_TILE(t5_tile2, EACH2)
 
-/* A batch: each row group is decoded once into five code rows in scratch (L1/L2), and tiles of 5 rows x 4 tokens
- * read them back, so decoding costs nothing per token and the tile is bound by vpdpbusd, as for TQ2. */
-#define T5_SCRATCH_COLS 8192
+/* In place: r[i] becomes column i of the 16x16 matrix whose rows were r[0..15]. */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+        r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
+    }
+}
 
-static void t5_decode_rows(uint8_t *codes, const uint8_t *row, int cols, const t5_tables *tables) {
+/* A batch with rows in lanes: 16 row groups at a time are decoded so that lane j of a vector holds the four codes of
+ * row g + j at four columns, and a token's four activations there are broadcast to every lane (vpdpbusd's embedded
+ * broadcast). Each of the five vectors then makes 16 rows' sums at once: nothing is summed across lanes (per-row
+ * tiles of 5 rows x 4 tokens spent about a tenth of their instructions on that, and ran vpdpbusd at ~80% of its
+ * peak; these run at ~90%). Columns go in slabs so the codes stay in L2. */
+#define LANE_GROUPS TRIT_ROW_GROUP_BLOCK
+#define LANE_SLAB 1024 /* columns; 5 digits x 1024 x 16 groups = 80 KB of codes */
+
+/* codes[c4][digit][64]: for columns [c0, c0 + 4 * n4) of groups [g, g + ng) (missing groups give unused lanes) */
+static void t5_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, int g, int ng, int c0, int n4,
+                            const t5_tables *tables) {
     const t5_tables tab = *tables;
     const __m512i n81 = _mm512_set1_epi8(81), n162 = _mm512_set1_epi8((char)162), one = _mm512_set1_epi8(1);
-    for (int c = 0; c < cols; c += 64) {
-        __mmask64 live = cols - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (cols - c)) - 1);
-        __m512i b = _mm512_maskz_loadu_epi8(live, row + c);
-        T5_DECODE(b);
-        _mm512_storeu_si512(codes + c, d0);
-        _mm512_storeu_si512(codes + T5_SCRATCH_COLS + c, d1);
-        _mm512_storeu_si512(codes + 2 * T5_SCRATCH_COLS + c, d2);
-        _mm512_storeu_si512(codes + 3 * T5_SCRATCH_COLS + c, d3);
-        _mm512_storeu_si512(codes + 4 * T5_SCRATCH_COLS + c, d4);
+    for (int c = 0; c < 4 * n4; c += 64) {
+        int n = 4 * n4 - c < 64 ? 4 * n4 - c : 64;
+        __mmask64 live = n == 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
+        __m512 r[16];
+        for (int j = 0; j < 16; j++) /* row j: 64 bytes = 16 dwords of four columns */
+            r[j] = _mm512_castsi512_ps(j < ng ? _mm512_maskz_loadu_epi8(live, packed + (size_t)(g + j) * cols + c0 + c)
+                                              : _mm512_setzero_si512());
+        transpose16(r); /* r[i]: the dword of four columns c + 4i of every row, row j in lane j */
+        for (int i = 0; i < n / 4; i++) {
+            __m512i b = _mm512_castps_si512(r[i]);
+            T5_DECODE(b);
+            uint8_t *at = codes + (size_t)(c / 4 + i) * 5 * 64;
+            _mm512_store_si512(at, d0);
+            _mm512_store_si512(at + 64, d1);
+            _mm512_store_si512(at + 128, d2);
+            _mm512_store_si512(at + 192, d3);
+            _mm512_store_si512(at + 256, d4);
+        }
     }
 }
 
-#define CODE_DECL(i) __m512i f0_##i = _mm512_setzero_si512(), f1_##i = f0_##i, f2_##i = f0_##i, f3_##i = f0_##i, f4_##i = f0_##i;
-#define CODE_STEP(i, load)                                                                                        \
-    {                                                                                                             \
-        __m512i xv = load;                                                                                        \
-        dpbusd(&f0_##i, d0, xv);                                                                                  \
-        dpbusd(&f1_##i, d1, xv);                                                                                  \
-        dpbusd(&f2_##i, d2, xv);                                                                                  \
-        dpbusd(&f3_##i, d3, xv);                                                                                  \
-        dpbusd(&f4_##i, d4, xv);                                                                                  \
-    }
-#define CODE_FULL(i) CODE_STEP(i, _mm512_loadu_si512(x + (size_t)(i) * cols + c))
-#define CODE_TAIL(i) CODE_STEP(i, _mm512_maskz_loadu_epi8(live, x + (size_t)(i) * cols + c))
-#define CODE_STORE(i)                                                                                             \
-    {                                                                                                             \
-        int32_t *o = out + (size_t)(t0 + i) * rows + g, s = xsum[t0 + i];                                         \
-        T5_STORE_ONE(f0_##i, 0) T5_STORE_ONE(f1_##i, 1) T5_STORE_ONE(f2_##i, 2) T5_STORE_ONE(f3_##i, 3)           \
-        T5_STORE_ONE(f4_##i, 4)                                                                                   \
-    }
-/* lane j = the sum of v[j]'s lanes: 16 horizontal sums in 15 adds and 30 shuffles instead of 16 reductions */
-static inline __m512i sum16_epi32(const __m512i v[16]) {
-    __m512i s[8], t[4], c[2];
-    for (int p = 0; p < 8; p++) /* per 128-bit lane: a0+a2 b0+b2 a1+a3 b1+b3 */
-        s[p] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * p], v[2 * p + 1]), _mm512_unpackhi_epi32(v[2 * p], v[2 * p + 1]));
-    for (int p = 0; p < 4; p++) /* per 128-bit lane: a b c d, each summed over the lane */
-        t[p] = _mm512_add_epi32(_mm512_unpacklo_epi64(s[2 * p], s[2 * p + 1]), _mm512_unpackhi_epi64(s[2 * p], s[2 * p + 1]));
-    for (int p = 0; p < 2; p++)
-        c[p] = _mm512_add_epi32(_mm512_shuffle_i32x4(t[2 * p], t[2 * p + 1], 0x88), _mm512_shuffle_i32x4(t[2 * p], t[2 * p + 1], 0xdd));
-    return _mm512_add_epi32(_mm512_shuffle_i32x4(c[0], c[1], 0x88), _mm512_shuffle_i32x4(c[0], c[1], 0xdd));
+/* acc += dot(u8 w, s8 x broadcast from *x to every lane) */
+static inline __attribute__((always_inline)) void dpbusd_bcast(__m512i *acc, __m512i w, const int32_t *x) {
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(*acc) : "v"(w), "m"(*x));
+#else
+    *acc = _mm512_dpbusd_epi32(*acc, w, _mm512_set1_epi32(*x));
+#endif
 }
 
-/* tile4's 20 sums: rows 0-3 of the four tokens through sum16_epi32, row 4 one by one */
-#define CODE_STORE_TILE4                                                                                          \
+#define EACH3(F) F(0) F(1) F(2)
+#define EACH5(F) F(0) F(1) F(2) F(3) F(4)
+#define LANE_DECL(i) __m512i h0_##i = _mm512_setzero_si512(), h1_##i = h0_##i, h2_##i = h0_##i, h3_##i = h0_##i, h4_##i = h0_##i;
+#define LANE_STEP(i)                                                                                              \
     {                                                                                                             \
-        const __m512i v[16] = {f0_0, f1_0, f2_0, f3_0, f0_1, f1_1, f2_1, f3_1,                                    \
-                               f0_2, f1_2, f2_2, f3_2, f0_3, f1_3, f2_3, f3_3};                                   \
-        _Alignas(64) int32_t lane[16];                                                                            \
-        _mm512_store_si512(lane, sum16_epi32(v));                                                                 \
-        const __m512i f4[4] = {f4_0, f4_1, f4_2, f4_3};                                                           \
-        for (int i = 0; i < 4; i++) {                                                                             \
-            int32_t *o = out + (size_t)(t0 + i) * rows + g, s = xsum[t0 + i];                                     \
-            for (int j = 0; j < 4; j++)                                                                           \
-                if (g + j * groups < rows) o[j * groups] = lane[4 * i + j] - s;                                   \
-            T5_STORE_ONE(f4[i], 4)                                                                                \
+        const int32_t *xi = (const int32_t *)(x + (size_t)(i) * cols) + c;                                        \
+        dpbusd_bcast(&h0_##i, w0, xi);                                                                            \
+        dpbusd_bcast(&h1_##i, w1, xi);                                                                            \
+        dpbusd_bcast(&h2_##i, w2, xi);                                                                            \
+        dpbusd_bcast(&h3_##i, w3, xi);                                                                            \
+        dpbusd_bcast(&h4_##i, w4, xi);                                                                            \
+    }
+/* rows g..g+15 of digit j for token i: the first slab writes sum - xsum, later slabs add */
+#define LANE_STORE_ONE(acc, j, i)                                                                                  \
+    {                                                                                                             \
+        int r0 = (j) * groups + g, n = rows - r0 < ng ? rows - r0 : ng;                                           \
+        if (n > 0) {                                                                                              \
+            __mmask16 m = (__mmask16)((1u << n) - 1);                                                             \
+            int32_t *o = out + (size_t)(t0 + i) * rows + r0;                                                      \
+            __m512i v = first ? _mm512_sub_epi32(acc, _mm512_set1_epi32(xsum[t0 + i]))                            \
+                              : _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(m, o));                            \
+            _mm512_mask_storeu_epi32(o, m, v);                                                                    \
         }                                                                                                         \
     }
-#define STORE_EACH(EACH) EACH(CODE_STORE)
-#define STORE_TILE4(EACH) CODE_STORE_TILE4
-#define LOAD_CODES(load)                                                                                          \
-    __m512i d0 = load(codes + c), d1 = load(codes + T5_SCRATCH_COLS + c), d2 = load(codes + 2 * T5_SCRATCH_COLS + c), \
-            d3 = load(codes + 3 * T5_SCRATCH_COLS + c), d4 = load(codes + 4 * T5_SCRATCH_COLS + c)
-#define LOAD_FULL(p) _mm512_loadu_si512(p)
-#define LOAD_LIVE(p) _mm512_maskz_loadu_epi8(live, p)
-
-#define DEFINE_CODE_TILE(NAME, EACH, STORE)                                                                       \
-    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *codes, int rows, int cols,           \
-                                               const int8_t *xq, const int32_t *xsum, int t0, int g) {           \
-        const int groups = trit_t5_groups(rows), full = cols & ~63;                                               \
-        const int8_t *x = xq + (size_t)t0 * cols;                                                                 \
-        EACH(CODE_DECL)                                                                                           \
-        int c = 0;                                                                                                \
-        for (; c < full; c += 64) {                                                                               \
-            LOAD_CODES(LOAD_FULL);                                                                                \
-            EACH(CODE_FULL)                                                                                       \
-        }                                                                                                         \
-        if (c < cols) {                                                                                           \
-            __mmask64 live = ((__mmask64)1 << (cols - c)) - 1;                                                    \
-            LOAD_CODES(LOAD_LIVE);                                                                                \
-            EACH(CODE_TAIL)                                                                                       \
-        }                                                                                                         \
-        STORE(EACH)                                                                                               \
+#define LANE_STORE(i)                                                                                             \
+    {                                                                                                             \
+        LANE_STORE_ONE(h0_##i, 0, i) LANE_STORE_ONE(h1_##i, 1, i) LANE_STORE_ONE(h2_##i, 2, i)                    \
+        LANE_STORE_ONE(h3_##i, 3, i) LANE_STORE_ONE(h4_##i, 4, i)                                                 \
     }
+#define DEFINE_LANE_TILE(NAME, EACH)                                                                              \
+    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *codes, int rows, int cols, int c0,    \
+                                               int n4, const int8_t *xq, const int32_t *xsum, int t0, int g,      \
+                                               int ng, int first) {                                               \
+        const int groups = trit_t5_groups(rows);                                                                  \
+        const int8_t *x = xq + (size_t)t0 * cols + c0;                                                            \
+        EACH(LANE_DECL)                                                                                           \
+        for (int c = 0; c < n4; c++) {                                                                            \
+            const uint8_t *w = codes + (size_t)c * 5 * 64;                                                        \
+            __m512i w0 = _mm512_load_si512(w), w1 = _mm512_load_si512(w + 64), w2 = _mm512_load_si512(w + 128),   \
+                    w3 = _mm512_load_si512(w + 192), w4 = _mm512_load_si512(w + 256);                             \
+            EACH(LANE_STEP)                                                                                       \
+        }                                                                                                         \
+        EACH(LANE_STORE)                                                                                          \
+    }
+DEFINE_LANE_TILE(lane_tile5, EACH5)
+DEFINE_LANE_TILE(lane_tile4, EACH4)
+DEFINE_LANE_TILE(lane_tile3, EACH3)
+DEFINE_LANE_TILE(lane_tile2, EACH2)
+DEFINE_LANE_TILE(lane_tile1, EACH1)
 
-DEFINE_CODE_TILE(code_tile4, EACH4, STORE_TILE4)
-DEFINE_CODE_TILE(code_tile1, EACH1, STORE_EACH)
+static void t5_matmul_lanes(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
+                            const int32_t *xsum, int n_tokens, int g0, int g1, const t5_tables *tables) {
+    _Alignas(64) uint8_t codes[LANE_SLAB / 4 * 5 * 64];
+    for (int g = g0; g < g1; g += LANE_GROUPS) {
+        int ng = g1 - g < LANE_GROUPS ? g1 - g : LANE_GROUPS;
+        for (int c0 = 0; c0 < cols; c0 += LANE_SLAB) {
+            int n4 = (cols - c0 < LANE_SLAB ? cols - c0 : LANE_SLAB) / 4, first = c0 == 0;
+            t5_decode_lanes(codes, packed, cols, g, ng, c0, n4, tables);
+            for (int j = 0; g + LANE_GROUPS + j < g1 && j < LANE_GROUPS; j++) /* the next block's slab, into L2 */
+                for (int c = 0; c < 4 * n4; c += 64)
+                    _mm_prefetch((const char *)packed + (size_t)(g + LANE_GROUPS + j) * cols + c0 + c, _MM_HINT_T1);
+            int t = 0;
+            for (; t + 5 <= n_tokens; t += 5) lane_tile5(out, codes, rows, cols, c0, n4, xq, xsum, t, g, ng, first);
+            switch (n_tokens - t) {
+            case 4: lane_tile4(out, codes, rows, cols, c0, n4, xq, xsum, t, g, ng, first); break;
+            case 3: lane_tile3(out, codes, rows, cols, c0, n4, xq, xsum, t, g, ng, first); break;
+            case 2: lane_tile2(out, codes, rows, cols, c0, n4, xq, xsum, t, g, ng, first); break;
+            case 1: lane_tile1(out, codes, rows, cols, c0, n4, xq, xsum, t, g, ng, first); break;
+            }
+        }
+    }
+}
 
 static void t5_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
                       int n_tokens, int g0, int g1) {
     const t5_tables tables = make_t5_tables();
-    if (n_tokens >= 8 && cols <= T5_SCRATCH_COLS) {
-        _Alignas(64) uint8_t codes[5 * T5_SCRATCH_COLS];
-        for (int tb = 0; tb < n_tokens; tb += TOKEN_BLOCK) {
-            int te = tb + TOKEN_BLOCK < n_tokens ? tb + TOKEN_BLOCK : n_tokens;
-            for (int g = g0; g < g1; g++) {
-                t5_decode_rows(codes, packed + (size_t)g * cols, cols, &tables);
-                if (g + 1 < g1) /* the next row arrives from memory while the tiles compute */
-                    for (int c = 0; c < cols; c += 64) _mm_prefetch((const char *)packed + (size_t)(g + 1) * cols + c, _MM_HINT_T1);
-                int t = tb;
-                for (; t + 4 <= te; t += 4) code_tile4(out, codes, rows, cols, xq, xsum, t, g);
-                for (; t < te; t++) code_tile1(out, codes, rows, cols, xq, xsum, t, g);
-            }
-        }
+    if (n_tokens >= 8 && cols % 4 == 0) { /* every real model; other widths take the per-row tiles below */
+        t5_matmul_lanes(out, packed, rows, cols, xq, xsum, n_tokens, g0, g1, &tables);
         return;
     }
     for (int tb = 0; tb < n_tokens; tb += TOKEN_BLOCK) {
@@ -463,34 +503,6 @@ static inline __m512 load_f16x16(const uint16_t *p) { return _mm512_cvtph_ps(_mm
 
 #define KEY_BLOCK 64 /* values of one block stay in L1 while every head of the group reads them */
 
-/* In place: r[i] becomes column i of the 16x16 matrix whose rows were r[0..15]. */
-static inline void transpose16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
-        __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
-        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-    }
-    for (int j = 0; j < 4; j++) {
-        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
-        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
-        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
-        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
-    }
-    for (int j = 0; j < 4; j++) {
-        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
-        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
-        r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
-        r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
-    }
-}
 
 /* One token (decoding). It rounds exactly as attend_tokens does, so a prompt gives the same logits whether it was
  * evaluated in one batch or token by token: each score is one chain of FMAs over d from 0, times the scale; the

@@ -418,8 +418,9 @@ static void matmul(const batch *b, const float *x, int x_stride, const float *no
         acc += (size_t)(b->n < chunk ? b->n : chunk) * p[k].rows; /* room for one chunk */
         if (!gated || k == 0) j.chunk_groups += row_groups(c, p[k].rows);
     }
-    /* pieces of at least ~32 KB of weights: the claim costs far less than reading them */
-    trit_share_init(&j.share, chunks * j.chunk_groups, j.chunk_groups, (32768 + cols - 1) / cols);
+    /* pieces of at least ~32 KB of weights (the claim costs far less than reading them), in whole blocks of the
+     * kernels' batch tiles */
+    trit_share_init(&j.share, chunks * j.chunk_groups, j.chunk_groups, (32768 + cols - 1) / cols, TRIT_ROW_GROUP_BLOCK);
     trit_pool_run(b->ctx->m->pool, run_matmul, &j);
 }
 
@@ -597,7 +598,7 @@ static void forward_batch(trit_context *ctx, const int32_t *tokens, int n, float
     run_pool_job(&b, run_final_norm);
     if (logits && first_logit < n) {
         head_job j = {&b, first_logit, logits, {0}};
-        trit_share_init(&j.share, c->vocab_size, 0, 256);
+        trit_share_init(&j.share, c->vocab_size, 0, 256, 16);
         trit_pool_run(m->pool, run_head, &j);
     }
     ctx->n_past += n;

@@ -147,11 +147,12 @@ void trit_pool_run(trit_pool *pool, trit_task_fn fn, void *arg) {
     }
 }
 
-void trit_share_init(trit_share *s, int total, int segment, int min_piece) {
+void trit_share_init(trit_share *s, int total, int segment, int min_piece, int grain) {
     atomic_init(&s->next, 0);
     s->total = total;
     s->segment = segment > 0 ? segment : total;
-    s->min_piece = min_piece > 0 ? min_piece : 1;
+    s->grain = grain > 0 ? grain : 1;
+    s->min_piece = min_piece > s->grain ? min_piece : s->grain;
 }
 
 int trit_share_claim(trit_share *s, int nth, int *begin, int *end) {
@@ -160,9 +161,12 @@ int trit_share_claim(trit_share *s, int nth, int *begin, int *end) {
         if (b >= s->total) return 0;
         int segment_end = (b / s->segment + 1) * s->segment;
         if (segment_end > s->total) segment_end = s->total;
-        int piece = (segment_end - b) / (2 * nth);
+        int piece = (segment_end - b) / (2 * nth), start = b - b / s->segment * s->segment;
         if (piece < s->min_piece) piece = s->min_piece;
-        e = b + piece < segment_end ? b + piece : segment_end;
+        e = b + piece;
+        e -= (e - (b - start)) % s->grain; /* end on a grain boundary of the segment */
+        if (e <= b) e = b + s->grain;
+        if (e > segment_end) e = segment_end;
     } while (!atomic_compare_exchange_weak_explicit(&s->next, &b, e, memory_order_relaxed, memory_order_relaxed));
     *begin = b;
     *end = e;

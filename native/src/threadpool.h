@@ -27,14 +27,15 @@ static inline void trit_split(int n, int ith, int nth, int *begin, int *end) {
 
 /* Items [0, total) handed out in pieces while a job runs, so a thread that finishes early takes more instead of
  * waiting for a slower one at the end (decoding is bound by the memory bus, and the two threads rarely get equal
- * shares of it). Pieces start at about 1/(2n) of what is left and shrink to min_piece; none crosses a multiple of
- * `segment`. Callers make sure a piece's result does not depend on which thread computes it. */
+ * shares of it). Pieces start at about 1/(2n) of what is left and shrink to min_piece; they are whole multiples of
+ * `grain` (a kernel's block) and none crosses a multiple of `segment`, except where a segment or the total ends.
+ * Callers make sure a piece's result does not depend on which thread computes it. */
 typedef struct {
     atomic_int next;
-    int total, segment, min_piece;
+    int total, segment, min_piece, grain;
 } trit_share;
 
-void trit_share_init(trit_share *s, int total, int segment, int min_piece);
+void trit_share_init(trit_share *s, int total, int segment, int min_piece, int grain);
 /* The next piece [*begin, *end) for one of nth threads; 0 once every item is taken. */
 int trit_share_claim(trit_share *s, int nth, int *begin, int *end);
 

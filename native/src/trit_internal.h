@@ -101,6 +101,9 @@ static inline int trit_t5_groups(int rows) { return (rows + 4) / 5; }
 
 /* Rows (token x query head) that attend_tokens kernels score at once, and their scratch: scores for every key and
  * row, plus f32 copies of a block of keys and values. */
+/* Row groups (packed byte rows) a batch kernel computes together: threads take a matmul's rows in multiples of it. */
+#define TRIT_ROW_GROUP_BLOCK 16
+
 #define TRIT_ATTEND_ROWS 32
 #define TRIT_ATTEND_KEY_BLOCK 32
 #define TRIT_ATTEND_SCRATCH(n_keys, head_dim, group)                                                              \
