@@ -413,11 +413,21 @@ static void q4_matmul(float *out, int out_stride, const uint8_t *w, const uint16
         trit_kernel_avx2.q4_matmul(out, out_stride, w, scales, cols, x, n_tokens, r0, r1);
         return;
     }
+    /* One 64-byte load holds groups 2p and 2p+1: its low nibbles are their elements 0..31, its high nibbles 32..63.
+     * The activations are stored in that order (a pair's 128 as 0..31, 64..95, 32..63, 96..127), so both nibble
+     * vectors meet theirs without a shuffle; each then gives 256 a + b as one vpdpbusd into the other's shifted sum. */
     _Alignas(64) int8_t a[HEAD_MAX_COLS], b[HEAD_MAX_COLS];
     _Alignas(64) float block_x[HEAD_MAX_COLS / TRIT_Q4_BLOCK]; /* 8 * sum of (256 a + b) over each block */
-    const int groups = cols / TRIT_Q4_GROUP, blocks = cols / TRIT_Q4_BLOCK;
-    const __m256i low4 = _mm256_set1_epi8(15);
-    const __m512i first_idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), two = _mm512_set1_epi32(2);
+    const int blocks = cols / TRIT_Q4_BLOCK;
+    const __m512i low4 = _mm512_set1_epi8(15);
+    /* the scale of each lane, from the 16 scales of 4 pairs: low nibbles of pair p are blocks 4p (lanes 0-7) and
+     * 4p+2 (8-15), high nibbles blocks 4p+1 and 4p+3 */
+    __m512i idx_lo[4], idx_hi[4];
+    for (int p = 0; p < 4; p++) {
+        idx_lo[p] = _mm512_set_epi32(4 * p + 2, 4 * p + 2, 4 * p + 2, 4 * p + 2, 4 * p + 2, 4 * p + 2, 4 * p + 2,
+                                     4 * p + 2, 4 * p, 4 * p, 4 * p, 4 * p, 4 * p, 4 * p, 4 * p, 4 * p);
+        idx_hi[p] = _mm512_add_epi32(idx_lo[p], _mm512_set1_epi32(1));
+    }
     for (int t = 0; t < n_tokens; t++) {
         const float *xt = x + (size_t)t * cols;
         float amax = 0.0f;
@@ -427,33 +437,37 @@ static void q4_matmul(float *out, int out_stride, const uint8_t *w, const uint16
             int32_t sum = 0;
             for (int i = blk * TRIT_Q4_BLOCK; i < (blk + 1) * TRIT_Q4_BLOCK; i++) {
                 float hi = nearbyintf(xt[i] / s1), lo = nearbyintf((xt[i] - hi * s1) / s2);
-                a[i] = (int8_t)hi;
-                b[i] = (int8_t)(lo > 127.0f ? 127.0f : (lo < -128.0f ? -128.0f : lo));
-                sum += 256 * a[i] + b[i];
+                int at = (i & ~127) + ((i & 32) << 1) + ((i & 64) >> 1) + (i & 31); /* the pair order above */
+                a[at] = (int8_t)hi;
+                b[at] = (int8_t)(lo > 127.0f ? 127.0f : (lo < -128.0f ? -128.0f : lo));
+                sum += 256 * a[at] + b[at];
             }
             block_x[blk] = 8.0f * (float)sum;
         }
         for (int r = r0; r < r1; r++) {
             const uint8_t *row = w + (size_t)r * cols / 2;
             const uint16_t *rs = scales + (size_t)r * blocks;
-            __m512 acc = _mm512_setzero_ps(), offset = acc;
-            for (int g0 = 0; g0 < groups; g0 += 8) { /* 16 scales = 8 groups at a time */
-                __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rs + 2 * g0)));
-                offset = _mm512_fmadd_ps(d, _mm512_load_ps(block_x + 2 * g0), offset);
-                __m512i idx = first_idx;
-                for (int g = g0; g < g0 + 8; g++) {
-                    __m256i q = _mm256_loadu_si256((const __m256i *)(row + g * 32));
-                    __m512i nib = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, low4)),
-                                                     _mm256_and_si256(_mm256_srli_epi16(q, 4), low4), 1);
-                    __m512i pa = _mm512_setzero_si512(), pb = _mm512_setzero_si512();
-                    dpbusd(&pa, nib, _mm512_load_si512(a + g * TRIT_Q4_GROUP));
-                    dpbusd(&pb, nib, _mm512_load_si512(b + g * TRIT_Q4_GROUP));
-                    __m512 lanes = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(pa, 8), pb));
-                    acc = _mm512_fmadd_ps(lanes, _mm512_permutexvar_ps(idx, d), acc);
-                    idx = _mm512_add_epi32(idx, two);
+            __m512 acc_lo = _mm512_setzero_ps(), acc_hi = acc_lo, offset = acc_lo;
+            for (int c0 = 0; c0 < cols; c0 += 512) { /* 16 scales = 4 pairs at a time */
+                __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rs + c0 / TRIT_Q4_BLOCK)));
+                offset = _mm512_fmadd_ps(d, _mm512_load_ps(block_x + c0 / TRIT_Q4_BLOCK), offset);
+                for (int p = 0; p < 4; p++) {
+                    int c = c0 + 128 * p;
+                    __m512i q = _mm512_loadu_si512(row + c / 2);
+                    __m512i lo = _mm512_and_si512(q, low4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+                    __m512i s_lo = _mm512_setzero_si512(), s_hi = s_lo;
+                    dpbusd(&s_lo, lo, _mm512_load_si512(a + c));
+                    dpbusd(&s_hi, hi, _mm512_load_si512(a + c + 64));
+                    s_lo = _mm512_slli_epi32(s_lo, 8);
+                    s_hi = _mm512_slli_epi32(s_hi, 8);
+                    dpbusd(&s_lo, lo, _mm512_load_si512(b + c));
+                    dpbusd(&s_hi, hi, _mm512_load_si512(b + c + 64));
+                    acc_lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s_lo), _mm512_permutexvar_ps(idx_lo[p], d), acc_lo);
+                    acc_hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s_hi), _mm512_permutexvar_ps(idx_hi[p], d), acc_hi);
                 }
             }
-            out[(size_t)t * out_stride + r] = s2 * (_mm512_reduce_add_ps(acc) - _mm512_reduce_add_ps(offset));
+            out[(size_t)t * out_stride + r] =
+                s2 * (_mm512_reduce_add_ps(_mm512_add_ps(acc_lo, acc_hi)) - _mm512_reduce_add_ps(offset));
         }
     }
 }
