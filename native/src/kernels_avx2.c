@@ -175,7 +175,6 @@ static float quantize(int8_t *xq, int32_t *sum, const float *x, int n) {
     return s;
 }
 
-static float dot_f16(const uint16_t *a, const float *b, int n);
 
 /* e^x for x <= 0: x = n ln2 + r, a degree-6 polynomial for e^r, times 2^n built in the exponent bits. */
 static inline __m256 exp256(__m256 x) {
@@ -196,34 +195,44 @@ static inline __m256 exp256(__m256 x) {
 
 static inline __m256 load_f16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
-/* As in the AVX-512 kernel: the heads of a group share every key and value read; 16 registers allow 2 keys at a time
- * for the scores and 32 dimensions of 2 heads at a time for the values. */
+/* As in the AVX-512 kernel: the heads of a group share every key and value read; 16 registers allow 2 heads of a
+ * block of 32 keys at a time for the scores and 32 dimensions of 2 heads at a time for the values. */
 static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
                    int head_dim, int group, float *scores) {
     if (head_dim % 32 || head_dim > 128) {
         trit_kernel_scalar.attend(out, q, keys, values, kv_stride, n_keys, head_dim, group, scores);
         return;
     }
-    const int steps = head_dim / 8;
     const float scale = 1.0f / sqrtf((float)head_dim);
+    /* scores, two heads and a block of 32 keys (four vectors, keys in lanes) at a time */
+    for (int h0 = 0; h0 < group; h0 += 2) {
+        const float *q0 = q + (size_t)h0 * head_dim, *q1 = h0 + 1 < group ? q0 + head_dim : q0;
+        for (int k0 = 0; k0 < n_keys; k0 += TRIT_KEY_BLOCK) {
+            const uint16_t *kt = keys + trit_key_index(k0, 0, head_dim);
+            __m256 a[4], b[4];
+            for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
+            for (int d = 0; d < head_dim; d++) {
+                __m256 x0 = _mm256_set1_ps(q0[d]), x1 = _mm256_set1_ps(q1[d]);
+                for (int i = 0; i < 4; i++) {
+                    __m256 kv = load_f16x8(kt + (size_t)d * TRIT_KEY_BLOCK + 8 * i);
+                    a[i] = _mm256_fmadd_ps(x0, kv, a[i]);
+                    b[i] = _mm256_fmadd_ps(x1, kv, b[i]);
+                }
+            }
+            _Alignas(32) float s0[TRIT_KEY_BLOCK], s1[TRIT_KEY_BLOCK];
+            for (int i = 0; i < 4; i++) {
+                _mm256_store_ps(s0 + 8 * i, _mm256_mul_ps(a[i], _mm256_set1_ps(scale)));
+                _mm256_store_ps(s1 + 8 * i, _mm256_mul_ps(b[i], _mm256_set1_ps(scale)));
+            }
+            for (int k = k0; k < n_keys && k < k0 + TRIT_KEY_BLOCK; k++) {
+                scores[(size_t)h0 * n_keys + k] = s0[k - k0];
+                if (h0 + 1 < group) scores[(size_t)(h0 + 1) * n_keys + k] = s1[k - k0];
+            }
+        }
+    }
     for (int h = 0; h < group; h++) {
         float *sc = scores + (size_t)h * n_keys;
-        const float *qh = q + (size_t)h * head_dim;
-        int k = 0;
-        for (; k + 2 <= n_keys; k += 2) {
-            const uint16_t *k_row = keys + (size_t)k * kv_stride;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
-            for (int d = 0; d < steps; d += 2) {
-                __m256 q0 = _mm256_loadu_ps(qh + 8 * d), q1 = _mm256_loadu_ps(qh + 8 * d + 8);
-                a0 = _mm256_fmadd_ps(load_f16x8(k_row + 8 * d), q0, a0);
-                a1 = _mm256_fmadd_ps(load_f16x8(k_row + 8 * d + 8), q1, a1);
-                b0 = _mm256_fmadd_ps(load_f16x8(k_row + kv_stride + 8 * d), q0, b0);
-                b1 = _mm256_fmadd_ps(load_f16x8(k_row + kv_stride + 8 * d + 8), q1, b1);
-            }
-            sc[k] = hsum_f32(_mm256_add_ps(a0, a1)) * scale;
-            sc[k + 1] = hsum_f32(_mm256_add_ps(b0, b1)) * scale;
-        }
-        for (; k < n_keys; k++) sc[k] = dot_f16(keys + (size_t)k * kv_stride, qh, head_dim) * scale;
+        int k;
         float max = -INFINITY;
         for (k = 0; k < n_keys; k++) max = sc[k] > max ? sc[k] : max;
         __m256 vsum = _mm256_setzero_ps(), m = _mm256_set1_ps(max);
@@ -261,16 +270,6 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
             for (int h = 0; h < nh; h++)
                 for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + (size_t)(h0 + h) * head_dim + d0 + 8 * i, acc[h][i]);
         }
-}
-
-static float dot_f16(const uint16_t *a, const float *b, int n) {
-    __m256 s = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        s = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))), _mm256_loadu_ps(b + i), s);
-    float sum = hsum_f32(s);
-    for (; i < n; i++) sum += trit_f16_to_f32(a[i]) * b[i];
-    return sum;
 }
 
 static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
@@ -345,6 +344,5 @@ const trit_kernel trit_kernel_avx2 = {
     .relu2_sums = relu2_sums,
     .rmsnorm = rmsnorm,
     .to_f16 = to_f16,
-    .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
 };

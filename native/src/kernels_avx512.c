@@ -520,8 +520,8 @@ static inline __m512 load_f16x16(const uint16_t *p) { return _mm512_cvtph_ps(_mm
 
 /* One token (decoding). It rounds exactly as attend_tokens does, so a prompt gives the same logits whether it was
  * evaluated in one batch or token by token: each score is one chain of FMAs over d from 0, times the scale; the
- * softmax sums in key order; out accumulates p * V in key order. For that the keys go in lanes: a block of 32 keys is
- * converted and transposed (kt[d][key]) once, and every head of the group (four at a time) reads it. */
+ * softmax sums in key order; out accumulates p * V in key order. For that the keys go in lanes: the cache stores a
+ * block of 32 keys dimension by dimension (kt[d][key]), and every head of the group (four at a time) reads it. */
 static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
                    int head_dim, int group, float *scores) {
     if (head_dim % 64 || head_dim > 256) {
@@ -529,22 +529,10 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
         return;
     }
     const __m512 vscale = _mm512_set1_ps(1.0f / sqrtf((float)head_dim));
-    float *kt = scores + (size_t)group * n_keys; /* [head_dim][32] */
     static const float zero_q[256];               /* the missing heads of a last set of four */
     for (int k0 = 0; k0 < n_keys; k0 += 32) {
         int kb = n_keys - k0 < 32 ? n_keys - k0 : 32;
-        for (int half = 0; half < 2; half++)
-            for (int c = 0; c < head_dim; c += 16) {
-                __m512 r[16];
-                const uint16_t *k_at = keys + (size_t)(k0 + half * 16) * kv_stride + c;
-                if (kb == 32) /* the common case without a test per key */
-                    for (int j = 0; j < 16; j++) r[j] = load_f16x16(k_at + (size_t)j * kv_stride);
-                else
-                    for (int j = 0; j < 16; j++)
-                        r[j] = half * 16 + j < kb ? load_f16x16(k_at + (size_t)j * kv_stride) : _mm512_setzero_ps();
-                transpose16(r);
-                for (int i = 0; i < 16; i++) _mm512_storeu_ps(kt + (size_t)(c + i) * 32 + half * 16, r[i]);
-            }
+        const uint16_t *kt = keys + trit_key_index(k0, 0, head_dim); /* [head_dim][32]: keys in lanes */
         __mmask16 live_lo = kb >= 16 ? 0xffff : (__mmask16)((1u << kb) - 1);
         __mmask16 live_hi = kb <= 16 ? 0 : kb == 32 ? 0xffff : (__mmask16)((1u << (kb - 16)) - 1);
         for (int h0 = 0; h0 < group; h0 += 4) {
@@ -552,7 +540,7 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
             for (int h = 0; h < 4; h++) qh[h] = h0 + h < group ? q + (size_t)(h0 + h) * head_dim : zero_q;
             __m512 lo0 = _mm512_setzero_ps(), lo1 = lo0, lo2 = lo0, lo3 = lo0, hi0 = lo0, hi1 = lo0, hi2 = lo0, hi3 = lo0;
             for (int d = 0; d < head_dim; d++) {
-                __m512 a = _mm512_loadu_ps(kt + (size_t)d * 32), b = _mm512_loadu_ps(kt + (size_t)d * 32 + 16);
+                __m512 a = load_f16x16(kt + (size_t)d * 32), b = load_f16x16(kt + (size_t)d * 32 + 16);
                 __m512 q0 = _mm512_set1_ps(qh[0][d]), q1 = _mm512_set1_ps(qh[1][d]), q2 = _mm512_set1_ps(qh[2][d]),
                        q3 = _mm512_set1_ps(qh[3][d]);
                 lo0 = _mm512_fmadd_ps(q0, a, lo0), hi0 = _mm512_fmadd_ps(q0, b, hi0);
@@ -643,7 +631,7 @@ static void to_f32_block(float *dst, const uint16_t *src, int n_rows, int head_d
 
 #define SCORE_STEP(j)                                                                                             \
     {                                                                                                             \
-        __m512 kv = _mm512_set1_ps(kf[(k + (j)) * head_dim + d]);                                                 \
+        __m512 kv = _mm512_set1_ps(kf[d * KB + k + (j)]);                                                         \
         lo##j = _mm512_fmadd_ps(a, kv, lo##j);                                                                    \
         hi##j = _mm512_fmadd_ps(b, kv, hi##j);                                                                    \
     }
@@ -681,7 +669,7 @@ static void attend_tokens(float *out, const float *q, int q_stride, const uint16
         /* scores: st[k][r] */
         for (int k0 = 0; k0 < n_keys; k0 += KB) {
             int kb = n_keys - k0 < KB ? n_keys - k0 : KB;
-            to_f32_block(kf, keys + (size_t)k0 * head_dim, kb, head_dim);
+            to_f32_block(kf, keys + trit_key_index(k0, 0, head_dim), KB, head_dim); /* kf[d][key]: whole block */
             for (int k = 0; k < kb; k += 8) {
                 EACH8(ZERO2)
                 for (int d = 0; d < head_dim; d++) {
@@ -739,16 +727,6 @@ static void attend_tokens(float *out, const float *q, int q_stride, const uint16
 }
 #undef ROWS
 #undef KB
-
-static float dot_f16(const uint16_t *a, const float *b, int n) {
-    __m512 s = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        s = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(a + i))), _mm512_loadu_ps(b + i), s);
-    float sum = _mm512_reduce_add_ps(s);
-    for (; i < n; i++) sum += trit_f16_to_f32(a[i]) * b[i];
-    return sum;
-}
 
 static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
     __m512 va = _mm512_set1_ps(alpha);
@@ -822,6 +800,5 @@ const trit_kernel trit_kernel_avx512 = {
     .relu2_sums = relu2_sums,
     .rmsnorm = rmsnorm,
     .to_f16 = to_f16,
-    .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
 };

@@ -391,19 +391,6 @@ static float quantize(int8_t *xq, int32_t *sum, const float *x, int n) {
 static inline float32x4_t f16_lo(uint16x8_t v) { return vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(v))); }
 static inline float32x4_t f16_hi(uint16x8_t v) { return vcvt_high_f32_f16(vreinterpretq_f16_u16(v)); }
 
-static float dot_f16(const uint16_t *a, const float *b, int n) {
-    float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0;
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const uint16x8_t h = vld1q_u16(a + i);
-        s0 = vfmaq_f32(s0, f16_lo(h), vld1q_f32(b + i));
-        s1 = vfmaq_f32(s1, f16_hi(h), vld1q_f32(b + i + 4));
-    }
-    float sum = vaddvq_f32(vaddq_f32(s0, s1));
-    for (; i < n; i++) sum += trit_f16_to_f32(a[i]) * b[i];
-    return sum;
-}
-
 static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
     const float32x4_t va = vdupq_n_f32(alpha);
     int i = 0;
@@ -487,7 +474,6 @@ const trit_kernel trit_kernel_neon = {
     .relu2_sums = relu2_sums,
     .rmsnorm = rmsnorm,
     .to_f16 = to_f16,
-    .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
 };
 #endif

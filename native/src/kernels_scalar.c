@@ -89,12 +89,6 @@ static void q4_matmul(float *out, int out_stride, const uint8_t *w, const uint16
     }
 }
 
-static float dot_f16(const uint16_t *a, const float *b, int n) {
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += trit_f16_to_f32(a[i]) * b[i];
-    return sum;
-}
-
 static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
     for (int i = 0; i < n; i++) y[i] += alpha * trit_f16_to_f32(x[i]);
 }
@@ -146,6 +140,5 @@ const trit_kernel trit_kernel_scalar = {
     .relu2_sums = relu2_sums,
     .rmsnorm = trit_rmsnorm,
     .to_f16 = to_f16,
-    .dot_f16 = dot_f16,
     .axpy_f16 = axpy_f16,
 };

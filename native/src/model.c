@@ -51,7 +51,8 @@ typedef struct {
 struct trit_context {
     trit_model *m;
     int n_ctx, max_batch, n_past;
-    uint16_t *k_cache, *v_cache; /* fp16 [n_layers][n_kv_heads][n_ctx][head_dim]: one head's keys are contiguous */
+    int span;                    /* positions each head's cache holds: n_ctx in whole key blocks */
+    uint16_t *k_cache, *v_cache; /* fp16 [n_layers][n_kv_heads][span][head_dim]; keys in blocks (trit_key_index) */
     /* scratch for one batch */
     float *x;     /* [B][hidden] residual stream; projections o and down add into it */
     float *xn;    /* [B][hidden] the final normed state */
@@ -245,7 +246,8 @@ trit_context *trit_context_create(trit_model *m, int n_ctx, int max_batch) {
     ctx->n_ctx = n_ctx;
     ctx->max_batch = max_batch;
     size_t B = (size_t)max_batch, H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, KV = (size_t)kv_dim(c);
-    size_t cache = (size_t)c->n_layers * n_ctx * KV;
+    ctx->span = trit_key_blocks(n_ctx) * TRIT_KEY_BLOCK;
+    size_t cache = (size_t)c->n_layers * ctx->span * KV;
     /* calloc of a large block maps zero pages lazily: the cache costs memory only as it fills */
     ctx->k_cache = calloc(cache, sizeof(uint16_t));
     ctx->v_cache = calloc(cache, sizeof(uint16_t));
@@ -436,9 +438,10 @@ static void rope_store(const batch *b, int t, int h0, int h1) {
                     c->head_dim, cs, sn);
     trit_rope_apply(k + (size_t)h0 * c->head_dim, h1 - h0, c->head_dim, cs, sn);
     for (int h = h0; h < h1; h++) {
-        size_t at = (((size_t)b->layer * c->n_kv_heads + h) * ctx->n_ctx + pos) * c->head_dim;
-        b->kern->to_f16(ctx->k_cache + at, k + (size_t)h * c->head_dim, c->head_dim);
-        b->kern->to_f16(ctx->v_cache + at, v + (size_t)h * c->head_dim, c->head_dim);
+        size_t head = ((size_t)b->layer * c->n_kv_heads + h) * ctx->span * c->head_dim;
+        for (int d = 0; d < c->head_dim; d++) /* one column of a key block */
+            ctx->k_cache[head + trit_key_index(pos, d, c->head_dim)] = trit_f32_to_f16(k[(size_t)h * c->head_dim + d]);
+        b->kern->to_f16(ctx->v_cache + head + (size_t)pos * c->head_dim, v + (size_t)h * c->head_dim, c->head_dim);
     }
 }
 
@@ -473,7 +476,7 @@ static void run_attention(void *arg, int ith, int nth) {
         if (blocks == 1)
             for (int t = 0; t < nt; t++) rope_store(b, t, kvh, kvh + 1);
         size_t head_at = (size_t)t0 * c->hidden_size + (size_t)kvh * group * c->head_dim;
-        size_t kv_at = ((size_t)b->layer * c->n_kv_heads + kvh) * ctx->n_ctx * c->head_dim;
+        size_t kv_at = ((size_t)b->layer * c->n_kv_heads + kvh) * ctx->span * c->head_dim;
         trit_attend_tokens(b->kern, ctx->att + head_at, ctx->q + head_at, c->hidden_size, ctx->k_cache + kv_at,
                            ctx->v_cache + kv_at, nt, b->pos0 + t0, c->head_dim, group, scratch);
     }

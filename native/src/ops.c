@@ -112,14 +112,20 @@ void trit_attend_tokens(const trit_kernel *kern, float *out, const float *q, int
                      head_dim, group, scratch);
 }
 
-/* softmax(q . K^T / sqrt(hd)) . V for one head over n_keys cached positions. */
+/* softmax(q . K^T / sqrt(hd)) . V for one head over n_keys cached positions. Each score sums q[d] * k[d] in the
+ * order of d, a block of keys at a time (their dimension d is one contiguous row of the block). */
 void trit_attend_head(const trit_kernel *kern, float *out, const float *q, const uint16_t *keys, const uint16_t *values,
                       int kv_stride, int n_keys, int head_dim, float *scores) {
     float scale = 1.0f / sqrtf((float)head_dim);
     float max = -INFINITY;
-    for (int p = 0; p < n_keys; p++) {
-        scores[p] = kern->dot_f16(keys + (size_t)p * kv_stride, q, head_dim) * scale;
-        if (scores[p] > max) max = scores[p];
+    for (int k0 = 0; k0 < n_keys; k0 += TRIT_KEY_BLOCK) {
+        float acc[TRIT_KEY_BLOCK] = {0};
+        const uint16_t *block = keys + trit_key_index(k0, 0, head_dim);
+        for (int d = 0; d < head_dim; d++) kern->axpy_f16(acc, q[d], block + (size_t)d * TRIT_KEY_BLOCK, TRIT_KEY_BLOCK);
+        for (int k = k0; k < n_keys && k < k0 + TRIT_KEY_BLOCK; k++) {
+            scores[k] = acc[k - k0] * scale;
+            if (scores[k] > max) max = scores[k];
+        }
     }
     float sum = 0.0f;
     for (int p = 0; p < n_keys; p++) {

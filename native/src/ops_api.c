@@ -47,9 +47,10 @@ int trit_op_attention(float *out, const float *q, const float *k, const float *v
         return trit_fail(TRIT_E_INVALID, "attention: bad sizes");
     const trit_kernel *kern = trit_active_kernel();
     int n_keys = pos0 + n_q, kv = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
-    size_t cells = (size_t)n_keys * kv;
-    /* the cache's layout: [kv head][position][head_dim] */
-    uint16_t *kh = malloc(sizeof(uint16_t) * cells), *vh = malloc(sizeof(uint16_t) * cells);
+    int span = trit_key_blocks(n_keys) * TRIT_KEY_BLOCK; /* positions a head's cache holds: whole key blocks */
+    size_t cells = (size_t)span * kv;
+    /* the cache's layout: [kv head][span][head_dim], keys in blocks (trit_key_index) */
+    uint16_t *kh = calloc(cells, sizeof(uint16_t)), *vh = calloc(cells, sizeof(uint16_t));
     float *scratch = malloc(sizeof(float) * TRIT_ATTEND_SCRATCH(n_keys, head_dim, group));
     if (!kh || !vh || !scratch) {
         free(kh), free(vh), free(scratch);
@@ -58,12 +59,12 @@ int trit_op_attention(float *out, const float *q, const float *k, const float *v
     for (int p = 0; p < n_keys; p++)
         for (int g = 0; g < n_kv_heads; g++)
             for (int d = 0; d < head_dim; d++) {
-                size_t from = (size_t)p * kv + (size_t)g * head_dim + d, to = ((size_t)g * n_keys + p) * head_dim + d;
-                kh[to] = trit_f32_to_f16(k[from]);
-                vh[to] = trit_f32_to_f16(v[from]);
+                size_t from = (size_t)p * kv + (size_t)g * head_dim + d, head = (size_t)g * span * head_dim;
+                kh[head + trit_key_index(p, d, head_dim)] = trit_f32_to_f16(k[from]);
+                vh[head + (size_t)p * head_dim + d] = trit_f32_to_f16(v[from]);
             }
     for (int g = 0; g < n_kv_heads; g++) {
-        size_t at = (size_t)g * group * head_dim, kv_at = (size_t)g * n_keys * head_dim;
+        size_t at = (size_t)g * group * head_dim, kv_at = (size_t)g * span * head_dim;
         trit_attend_tokens(kern, out + at, q + at, n_heads * head_dim, kh + kv_at, vh + kv_at, n_q, pos0, head_dim,
                            group, scratch);
     }

@@ -32,12 +32,12 @@ typedef struct {
     /* trit_quantize, vectorised: the same int8 values and scale, bit for bit; also returns sum(xq) in *sum. */
     float (*quantize)(int8_t *xq, int32_t *sum, const float *x, int n);
     /* Causal attention of `group` query heads that share one kv head (consecutive in q and out, head_dim apart)
-     * against n_keys cached fp16 positions, kv_stride apart: out[h] = softmax(q[h] . K^T / sqrt(hd)) . V.
-     * scores: scratch of group * n_keys floats. */
+     * against n_keys cached fp16 positions: out[h] = softmax(q[h] . K^T / sqrt(hd)) . V. Keys in blocks
+     * (trit_key_index), values kv_stride apart. scores: scratch of group * n_keys floats. */
     void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride,
                    int n_keys, int head_dim, int group, float *scores);
     /* The same for n_q consecutive tokens at once (prefill): token i's heads are at q + i*q_stride (out alike) and
-     * see keys 0 .. n_keys0 + i, head_dim apart. NULL: trit_attend_tokens runs `attend` token by token.
+     * see keys 0 .. n_keys0 + i (values head_dim apart). NULL: trit_attend_tokens runs `attend` token by token.
      * scratch: TRIT_ATTEND_SCRATCH(n_keys0 + n_q, head_dim, group) floats. */
     void (*attend_tokens)(float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
                           int n_q, int n_keys0, int head_dim, int group, float *scratch);
@@ -49,8 +49,6 @@ typedef struct {
     void (*rmsnorm)(float *out, const float *x, const float *weight, int n, float eps);
     /* dst[i] = trit_f32_to_f16(src[i]), bit for bit (the KV cache). */
     void (*to_f16)(uint16_t *dst, const float *src, int n);
-    /* sum_i a[i] * b[i], a fp16 (the KV cache). */
-    float (*dot_f16)(const uint16_t *a, const float *b, int n);
     /* y[i] += alpha * x[i], x fp16. */
     void (*axpy_f16)(float *y, float alpha, const uint16_t *x, int n);
 } trit_kernel;
@@ -99,13 +97,22 @@ void trit_output_head(const trit_kernel *kern, int head_type, const void *head, 
                       int vocab, int hidden, const float *x, int n_tokens, int r0, int r1);
 static inline int trit_t5_groups(int rows) { return (rows + 4) / 5; }
 
-/* Rows (token x query head) that attend_tokens kernels score at once, and their scratch: scores for every key and
- * row, plus f32 copies of a block of keys and values. */
 /* Row groups (packed byte rows) a batch kernel computes together: threads take a matmul's rows in multiples of it. */
 #define TRIT_ROW_GROUP_BLOCK 16
 
+/* The key cache of one kv head is in blocks of TRIT_KEY_BLOCK positions, each stored dimension-major ([head_dim][32]
+ * fp16): a kernel reads one dimension of 32 keys as one vector, keys in lanes, with nothing to transpose. Values stay
+ * position-major ([position][head_dim]). Caches hold whole blocks. */
+#define TRIT_KEY_BLOCK 32
+static inline size_t trit_key_index(int pos, int d, int head_dim) {
+    return ((size_t)(pos / TRIT_KEY_BLOCK) * (size_t)head_dim + (size_t)d) * TRIT_KEY_BLOCK + (size_t)(pos % TRIT_KEY_BLOCK);
+}
+static inline int trit_key_blocks(int n_keys) { return (n_keys + TRIT_KEY_BLOCK - 1) / TRIT_KEY_BLOCK; }
+
+/* Rows (token x query head) that attend_tokens kernels score at once, and their scratch: scores for every key and
+ * row, plus f32 copies of a block of keys and values. */
 #define TRIT_ATTEND_ROWS 32
-#define TRIT_ATTEND_KEY_BLOCK 32
+#define TRIT_ATTEND_KEY_BLOCK TRIT_KEY_BLOCK
 #define TRIT_ATTEND_SCRATCH(n_keys, head_dim, group)                                                              \
     ((size_t)(n_keys) * ((group) > TRIT_ATTEND_ROWS ? (group) : TRIT_ATTEND_ROWS) +                                \
      (2 * (size_t)TRIT_ATTEND_KEY_BLOCK + TRIT_ATTEND_ROWS) * (size_t)(head_dim) + 64)
