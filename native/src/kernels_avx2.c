@@ -28,15 +28,25 @@ static inline __attribute__((always_inline)) void tile(int32_t *out, const uint8
     __m256i acc[4][2];
     for (int j = 0; j < 4; j++)
         for (int i = 0; i < nt; i++) acc[j][i] = _mm256_setzero_si256();
-    for (int c = 0; c < vec_end; c += 32) {
-        __m256i b = _mm256_loadu_si256((const __m256i *)(row + c));
-        __m256i code[4] = {_mm256_and_si256(b, mask), _mm256_and_si256(_mm256_srli_epi16(b, 2), mask),
-                           _mm256_and_si256(_mm256_srli_epi16(b, 4), mask), _mm256_and_si256(_mm256_srli_epi16(b, 6), mask)};
-        for (int i = 0; i < nt; i++) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)(t0 + i) * cols + c));
-            for (int j = 0; j < 4; j++)
-                acc[j][i] = _mm256_add_epi32(acc[j][i], _mm256_madd_epi16(_mm256_maddubs_epi16(code[j], xv), ones16));
+    /* maddubs' int16 pair sums are at most 2 * 2 * 128 = 512: 32 of them add up in int16 exactly, so the widening
+     * to int32 (madd) runs once per 32 vectors instead of for each */
+    for (int c0 = 0; c0 < vec_end; c0 += 32 * 32) {
+        int c1 = c0 + 32 * 32 < vec_end ? c0 + 32 * 32 : vec_end;
+        __m256i acc16[4][2];
+        for (int j = 0; j < 4; j++)
+            for (int i = 0; i < nt; i++) acc16[j][i] = _mm256_setzero_si256();
+        for (int c = c0; c < c1; c += 32) {
+            __m256i b = _mm256_loadu_si256((const __m256i *)(row + c));
+            __m256i code[4] = {_mm256_and_si256(b, mask), _mm256_and_si256(_mm256_srli_epi16(b, 2), mask),
+                               _mm256_and_si256(_mm256_srli_epi16(b, 4), mask),
+                               _mm256_and_si256(_mm256_srli_epi16(b, 6), mask)};
+            for (int i = 0; i < nt; i++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)(t0 + i) * cols + c));
+                for (int j = 0; j < 4; j++) acc16[j][i] = _mm256_add_epi16(acc16[j][i], _mm256_maddubs_epi16(code[j], xv));
+            }
         }
+        for (int j = 0; j < 4; j++)
+            for (int i = 0; i < nt; i++) acc[j][i] = _mm256_add_epi32(acc[j][i], _mm256_madd_epi16(acc16[j][i], ones16));
     }
     for (int i = 0; i < nt; i++) {
         const int8_t *x = xq + (size_t)(t0 + i) * cols;
@@ -108,34 +118,47 @@ static void q8_matmul(float *out, int out_stride, const int8_t *w, const float *
     }
 }
 
-static inline __m256 i8x8_to_f32(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+
+/* The activations split into int8 a and b (x ~ (256 a + b) * s2, trit_q4_split_x); unsigned nibbles times each by
+ * maddubs (at most 2 * 15 * 128 per pair), widened by madd with 256 and 1, so a group of 64 weights costs about 20
+ * instructions and no int8 -> float conversions. The nibbles' offset of 8 is subtracted per block at the end. */
+#define HEAD_MAX_COLS 16384
 
 static void q4_matmul(float *out, int out_stride, const uint8_t *w, const uint16_t *scales, int cols, const float *x,
                       int n_tokens, int r0, int r1) {
-    const __m256i low4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *row = w + (size_t)r * cols / 2;
-        const uint16_t *row_scales = scales + (size_t)r * cols / TRIT_Q4_BLOCK;
-        for (int t = 0; t < n_tokens; t++) {
-            const float *xt = x + (size_t)t * cols;
-            __m256 acc = _mm256_setzero_ps();
-            for (int g = 0; g < cols / TRIT_Q4_GROUP; g++) {
-                __m256i q = _mm256_loadu_si256((const __m256i *)(row + g * 32));
-                __m256i lo = _mm256_sub_epi8(_mm256_and_si256(q, low4), eight); /* columns 0..31 of the group */
-                __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), eight); /* 32..63 */
-                const float *xg = xt + g * TRIT_Q4_GROUP;
-                for (int half = 0; half < 2; half++) {
-                    __m256i v = half ? hi : lo;
-                    __m128i v0 = _mm256_castsi256_si128(v), v1 = _mm256_extracti128_si256(v, 1);
-                    const float *xb = xg + half * 32;
-                    __m256 p = _mm256_mul_ps(i8x8_to_f32(v0), _mm256_loadu_ps(xb));
-                    p = _mm256_fmadd_ps(i8x8_to_f32(_mm_srli_si128(v0, 8)), _mm256_loadu_ps(xb + 8), p);
-                    p = _mm256_fmadd_ps(i8x8_to_f32(v1), _mm256_loadu_ps(xb + 16), p);
-                    p = _mm256_fmadd_ps(i8x8_to_f32(_mm_srli_si128(v1, 8)), _mm256_loadu_ps(xb + 24), p);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(row_scales[2 * g + half])), p, acc);
+    if (cols > HEAD_MAX_COLS || cols % 256) { /* 8 scales at a time; shapes no BitNet has take the definition */
+        trit_kernel_scalar.q4_matmul(out, out_stride, w, scales, cols, x, n_tokens, r0, r1);
+        return;
+    }
+    _Alignas(32) int8_t a[HEAD_MAX_COLS], b[HEAD_MAX_COLS];
+    _Alignas(32) float block_x[HEAD_MAX_COLS / TRIT_Q4_BLOCK];
+    const int blocks = cols / TRIT_Q4_BLOCK;
+    const __m256i low4 = _mm256_set1_epi8(15), by256 = _mm256_set1_epi16(256), ones16 = _mm256_set1_epi16(1);
+    for (int t = 0; t < n_tokens; t++) {
+        float s2;
+        trit_q4_split_x(a, b, block_x, &s2, x + (size_t)t * cols, cols, 0);
+        for (int r = r0; r < r1; r++) {
+            const uint8_t *row = w + (size_t)r * cols / 2;
+            const uint16_t *rs = scales + (size_t)r * blocks;
+            __m256 acc_lo = _mm256_setzero_ps(), acc_hi = acc_lo, offset = acc_lo;
+            for (int c0 = 0; c0 < cols; c0 += 256) { /* 8 scales = 4 groups at a time */
+                __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(rs + c0 / TRIT_Q4_BLOCK)));
+                offset = _mm256_fmadd_ps(d, _mm256_load_ps(block_x + c0 / TRIT_Q4_BLOCK), offset);
+                for (int g = 0; g < 4; g++) {
+                    int c = c0 + 64 * g;
+                    __m256i q = _mm256_loadu_si256((const __m256i *)(row + c / 2));
+                    __m256i lo = _mm256_and_si256(q, low4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+                    __m256i s_lo = _mm256_add_epi32(
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_load_si256((const __m256i *)(a + c))), by256),
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_load_si256((const __m256i *)(b + c))), ones16));
+                    __m256i s_hi = _mm256_add_epi32(
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_load_si256((const __m256i *)(a + c + 32))), by256),
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_load_si256((const __m256i *)(b + c + 32))), ones16));
+                    acc_lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_lo), _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(2 * g)), acc_lo);
+                    acc_hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_hi), _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(2 * g + 1)), acc_hi);
                 }
             }
-            out[(size_t)t * out_stride + r] = hsum_f32(acc);
+            out[(size_t)t * out_stride + r] = s2 * (hsum_f32(_mm256_add_ps(acc_lo, acc_hi)) - hsum_f32(offset));
         }
     }
 }

@@ -429,21 +429,8 @@ static void q4_matmul(float *out, int out_stride, const uint8_t *w, const uint16
         idx_hi[p] = _mm512_add_epi32(idx_lo[p], _mm512_set1_epi32(1));
     }
     for (int t = 0; t < n_tokens; t++) {
-        const float *xt = x + (size_t)t * cols;
-        float amax = 0.0f;
-        for (int i = 0; i < cols; i++) amax = fmaxf(amax, fabsf(xt[i]));
-        float s1 = amax > 0.0f ? amax / 127.0f : 1.0f, s2 = s1 / 256.0f;
-        for (int blk = 0; blk < blocks; blk++) {
-            int32_t sum = 0;
-            for (int i = blk * TRIT_Q4_BLOCK; i < (blk + 1) * TRIT_Q4_BLOCK; i++) {
-                float hi = nearbyintf(xt[i] / s1), lo = nearbyintf((xt[i] - hi * s1) / s2);
-                int at = (i & ~127) + ((i & 32) << 1) + ((i & 64) >> 1) + (i & 31); /* the pair order above */
-                a[at] = (int8_t)hi;
-                b[at] = (int8_t)(lo > 127.0f ? 127.0f : (lo < -128.0f ? -128.0f : lo));
-                sum += 256 * a[at] + b[at];
-            }
-            block_x[blk] = 8.0f * (float)sum;
-        }
+        float s2;
+        trit_q4_split_x(a, b, block_x, &s2, x + (size_t)t * cols, cols, 1);
         for (int r = r0; r < r1; r++) {
             const uint8_t *row = w + (size_t)r * cols / 2;
             const uint16_t *rs = scales + (size_t)r * blocks;

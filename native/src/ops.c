@@ -136,3 +136,21 @@ void trit_attend_head(const trit_kernel *kern, float *out, const float *q, const
     memset(out, 0, sizeof(float) * (size_t)head_dim);
     for (int p = 0; p < n_keys; p++) kern->axpy_f16(out, scores[p] * inv, values + (size_t)p * kv_stride, head_dim);
 }
+
+void trit_q4_split_x(int8_t *a, int8_t *b, float *block_x, float *s2, const float *x, int cols, int pair_order) {
+    float amax = 0.0f;
+    for (int i = 0; i < cols; i++) amax = fmaxf(amax, fabsf(x[i]));
+    float s1 = amax > 0.0f ? amax / 127.0f : 1.0f;
+    *s2 = s1 / 256.0f;
+    for (int blk = 0; blk < cols / TRIT_Q4_BLOCK; blk++) {
+        int32_t sum = 0;
+        for (int i = blk * TRIT_Q4_BLOCK; i < (blk + 1) * TRIT_Q4_BLOCK; i++) {
+            float hi = nearbyintf(x[i] / s1), lo = nearbyintf((x[i] - hi * s1) / *s2);
+            int at = pair_order ? (i & ~127) + ((i & 32) << 1) + ((i & 64) >> 1) + (i & 31) : i;
+            a[at] = (int8_t)hi;
+            b[at] = (int8_t)(lo > 127.0f ? 127.0f : (lo < -128.0f ? -128.0f : lo));
+            sum += 256 * a[at] + b[at];
+        }
+        block_x[blk] = 8.0f * (float)sum;
+    }
+}

@@ -96,6 +96,10 @@ void trit_rope_apply(float *x, int n_heads, int head_dim, const float *cos_pos, 
 void trit_output_head(const trit_kernel *kern, int head_type, const void *head, const void *scales, float *logits,
                       int vocab, int hidden, const float *x, int n_tokens, int r0, int r1);
 static inline int trit_t5_groups(int rows) { return (rows + 4) / 5; }
+/* The q4 heads' activations: x ~ (256 a + b) * s2 with int8 a (x / s1 rounded, s1 = max|x| / 127) and b the rounded
+ * rest in steps of s2 = s1 / 256; block_x[k] = 8 * sum of 256 a + b over block k (the nibbles' offset of 8).
+ * pair_order stores each 128 as 0..31, 64..95, 32..63, 96..127: the order of a 64-byte load's low, then high, nibbles. */
+void trit_q4_split_x(int8_t *a, int8_t *b, float *block_x, float *s2, const float *x, int cols, int pair_order);
 
 /* Row groups (packed byte rows) a batch kernel computes together: threads take a matmul's rows in multiples of it. */
 #define TRIT_ROW_GROUP_BLOCK 16
