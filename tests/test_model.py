@@ -111,6 +111,10 @@ def test_wide_projections_in_pieces_and_token_chunks_give_the_same_logits(make_m
     with model.context() as ctx:
         stepped = np.stack([ctx.eval([t]) for t in ids])
     np.testing.assert_allclose(stepped, one, rtol=1e-4, atol=1e-3)
+    # decoding on one thread and on two (which split the 5 kv heads) gives the same logits
+    model.threads = 1
+    with model.context() as ctx:
+        assert np.array_equal(np.stack([ctx.eval([t]) for t in ids[:40]]), stepped[:40])
 
 
 def test_truncate_keeps_the_prefix(make_model):
