@@ -367,8 +367,6 @@ static void bf16_matmul(float *out, int out_stride, const uint16_t *w, int cols,
     }
 }
 
-static inline __m512 i8x16_to_f32(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
-
 /* x is split into two int8 parts, x ~= s1*a + s2*b with |error| <= max|x| / 64516 (far below the int8 weights' own
  * error), so each 64 weights cost two vpdpbusd instead of sixteen conversions and FMAs. vpdpbusd wants one unsigned
  * operand: the weights are flipped to q + 128 with a xor, and 128 * sum(a) is taken off again. */

@@ -601,7 +601,7 @@ static void forward_batch(trit_context *ctx, const int32_t *tokens, int n, float
     run_pool_job(&b, run_final_norm);
     if (logits && first_logit < n) {
         head_job j = {&b, first_logit, logits, {0}};
-        trit_share_init(&j.share, c->vocab_size, 0, 256, 16);
+        trit_share_init(&j.share, c->vocab_size, 0, 256, 1);
         trit_pool_run(m->pool, run_head, &j);
     }
     ctx->n_past += n;
