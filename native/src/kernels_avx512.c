@@ -210,10 +210,11 @@ static inline void transpose16(__m512 r[16]) {
 }
 
 /* A batch with rows in lanes: 16 row groups at a time are decoded so that lane j of a vector holds the four codes of
- * row g + j at four columns, and a token's four activations there are broadcast to every lane (vpdpbusd's embedded
- * broadcast). Each of the five vectors then makes 16 rows' sums at once: nothing is summed across lanes (per-row
- * tiles of 5 rows x 4 tokens spent about a tenth of their instructions on that, and ran vpdpbusd at ~80% of its
- * peak; these run at ~90%). Columns go in slabs so the codes stay in L2. */
+ * row g + j at four columns, and a token's four activations there are broadcast to every lane. Each of the five
+ * vectors then makes 16 rows' sums at once: nothing is summed across lanes (per-row tiles of 5 rows x 4 tokens spent
+ * about a tenth of their instructions on that). The broadcast goes to a register that all five vpdpbusd read:
+ * vpdpbusd's embedded broadcast loads once per instruction, and Ice Lake, which runs two vpdpbusd a cycle, has only
+ * two load ports for those and the codes (1.75x as fast in one thread). Columns go in slabs so the codes stay in L2. */
 #define LANE_GROUPS TRIT_ROW_GROUP_BLOCK
 #define LANE_SLAB 1024 /* columns; 5 digits x 1024 x 16 groups = 80 KB of codes */
 
@@ -243,26 +244,17 @@ static void t5_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, int
     }
 }
 
-/* acc += dot(u8 w, s8 x broadcast from *x to every lane) */
-static inline __attribute__((always_inline)) void dpbusd_bcast(__m512i *acc, __m512i w, const int32_t *x) {
-#if defined(__GNUC__) && !defined(__clang__)
-    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(*acc) : "v"(w), "m"(*x));
-#else
-    *acc = _mm512_dpbusd_epi32(*acc, w, _mm512_set1_epi32(*x));
-#endif
-}
-
 #define EACH3(F) F(0) F(1) F(2)
 #define EACH5(F) F(0) F(1) F(2) F(3) F(4)
 #define LANE_DECL(i) __m512i h0_##i = _mm512_setzero_si512(), h1_##i = h0_##i, h2_##i = h0_##i, h3_##i = h0_##i, h4_##i = h0_##i;
 #define LANE_STEP(i)                                                                                              \
     {                                                                                                             \
-        const int32_t *xi = (const int32_t *)(x + (size_t)(i) * cols) + c;                                        \
-        dpbusd_bcast(&h0_##i, w0, xi);                                                                            \
-        dpbusd_bcast(&h1_##i, w1, xi);                                                                            \
-        dpbusd_bcast(&h2_##i, w2, xi);                                                                            \
-        dpbusd_bcast(&h3_##i, w3, xi);                                                                            \
-        dpbusd_bcast(&h4_##i, w4, xi);                                                                            \
+        const __m512i xb = _mm512_set1_epi32(((const int32_t *)(x + (size_t)(i) * cols))[c]);                    \
+        dpbusd(&h0_##i, w0, xb);                                                                                  \
+        dpbusd(&h1_##i, w1, xb);                                                                                  \
+        dpbusd(&h2_##i, w2, xb);                                                                                  \
+        dpbusd(&h3_##i, w3, xb);                                                                                  \
+        dpbusd(&h4_##i, w4, xb);                                                                                  \
     }
 /* rows g..g+15 of digit j for token i: the first slab writes sum - xsum, later slabs add */
 #define LANE_STORE_ONE(acc, j, i)                                                                                  \
