@@ -22,7 +22,8 @@ static inline float hsum_f32(__m256 v) {
  * activations without overflow (|2*128 + 2*128| < 2^15). One packed byte holds four rows at the same column, so
  * one activation load serves four rows; a tile of NT tokens reuses each decoded weight vector NT times. */
 static inline __attribute__((always_inline)) void tile(int32_t *out, const uint8_t *row, int rows, int cols,
-                                                       const int8_t *xq, const int32_t *xsum, int t0, int nt, int pr) {
+                                                       const int8_t *xq, const int32_t *xsum, int t0, int nt, int pr,
+                                                       int first) {
     const __m256i mask = _mm256_set1_epi8(3), ones16 = _mm256_set1_epi16(1);
     const int vec_end = cols & ~31, quarter = rows / 4;
     __m256i acc[4][2];
@@ -36,6 +37,7 @@ static inline __attribute__((always_inline)) void tile(int32_t *out, const uint8
         for (int j = 0; j < 4; j++)
             for (int i = 0; i < nt; i++) acc16[j][i] = _mm256_setzero_si256();
         for (int c = c0; c < c1; c += 32) {
+            if (first) _mm_prefetch((const char *)row + c + TRIT_PREFETCH, _MM_HINT_T0); /* later tokens read L1 */
             __m256i b = _mm256_loadu_si256((const __m256i *)(row + c));
             __m256i code[4] = {_mm256_and_si256(b, mask), _mm256_and_si256(_mm256_srli_epi16(b, 2), mask),
                                _mm256_and_si256(_mm256_srli_epi16(b, 4), mask),
@@ -67,8 +69,8 @@ static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int co
         for (int pr = pr0; pr < pr1; pr++) {
             const uint8_t *row = packed + (size_t)pr * cols;
             int t = tb;
-            for (; t + 2 <= te; t += 2) tile(out, row, rows, cols, xq, xsum, t, 2, pr);
-            if (t < te) tile(out, row, rows, cols, xq, xsum, t, 1, pr);
+            for (; t + 2 <= te; t += 2) tile(out, row, rows, cols, xq, xsum, t, 2, pr, t == tb);
+            if (t < te) tile(out, row, rows, cols, xq, xsum, t, 1, pr, t == tb);
         }
     }
 }
@@ -144,8 +146,10 @@ static void q4_matmul(float *out, int out_stride, const uint8_t *w, const uint16
             for (int c0 = 0; c0 < cols; c0 += 256) { /* 8 scales = 4 groups at a time */
                 __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(rs + c0 / TRIT_Q4_BLOCK)));
                 offset = _mm256_fmadd_ps(d, _mm256_load_ps(block_x + c0 / TRIT_Q4_BLOCK), offset);
+                _mm_prefetch((const char *)(rs + c0 / TRIT_Q4_BLOCK) + TRIT_PREFETCH / 8, _MM_HINT_T0);
                 for (int g = 0; g < 4; g++) {
                     int c = c0 + 64 * g;
+                    _mm_prefetch((const char *)row + c / 2 + TRIT_PREFETCH, _MM_HINT_T0);
                     __m256i q = _mm256_loadu_si256((const __m256i *)(row + c / 2));
                     __m256i lo = _mm256_and_si256(q, low4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
                     __m256i s_lo = _mm256_add_epi32(

@@ -51,6 +51,7 @@ static inline __attribute__((always_inline)) void dpbusd(__m512i *acc, __m512i a
         EACH(ACC_DECL)                                                                                            \
         int c = 0;                                                                                                \
         for (; c < full; c += 64) {                                                                               \
+            _mm_prefetch((const char *)row + c + TRIT_PREFETCH, _MM_HINT_T0);                                     \
             __m512i b = _mm512_loadu_si512(row + c);                                                              \
             DECODE(b);                                                                                            \
             EACH(ACC_FULL)                                                                                        \
@@ -164,6 +165,7 @@ static t5_tables make_t5_tables(void) {
         EACH(T5_ACC_DECL)                                                                                         \
         int c = 0;                                                                                                \
         for (; c < full; c += 64) {                                                                               \
+            _mm_prefetch((const char *)row + c + TRIT_PREFETCH, _MM_HINT_T0);                                     \
             __m512i b = _mm512_loadu_si512(row + c);                                                              \
             T5_PARTIALS(b);                                                                                       \
             EACH(T5_ACC_FULL)                                                                                     \
@@ -444,8 +446,10 @@ static void q4_matmul(float *out, int out_stride, const uint8_t *w, const uint16
             for (int c0 = 0; c0 < cols; c0 += 512) { /* 16 scales = 4 pairs at a time */
                 __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rs + c0 / TRIT_Q4_BLOCK)));
                 offset = _mm512_fmadd_ps(d, _mm512_load_ps(block_x + c0 / TRIT_Q4_BLOCK), offset);
+                _mm_prefetch((const char *)(rs + c0 / TRIT_Q4_BLOCK) + TRIT_PREFETCH / 8, _MM_HINT_T0);
                 for (int p = 0; p < 4; p++) {
                     int c = c0 + 128 * p;
+                    _mm_prefetch((const char *)row + c / 2 + TRIT_PREFETCH, _MM_HINT_T0);
                     __m512i q = _mm512_loadu_si512(row + c / 2);
                     __m512i lo = _mm512_and_si512(q, low4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
                     __m512i s_lo = _mm512_setzero_si512(), s_hi = s_lo;

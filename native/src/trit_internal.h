@@ -101,6 +101,11 @@ static inline int trit_t5_groups(int rows) { return (rows + 4) / 5; }
  * pair_order stores each 128 as 0..31, 64..95, 32..63, 96..127: the order of a 64-byte load's low, then high, nibbles. */
 void trit_q4_split_x(int8_t *a, int8_t *b, float *block_x, float *s2, const float *x, int cols, int pair_order);
 
+/* Decoding reads every weight once per token, and a core spends long enough on each line that the hardware prefetcher
+ * alone leaves the bus idle part of the time: kernels that stream rows ask for the line this many bytes ahead (rows
+ * are contiguous, so it runs on into the next ones). One thread decoding a 70 MB T5 matrix on Ice Lake: +50%. */
+#define TRIT_PREFETCH 4096
+
 /* Row groups (packed byte rows) a batch kernel computes together: threads take a matmul's rows in multiples of it. */
 #define TRIT_ROW_GROUP_BLOCK 16
 
