@@ -67,9 +67,12 @@ struct trit_context {
 
 static int kv_dim(const trit_config *c) { return c->n_kv_heads * c->head_dim; }
 
-/* Tokens a matmul takes at a time: their int8 inputs stay in L2 while every row of the thread's share streams past
- * (and T5 rows are decoded once per chunk), and their int32 sums become floats while still in cache. */
-static int token_chunk(int cols) {
+/* Tokens a matmul takes at a time: their int8 inputs stay in L2 while every row of the thread's share streams past,
+ * and their int32 sums become floats while still in cache. T5 batch kernels read the inputs a slab of columns at a
+ * time and decode each block of rows once per call, so for them the chunk is the batch: the down projection's 6912
+ * columns had made it 72 tokens, and its rows were decoded twice per batch of 128. */
+static int token_chunk(const trit_config *c, int cols) {
+    if (c->ternary_format == TRIT_TERNARY_T5) return 1 << 20;
     int n = (512 * 1024 / cols) & ~3;
     return n < 16 ? 16 : n;
 }
@@ -257,7 +260,7 @@ trit_context *trit_context_create(trit_model *m, int n_ctx, int max_batch) {
     ctx->kv = malloc(sizeof(float) * B * 2 * KV);
     ctx->att = malloc(sizeof(float) * B * H);
     ctx->ffn = malloc(sizeof(float) * B * I);
-    size_t chunk = (size_t)token_chunk(H < I ? H : I); /* the largest chunk: the narrower input */
+    size_t chunk = (size_t)token_chunk(c, H < I ? H : I); /* the largest chunk: the narrower input */
     chunk = chunk < B ? chunk : B;
     ctx->acc = malloc(sizeof(int32_t) * chunk * (H + 2 * KV > 2 * I ? H + 2 * KV : 2 * I));
     if (!ctx->k_cache || !ctx->v_cache || !ctx->x || !ctx->xn || !ctx->q || !ctx->kv || !ctx->att || !ctx->ffn ||
@@ -393,7 +396,7 @@ static void run_matmul(void *arg, int ith, int nth) {
     matmul_job *j = arg;
     const thread_scratch *in = prepare_input(j, ith, nth);
     const trit_config *c = &j->b->ctx->m->cfg;
-    int chunk = token_chunk(j->cols), chunks = (j->b->n + chunk - 1) / chunk, passed = 0, a, e;
+    int chunk = token_chunk(c, j->cols), chunks = (j->b->n + chunk - 1) / chunk, passed = 0, a, e;
     while (trit_share_claim(&j->share, nth, &a, &e)) {
         int ci = a / j->chunk_groups, c0 = ci * chunk, nc = j->b->n - c0 < chunk ? j->b->n - c0 : chunk;
         for (; passed < ci; passed++) trit_pool_barrier(j->b->ctx->m->pool);
@@ -413,7 +416,7 @@ static void matmul(const batch *b, const float *x, int x_stride, const float *no
     matmul_job j = {b, x, x_stride, norm, cols, add, gated, n_proj, {{0}}, 0, {0}};
     const trit_config *c = &b->ctx->m->cfg;
     int32_t *acc = b->ctx->acc;
-    int chunk = token_chunk(cols), chunks = (b->n + chunk - 1) / chunk;
+    int chunk = token_chunk(c, cols), chunks = (b->n + chunk - 1) / chunk;
     for (int k = 0; k < n_proj; k++) {
         j.p[k] = p[k];
         j.p[k].acc = acc;
