@@ -62,8 +62,139 @@ static inline __attribute__((always_inline)) void tile(int32_t *out, const uint8
 
 #define TOKEN_BLOCK 64 /* activations of a block stay in L2 while every row of the share streams past */
 
+/* A batch with rows in lanes, as the AVX-512 kernel does with T5: 8 packed rows at a time are transposed so that
+ * lane j of a vector holds packed row pr + j at four columns, and a shift and a mask give the codes of rows
+ * pr + j + q * rows / 4 (q = 0..3), decoded once per call for every token. A token's four activations there are
+ * broadcast to every lane: each code vector then costs a maddubs and an add per token, with no decoding per token and
+ * nothing summed across lanes (the per-row tile above spends about a third of its instructions on those). */
+#define LANE_ROWS 8
+#define LANE_SLAB 512 /* columns: 4 code vectors x 512 / 4 x 32 bytes = 16 KB, in L1 with the activations */
+
+/* In place: r[i] becomes column i of the 8x8 matrix of dwords whose rows were r[0..7]. */
+static inline void transpose8(__m256i r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(_mm256_castsi256_ps(r[2 * i]), _mm256_castsi256_ps(r[2 * i + 1]));
+        t[2 * i + 1] = _mm256_unpackhi_ps(_mm256_castsi256_ps(r[2 * i]), _mm256_castsi256_ps(r[2 * i + 1]));
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+        r[4 + i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+    }
+}
+
+static inline __m256i lanes_mask(int n) { /* the first n of 8 dwords */
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* codes[c4][q][32]: for columns [c0, c0 + 4 * n4) of packed rows [pr, pr + n_rows) (missing rows give unused lanes) */
+static void tq2_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, int pr, int n_rows, int c0, int n4) {
+    const __m256i mask = _mm256_set1_epi8(3);
+    for (int c = 0; c < n4; c += 8) { /* 8 dwords of four columns */
+        int n = n4 - c < 8 ? n4 - c : 8;
+        __m256i live = lanes_mask(n), r[8];
+        for (int j = 0; j < 8; j++)
+            r[j] = j < n_rows ? _mm256_maskload_epi32((const int *)(packed + (size_t)(pr + j) * cols + c0) + c, live)
+                              : _mm256_setzero_si256();
+        transpose8(r); /* r[i]: dword c + i of every row, row j in lane j */
+        for (int i = 0; i < n; i++) {
+            uint8_t *at = codes + (size_t)(c + i) * 4 * 32;
+            for (int q = 0; q < 4; q++)
+                _mm256_store_si256((__m256i *)(at + 32 * q), _mm256_and_si256(_mm256_srli_epi16(r[i], 2 * q), mask));
+        }
+    }
+}
+
+/* Tokens t0 .. t0 + NT - 1 against code vectors q0 and q0 + 1 of one slab: rows pr + j + q * rows / 4 for lanes
+ * j < n_rows. Two code vectors and three tokens at a time keep every accumulator in the 16 registers (with all four
+ * code vectors and two tokens GCC spilled and reloaded some each step). maddubs' int16 sums are widened into int32
+ * every 32 steps (at most 32 * 512 in int16, as in the tile above). The first slab writes sum - xsum, later slabs
+ * add. */
+/* acc += v in int16, in place: written plainly, GCC 12 adds into a new register and copies it back every step */
+static inline __attribute__((always_inline)) void add16_into(__m256i *acc, __m256i v) {
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__("vpaddw %1, %0, %0" : "+x"(*acc) : "x"(v));
+#else
+    *acc = _mm256_add_epi16(*acc, v);
+#endif
+}
+#define LT_DECL(i) __m256i a0##i = _mm256_setzero_si256(), a1##i = a0##i, w0##i = a0##i, w1##i = a0##i;
+#define LT_STEP(i)                                                                                                \
+    {                                                                                                             \
+        __m256i xb = _mm256_set1_epi32(((const int32_t *)(x + (size_t)(i) * cols))[c]);                          \
+        add16_into(&a0##i, _mm256_maddubs_epi16(v0, xb));                                                         \
+        add16_into(&a1##i, _mm256_maddubs_epi16(v1, xb));                                                         \
+    }
+#define LT_WIDEN(i)                                                                                               \
+    w0##i = _mm256_add_epi32(w0##i, _mm256_madd_epi16(a0##i, ones16)), a0##i = _mm256_setzero_si256();           \
+    w1##i = _mm256_add_epi32(w1##i, _mm256_madd_epi16(a1##i, ones16)), a1##i = _mm256_setzero_si256();
+#define LT_STORE_ONE(w, q, i)                                                                                     \
+    {                                                                                                             \
+        int *o = (int *)out + (size_t)(t0 + (i)) * rows + pr + (q) * (rows / 4);                                 \
+        __m256i v = first ? _mm256_sub_epi32(w, _mm256_set1_epi32(xsum[t0 + (i)]))                                \
+                          : _mm256_add_epi32(w, _mm256_maskload_epi32(o, live));                                  \
+        _mm256_maskstore_epi32(o, live, v);                                                                       \
+    }
+#define LT_STORE(i) LT_STORE_ONE(w0##i, q0, i) LT_STORE_ONE(w1##i, q0 + 1, i)
+#define DEFINE_LANE_TILE(NAME, EACH)                                                                              \
+    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *codes, int rows, int cols, int c0,    \
+                                               int n4, const int8_t *xq, const int32_t *xsum, int t0, int q0,     \
+                                               int pr, int n_rows, int first) {                                   \
+        const __m256i ones16 = _mm256_set1_epi16(1), live = lanes_mask(n_rows);                                  \
+        const int8_t *x = xq + (size_t)t0 * cols + c0;                                                            \
+        EACH(LT_DECL)                                                                                             \
+        for (int s0 = 0; s0 < n4; s0 += 32) {                                                                     \
+            int s1 = s0 + 32 < n4 ? s0 + 32 : n4;                                                                 \
+            for (int c = s0; c < s1; c++) {                                                                       \
+                const __m256i *w = (const __m256i *)(codes + (size_t)c * 4 * 32) + q0;                           \
+                __m256i v0 = _mm256_load_si256(w), v1 = _mm256_load_si256(w + 1);                                 \
+                EACH(LT_STEP)                                                                                     \
+            }                                                                                                     \
+            EACH(LT_WIDEN)                                                                                        \
+        }                                                                                                         \
+        EACH(LT_STORE)                                                                                            \
+    }
+#define EACH1(F) F(0)
+#define EACH2(F) F(0) F(1)
+#define EACH3(F) F(0) F(1) F(2)
+DEFINE_LANE_TILE(lane_tile3, EACH3)
+DEFINE_LANE_TILE(lane_tile2, EACH2)
+DEFINE_LANE_TILE(lane_tile1, EACH1)
+
+static void tq2_matmul_lanes(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
+                             const int32_t *xsum, int n_tokens, int pr0, int pr1) {
+    _Alignas(32) uint8_t codes[LANE_SLAB / 4 * 4 * 32];
+    for (int pr = pr0; pr < pr1; pr += LANE_ROWS) {
+        int n_rows = pr1 - pr < LANE_ROWS ? pr1 - pr : LANE_ROWS;
+        for (int c0 = 0; c0 < cols; c0 += LANE_SLAB) {
+            int n4 = (cols - c0 < LANE_SLAB ? cols - c0 : LANE_SLAB) / 4, first = c0 == 0;
+            tq2_decode_lanes(codes, packed, cols, pr, n_rows, c0, n4);
+            for (int j = 0; pr + LANE_ROWS + j < pr1 && j < LANE_ROWS; j++) /* the next rows' slab, into L2 */
+                for (int c = 0; c < 4 * n4; c += 64)
+                    _mm_prefetch((const char *)packed + (size_t)(pr + LANE_ROWS + j) * cols + c0 + c, _MM_HINT_T1);
+            for (int q0 = 0; q0 < 4; q0 += 2) {
+                int t = 0;
+                for (; t + 3 <= n_tokens; t += 3)
+                    lane_tile3(out, codes, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+                if (n_tokens - t == 2) lane_tile2(out, codes, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+                if (n_tokens - t == 1) lane_tile1(out, codes, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+            }
+        }
+    }
+}
+
 static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
                            const int32_t *xsum, int n_tokens, int pr0, int pr1) {
+    if (n_tokens >= 8 && cols % 4 == 0) { /* every real model; other widths take the per-row tiles below */
+        tq2_matmul_lanes(out, packed, rows, cols, xq, xsum, n_tokens, pr0, pr1);
+        return;
+    }
     for (int tb = 0; tb < n_tokens; tb += TOKEN_BLOCK) {
         int te = tb + TOKEN_BLOCK < n_tokens ? tb + TOKEN_BLOCK : n_tokens;
         for (int pr = pr0; pr < pr1; pr++) {

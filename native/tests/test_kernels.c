@@ -175,14 +175,16 @@ static void check_ternary(void) {
         {4, 1, 1},     {8, 15, 2},   {12, 17, 1},  {20, 31, 3},   {36, 33, 4},    {44, 63, 5},    {28, 65, 7},
         {52, 100, 1},  {60, 127, 6}, {68, 129, 9}, {260, 300, 7}, {12, 40, 70},   {132, 2563, 2}, {16, 6912, 1},
         {100, 257, 8}, {4, 48, 3},
-        /* T5 batches with rows in lanes: whole and partial blocks of 16 row groups, several column slabs and a
-         * partial one, token tiles of 5 with every remainder */
+        /* batches with rows in lanes: whole and partial blocks of 16 (T5) or 8 (TQ2) row groups, several column
+         * slabs and a partial one, token tiles of 5 (T5) and 2 (TQ2) with every remainder */
         {400, 2560, 13}, {172, 1100, 9}, {84, 2052, 10}, {92, 1028, 11}, {164, 4096, 12},
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         check_ternary_shape(shapes[i][0], shapes[i][1], shapes[i][2], FILL_RANDOM);
     check_ternary_shape(8, 6912, 2, FILL_MAX); /* the longest 2B4T row with every product at +-128 */
     check_ternary_shape(8, 6912, 3, FILL_MIN);
+    check_ternary_shape(40, 6912, 9, FILL_MAX); /* the same for the batch kernels, rows in lanes */
+    check_ternary_shape(40, 6912, 9, FILL_MIN);
 }
 
 /* ---- quantisation ------------------------------------------------------------------------------------------------ */
