@@ -516,8 +516,8 @@ static inline __m512 load_f16x16(const uint16_t *p) { return _mm512_cvtph_ps(_mm
 
 /* o_r[0..63] (r = 0..3) += sum over keys k < n of p_r[k * p_step] * V_k[0..63], one FMA chain per element in key
  * order; from_zero starts the chains at 0 instead of o_r. V_k is at v + k * v_step, fp16 or f32. The sixteen
- * accumulators are named registers: GCC kept an array of them in memory, a load and a store around every FMA (the
- * prefill's attention ran at a fifth of the FMA peak, three quarters of it here). */
+ * accumulators are named registers: where a loop over the heads could not be unrolled, GCC kept an array of them in
+ * memory, a load and a store around every FMA (decoding's attention, 1.1-1.6x slower). */
 #define PV_DECL(r)                                                                                                \
     __m512 a##r##0 = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(o##r),                                    \
            a##r##1 = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(o##r + 16),                               \
