@@ -650,6 +650,7 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
  * each key is converted once for all rows. Softmax runs across keys with the rows in lanes; then out[r] += p[r][k] *
  * V[k] for 4 rows and 64 dimensions at a time, from an f32 copy of a block of values. */
 #define ROWS TRIT_ATTEND_ROWS
+_Static_assert(ROWS == 32, "attend_tokens keeps its rows in two vectors of 16");
 #define KB TRIT_ATTEND_KEY_BLOCK
 
 static void to_f32_block(float *dst, const uint16_t *src, int n_rows, int head_dim) {
@@ -707,23 +708,42 @@ static void attend_tokens(float *out, const float *q, int q_stride, const uint16
                 EACH8(SCORE_STORE)
             }
         }
-        /* softmax over each row's keys, rows in lanes */
-        for (int v = 0; v < ROWS; v += 16) {
-            if (v >= rows) break;
-            const __m512i lim = _mm512_load_si512(limit + v);
-            __m512 m = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
-            for (int k = 0; k < n_keys; k++)
-                m = _mm512_mask_max_ps(m, _mm512_cmplt_epi32_mask(_mm512_set1_epi32(k), lim), m,
-                                       _mm512_loadu_ps(st + (size_t)k * ROWS + v));
-            for (int k = 0; k < n_keys; k++) {
-                __mmask16 live = _mm512_cmplt_epi32_mask(_mm512_set1_epi32(k), lim);
-                __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(_mm512_loadu_ps(st + (size_t)k * ROWS + v), m)));
-                _mm512_storeu_ps(st + (size_t)k * ROWS + v, e);
-                sum = _mm512_add_ps(sum, e);
-            }
-            __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
-            for (int k = 0; k < n_keys; k++)
-                _mm512_storeu_ps(st + (size_t)k * ROWS + v, _mm512_mul_ps(_mm512_loadu_ps(st + (size_t)k * ROWS + v), inv));
+        /* softmax over each row's keys, rows in lanes; both vectors of rows in one pass, so their dependency chains
+         * (each a running max or sum over the keys in order) overlap */
+        const __m512i lim0 = _mm512_load_si512(limit), lim1 = _mm512_load_si512(limit + 16);
+        __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0, n0 = m0, n1 = m0, sum0 = _mm512_setzero_ps(), sum1 = sum0;
+        int k = 0;
+        for (; k + 2 <= n_keys; k += 2) { /* a max needs no order: even and odd keys apart */
+            __m512i k_even = _mm512_set1_epi32(k), k_odd = _mm512_set1_epi32(k + 1);
+            const float *s0 = st + (size_t)k * ROWS;
+            m0 = _mm512_mask_max_ps(m0, _mm512_cmplt_epi32_mask(k_even, lim0), m0, _mm512_loadu_ps(s0));
+            m1 = _mm512_mask_max_ps(m1, _mm512_cmplt_epi32_mask(k_even, lim1), m1, _mm512_loadu_ps(s0 + 16));
+            n0 = _mm512_mask_max_ps(n0, _mm512_cmplt_epi32_mask(k_odd, lim0), n0, _mm512_loadu_ps(s0 + ROWS));
+            n1 = _mm512_mask_max_ps(n1, _mm512_cmplt_epi32_mask(k_odd, lim1), n1, _mm512_loadu_ps(s0 + ROWS + 16));
+        }
+        if (k < n_keys) {
+            __m512i kv = _mm512_set1_epi32(k);
+            m0 = _mm512_mask_max_ps(m0, _mm512_cmplt_epi32_mask(kv, lim0), m0, _mm512_loadu_ps(st + (size_t)k * ROWS));
+            m1 = _mm512_mask_max_ps(m1, _mm512_cmplt_epi32_mask(kv, lim1), m1,
+                                    _mm512_loadu_ps(st + (size_t)k * ROWS + 16));
+        }
+        m0 = _mm512_max_ps(m0, n0), m1 = _mm512_max_ps(m1, n1);
+        for (k = 0; k < n_keys; k++) {
+            __m512i kv = _mm512_set1_epi32(k);
+            float *s0 = st + (size_t)k * ROWS;
+            __m512 e0 = _mm512_maskz_mov_ps(_mm512_cmplt_epi32_mask(kv, lim0), exp512(_mm512_sub_ps(_mm512_loadu_ps(s0), m0)));
+            __m512 e1 = _mm512_maskz_mov_ps(_mm512_cmplt_epi32_mask(kv, lim1),
+                                            exp512(_mm512_sub_ps(_mm512_loadu_ps(s0 + 16), m1)));
+            _mm512_storeu_ps(s0, e0);
+            _mm512_storeu_ps(s0 + 16, e1);
+            sum0 = _mm512_add_ps(sum0, e0);
+            sum1 = _mm512_add_ps(sum1, e1);
+        }
+        __m512 inv0 = _mm512_div_ps(_mm512_set1_ps(1.0f), sum0), inv1 = _mm512_div_ps(_mm512_set1_ps(1.0f), sum1);
+        for (k = 0; k < n_keys; k++) {
+            float *s0 = st + (size_t)k * ROWS;
+            _mm512_storeu_ps(s0, _mm512_mul_ps(_mm512_loadu_ps(s0), inv0));
+            _mm512_storeu_ps(s0 + 16, _mm512_mul_ps(_mm512_loadu_ps(s0 + 16), inv1));
         }
         /* out[r] = sum_k p[r][k] * V[k] */
         for (int k0 = 0; k0 < n_keys; k0 += KB) {
