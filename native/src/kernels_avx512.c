@@ -537,12 +537,14 @@ static inline __m512 load_f16x16(const uint16_t *p) { return _mm512_cvtph_ps(_mm
 static inline __attribute__((always_inline)) void pv_rows4(float *o0, float *o1, float *o2, float *o3, int from_zero,
                                                            const float *p0, const float *p1, const float *p2,
                                                            const float *p3, int p_step, const void *v, size_t v_step,
-                                                           int n, int f16) {
+                                                           int n, int f16, int prefetch) {
     PV_DECL(0) PV_DECL(1) PV_DECL(2) PV_DECL(3)
     for (int k = 0; k < n; k++) {
         __m512 v0, v1, v2, v3;
         if (f16) {
             const uint16_t *vk = (const uint16_t *)v + (size_t)k * v_step;
+            for (int i = 0; i < prefetch; i += 64) /* the whole row of a key this far ahead (decoding) */
+                _mm_prefetch((const char *)vk + TRIT_PREFETCH + i, _MM_HINT_T0);
             v0 = load_f16x16(vk), v1 = load_f16x16(vk + 16), v2 = load_f16x16(vk + 32), v3 = load_f16x16(vk + 48);
         } else {
             const float *vk = (const float *)v + (size_t)k * v_step;
@@ -577,6 +579,7 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
             for (int h = 0; h < 4; h++) qh[h] = h0 + h < group ? q + (size_t)(h0 + h) * head_dim : zero_q;
             __m512 lo0 = _mm512_setzero_ps(), lo1 = lo0, lo2 = lo0, lo3 = lo0, hi0 = lo0, hi1 = lo0, hi2 = lo0, hi3 = lo0;
             for (int d = 0; d < head_dim; d++) {
+                if (h0 == 0) _mm_prefetch((const char *)(kt + (size_t)d * 32) + TRIT_PREFETCH, _MM_HINT_T0);
                 __m512 a = load_f16x16(kt + (size_t)d * 32), b = load_f16x16(kt + (size_t)d * 32 + 16);
                 __m512 q0 = _mm512_set1_ps(qh[0][d]), q1 = _mm512_set1_ps(qh[1][d]), q2 = _mm512_set1_ps(qh[2][d]),
                        q3 = _mm512_set1_ps(qh[3][d]);
@@ -639,7 +642,8 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
                     p[h] = scores + (size_t)(own ? h0 + h : h0) * n_keys + k0;
                 }
                 pv_rows4(o[0], o[1], o[2], o[3], k0 == 0, p[0], p[1], p[2], p[3], 1,
-                         values + (size_t)k0 * kv_stride + d0, (size_t)kv_stride, kb, 1);
+                         values + (size_t)k0 * kv_stride + d0, (size_t)kv_stride, kb, 1,
+                         d0 == 0 && h0 == 0 ? kv_stride * (int)sizeof(uint16_t) : 0);
             }
     }
 }
@@ -753,7 +757,7 @@ static void attend_tokens(float *out, const float *q, int q_stride, const uint16
                 for (int d0 = 0; d0 < head_dim; d0 += 64) {
                     const float *p = st + (size_t)k0 * ROWS + r0;
                     pv_rows4(row_out[r0] + d0, row_out[r0 + 1] + d0, row_out[r0 + 2] + d0, row_out[r0 + 3] + d0,
-                             k0 == 0, p, p + 1, p + 2, p + 3, ROWS, kf + d0, (size_t)head_dim, kb, 0);
+                             k0 == 0, p, p + 1, p + 2, p + 3, ROWS, kf + d0, (size_t)head_dim, kb, 0, 0);
                 }
         }
     }
