@@ -353,6 +353,31 @@ static inline __m256 exp256(__m256 x) {
 
 static inline __m256 load_f16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
+/* o_r[0..31] (r = 0, 1) += sum over keys k < n of p_r[k] * V_k[0..31] (fp16 rows v_step apart), one FMA chain per
+ * element in key order, from 0 when from_zero; the eight accumulators are named registers. `prefetch` bytes of each
+ * row are asked for TRIT_PREFETCH ahead (decoding streams the values from memory). */
+static inline __attribute__((always_inline)) void pv_rows2(float *o0, float *o1, int from_zero, const float *p0,
+                                                           const float *p1, const uint16_t *v, size_t v_step, int n,
+                                                           int prefetch) {
+    __m256 a0 = from_zero ? _mm256_setzero_ps() : _mm256_loadu_ps(o0), a1 = from_zero ? a0 : _mm256_loadu_ps(o0 + 8),
+           a2 = from_zero ? a0 : _mm256_loadu_ps(o0 + 16), a3 = from_zero ? a0 : _mm256_loadu_ps(o0 + 24),
+           b0 = from_zero ? a0 : _mm256_loadu_ps(o1), b1 = from_zero ? a0 : _mm256_loadu_ps(o1 + 8),
+           b2 = from_zero ? a0 : _mm256_loadu_ps(o1 + 16), b3 = from_zero ? a0 : _mm256_loadu_ps(o1 + 24);
+    for (int k = 0; k < n; k++) {
+        const uint16_t *vk = v + (size_t)k * v_step;
+        for (int i = 0; i < prefetch; i += 64) _mm_prefetch((const char *)vk + TRIT_PREFETCH + i, _MM_HINT_T0);
+        __m256 v0 = load_f16x8(vk), v1 = load_f16x8(vk + 8), v2 = load_f16x8(vk + 16), v3 = load_f16x8(vk + 24);
+        __m256 p = _mm256_set1_ps(p0[k]);
+        a0 = _mm256_fmadd_ps(p, v0, a0), a1 = _mm256_fmadd_ps(p, v1, a1);
+        a2 = _mm256_fmadd_ps(p, v2, a2), a3 = _mm256_fmadd_ps(p, v3, a3);
+        p = _mm256_set1_ps(p1[k]);
+        b0 = _mm256_fmadd_ps(p, v0, b0), b1 = _mm256_fmadd_ps(p, v1, b1);
+        b2 = _mm256_fmadd_ps(p, v2, b2), b3 = _mm256_fmadd_ps(p, v3, b3);
+    }
+    _mm256_storeu_ps(o0, a0), _mm256_storeu_ps(o0 + 8, a1), _mm256_storeu_ps(o0 + 16, a2), _mm256_storeu_ps(o0 + 24, a3);
+    _mm256_storeu_ps(o1, b0), _mm256_storeu_ps(o1 + 8, b1), _mm256_storeu_ps(o1 + 16, b2), _mm256_storeu_ps(o1 + 24, b3);
+}
+
 /* As in the AVX-512 kernel: the heads of a group share every key and value read; 16 registers allow 2 heads of a
  * block of 32 keys at a time for the scores and 32 dimensions of 2 heads at a time for the values. */
 static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
@@ -362,14 +387,16 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
         return;
     }
     const float scale = 1.0f / sqrtf((float)head_dim);
-    /* scores, two heads and a block of 32 keys (four vectors, keys in lanes) at a time */
-    for (int h0 = 0; h0 < group; h0 += 2) {
-        const float *q0 = q + (size_t)h0 * head_dim, *q1 = h0 + 1 < group ? q0 + head_dim : q0;
-        for (int k0 = 0; k0 < n_keys; k0 += TRIT_KEY_BLOCK) {
-            const uint16_t *kt = keys + trit_key_index(k0, 0, head_dim);
+    /* scores, two heads and a block of 32 keys (four vectors, keys in lanes) at a time; every pair of heads reads a
+     * block while it is in L1, and the first prefetches the keys ahead (decoding streams them from memory) */
+    for (int k0 = 0; k0 < n_keys; k0 += TRIT_KEY_BLOCK) {
+        const uint16_t *kt = keys + trit_key_index(k0, 0, head_dim);
+        for (int h0 = 0; h0 < group; h0 += 2) {
+            const float *q0 = q + (size_t)h0 * head_dim, *q1 = h0 + 1 < group ? q0 + head_dim : q0;
             __m256 a[4], b[4];
             for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
             for (int d = 0; d < head_dim; d++) {
+                if (h0 == 0) _mm_prefetch((const char *)(kt + (size_t)d * TRIT_KEY_BLOCK) + TRIT_PREFETCH, _MM_HINT_T0);
                 __m256 x0 = _mm256_set1_ps(q0[d]), x1 = _mm256_set1_ps(q1[d]);
                 for (int i = 0; i < 4; i++) {
                     __m256 kv = load_f16x8(kt + (size_t)d * TRIT_KEY_BLOCK + 8 * i);
@@ -407,27 +434,20 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
         float inv = 1.0f / sum;
         for (k = 0; k < n_keys; k++) sc[k] *= inv;
     }
-    for (int d0 = 0; d0 < head_dim; d0 += 32)
-        for (int h0 = 0; h0 < group; h0 += 2) {
-            int nh = group - h0 < 2 ? group - h0 : 2;
-            __m256 acc[2][4];
-            for (int h = 0; h < 2; h++)
-                for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
-            for (int k = 0; k < n_keys; k++) {
-                const uint16_t *v_row = values + (size_t)k * kv_stride + d0;
-                __m256 v0 = load_f16x8(v_row), v1 = load_f16x8(v_row + 8), v2 = load_f16x8(v_row + 16),
-                       v3 = load_f16x8(v_row + 24);
-                for (int h = 0; h < nh; h++) {
-                    __m256 p = _mm256_set1_ps(scores[(size_t)(h0 + h) * n_keys + k]);
-                    acc[h][0] = _mm256_fmadd_ps(p, v0, acc[h][0]);
-                    acc[h][1] = _mm256_fmadd_ps(p, v1, acc[h][1]);
-                    acc[h][2] = _mm256_fmadd_ps(p, v2, acc[h][2]);
-                    acc[h][3] = _mm256_fmadd_ps(p, v3, acc[h][3]);
-                }
+    /* the values in blocks of 64 keys, each read from memory once and then from L1 for every head and dimension; a
+     * last single head repeats itself and stores into a spare row */
+    _Alignas(32) float spare[32] = {0};
+    for (int k0 = 0; k0 < n_keys; k0 += 64) {
+        int kb = n_keys - k0 < 64 ? n_keys - k0 : 64;
+        for (int d0 = 0; d0 < head_dim; d0 += 32)
+            for (int h0 = 0; h0 < group; h0 += 2) {
+                int two = h0 + 1 < group;
+                float *o0 = out + (size_t)h0 * head_dim + d0, *o1 = two ? o0 + head_dim : spare;
+                const float *p0 = scores + (size_t)h0 * n_keys + k0, *p1 = two ? p0 + n_keys : p0;
+                pv_rows2(o0, o1, k0 == 0, p0, p1, values + (size_t)k0 * kv_stride + d0, (size_t)kv_stride, kb,
+                         d0 == 0 && h0 == 0 ? kv_stride * (int)sizeof(uint16_t) : 0);
             }
-            for (int h = 0; h < nh; h++)
-                for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + (size_t)(h0 + h) * head_dim + d0 + 8 * i, acc[h][i]);
-        }
+    }
 }
 
 static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
