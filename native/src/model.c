@@ -442,11 +442,12 @@ static void rope_store(const batch *b, int t, int h0, int h1) {
     trit_rope_apply(k + (size_t)h0 * c->head_dim, h1 - h0, c->head_dim, cs, sn);
     for (int h = h0; h < h1; h++) {
         size_t head = ((size_t)b->layer * c->n_kv_heads + h) * ctx->span * c->head_dim;
-        uint16_t key[256]; /* converted by the kernel, then stored as one column of a key block */
-        const float *kh = k + (size_t)h * c->head_dim;
-        if (c->head_dim <= 256) b->kern->to_f16(key, kh, c->head_dim);
-        for (int d = 0; d < c->head_dim; d++)
-            ctx->k_cache[head + trit_key_index(pos, d, c->head_dim)] = c->head_dim <= 256 ? key[d] : trit_f32_to_f16(kh[d]);
+        for (int d0 = 0; d0 < c->head_dim; d0 += 128) { /* converted by the kernel, stored as a column of a key block */
+            uint16_t key[128];
+            int n = c->head_dim - d0 < 128 ? c->head_dim - d0 : 128;
+            b->kern->to_f16(key, k + (size_t)h * c->head_dim + d0, n);
+            for (int d = 0; d < n; d++) ctx->k_cache[head + trit_key_index(pos, d0 + d, c->head_dim)] = key[d];
+        }
         b->kern->to_f16(ctx->v_cache + head + (size_t)pos * c->head_dim, v + (size_t)h * c->head_dim, c->head_dim);
     }
 }
