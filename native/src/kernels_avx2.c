@@ -111,11 +111,6 @@ static void tq2_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, in
     }
 }
 
-/* Tokens t0 .. t0 + NT - 1 against code vectors q0 and q0 + 1 of one slab: rows pr + j + q * rows / 4 for lanes
- * j < n_rows. Two code vectors and three tokens at a time keep every accumulator in the 16 registers (with all four
- * code vectors and two tokens GCC spilled and reloaded some each step). maddubs' int16 sums are widened into int32
- * every 32 steps (at most 32 * 512 in int16, as in the tile above). The first slab writes sum - xsum, later slabs
- * add. */
 /* acc += v in int16, in place: written plainly, GCC 12 adds into a new register and copies it back every step */
 static inline __attribute__((always_inline)) void add16_into(__m256i *acc, __m256i v) {
 #if defined(__GNUC__) && !defined(__clang__)
@@ -124,6 +119,12 @@ static inline __attribute__((always_inline)) void add16_into(__m256i *acc, __m25
     *acc = _mm256_add_epi16(*acc, v);
 #endif
 }
+
+/* Tokens t0 .. t0 + NT - 1 against code vectors q0 and q0 + 1 of one slab: rows pr + j + q * rows / 4 for lanes
+ * j < n_rows. Two code vectors and three tokens at a time keep every accumulator in the 16 registers (with all four
+ * code vectors and two tokens GCC spilled and reloaded some each step). maddubs' int16 sums are widened into int32
+ * every 32 steps (at most 32 * 512 in int16, as in the tile above). The first slab writes sum - xsum, later slabs
+ * add. */
 #define LT_DECL(i) __m256i a0##i = _mm256_setzero_si256(), a1##i = a0##i, w0##i = a0##i, w1##i = a0##i;
 #define LT_STEP(i)                                                                                                \
     {                                                                                                             \
