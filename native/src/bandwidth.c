@@ -20,7 +20,7 @@ static void run_read(void *arg, int ith, int nth) {
     for (size_t i = begin; i + 8 <= end; i += 8) { /* one cache line */
 #if defined(__GNUC__)
         /* as the kernels do: a plain loop leaves the bus idle part of the time and measured ~25% less */
-        __builtin_prefetch(j->words + i + 512);
+        __builtin_prefetch(j->words + i + TRIT_PREFETCH / sizeof(uint64_t));
 #endif
         for (int k = 0; k < 8; k++) s[k] += j->words[i + k];
     }
