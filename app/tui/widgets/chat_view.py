@@ -111,6 +111,11 @@ def empty_text(incognito: bool) -> str:
 
 
 class ChatView(VerticalScroll, can_focus=False):
+    def on_resize(self) -> None:
+        # While anchored, Textual's layout moves the scrollbar's thumb to the end without repainting it, so the
+        # thumb stayed where it was drawn before the last messages were laid out: repaint it once the layout is done.
+        self.call_after_refresh(self.vertical_scrollbar.refresh)
+
     async def show(self, messages: list[Message], incognito: bool = False) -> None:
         await self.remove_children()
         widgets, dropped = [], 0
