@@ -10,6 +10,7 @@ import inspect
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -258,9 +259,10 @@ async def test_a_slow_start_says_it_is_reading_and_a_message_sent_meanwhile_wait
     configure(with_tiny, temperature=0.0)  # a sampled reply of the random model can be empty; the greedy one is not
 
     reply = Service.reply
+    go = threading.Event()  # a long prefill: no text until the test has sent its second message
 
-    def slow_reply(self, dialogue, cancel=None):  # a long prefill: no text for a while
-        time.sleep(0.6)
+    def slow_reply(self, dialogue, cancel=None):
+        go.wait(TIMEOUT)
         yield from reply(self, dialogue, cancel)
 
     monkeypatch.setattr(Service, "reply", slow_reply)
@@ -276,6 +278,7 @@ async def test_a_slow_start_says_it_is_reading_and_a_message_sent_meanwhile_wait
         await type_text(pilot, "Next")  # sent while the reply is written: it waits, then goes out
         await pilot.press("enter")
         assert chat.pending == "Next" and chat.prompt.text == ""
+        go.set()
         await until(pilot, lambda: chat.replies == 1)
         assert not box.query_one(".waiting").display and box.markdown.source
         await until(pilot, lambda: chat.replies == 2, what="the waiting message's reply")
@@ -502,9 +505,10 @@ async def test_problems_are_one_line_notifications(home, tiny):
     (paths().config / "config.toml").write_text("default_model = [oops\n")
     app = TritApp()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.5)
-        assert any("not valid TOML" in n for n in notifications(app))
-        assert isinstance(app.screen, FirstRunScreen)  # default settings, no model: the first run
+        # default settings, no model: the first run, and a line saying what is wrong with the file
+        await until(pilot, lambda: isinstance(app.screen, FirstRunScreen)
+                    and any("not valid TOML" in n for n in notifications(app)),
+                    what=lambda: f"the first run and the TOML notification; shown: {notifications(app)}")
     assert (paths().config / "config.toml").read_text() == "default_model = [oops\n"  # never written over
     configure(tiny.parent / "no-such-model")  # a default model that is not there: the first run, saying why
     app = TritApp()
