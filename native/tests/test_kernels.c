@@ -3,6 +3,7 @@
  *   - the ternary matmul, TQ2 and T5, on odd shapes: int32 bit-identical (and the scalar one against a plain sum);
  *   - the activation quantisation: int8 values and scale bit-identical;
  *   - the bf16 / q8 / q4 output heads and attention over the fp16 cache: equal within a stated float tolerance;
+ *     attention over a batch of tokens also bit-identical to the same tokens one at a time;
  *   - a whole tiny model (threads splitting rows, prefill tiles, decoding, every head, both ternary formats): logits
  *     close, which also covers what the public operations cannot reach (the quantiser's sum, row shares).
  *
@@ -443,6 +444,19 @@ static void check_attention(int n_q, int pos0, int n_heads, int n_kv, int hd, fl
         check(rc == TRIT_OK && worst <= 2e-5,
               "attention %-10s ~ scalar     n_q=%d pos0=%d heads=%d/%d head_dim=%d (max |diff| %.2g)",
               kname(kk), n_q, pos0, n_heads, n_kv, hd, worst);
+        if (n_q == 1) continue;
+        /* token by token, as decoding runs: the same floats as the batch, so a prompt's logits do not depend on
+         * how it was split */
+        size_t row = (size_t)n_heads * hd;
+        float *one = xmalloc(sizeof(float) * row);
+        int same = 1;
+        for (int t = 0; t < n_q && same; t++) {
+            rc = trit_op_attention(one, q + t * row, k, v, 1, pos0 + t, n_heads, n_kv, hd);
+            same = rc == TRIT_OK && memcmp(one, got + t * row, sizeof(float) * row) == 0;
+        }
+        free(one);
+        check(same, "attention %-10s = itself   n_q=%d pos0=%d heads=%d/%d head_dim=%d token by token", kname(kk), n_q,
+              pos0, n_heads, n_kv, hd);
     }
     free(q), free(k), free(v), free(want), free(got);
 }
