@@ -9,18 +9,18 @@ from pathlib import Path
 
 import click
 
-from .paths import paths
+from trit import __version__
 
-VERSION = "0.1.0"
+from .paths import paths
 
 
 def is_user_error(e: BaseException) -> bool:
     """Errors whose message tells the user what is wrong and what to do: shown as one line."""
-    from engine import EngineError
+    from trit.engine import EngineError
 
     from .settings import SettingsError
 
-    store = sys.modules.get("app.store")  # only commands that use the history import sqlite
+    store = sys.modules.get("trit.app.store")  # only commands that use the history import sqlite
     return isinstance(e, (EngineError, SettingsError)) or (store is not None and isinstance(e, store.StoreError))
 
 
@@ -47,7 +47,7 @@ def friendly_errors(fn):
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(VERSION, prog_name="trit")
+@click.version_option(__version__, prog_name="trit")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Trit: an offline, private assistant running BitNet b1.58 on your CPU."""
@@ -288,7 +288,7 @@ def history_export(cid, fmt, output) -> None:
 
 def synthetic_folder(preset: str, seed: int) -> Path:
     """A random model of a preset's shape, written once into the cache and reused."""
-    from engine import synthetic
+    from trit.engine.tools import synthetic
 
     if preset not in synthetic.PRESETS:
         raise click.BadParameter(f"unknown preset {preset!r}; choose from {', '.join(synthetic.PRESETS)}")
@@ -321,7 +321,7 @@ def synthetic_folder(preset: str, seed: int) -> Path:
 def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, repetitions, as_json,
           conversation=False, versus=None) -> None:
     """Measure prompt processing (ppN) and generation (tgN) speed in tokens/s, against the memory bus."""
-    from engine import bench as engine_bench
+    from trit.engine.tools import bench as engine_bench
 
     if (model is None) == (preset is None):
         raise click.UsageError("give a model folder or --synthetic PRESET")
@@ -342,7 +342,7 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
         click.echo(f"turn {c.turns[-1].turn} with nothing cached: prefill {c.cold_last_turn_prefill_s:.2f} s")
         return
     if versus:
-        from engine import bench_llamacpp
+        from trit.engine.tools import bench_llamacpp
 
         bench_llamacpp.require(folder)  # one clear line now, not after Trit's own run
     r = engine_bench.run(folder, threads=threads, head=head, ternary=ternary, n_prompt=n_prompt, n_gen=n_gen,
@@ -386,7 +386,7 @@ class TransferBar:
     def __init__(self, label: str):
         self.label, self.bar = label, None
 
-    def __call__(self, p) -> None:  # engine.hub.Progress
+    def __call__(self, p) -> None:  # engine.models.registry.Progress
         if self.bar is None:
             from tqdm import tqdm
 
@@ -443,16 +443,16 @@ def pull(repo, file, revision, name) -> None:
     Only the files Trit needs are fetched, each checked against the sha256 the hub publishes; the model is ready
     only when all of them match. An interrupted pull continues where it stopped when run again. HF_ENDPOINT selects
     another hub, HF_TOKEN authenticates. This is the only command that uses the network."""
-    from engine import hub
+    from trit.engine.models import download, registry
 
     if file and not repo:
         raise click.UsageError("--file needs the repository: trit pull OWNER/REPO --file FILE.gguf")
     command = "trit pull" + "".join(f" {flag}{value}" for flag, value in (
         ("", repo), ("--file ", file), ("--revision ", revision), ("--name ", name)) if value)
-    repo = repo or hub.DEFAULT_REPO
-    bar = TransferBar(name or (hub.gguf_name(file) if file else hub.default_name(repo)))
+    repo = repo or download.DEFAULT_REPO
+    bar = TransferBar(name or (registry.gguf_name(file) if file else download.default_name(repo)))
     try:
-        m = hub.pull(repo, paths().models, revision=revision, name=name, file=file, progress=bar, log=bar.log)
+        m = download.pull(repo, paths().models, revision=revision, name=name, file=file, progress=bar, log=bar.log)
     except KeyboardInterrupt:
         bar.close()
         click.echo(f"trit: interrupted — what was downloaded is kept; run `{command}` again to continue", err=True)
@@ -473,11 +473,11 @@ def import_cmd(path, name) -> None:
     packed format (config.json, model.safetensors, tokenizer.json, ...) or a copy of a pulled model's folder; or a
     GGUF file (Llama, Qwen, Gemma, … — run by llama.cpp: pip install "trit[gguf]"). It is checked, hashed and copied
     into Trit's models folder."""
-    from engine import hub
+    from trit.engine.models import importing
 
     bar = TransferBar(name or path.name)
     try:
-        m = hub.import_model(path, paths().models, name=name, progress=bar)
+        m = importing.import_model(path, paths().models, name=name, progress=bar)
     finally:
         bar.close()
     click.echo(f"{m.name} is ready ({model_kind(m)}): {human_size(m.size_bytes)}, from {path}, in {m.path}")
@@ -490,7 +490,8 @@ def import_cmd(path, name) -> None:
 @friendly_errors
 def models_cmd(make_default, check, as_json) -> None:
     """List the installed models; the default one is marked with *."""
-    from engine import hub
+    from trit.engine.kinds import BITNET
+    from trit.engine.models import registry
 
     from .settings import load_settings, save_settings
 
@@ -501,7 +502,7 @@ def models_cmd(make_default, check, as_json) -> None:
         if make_default == DEMO_NAME and demo_model() is not None:
             name = DEMO_NAME  # the model that ships inside Trit, not an installed one
         else:
-            name = hub.locate(folder, make_default).name
+            name = registry.locate(folder, make_default).name
         settings = load_settings()
         settings.default_model = name
         save_settings(settings)
@@ -509,12 +510,12 @@ def models_cmd(make_default, check, as_json) -> None:
         return
     damaged = []
     if check:
-        for m in hub.installed(folder):
-            bad = hub.verify(m)
+        for m in registry.installed(folder):
+            bad = registry.verify(m)
             click.echo(f"{m.name}: " + (f"damaged: {', '.join(bad)} — run `trit rm {m.name}` and install it again"
                                         if bad else "every file matches"), err=True)
             damaged += [m.name] if bad else []
-    models = hub.installed(folder)
+    models = registry.installed(folder)
     default = default_model_name(models)
     if as_json:
         click.echo(json.dumps([{**m.to_dict(), "default": m.name == default} for m in models], indent=2))
@@ -526,7 +527,7 @@ def models_cmd(make_default, check, as_json) -> None:
         # QUANT: how the weights are stored — BitNet's ternary, or the GGUF's file type (Q4_K_M, …)
         rows = [("", "NAME", "SIZE", "BACKEND", "QUANT", "SOURCE", "REVISION", "VERIFIED")] + [
             ("*" if m.name == default else "", m.name, human_size(m.size_bytes), m.backend,
-             m.file_type or ("ternary" if m.backend == "bitnet" else "-"), m.source, m.short_revision or "-",
+             m.file_type or ("ternary" if m.backend == BITNET else "-"), m.source, m.short_revision or "-",
              "yes" if m.verified else "NO") for m in models]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
@@ -541,22 +542,22 @@ def models_cmd(make_default, check, as_json) -> None:
 @friendly_errors
 def rm_cmd(name, yes) -> None:
     """Remove an installed model (or the kept data of an unfinished pull of that name)."""
-    from engine import hub
+    from trit.engine.models import registry
 
     from .settings import load_settings, save_settings
 
     folder = paths().models
     try:
-        m = hub.locate(folder, name)
+        m = registry.locate(folder, name)
         what = f"{m.name} ({human_size(m.size_bytes)}, {m.source})"
-    except hub.ModelNotFound:
-        if not hub.partial_folder(folder, name).is_dir():
+    except registry.ModelNotFound:
+        if not registry.partial_folder(folder, name).is_dir():
             raise
         what = f"the unfinished download of {name}"
     if not yes and not click.confirm(f"remove {what}?", default=False, err=True):
         click.echo("nothing removed", err=True)
         sys.exit(1)
-    hub.remove(folder, name)
+    registry.remove(folder, name)
     settings = load_settings()
     if settings.default_model == name:
         settings.default_model = ""

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import engine
-from engine import ChatResult, Piece
+from trit import engine
+from trit.engine import ChatResult, Piece
 
 from .paths import paths
 from .settings import Settings, load_settings
@@ -39,7 +39,7 @@ class ModelChoice:
 
 def demo_model() -> ModelChoice | None:
     try:
-        from assets import DEMO_MODEL
+        from trit.assets import DEMO_MODEL
     except ImportError:
         return None
     return ModelChoice(DEMO_NAME, Path(DEMO_MODEL), demo=True) if Path(DEMO_MODEL, "config.json").exists() else None
@@ -49,11 +49,11 @@ def choose_model(name: str | None, settings: Settings) -> ModelChoice:
     """A model folder, a .gguf file (or a folder holding one), an installed model's name, or (no name) the default:
     the configured one, else the newest installed one, else the demo model that ships inside Trit. engine.load
     then runs whichever it is."""
-    from engine import hub
+    from trit.engine.models import registry
 
     name = name or settings.default_model or None
     if name is None:
-        models = hub.installed(paths().models)
+        models = registry.installed(paths().models)
         if models:
             newest = models[-1]
             return ModelChoice(newest.name, newest.path)
@@ -73,7 +73,7 @@ def choose_model(name: str | None, settings: Settings) -> ModelChoice:
     gguf = engine.find_gguf(folder) if folder.exists() else None
     if gguf is not None:
         return ModelChoice(str(gguf.resolve()), gguf.resolve())
-    installed = hub.locate(paths().models, name)
+    installed = registry.locate(paths().models, name)
     return ModelChoice(installed.name, installed.path)
 
 

@@ -15,3 +15,9 @@ class InputError(EngineError):
 
 class NativeError(EngineError):
     """The native library refused a call or could not be loaded."""
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (a library's multi-line error, shown in one of ours)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -348,7 +348,7 @@ def find_builds(dist: Path) -> tuple[Path, Path]:
 
 
 def bundled_demo(onedir: Path) -> Path | None:
-    folder = onedir / "_internal" / "assets" / "demo" / "model"
+    folder = onedir / "_internal" / "trit" / "assets" / "demo" / "model"
     return folder if (folder / "config.json").is_file() else None
 
 
@@ -375,7 +375,7 @@ def main() -> int:
         report.check(shutil.which("python3", path=box.env("h")["PATH"]) is None and
                      shutil.which("python", path=box.env("h")["PATH"]) is None, "no Python on the binaries' PATH")
 
-        report.check((base / "opt" / "trit" / "_internal" / "assets" / "styles" / "trit.tcss").is_file(),
+        report.check((base / "opt" / "trit" / "_internal" / "trit" / "assets" / "styles" / "trit.tcss").is_file(),
                      "the chat app's stylesheet is inside the binary (without it the app falls back to plain styles)")
         demo = bundled_demo(base / "opt" / "trit")
         model = "demo" if demo else None

@@ -25,7 +25,7 @@ def no_network():
 def make_model(tmp_path_factory):
     """make_model(preset="tiny", seed=0, linear_class=..., **config) -> folder of a synthetic packed model,
     written once per distinct set of arguments in the session."""
-    from engine import synthetic
+    from trit.engine.tools import synthetic
 
     cache: dict[str, object] = {}
 

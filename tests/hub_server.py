@@ -1,6 +1,6 @@
 """A stand-in for the Hugging Face Hub on 127.0.0.1, with switches that break it on purpose.
 
-It serves what huggingface_hub and engine.hub call:
+It serves what huggingface_hub and engine.models.hub call:
 - GET  /api/models/{repo}[/revision/{rev}][?blobs=true]  model info: commit sha, siblings (with blobs: size, blobId
   and, for LFS files, lfs.sha256/size/pointerSize)
 - HEAD/GET /{repo}/resolve/{rev}/{file}  regular files: 200 with ETag (git blob sha1), X-Repo-Commit, Content-Length;

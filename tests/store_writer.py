@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.store import Store  # noqa: E402
+from trit.app.store import Store  # noqa: E402
 
 
 def main() -> None:

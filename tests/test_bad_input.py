@@ -9,8 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-import engine
-from engine.safetensors_file import SafetensorsFile, write_safetensors
+from trit import engine
+from trit.engine.formats.safetensors_file import SafetensorsFile, write_safetensors
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def test_positions_past_the_context(tiny_model):
 
 def test_native_boundary_checks_too(tiny_model):
     """Even called directly, past the Python checks, the library refuses instead of crashing."""
-    from engine import native
+    from trit.engine.runtime import native
 
     model = engine.load(tiny_model)
     with model.context(4) as ctx:

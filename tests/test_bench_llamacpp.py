@@ -15,9 +15,9 @@ import gguf
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize
 
-from engine import gguf_export
-from engine.checkpoint import PROJECTIONS, Checkpoint
-from engine.packing import unpack_ternary
+from trit.engine.formats import gguf_export
+from trit.engine.formats.checkpoint import PROJECTIONS, Checkpoint
+from trit.engine.formats.packing import unpack_ternary
 
 # TQ1_0/TQ2_0 blocks are 256 weights along a row: hidden and intermediate must be multiples of 256. Two query
 # heads per kv head, head_dim 64.
@@ -156,7 +156,7 @@ def test_models_llama_cpp_cannot_block_are_refused_with_one_line(make_model):
 
 
 def test_the_gguf_is_cached_in_trit_and_written_again_when_stale(make_model, tmp_path):
-    from engine import synthetic
+    from trit.engine.tools import synthetic
 
     folder = synthetic.write_model(tmp_path / "m", "tiny", **SHAPE)
     path = gguf_export.ensure(folder, "tq2_0")
@@ -172,7 +172,7 @@ def test_the_gguf_is_cached_in_trit_and_written_again_when_stale(make_model, tmp
 def test_vs_llama_cpp_without_the_package_is_one_line_and_exit_1(monkeypatch, tiny_model):
     from click.testing import CliRunner
 
-    from app.cli import cli
+    from trit.app.cli import cli
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
@@ -198,7 +198,7 @@ def test_llama_cpp_loads_the_export_and_evaluates_tokens(make_model, exported, q
 
 @needs_llama_cpp
 def test_bench_llamacpp_measures_in_a_child_process(make_model):
-    from engine import bench_llamacpp
+    from trit.engine.tools import bench_llamacpp
 
     results = bench_llamacpp.run(make_model("tiny", **SHAPE), threads=2, n_prompt=16, n_gen=4, repetitions=2)
     assert [r.qtype for r in results] == list(bench_llamacpp.QTYPES)

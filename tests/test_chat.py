@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import engine
-from engine.chat import Chat, ChatResult, Piece, common_prefix
-from engine.sampling import SamplingParams
-from engine.tokenizer import Tokenizer
+from trit import engine
+from trit.engine.runtime.chat import Chat, ChatResult, Piece, common_prefix
+from trit.engine.runtime.sampling import SamplingParams
+from trit.engine.runtime.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_model_chat_keeps_recent_conversations_warm(model_folder):
 
 
 def test_sessions_are_bounded(model_folder):
-    from engine.chat import ChatSessions
+    from trit.engine.runtime.chat import ChatSessions
 
     model = engine.load(model_folder, threads=2)
     sessions = ChatSessions(model, Tokenizer.from_folder(model_folder), max_sessions=1)
@@ -193,7 +193,7 @@ def test_a_reply_the_template_trims_is_still_reused(model_folder):
 def test_on_the_demo_model_turn_two_prefills_only_its_new_tokens():
     """With trained weights the replies are real text that comes back verbatim: the next turn reuses the whole cache,
     prompt and reply, and its logits equal a fresh prefill of the same prompt."""
-    from assets import DEMO_MODEL
+    from trit.assets import DEMO_MODEL
 
     model = engine.load(DEMO_MODEL, threads=2)
     conversation = [{"role": "user", "content": "Who is Mr. Darcy?"}]

@@ -45,7 +45,7 @@ def test_bench_synthetic_json(run, tmp_path):
     result = json.loads(r.stdout)
     assert result["n_prompt"] == 32 and result["n_gen"] == 8 and result["threads"] == 2
     assert result["pp_tok_s"] > 0 and result["tg_tok_s"] > 0 and len(result["tg_runs"]) == 2
-    from engine import native
+    from trit.engine.runtime import native
 
     assert result["kernel"] == native.kernels()[0] and result["peak_rss_mb"] > 0
     assert (tmp_path / "home" / "cache" / "synthetic" / "tiny-seed0" / "config.json").exists()

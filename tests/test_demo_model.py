@@ -14,10 +14,10 @@ import shutil
 import numpy as np
 import pytest
 
-import engine
-from assets import DEMO_HELDOUT, DEMO_INFO_FILE, DEMO_MODEL, demo_info
-from engine import synthetic
-from engine.tokenizer import Tokenizer
+from trit import engine
+from trit.assets import DEMO_HELDOUT, DEMO_INFO_FILE, DEMO_MODEL, demo_info
+from trit.engine.tools import synthetic
+from trit.engine.runtime.tokenizer import Tokenizer
 
 WINDOW = 512  # the training script's evaluation window: BOS + 511 text tokens (assets/demo/train.py eval_windows)
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",

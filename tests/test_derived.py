@@ -9,8 +9,10 @@ import stat
 import numpy as np
 import pytest
 
-import engine
-from engine import derived, native
+from trit import engine
+from trit.engine.formats import derived
+from trit.engine.runtime import native
+from trit.engine.tools import fidelity
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def test_a_damaged_or_stale_derived_file_is_derived_again(model_copy):
     path.write_bytes(path.read_bytes()[:100])  # truncated
     assert np.array_equal(engine.load(model_copy, ternary="t5", head="q4").logits(ids()), expected)
     # a different checkpoint in the same folder: the old T5 file must not be used
-    from engine import synthetic
+    from trit.engine.tools import synthetic
 
     other = synthetic.write_model(model_copy.parent / "other", "tiny", seed=4, num_hidden_layers=2, vocab_size=2048)
     shutil.copy(other / "model.safetensors", model_copy / "model.safetensors")
@@ -83,7 +85,7 @@ def test_derived_tensors_stay_in_memory_when_the_folder_cannot_be_written(model_
 def test_compact_heads_stay_close_to_the_exact_one(make_model, head, max_kl, min_top1):
     """Bounds loose enough for random models; the measured values go in the closing note and `trit bench`."""
     folder = make_model("small", seed=0)
-    result = derived.fidelity(folder, head, ids(128, vocab=8192, seed=1))
+    result = fidelity.fidelity(folder, head, ids(128, vocab=8192, seed=1))
     print(result)
     assert result["kl_nats"] <= max_kl and result["top1_agreement"] >= min_top1
 

@@ -1,5 +1,5 @@
 """GGUF models through llama-cpp-python behind engine.load / model.chat: a tiny random llama GGUF written here, run
-by the real llama.cpp. The conversation logic is engine.chat's own (tests/test_chat.py); these tests check what the
+by the real llama.cpp. The conversation logic is engine.runtime.chat's own (tests/test_chat.py); these tests check what the
 llama.cpp context and tokenizer must get right for it: reuse, logits after reuse, cancelling, overflow, refusals."""
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ pytest.importorskip("gguf", reason="the gguf package is not installed (pip insta
 
 import gguf_models  # noqa: E402
 
-import engine  # noqa: E402
-from engine import gguf_backend  # noqa: E402
-from engine.chat import Chat, ChatResult, Piece  # noqa: E402
-from engine.sampling import SamplingParams  # noqa: E402
+from trit import engine  # noqa: E402
+from trit.engine.backends.llamacpp import library  # noqa: E402
+from trit.engine.formats.gguf import BITNET_ARCHITECTURES  # noqa: E402
+from trit.engine.runtime.chat import Chat, ChatResult, Piece  # noqa: E402
+from trit.engine.runtime.sampling import SamplingParams  # noqa: E402
 
 PARAMS = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=24, seed=7)
 CONVERSATION = [{"role": "system", "content": "You are terse."},
@@ -144,7 +145,7 @@ def test_cancel_mid_decode_leaves_a_consistent_cache(model):
 
 
 def test_cancel_mid_prefill_leaves_a_consistent_cache(gguf_path):
-    with gguf_backend.GGUFModel(gguf_path, threads=1, batch=8) as small_batches:
+    with engine.GGUFModel(gguf_path, threads=1, batch=8) as small_batches:
         chat = Chat(small_batches, small_batches.tokenizer)
         long = [CONVERSATION[0], {"role": "user", "content": "the cat sat on the mat " * 6}]
         ids = small_batches.tokenizer.encode_chat(long)
@@ -158,7 +159,7 @@ def test_cancel_mid_prefill_leaves_a_consistent_cache(gguf_path):
 
 
 def test_overflow_drops_the_oldest_turns_but_not_the_system_prompt(gguf_path):
-    with gguf_backend.GGUFModel(gguf_path, threads=1, n_ctx=96) as small:
+    with engine.GGUFModel(gguf_path, threads=1, n_ctx=96) as small:
         messages = [{"role": "system", "content": "SYSTEM RULES"}]
         for i in range(6):
             messages += [{"role": "user", "content": f"question {i} about the weather"},
@@ -192,12 +193,12 @@ def test_header_info_and_folder_dispatch(gguf_path, tmp_path):
     folder = tmp_path / "tiny"
     folder.mkdir()
     (folder / "tiny.gguf").write_bytes(gguf_path.read_bytes())
-    assert gguf_backend.find_gguf(folder) == folder / "tiny.gguf"
+    assert engine.find_gguf(folder) == folder / "tiny.gguf"
     with engine.load(folder, threads=1) as m:
         assert m.backend == "llama.cpp" and m.path == folder / "tiny.gguf"
 
 
-@pytest.mark.parametrize("arch", sorted(gguf_backend.BITNET_ARCHITECTURES))
+@pytest.mark.parametrize("arch", sorted(BITNET_ARCHITECTURES))
 def test_a_bitnet_gguf_is_refused_with_the_reason(tmp_path, arch):
     path = gguf_models.write_arch(tmp_path / f"{arch}.gguf", arch)
     with pytest.raises(engine.EngineError) as e:
@@ -233,7 +234,7 @@ def test_bad_files_are_one_clear_line(gguf_path, tmp_path, capfd):
 
 
 def test_without_llama_cpp_one_line_says_what_to_install(gguf_path, monkeypatch):
-    monkeypatch.setattr(gguf_backend, "_lib", None)
+    monkeypatch.setattr(library, "_lib", None)
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     monkeypatch.setitem(sys.modules, "llama_cpp.llama_cpp", None)
     with pytest.raises(engine.EngineError, match=r'pip install "trit\[gguf\]"') as e:

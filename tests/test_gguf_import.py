@@ -23,8 +23,8 @@ from hub_server import HubServer  # noqa: E402
 from network_guard import offline_env  # noqa: E402
 from test_cli import trit_command  # noqa: E402
 
-import engine  # noqa: E402
-from engine import hub  # noqa: E402
+from trit import engine  # noqa: E402
+from trit.engine.models import download, importing, registry  # noqa: E402
 
 needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                                      reason='llama-cpp-python is not installed (pip install "trit[gguf]")')
@@ -63,7 +63,7 @@ def models(tmp_path) -> Path:
 @pytest.fixture
 def trit(tmp_path, monkeypatch):
     """`trit` in this process (click's runner), with its own TRIT_HOME."""
-    from app.cli import cli
+    from trit.app.cli import cli
 
     monkeypatch.setenv("TRIT_HOME", str(tmp_path / "home"))
     runner = CliRunner()
@@ -74,34 +74,34 @@ def trit(tmp_path, monkeypatch):
 def server(monkeypatch):
     srv = HubServer().start()
     monkeypatch.setenv("HF_ENDPOINT", srv.url)
-    monkeypatch.setattr(hub, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(download, "RETRY_DELAYS", (0.0, 0.0, 0.0))
     yield srv
     srv.stop()
 
 
 def nothing_left(models: Path) -> bool:
-    partial = models / hub.PARTIAL_DIR
-    return hub.installed(models) == [] and not any(p for p in partial.glob("*") if p.suffix != ".lock")
+    partial = models / registry.PARTIAL_DIR
+    return registry.installed(models) == [] and not any(p for p in partial.glob("*") if p.suffix != ".lock")
 
 
 # ---- import --------------------------------------------------------------------------------------------------------
 
 
 def test_import_copies_the_file_with_its_checksum_and_header(gguf_file, models):
-    m = hub.import_model(gguf_file, models)
+    m = importing.import_model(gguf_file, models)
     assert (m.name, m.backend, m.architecture, m.file_type, m.context_length, m.verified) == (
         NAME, "llama.cpp", "llama", "F32", 512, True)
     assert m.source == f"local:{gguf_file.resolve()}" and m.revision is None
-    assert sorted(p.name for p in m.path.iterdir()) == sorted([FILE, hub.MANIFEST_FILE])
-    manifest = json.loads((m.path / hub.MANIFEST_FILE).read_text())
+    assert sorted(p.name for p in m.path.iterdir()) == sorted([FILE, registry.MANIFEST_FILE])
+    manifest = json.loads((m.path / registry.MANIFEST_FILE).read_text())
     assert manifest["backend"] == "llama.cpp" and manifest["file_type"] == "F32"
     assert manifest["files"] == {FILE: {"size": gguf_file.stat().st_size, "sha256": sha256(gguf_file)}}
     assert engine.find_gguf(m.path) == m.path / FILE  # what engine.load runs for the model folder
-    assert hub.verify(m) == [] and hub.installed(models) == [m] and hub.locate(models, NAME) == m
+    assert registry.verify(m) == [] and registry.installed(models) == [m] and registry.locate(models, NAME) == m
     with pytest.raises(engine.EngineError, match=f"a model named '{NAME}' is already installed"):
-        hub.import_model(gguf_file, models)
+        importing.import_model(gguf_file, models)
     # a folder holding one GGUF is that GGUF; a copy of an installed model's folder keeps its origin
-    again = hub.import_model(m.path, models, name="copy")
+    again = importing.import_model(m.path, models, name="copy")
     assert (again.name, again.source, again.backend) == ("copy", m.source, "llama.cpp")
 
 
@@ -152,18 +152,18 @@ def test_models_shows_the_backend_and_quantization_and_rm_removes_a_gguf(trit, g
 
     r = trit("rm", NAME, "--yes")
     assert r.exit_code == 0 and f"removed {NAME}" in r.stdout and not (models / NAME).exists()
-    assert [m.name for m in hub.installed(models)] == ["bitnet-tiny"]
+    assert [m.name for m in registry.installed(models)] == ["bitnet-tiny"]
 
 
 def test_choose_model_takes_gguf_files_folders_and_installed_names(gguf_file, models, monkeypatch, tmp_path):
-    from app.service import choose_model
-    from app.settings import Settings
+    from trit.app.service import choose_model
+    from trit.app.settings import Settings
 
     monkeypatch.setenv("TRIT_HOME", str(tmp_path / "home"))
     by_file = choose_model(str(gguf_file), Settings())
     assert by_file.path == gguf_file.resolve() and by_file.name == str(gguf_file.resolve())
     assert choose_model(str(gguf_file.parent), Settings()).path == gguf_file.resolve()
-    hub.import_model(gguf_file, models)
+    importing.import_model(gguf_file, models)
     assert (choose_model(NAME, Settings()).name, choose_model(NAME, Settings()).path) == (NAME, models / NAME)
     assert choose_model(None, Settings()).name == NAME  # the newest installed, whatever its backend
 
@@ -176,15 +176,15 @@ def test_pull_of_a_repository_with_one_gguf_installs_just_that_file(server, gguf
     repo = server.add_repo("someone/Tiny-GGUF", files={"Tiny-Llama-F32.gguf": data, "README.md": b"# tiny\n",
                                                         "config.json": b"{}"})
     server.drop["Tiny-Llama-F32.gguf"] = [len(data) // 3]  # the same resumable download as BitNet checkpoints
-    m = hub.pull("someone/Tiny-GGUF", models)
+    m = download.pull("someone/Tiny-GGUF", models)
     assert (m.name, m.backend, m.source, m.revision, m.file_type) == (
         NAME, "llama.cpp", "hf:someone/Tiny-GGUF", repo.commit, "F32")
-    assert sorted(p.name for p in m.path.iterdir()) == ["Tiny-Llama-F32.gguf", hub.MANIFEST_FILE]
+    assert sorted(p.name for p in m.path.iterdir()) == ["Tiny-Llama-F32.gguf", registry.MANIFEST_FILE]
     assert m.files == {"Tiny-Llama-F32.gguf": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
     assert [g.range_start for g in server.gets("Tiny-Llama-F32.gguf")] == [None, len(data) // 3]
     assert server.gets("README.md") == [] and server.gets("config.json") == []
     server.requests.clear()
-    assert hub.pull("someone/Tiny-GGUF", models, revision=repo.commit) == m  # installed at that commit: no download
+    assert download.pull("someone/Tiny-GGUF", models, revision=repo.commit) == m  # installed at that commit: no download
     assert server.gets("Tiny-Llama-F32.gguf") == []
 
 
@@ -206,9 +206,9 @@ def test_pull_of_one_gguf_among_several(server, gguf_file, trit, models):
     r = trit("pull", "someone/many", "--file", "F16/tiny-f16.gguf")
     assert r.exit_code == 0, r.stderr
     assert "tiny-f16 is ready (llama.cpp, llama F32)" in r.stdout
-    assert sorted(p.name for p in (models / "tiny-f16").iterdir()) == sorted([hub.MANIFEST_FILE, "tiny-f16.gguf"])
+    assert sorted(p.name for p in (models / "tiny-f16").iterdir()) == sorted([registry.MANIFEST_FILE, "tiny-f16.gguf"])
     r = trit("pull", "someone/many", "--file", "tiny-Q8_0.gguf", "--name", "q8")
-    assert r.exit_code == 0 and hub.locate(models, "q8").backend == "llama.cpp"
+    assert r.exit_code == 0 and registry.locate(models, "q8").backend == "llama.cpp"
     assert [g.filename for g in server.requests if g.method == "GET" and g.status == 200
             and g.filename.endswith(".gguf")] == ["F16/tiny-f16.gguf", "tiny-Q8_0.gguf"]
 
@@ -217,10 +217,10 @@ def test_pull_refuses_a_bitnet_gguf_after_its_header(server, bitnet_ggufs, model
     data = bitnet_ggufs["bitnet"].read_bytes()
     server.add_repo("someone/bitnet-gguf", files={"ggml-model-tq2_0.gguf": data})
     seen = []
-    with pytest.raises(hub.HubError, match=r"^someone/bitnet-gguf/ggml-model-tq2_0.gguf: a BitNet GGUF .*SiLU"):
-        hub.pull("someone/bitnet-gguf", models, progress=lambda p: seen.append(p.file_done))
+    with pytest.raises(download.HubError, match=r"^someone/bitnet-gguf/ggml-model-tq2_0.gguf: a BitNet GGUF .*SiLU"):
+        download.pull("someone/bitnet-gguf", models, progress=lambda p: seen.append(p.file_done))
     assert max(seen) < len(data) // 4  # stopped once the header was in, not after the whole file
-    assert nothing_left(models) and not hub.partial_folder(models, "ggml-model-tq2_0").exists()
+    assert nothing_left(models) and not registry.partial_folder(models, "ggml-model-tq2_0").exists()
 
 
 # ---- the real command ----------------------------------------------------------------------------------------------

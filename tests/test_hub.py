@@ -18,11 +18,12 @@ from hub_server import HubServer
 from network_guard import offline_env
 from tqdm import tqdm
 
-import engine
-from app.cli import human_size
-from engine import hub, synthetic
+from trit import engine
+from trit.app.cli import human_size
+from trit.engine.models import download, importing, registry
+from trit.engine.tools import synthetic
 
-REPO = hub.DEFAULT_REPO
+REPO = download.DEFAULT_REPO
 NAME = "bitnet-b1.58-2B-4T"
 WEIGHTS = "model.safetensors"
 
@@ -41,7 +42,7 @@ def server(source, monkeypatch):
     srv = HubServer().start()
     srv.add_repo(REPO, source, extra={"README.md": b"# BitNet\n", ".gitattributes": b"*.safetensors filter=lfs\n"})
     monkeypatch.setenv("HF_ENDPOINT", srv.url)
-    monkeypatch.setattr(hub, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(download, "RETRY_DELAYS", (0.0, 0.0, 0.0))
     yield srv
     srv.stop()
 
@@ -52,7 +53,7 @@ def models(tmp_path):
 
 
 def assert_nothing_ready(models: Path) -> None:
-    assert hub.installed(models) == []
+    assert registry.installed(models) == []
     assert not (models / NAME).exists()
 
 
@@ -62,7 +63,7 @@ class Interrupt:
     def __init__(self, filename: str, after: int):
         self.filename, self.after = filename, after
 
-    def __call__(self, p: hub.Progress) -> None:
+    def __call__(self, p: registry.Progress) -> None:
         if p.filename == self.filename and p.file_done > self.after:
             raise KeyboardInterrupt
 
@@ -71,27 +72,27 @@ class Interrupt:
 
 
 def test_pull_installs_verified_files_that_load_with_the_server_gone(server, source, models):
-    m = hub.pull(REPO, models)
+    m = download.pull(REPO, models)
     assert (m.name, m.source, m.revision, m.verified, m.backend) == (NAME, f"hf:{REPO}", server.repos[REPO].commit,
                                                                     True, "bitnet")
     expected = sorted(p.name for p in source.iterdir() if p.is_file())
     files = sorted(p.name for p in m.path.iterdir() if p.is_file())
-    assert files == sorted(expected + [hub.MANIFEST_FILE])  # no README
+    assert files == sorted(expected + [registry.MANIFEST_FILE])  # no README
     assert any((m.path / "trit").glob("*.safetensors"))  # weights for this CPU derived once, at install
-    manifest = json.loads((m.path / hub.MANIFEST_FILE).read_text())
+    manifest = json.loads((m.path / registry.MANIFEST_FILE).read_text())
     assert manifest["revision"] == server.repos[REPO].commit and manifest["verified"] is True
     assert manifest["files"] == {f: {"size": (source / f).stat().st_size, "sha256": sha256(source / f)}
                                  for f in expected}
-    assert not hub.partial_folder(models, NAME).exists()
+    assert not registry.partial_folder(models, NAME).exists()
     server.stop()
     model = engine.load(m.path)  # the network guard is on and the hub is gone
     assert model.logits([1, 2, 3]).tolist() == engine.load(source).logits([1, 2, 3]).tolist()
 
 
 def test_pull_of_an_installed_revision_downloads_nothing(server, models):
-    hub.pull(REPO, models)
+    download.pull(REPO, models)
     server.requests.clear()
-    m = hub.pull(REPO, models, revision=server.repos[REPO].commit)
+    m = download.pull(REPO, models, revision=server.repos[REPO].commit)
     assert m.verified and [r.path.split("?")[0] for r in server.requests] == [
         f"/api/models/{REPO}/revision/{server.repos[REPO].commit}"]
 
@@ -100,7 +101,7 @@ def test_a_dropped_connection_resumes_with_a_range_request(server, source, model
     size = (source / WEIGHTS).stat().st_size
     server.drop[WEIGHTS] = [size // 3]
     messages = []
-    m = hub.pull(REPO, models, log=messages.append)
+    m = download.pull(REPO, models, log=messages.append)
     gets = server.gets(WEIGHTS)
     assert [g.range_start for g in gets] == [None, size // 3] and gets[1].status == 206
     assert server.bytes_sent(WEIGHTS) < 2 * size
@@ -111,15 +112,15 @@ def test_a_dropped_connection_resumes_with_a_range_request(server, source, model
 def test_ctrl_c_keeps_the_partial_download_and_the_next_pull_continues_it(server, source, models):
     size = (source / WEIGHTS).stat().st_size
     with pytest.raises(KeyboardInterrupt):
-        hub.pull(REPO, models, progress=Interrupt(WEIGHTS, size // 2))
+        download.pull(REPO, models, progress=Interrupt(WEIGHTS, size // 2))
     assert_nothing_ready(models)
-    kept = hub.partial_folder(models, NAME) / (WEIGHTS + ".incomplete")
+    kept = registry.partial_folder(models, NAME) / (WEIGHTS + ".incomplete")
     assert size // 2 < kept.stat().st_size < size
     first = server.bytes_sent(WEIGHTS)
     server.requests.clear()
 
     seen = []
-    m = hub.pull(REPO, models, progress=seen.append)
+    m = download.pull(REPO, models, progress=seen.append)
     gets = server.gets(WEIGHTS)
     assert len(gets) == 1 and gets[0].range_start == kept_size(seen) > 0
     assert server.gets("config.json") == [] and server.gets("tokenizer.json") == []  # finished files are kept
@@ -136,15 +137,15 @@ def test_the_server_going_away_mid_file_is_a_clear_error_and_the_data_is_kept(se
     size = (source / WEIGHTS).stat().st_size
     server.drop[WEIGHTS] = [size // 4]
     server.gone_after_drop = True
-    with pytest.raises(hub.HubError, match="cannot reach the model hub.*run the same command again"):
-        hub.pull(REPO, models)
+    with pytest.raises(download.HubError, match="cannot reach the model hub.*run the same command again"):
+        download.pull(REPO, models)
     assert_nothing_ready(models)
-    assert (hub.partial_folder(models, NAME) / (WEIGHTS + ".incomplete")).stat().st_size == size // 4
+    assert (registry.partial_folder(models, NAME) / (WEIGHTS + ".incomplete")).stat().st_size == size // 4
 
     again = HubServer().start()  # the hub is back (at another address)
     try:
         again.add_repo(REPO, source, commit=server.repos[REPO].commit)
-        m = hub.pull(REPO, models, endpoint=again.url)
+        m = download.pull(REPO, models, endpoint=again.url)
         assert [g.range_start for g in again.gets(WEIGHTS)] == [size // 4]
         assert sha256(m.path / WEIGHTS) == sha256(source / WEIGHTS)
     finally:
@@ -153,15 +154,15 @@ def test_the_server_going_away_mid_file_is_a_clear_error_and_the_data_is_kept(se
 
 def test_no_server_is_a_clear_error(server, models):
     server.stop()
-    with pytest.raises(hub.HubError, match=r"cannot reach the model hub at http://127\.0\.0\.1"):
-        hub.pull(REPO, models)
+    with pytest.raises(download.HubError, match=r"cannot reach the model hub at http://127\.0\.0\.1"):
+        download.pull(REPO, models)
     assert_nothing_ready(models)
 
 
 def test_a_server_that_ignores_range_starts_the_file_over(server, source, models):
     server.drop[WEIGHTS] = [1000]
     server.ignore_range = True
-    m = hub.pull(REPO, models)
+    m = download.pull(REPO, models)
     assert [g.status for g in server.gets(WEIGHTS)] == [200, 200]
     assert sha256(m.path / WEIGHTS) == sha256(source / WEIGHTS)
 
@@ -170,7 +171,7 @@ def test_a_server_that_ignores_range_starts_the_file_over(server, source, models
 def test_a_checksum_mismatch_names_the_file_and_fetches_it_again(server, source, models, filename, kind):
     server.corrupt[filename] = 1
     messages = []
-    m = hub.pull(REPO, models, log=messages.append)
+    m = download.pull(REPO, models, log=messages.append)
     assert len(server.gets(filename)) == 2
     assert any(msg.startswith(f"{filename}: {kind}") and "downloading it again" in msg for msg in messages)
     assert sha256(m.path / filename) == sha256(source / filename) and m.verified
@@ -178,21 +179,21 @@ def test_a_checksum_mismatch_names_the_file_and_fetches_it_again(server, source,
 
 def test_a_second_mismatch_fails_and_nothing_is_installed(server, models):
     server.corrupt[WEIGHTS] = 2
-    with pytest.raises(hub.ChecksumError, match=f"{WEIGHTS} of {REPO} does not match the sha256"):
-        hub.pull(REPO, models)
+    with pytest.raises(download.ChecksumError, match=f"{WEIGHTS} of {REPO} does not match the sha256"):
+        download.pull(REPO, models)
     assert_nothing_ready(models)
-    assert not (hub.partial_folder(models, NAME) / (WEIGHTS + ".incomplete")).exists()
+    assert not (registry.partial_folder(models, NAME) / (WEIGHTS + ".incomplete")).exists()
 
 
 def test_sizes_and_checksums_from_head_when_model_info_lacks_them(server, source, models):
     server.blobs = False
-    m = hub.pull(REPO, models)
+    m = download.pull(REPO, models)
     heads = {r.filename for r in server.requests if r.method == "HEAD"}
     assert heads == {p.name for p in source.iterdir() if p.is_file()}
     assert m.verified and sha256(m.path / WEIGHTS) == sha256(source / WEIGHTS)
     server.blobs, server.corrupt[WEIGHTS] = False, 2  # the X-Linked-Etag sha256 is checked too
-    with pytest.raises(hub.ChecksumError):
-        hub.pull(REPO, models, name="again")
+    with pytest.raises(download.ChecksumError):
+        download.pull(REPO, models, name="again")
 
 
 @pytest.mark.parametrize("repo, revision, message", [
@@ -200,37 +201,37 @@ def test_sizes_and_checksums_from_head_when_model_info_lacks_them(server, source
     (REPO, "v9", f"{REPO} has no revision 'v9'"),
 ])
 def test_unknown_repository_or_revision(server, models, repo, revision, message):
-    with pytest.raises(hub.HubError, match=message):
-        hub.pull(repo, models, revision=revision)
-    assert hub.installed(models) == [] and not hub.partial_folder(models, repo.rsplit("/")[1]).exists()
+    with pytest.raises(download.HubError, match=message):
+        download.pull(repo, models, revision=revision)
+    assert registry.installed(models) == [] and not registry.partial_folder(models, repo.rsplit("/")[1]).exists()
 
 
 def test_a_missing_file_is_a_clear_error(server, models):
     server.status[WEIGHTS] = [404]
-    with pytest.raises(hub.HubError, match=f"{WEIGHTS} is not in {REPO} at revision"):
-        hub.pull(REPO, models)
+    with pytest.raises(download.HubError, match=f"{WEIGHTS} is not in {REPO} at revision"):
+        download.pull(REPO, models)
     assert_nothing_ready(models)
 
 
 @pytest.mark.parametrize("key", ["info", WEIGHTS])
 def test_server_errors_are_retried_then_reported(server, source, models, key):
     server.status[key] = [500]
-    assert hub.pull(REPO, models).verified  # one 500 is retried
+    assert download.pull(REPO, models).verified  # one 500 is retried
     shutil.rmtree(models)
-    server.status[key] = [500] * (len(hub.RETRY_DELAYS) + 1)
-    with pytest.raises(hub.HubError, match="answered HTTP 500.*try again later"):
-        hub.pull(REPO, models)
+    server.status[key] = [500] * (len(download.RETRY_DELAYS) + 1)
+    with pytest.raises(download.HubError, match="answered HTTP 500.*try again later"):
+        download.pull(REPO, models)
     assert_nothing_ready(models)
 
 
 def test_a_repository_without_the_packed_weights_is_refused(server, source, models):
     files = {p.name: p.read_bytes() for p in source.iterdir() if p.is_file() and p.name != WEIGHTS}
     server.add_repo("someone/shards", files={**files, "model-00001-of-00002.safetensors": b"x"})
-    with pytest.raises(hub.HubError, match="someone/shards has sharded weights"):
-        hub.pull("someone/shards", models)
+    with pytest.raises(download.HubError, match="someone/shards has sharded weights"):
+        download.pull("someone/shards", models)
     server.add_repo("someone/nothing", files={"README.md": b"hi"})
-    with pytest.raises(hub.HubError, match="has no config.json, tokenizer.json, model.safetensors"):
-        hub.pull("someone/nothing", models)
+    with pytest.raises(download.HubError, match="has no config.json, tokenizer.json, model.safetensors"):
+        download.pull("someone/nothing", models)
 
 
 def test_a_repository_that_is_not_bitnet_is_refused_before_its_weights(server, source, models):
@@ -238,21 +239,21 @@ def test_a_repository_that_is_not_bitnet_is_refused_before_its_weights(server, s
     config = json.loads(files["config.json"])
     files["config.json"] = json.dumps({**config, "model_type": "llama"}).encode()
     server.add_repo("someone/llama", files=files)
-    with pytest.raises(hub.HubError, match="someone/llama is not a model Trit can run: .*model_type is 'llama'"):
-        hub.pull("someone/llama", models)
+    with pytest.raises(download.HubError, match="someone/llama is not a model Trit can run: .*model_type is 'llama'"):
+        download.pull("someone/llama", models)
     assert server.gets(WEIGHTS) == []
-    assert hub.installed(models) == [] and not hub.partial_folder(models, "llama").exists()
+    assert registry.installed(models) == [] and not registry.partial_folder(models, "llama").exists()
 
 
 def test_too_little_disk_space_is_refused_before_downloading(server, models, monkeypatch):
-    monkeypatch.setattr(hub.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 20, 10 << 20, 1000))
-    with pytest.raises(hub.DiskSpaceError, match=r"not enough disk space .* 509.2 KB still to write, 1.0 KB free"):
-        hub.pull(REPO, models)
+    monkeypatch.setattr(registry.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 20, 10 << 20, 1000))
+    with pytest.raises(registry.DiskSpaceError, match=r"not enough disk space .* 509.2 KB still to write, 1.0 KB free"):
+        download.pull(REPO, models)
     assert [r for r in server.requests if "/resolve/" in r.path or "/cdn/" in r.path] == []
     assert_nothing_ready(models)
 
 
-real_open_for_append = hub._open_for_append
+real_open_for_append = download._open_for_append
 
 
 class FillsUp:
@@ -280,52 +281,52 @@ class FillsUp:
 
 
 def test_a_full_disk_while_writing_is_a_clear_error_and_keeps_the_data(server, source, models, monkeypatch):
-    monkeypatch.setattr(hub, "_open_for_append", lambda path: FillsUp(
+    monkeypatch.setattr(download, "_open_for_append", lambda path: FillsUp(
         path, 100_000 if path.name.startswith(WEIGHTS) else 1 << 30, OSError(errno.ENOSPC, "No space left on device")))
-    with pytest.raises(hub.DiskSpaceError, match=f"the disk is full while writing {WEIGHTS}.*kept in"):
-        hub.pull(REPO, models)
+    with pytest.raises(registry.DiskSpaceError, match=f"the disk is full while writing {WEIGHTS}.*kept in"):
+        download.pull(REPO, models)
     assert_nothing_ready(models)
-    assert (hub.partial_folder(models, NAME) / (WEIGHTS + ".incomplete")).stat().st_size == 100_000
-    monkeypatch.setattr(hub, "_open_for_append", real_open_for_append)
-    assert sha256(hub.pull(REPO, models).path / WEIGHTS) == sha256(source / WEIGHTS)
+    assert (registry.partial_folder(models, NAME) / (WEIGHTS + ".incomplete")).stat().st_size == 100_000
+    monkeypatch.setattr(download, "_open_for_append", real_open_for_append)
+    assert sha256(download.pull(REPO, models).path / WEIGHTS) == sha256(source / WEIGHTS)
     assert server.gets(WEIGHTS)[-1].range_start == 100_000
 
 
 def test_a_new_revision_replaces_the_installed_one(server, source, models, tmp_path):
-    first = hub.pull(REPO, models)
+    first = download.pull(REPO, models)
     other = synthetic.write_model(tmp_path / "other", "tiny", seed=1)
     server.add_repo(REPO, other)
-    second = hub.pull(REPO, models)
+    second = download.pull(REPO, models)
     assert second.revision != first.revision and second.revision == server.repos[REPO].commit
-    assert sha256(second.path / WEIGHTS) == sha256(other / WEIGHTS) and len(hub.installed(models)) == 1
+    assert sha256(second.path / WEIGHTS) == sha256(other / WEIGHTS) and len(registry.installed(models)) == 1
 
 
 # ---- import, list, verify, remove ----------------------------------------------------------------------------------
 
 
 def test_import_a_folder(source, models):
-    m = hub.import_folder(source, models)
+    m = importing.import_model(source, models)
     assert (m.name, m.source, m.revision, m.verified) == (source.name, f"local:{source.resolve()}", None, True)
     assert m.files[WEIGHTS] == {"size": (source / WEIGHTS).stat().st_size, "sha256": sha256(source / WEIGHTS)}
     assert engine.load(m.path).logits([5]).shape == (1, 1024)
     with pytest.raises(engine.EngineError, match="already installed"):
-        hub.import_folder(source, models)
-    assert hub.import_folder(source, models, name="copy").name == "copy"
-    assert [p.name for p in (models / hub.PARTIAL_DIR).iterdir() if not p.name.endswith(".lock")] == []
+        importing.import_model(source, models)
+    assert importing.import_model(source, models, name="copy").name == "copy"
+    assert [p.name for p in (models / registry.PARTIAL_DIR).iterdir() if not p.name.endswith(".lock")] == []
 
 
 def test_import_a_copied_pull_keeps_its_origin_and_refuses_a_damaged_copy(server, models, tmp_path):
-    pulled = hub.pull(REPO, models)
+    pulled = download.pull(REPO, models)
     copy = tmp_path / "usb" / NAME
     shutil.copytree(pulled.path, copy)
-    m = hub.import_folder(copy, tmp_path / "elsewhere")
+    m = importing.import_model(copy, tmp_path / "elsewhere")
     assert (m.source, m.revision) == (pulled.source, pulled.revision)
     data = bytearray((copy / WEIGHTS).read_bytes())
     data[-1] ^= 0x01
     (copy / WEIGHTS).write_bytes(bytes(data))
     with pytest.raises(engine.CheckpointError, match=f"{WEIGHTS} differs from what its trit-model.json records"):
-        hub.import_folder(copy, tmp_path / "third")
-    assert hub.installed(tmp_path / "third") == []
+        importing.import_model(copy, tmp_path / "third")
+    assert registry.installed(tmp_path / "third") == []
 
 
 @pytest.mark.parametrize("make, message", [
@@ -339,8 +340,8 @@ def test_import_a_folder_that_is_not_a_checkpoint(tmp_path, models, make, messag
     make(folder)
     with pytest.raises(engine.CheckpointError, match=f"{re.escape(str(folder))} is not a BitNet b1.58 model folder: "
                                                      f".*{message}"):
-        hub.import_folder(folder, models)
-    assert hub.installed(models) == []
+        importing.import_model(folder, models)
+    assert registry.installed(models) == []
 
 
 def test_import_a_checkpoint_with_broken_weights(source, tmp_path, models):
@@ -349,35 +350,35 @@ def test_import_a_checkpoint_with_broken_weights(source, tmp_path, models):
     with open(broken / WEIGHTS, "r+b") as f:
         f.truncate((broken / WEIGHTS).stat().st_size - 10)
     with pytest.raises(engine.CheckpointError) as e:
-        hub.import_folder(broken, models)
-    assert str(broken) in str(e.value) and "\n" not in str(e.value) and hub.PARTIAL_DIR not in str(e.value)
-    assert hub.installed(models) == []
-    assert [p.name for p in (models / hub.PARTIAL_DIR).iterdir() if not p.name.endswith(".lock")] == []
+        importing.import_model(broken, models)
+    assert str(broken) in str(e.value) and "\n" not in str(e.value) and registry.PARTIAL_DIR not in str(e.value)
+    assert registry.installed(models) == []
+    assert [p.name for p in (models / registry.PARTIAL_DIR).iterdir() if not p.name.endswith(".lock")] == []
 
 
 def test_list_locate_verify_remove(source, models):
-    a = hub.import_folder(source, models, name="a")
-    b = hub.import_folder(source, models, name="b")
-    assert [m.name for m in hub.installed(models)] == ["a", "b"]  # oldest first
-    assert hub.locate(models, "b").path == b.path
-    with pytest.raises(hub.ModelNotFound, match="no model named 'zz' — `trit models` lists them, `trit pull`"):
-        hub.locate(models, "zz")
-    assert hub.verify(a) == []
+    a = importing.import_model(source, models, name="a")
+    b = importing.import_model(source, models, name="b")
+    assert [m.name for m in registry.installed(models)] == ["a", "b"]  # oldest first
+    assert registry.locate(models, "b").path == b.path
+    with pytest.raises(registry.ModelNotFound, match="no model named 'zz' — `trit models` lists them, `trit pull`"):
+        registry.locate(models, "zz")
+    assert registry.verify(a) == []
     data = bytearray((a.path / WEIGHTS).read_bytes())
     data[len(data) // 2] ^= 0x10
     (a.path / WEIGHTS).write_bytes(bytes(data))
     (a.path / "tokenizer.json").unlink()
-    assert hub.verify(a) == ["model.safetensors", "tokenizer.json"]
-    assert hub.locate(models, "a").verified is False
+    assert registry.verify(a) == ["model.safetensors", "tokenizer.json"]
+    assert registry.locate(models, "a").verified is False
     (models / "stray").mkdir()  # a folder without a manifest is no model
     (models / "stray" / "config.json").write_text("{}")
-    assert [m.name for m in hub.installed(models)] == ["a", "b"]
-    hub.remove(models, "a")
-    assert [m.name for m in hub.installed(models)] == ["b"] and not a.path.exists()
-    with pytest.raises(hub.ModelNotFound):
-        hub.remove(models, "a")
-    with pytest.raises(hub.ModelNotFound):
-        hub.remove(models, "stray")
+    assert [m.name for m in registry.installed(models)] == ["a", "b"]
+    registry.remove(models, "a")
+    assert [m.name for m in registry.installed(models)] == ["b"] and not a.path.exists()
+    with pytest.raises(registry.ModelNotFound):
+        registry.remove(models, "a")
+    with pytest.raises(registry.ModelNotFound):
+        registry.remove(models, "stray")
 
 
 # ---- the trit command ----------------------------------------------------------------------------------------------
@@ -385,7 +386,7 @@ def test_list_locate_verify_remove(source, models):
 
 @pytest.fixture
 def trit(tmp_path, monkeypatch):
-    from app.cli import cli
+    from trit.app.cli import cli
 
     monkeypatch.setenv("TRIT_HOME", str(tmp_path / "home"))
     runner = CliRunner()
@@ -400,7 +401,7 @@ def test_cli_pull_models_default_rm(server, trit, tmp_path):
     r = trit("pull")
     assert r.exit_code == 0, r.stderr
     assert f"{NAME} is ready" in r.stdout and server.repos[REPO].commit[:7] in r.stdout
-    total = sum(len(data) for f, data in server.repos[REPO].files.items() if f in hub.MODEL_FILES)
+    total = sum(len(data) for f, data in server.repos[REPO].files.items() if f in registry.MODEL_FILES)
     # the bar: bytes done of the total, speed, elapsed<left
     assert re.search(rf"{tqdm.format_sizeof(total)}B/{tqdm.format_sizeof(total)}B \[\d\d:\d\d<\d\d:\d\d, *"
                      rf"[\d.]+[kMG]?B/s", r.stderr), r.stderr
@@ -409,13 +410,13 @@ def test_cli_pull_models_default_rm(server, trit, tmp_path):
     r = trit("models")
     header, row = r.stdout.splitlines()
     assert header.split() == ["NAME", "SIZE", "BACKEND", "QUANT", "SOURCE", "REVISION", "VERIFIED"]
-    size = human_size(hub.locate(models, NAME).size_bytes)
+    size = human_size(registry.locate(models, NAME).size_bytes)
     assert row.split() == ["*", NAME, *size.split(), "bitnet", "ternary", f"hf:{REPO}", server.repos[REPO].commit[:7],
                            "yes"]
 
-    hub.import_folder(models / NAME, models, name="second")
+    importing.import_model(models / NAME, models, name="second")
     assert trit("models", "--default", NAME).exit_code == 0
-    from app.settings import load_settings
+    from trit.app.settings import load_settings
     assert load_settings().default_model == NAME
     assert [line.split()[0] for line in trit("models").stdout.splitlines()[1:]] == ["*", "second"]
     listed = json.loads(trit("models", "--json").stdout)
@@ -456,14 +457,14 @@ def test_cli_errors_are_one_line(server, trit, tmp_path):
 
 
 def test_cli_ctrl_c_during_pull_says_how_to_continue(server, trit, tmp_path, monkeypatch):
-    monkeypatch.setattr(hub, "_open_for_append", lambda path: FillsUp(
+    monkeypatch.setattr(download, "_open_for_append", lambda path: FillsUp(
         path, 50_000 if path.name.startswith(WEIGHTS) else 1 << 30, KeyboardInterrupt()))
     r = trit("pull", "--revision", "main")
     assert r.exit_code == 130
     assert "interrupted — what was downloaded is kept; run `trit pull --revision main` again" in r.stderr
-    partial = tmp_path / "home" / "data" / "models" / hub.PARTIAL_DIR / NAME / (WEIGHTS + ".incomplete")
+    partial = tmp_path / "home" / "data" / "models" / registry.PARTIAL_DIR / NAME / (WEIGHTS + ".incomplete")
     assert partial.stat().st_size == 50_000
-    monkeypatch.setattr(hub, "_open_for_append", real_open_for_append)
+    monkeypatch.setattr(download, "_open_for_append", real_open_for_append)
     assert trit("pull", "--revision", "main").exit_code == 0
     assert server.gets(WEIGHTS)[-1].range_start == 50_000
 
@@ -478,4 +479,4 @@ def test_the_real_command_pulls_with_hf_hub_offline_set(server, tmp_path):
     r = subprocess.run(trit_command() + ["pull"], capture_output=True, text=True, env=env, timeout=120,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert hub.locate(tmp_path / "home" / "data" / "models", NAME).verified
+    assert registry.locate(tmp_path / "home" / "data" / "models", NAME).verified

@@ -1,4 +1,4 @@
-"""The whole native model against transformers' BitNetForCausalLM on checkpoints engine.synthetic writes.
+"""The whole native model against transformers' BitNetForCausalLM on checkpoints engine.tools.synthetic writes.
 
 Statistics, not tolerances: the int8 quantiser flips on float noise and attention spreads a flip to every later
 position, so two correct implementations drift apart (shared/BITNET.md, "rounding flips"). Mean per-position
@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from hf_reference import hf_logits, load_hf_model, mean_correlation, top1_agreement
 
-import engine
-
+from trit import engine
 N_POSITIONS = 80
 
 # (name, config overrides): GQA ratios 1, 3, 4 and head dims 64, 128
@@ -137,7 +136,7 @@ def test_logits_last_equals_the_last_row_of_all(tiny_model):
 
 
 def test_small_models_decode_on_one_thread_unless_asked(make_model, monkeypatch):
-    from engine import model as model_module
+    from trit.engine.runtime import model as model_module
 
     folder = make_model("tiny")
     assert engine.load(folder).threads == 1 and engine.load(folder, threads=2).threads == 2

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from engine import native
-from engine import reference as ref
-from engine.packing import pack_ternary
+from trit.engine.runtime import native
+from trit.engine.tools import reference as ref
+from trit.engine.formats.packing import pack_ternary
 
 RUNNABLE = native.kernels()
 
@@ -176,7 +176,7 @@ def test_to_f16_rounds_as_numpy_does():
 
 @pytest.mark.parametrize("kind", ["bf16", "q8", "q4"])
 def test_output_head(kind):
-    from engine import derived
+    from trit.engine.formats import derived
 
     rng = np.random.default_rng(4)
     hidden, vocab = 2560, 300
@@ -192,7 +192,7 @@ def test_output_head(kind):
 
 
 def _active_kernel_in_child(kernel: str):
-    code = "import engine.native as n; print(n.active_kernel())"
+    code = "import trit.engine.runtime.native as n; print(n.active_kernel())"
     # run outside the source tree, so the child imports the same (installed) engine as the tests
     return subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRIT_KERNEL": kernel},
                           capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(native.__file__)))

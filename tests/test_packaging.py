@@ -16,7 +16,7 @@ from network_guard import offline_env
 # Runs one trit command in this process, then writes the top-level packages it imported, of the heavy ones.
 PROBE = r"""
 import json, os, sys
-from app.cli import cli
+from trit.app.cli import cli
 try:
     cli(sys.argv[1:], prog_name="trit")
     code = 0

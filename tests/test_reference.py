@@ -15,9 +15,9 @@ pytest.importorskip("transformers")
 
 from hf_reference import hf_logits, load_hf_model, logit_stats, quiet_eager  # noqa: E402
 
-from engine import reference as R  # noqa: E402
-from engine.checkpoint import Checkpoint  # noqa: E402
-from engine.packing import pack_ternary  # noqa: E402
+from trit.engine.tools import reference as R  # noqa: E402
+from trit.engine.formats.checkpoint import Checkpoint  # noqa: E402
+from trit.engine.formats.packing import pack_ternary  # noqa: E402
 
 # importing transformers' BitNet code makes torch define jit script methods, which warn on every import path
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
@@ -49,8 +49,8 @@ def tensor(a):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """(shape, linear_class) -> folder of a random packed checkpoint written by engine.synthetic, made once."""
-    from engine.synthetic import write_model
+    """(shape, linear_class) -> folder of a random packed checkpoint written by engine.tools.synthetic, made once."""
+    from trit.engine.tools.synthetic import write_model
 
     made = {}
 

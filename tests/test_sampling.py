@@ -1,4 +1,4 @@
-"""engine.sampling: the token filters against their definitions and against transformers' logits processors,
+"""trit.engine.runtime.sampling: the token filters against their definitions and against transformers' logits processors,
 seeded reproducibility, generation_config.json defaults, and stop strings cut across streamed pieces."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import zlib
 import numpy as np
 import pytest
 
-from engine.errors import CheckpointError
-from engine.sampling import SamplingParams, Sampler, StopStrings
+from trit.engine.errors import CheckpointError
+from trit.engine.runtime.sampling import SamplingParams, Sampler, StopStrings
 
 BIG_VOCAB = 128256  # Llama 3's, as BitNet b1.58 2B4T
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from app.store import (
+from trit.app.store import (
     DEFAULT_FILE, MESSAGE_FIELDS, MIGRATIONS, TITLE_LENGTH, NotFound, Store, StoreError, migrate,
 )
 

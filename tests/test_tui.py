@@ -19,16 +19,16 @@ import pytest
 
 pytest.importorskip("textual")
 
-from app.service import ModelChoice  # noqa: E402
-from app.settings import Settings, load_settings, save_settings  # noqa: E402
-from app.store import Store  # noqa: E402
-from app.tui import actions  # noqa: E402
-from app.tui.app import TritApp  # noqa: E402
-from app.tui.screens.chat import ChatScreen  # noqa: E402
-from app.tui.screens.first_run import FirstRunScreen  # noqa: E402
-from app.tui.widgets.chat_view import MessageBox, Notice  # noqa: E402
-from app.tui.widgets.prompt import PromptInput  # noqa: E402
-from app.tui.widgets.status_line import StatusLine  # noqa: E402
+from trit.app.service import ModelChoice  # noqa: E402
+from trit.app.settings import Settings, load_settings, save_settings  # noqa: E402
+from trit.app.store import Store  # noqa: E402
+from trit.app.tui import actions  # noqa: E402
+from trit.app.tui.app import TritApp  # noqa: E402
+from trit.app.tui.screens.chat import ChatScreen  # noqa: E402
+from trit.app.tui.screens.first_run import FirstRunScreen  # noqa: E402
+from trit.app.tui.widgets.chat_view import MessageBox, Notice  # noqa: E402
+from trit.app.tui.widgets.prompt import PromptInput  # noqa: E402
+from trit.app.tui.widgets.status_line import StatusLine  # noqa: E402
 
 SIZE = (100, 32)
 NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=timezone.utc)
@@ -39,7 +39,7 @@ TIMEOUT = 60.0
 # ---- fixtures ------------------------------------------------------------------------------------------------------
 def model_folder(tmp_path_factory, name: str, preset: str) -> Path:
     """A synthetic model in a folder with a fixed name: the status line shows the folder's name."""
-    from engine import synthetic
+    from trit.engine.tools import synthetic
 
     folder = tmp_path_factory.getbasetemp() / name
     if not (folder / "config.json").exists():
@@ -79,7 +79,7 @@ def with_tiny(home, tiny) -> Path:
 
 
 def history() -> sqlite3.Connection:
-    from app.paths import paths
+    from trit.app.paths import paths
 
     return sqlite3.connect(paths().data / "history.db")
 
@@ -169,7 +169,7 @@ def build_conversation(store: Store, model: str) -> int:
 def stored(with_tiny, monkeypatch) -> dict:
     """Two saved conversations written at a fixed time: one built above, one short."""
     with monkeypatch.context() as m, Store() as store:  # the clock runs again for what the tests write
-        m.setattr("app.store._now", lambda: WRITTEN)
+        m.setattr("trit.app.store._now", lambda: WRITTEN)
         other = store.create_conversation(model=str(with_tiny.resolve()), title="Bread without yeast")
         store.add_message(other.id, "user", "How do I make soda bread?")
         store.add_message(other.id, "assistant", "Mix flour, salt, baking soda and buttermilk.",
@@ -254,7 +254,7 @@ async def test_escape_stops_the_reply_keeps_it_and_the_box_works_again(home, sma
 
 @drive
 async def test_a_slow_start_says_it_is_reading_and_a_message_sent_meanwhile_waits(with_tiny, monkeypatch):
-    from app.service import Service
+    from trit.app.service import Service
 
     configure(with_tiny, temperature=0.0)  # a sampled reply of the random model can be empty; the greedy one is not
 
@@ -266,7 +266,7 @@ async def test_a_slow_start_says_it_is_reading_and_a_message_sent_meanwhile_wait
         yield from reply(self, dialogue, cancel)
 
     monkeypatch.setattr(Service, "reply", slow_reply)
-    monkeypatch.setattr("app.tui.screens.chat.WAITING_AFTER_S", 0.2)
+    monkeypatch.setattr("trit.app.tui.screens.chat.WAITING_AFTER_S", 0.2)
     app = TritApp()
     async with app.run_test(size=SIZE) as pilot:
         chat = await started(pilot)
@@ -317,7 +317,7 @@ async def test_incognito_writes_nothing(with_tiny):
         await send(pilot, "secret plans")
         assert len(chat.dialogue.messages) == 2 and chat.dialogue.conversation_id is None
         assert rows("SELECT count(*) FROM messages") == [(0,)] and rows("SELECT count(*) FROM conversations") == [(0,)]
-    from app.paths import paths
+    from trit.app.paths import paths
 
     files = [p for p in paths().data.parent.rglob("*") if p.is_file()]
     assert files and not any(b"secret plans" in p.read_bytes() for p in files)
@@ -437,21 +437,21 @@ async def test_first_run_without_a_model_offers_a_choice_and_imports_a_folder(ho
         await pilot.press("enter")
         chat = await started(pilot)
         assert "bitnet-tiny" in status(chat)
-        from app.paths import paths
-        from engine import hub
+        from trit.app.paths import paths
+        from trit.engine.models import registry
 
-        assert [m.name for m in hub.installed(paths().models)] == ["bitnet-tiny"]
+        assert [m.name for m in registry.installed(paths().models)] == ["bitnet-tiny"]
 
 
 @drive
 async def test_first_run_downloads_from_a_hub_and_says_what_failed_in_one_line(home, tiny, monkeypatch):
     from hub_server import HubServer
 
-    from engine import hub
+    from trit.engine.models import download
 
     server = HubServer().start()
     try:
-        server.add_repo(hub.DEFAULT_REPO, tiny)
+        server.add_repo(download.DEFAULT_REPO, tiny)
         monkeypatch.setenv("HF_ENDPOINT", server.url)  # the stand-in hub on 127.0.0.1
         server.status["info"] = [404]
         app = TritApp()
@@ -461,7 +461,7 @@ async def test_first_run_downloads_from_a_hub_and_says_what_failed_in_one_line(h
             await pilot.press("enter")  # the download button has the focus
             await until(pilot, lambda: screen.query_one("#first-run-message").has_class("error"))
             message = str(screen.query_one("#first-run-message").render())
-            assert "\n" not in message and hub.DEFAULT_REPO in message
+            assert "\n" not in message and download.DEFAULT_REPO in message
             await until(pilot, lambda: not screen.query_one("#download").disabled, what="the buttons back")
             await pilot.click("#download")  # the hub answers this time
             await until(pilot, lambda: screen.busy or app.screen is not screen, what="the download to start")
@@ -471,7 +471,7 @@ async def test_first_run_downloads_from_a_hub_and_says_what_failed_in_one_line(h
                         what=lambda: str(screen.query_one("#first-run-message").render()))
             assert app.screen is not screen, str(screen.query_one("#first-run-message").render())
             chat = await started(pilot)
-            assert hub.default_name(hub.DEFAULT_REPO) in status(chat)
+            assert download.default_name(download.DEFAULT_REPO) in status(chat)
     finally:
         server.stop()
 
@@ -499,7 +499,7 @@ async def test_keys_come_from_config_and_every_action_is_in_the_palette(home, ti
 
 @drive
 async def test_problems_are_one_line_notifications(home, tiny):
-    from app.paths import paths
+    from trit.app.paths import paths
 
     paths().config.mkdir(parents=True)
     (paths().config / "config.toml").write_text("default_model = [oops\n")
@@ -520,7 +520,7 @@ async def test_problems_are_one_line_notifications(home, tiny):
 
 @drive
 async def test_a_history_that_cannot_be_written_gives_the_message_back(with_tiny, monkeypatch):
-    from app.store import StoreError
+    from trit.app.store import StoreError
 
     def refuse(self, *args, **kwargs):
         raise StoreError("history.db is read-only; make it and its folder writable by you and try again")
@@ -596,7 +596,7 @@ def test_snapshot_settings(stored, snap_compare):
 
 
 def test_snapshot_first_run(home, tiny, monkeypatch, snap_compare):
-    monkeypatch.setattr("app.tui.screens.first_run.demo_model",
+    monkeypatch.setattr("trit.app.tui.screens.first_run.demo_model",
                         lambda: ModelChoice("demo", tiny, demo=True))  # as an installation that ships it
 
     async def run_before(pilot):

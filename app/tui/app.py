@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
-from engine import EngineError
+from trit.engine import EngineError
 
 from ..service import Service, choose_model
 from ..settings import Settings, SettingsError, load_settings, save_settings
@@ -33,7 +33,7 @@ def styles_path() -> Path | None:
     """assets/styles/trit.tcss, wherever the assets package is (installed or in the source tree); None (the app runs
     with Textual's own styles) if an installation lacks it."""
     candidates = []
-    spec = importlib.util.find_spec("assets")
+    spec = importlib.util.find_spec("trit.assets")
     if spec is not None:
         candidates += [Path(p) / "styles" / "trit.tcss" for p in (spec.submodule_search_locations or [])]
     candidates.append(Path(__file__).resolve().parents[2] / "assets" / "styles" / "trit.tcss")

@@ -53,10 +53,10 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from engine import synthetic  # noqa: E402
-from engine.checkpoint import CONFIG_FILE, LAYER_NORMS, PROJECTIONS, WEIGHTS_FILE  # noqa: E402
-from engine.packing import pack_ternary  # noqa: E402
-from engine.safetensors_file import write_safetensors  # noqa: E402
+from trit.engine.tools import synthetic  # noqa: E402
+from trit.engine.formats.checkpoint import CONFIG_FILE, LAYER_NORMS, PROJECTIONS, WEIGHTS_FILE  # noqa: E402
+from trit.engine.formats.packing import pack_ternary  # noqa: E402
+from trit.engine.formats.safetensors_file import write_safetensors  # noqa: E402
 
 DEB_PACKAGE = "r-cran-janeaustenr"
 DEB_VERSION = "1.0.0-1"
@@ -354,7 +354,7 @@ class ChatMaker:
 
 
 def render_chat(messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """The chat template's text, as engine.tokenizer and transformers render it."""
+    """The chat template's text, as engine.runtime.tokenizer and transformers render it."""
     from jinja2 import Environment
     return Environment().from_string(synthetic.CHAT_TEMPLATE).render(
         messages=messages, bos_token=synthetic.BOS, add_generation_prompt=add_generation_prompt)
@@ -649,7 +649,7 @@ def measure_transformers(folder: Path, windows: list[list[int]]) -> float:
 
 def measure_engine(folder: Path, windows: list[list[int]], head: str) -> float | None:
     try:
-        import engine
+        from trit import engine
         m = engine.load(folder, head=head)
     except Exception as e:  # the native library may not be built where this runs
         print(f"engine not measured ({head}): {e}")
@@ -665,8 +665,8 @@ SAMPLE_PROMPTS = ["Who are you?", "Who is Mr. Darcy?", "Tell me about the weathe
 def greedy_samples(folder: Path, max_tokens: int = 120) -> dict[str, str] | None:
     """Greedy replies of the exported model through Trit's engine (default head), for the record."""
     try:
-        import engine
-        from engine.tokenizer import Tokenizer
+        from trit import engine
+        from trit.engine.runtime.tokenizer import Tokenizer
         model, tok = engine.load(folder), Tokenizer.from_folder(folder)
     except Exception as e:
         print(f"no samples: {e}")

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-import engine
-from engine import Piece
+from trit import engine
+from trit.engine import Piece
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message

@@ -13,15 +13,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, ProgressBar, Static
 
+from trit.engine.models import download, importing, registry
+
 from ...paths import paths
 from ...service import demo_model
-
-try:
-    from engine import hub
-except ImportError:  # an installation without the downloader: the demo model and nothing else
-    hub = None
-
-DEFAULT_REPO = hub.DEFAULT_REPO if hub is not None else "microsoft/bitnet-b1.58-2B-4T"
 
 
 class Abandoned(Exception):
@@ -32,7 +27,7 @@ def needs_first_run(settings) -> bool:
     if settings.default_model:
         return False
     try:
-        return hub is None or not hub.installed(paths().models)
+        return not registry.installed(paths().models)
     except Exception:  # an unreadable models folder: let the chat screen say what is wrong when it loads a model
         return False
 
@@ -66,7 +61,7 @@ class FirstRunScreen(Screen):
                                               "start."), classes="welcome-text")
                 with Vertical(classes="choice"):
                     yield Button("Download BitNet b1.58 2B4T", id="download", variant="primary")
-                    yield Static(f"1.2 GB from Hugging Face ({DEFAULT_REPO}), once. Every file is checked, and an "
+                    yield Static(f"1.2 GB from Hugging Face ({download.DEFAULT_REPO}), once. Every file is checked, and an "
                                  "interrupted download continues where it stopped. The only time Trit uses the "
                                  "network.", classes="hint")
                 with Vertical(classes="choice"):
@@ -87,13 +82,9 @@ class FirstRunScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#progress").display = False
-        if hub is None:
-            for name in ("#download", "#import", "#folder"):
-                self.query_one(name).disabled = True
-            self.say("This installation cannot download or import models.")
         if self.problem:
             self.say(" ".join(self.problem.split()), error=True)
-        self.query_one("#download" if hub is not None else "#demo", Button).focus()
+        self.query_one("#download", Button).focus()
 
     def say(self, text: str, error: bool = False) -> None:
         message = self.query_one("#first-run-message", Static)
@@ -136,7 +127,7 @@ class FirstRunScreen(Screen):
     def progress(self):
         last = [0.0]
 
-        def report(p) -> None:  # engine.hub.Progress, from the worker thread
+        def report(p) -> None:  # engine.models.registry.Progress, from the worker thread
             if self.closing:
                 raise Abandoned()
             now = time.monotonic()
@@ -149,7 +140,7 @@ class FirstRunScreen(Screen):
     @work(thread=True, exclusive=True, group="model-transfer", exit_on_error=False)
     def download(self) -> None:
         try:
-            m = hub.pull(DEFAULT_REPO, paths().models, progress=self.progress(),
+            m = download.pull(download.DEFAULT_REPO, paths().models, progress=self.progress(),
                          log=lambda line: self.post_message(self.Transfer(-1, -1, line)))
         except Abandoned:
             return
@@ -161,7 +152,7 @@ class FirstRunScreen(Screen):
     @work(thread=True, exclusive=True, group="model-transfer", exit_on_error=False)
     def import_folder(self, folder: Path) -> None:
         try:
-            m = hub.import_folder(folder, paths().models, progress=self.progress())
+            m = importing.import_model(folder, paths().models, progress=self.progress())
         except Abandoned:
             return
         except Exception as e:  # noqa: BLE001
@@ -194,5 +185,5 @@ class FirstRunScreen(Screen):
 
 def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
-    return text if isinstance(e, Exception) and type(e).__module__.startswith(("engine", "app")) \
+    return text if isinstance(e, Exception) and type(e).__module__.startswith("trit.") \
         else f"{type(e).__name__}: {text}"

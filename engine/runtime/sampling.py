@@ -23,14 +23,13 @@ import dataclasses
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import read_json
+from trit.engine.formats.checkpoint import GENERATION_CONFIG_FILE, read_json
 
-GENERATION_CONFIG_FILE = "generation_config.json"
 _BLOCK = 256
 _BINS = 1024
 
@@ -99,6 +98,11 @@ class SamplingParams:
                    "seed", "None or an integer >= 0", self.seed)
             object.__setattr__(self, "seed", int(self.seed))
 
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Every setting's name, as the keyword arguments of SamplingParams(...) and replace(...) spell it."""
+        return tuple(f.name for f in fields(cls))
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
@@ -142,11 +146,10 @@ def _check(ok: bool, name: str, allowed: str, value) -> None:
 
 
 def _overrides(changes: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(SamplingParams)}
-    unknown = sorted(set(changes) - names)
+    unknown = sorted(set(changes) - set(SamplingParams.names()))
     if unknown:
         raise TypeError(f"unknown sampling parameter(s) {', '.join(unknown)}; "
-                        f"expected some of {', '.join(sorted(names))}")
+                        f"expected some of {', '.join(sorted(SamplingParams.names()))}")
     return {k: v for k, v in changes.items() if v is not None}
 
 

@@ -17,18 +17,15 @@ template writes the BOS itself.
 from __future__ import annotations
 
 import codecs
-import json
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .checkpoint import read_json
-from .errors import CheckpointError, InputError
+from trit.engine.errors import CheckpointError, InputError, one_line
+from trit.engine.formats.checkpoint import CONFIG_FILE, GENERATION_CONFIG_FILE, read_json
+from trit.engine.runtime.chat_template import ChatTemplate
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-GENERATION_CONFIG_FILE = "generation_config.json"
-CONFIG_FILE = "config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers saves templates here; it wins over tokenizer_config's
 
 # BitNet b1.58 2B4T's documented chat form (BITNET.md): <BOS>Role: content<|eot_id|>... then "Assistant: ".
@@ -65,11 +62,6 @@ _CHAR_TO_BYTE = _byte_alphabet()
 # files
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def _token_content(value: Any) -> str | None:
     """A special-token entry of tokenizer_config.json: a string, or a serialized AddedToken {"content": ...}."""
     if isinstance(value, str):
@@ -90,119 +82,88 @@ def _id_list(value: Any) -> list[int] | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# jinja2, as transformers sets it up (transformers/utils/chat_template_utils.py: _cached_compile_jinja_template)
-
-
-def _jinja_environment():
-    import jinja2
-    import jinja2.ext
-    import jinja2.nodes
-    import jinja2.utils
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class GenerationTag(jinja2.ext.Extension):
-        # transformers' AssistantTracker: `{% generation %}...{% endgeneration %}` marks assistant text for its
-        # training masks. Rendering only needs the body.
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller):
-            return caller()
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        # Unlike jinja's own tojson: no HTML escaping, and json.dumps' options.
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    def strftime_now(format):
-        return datetime.now().strftime(format)
-
-    class TemplateDict:
-        def __call__(self, *args, **kwargs):
-            return dict(*args, **kwargs)
-
-        def fromkeys(self, *args, **kwargs):
-            return dict.fromkeys(*args, **kwargs)
-
-    class TemplateNamespace(jinja2.utils.Namespace):
-        def __init__(*args, **kwargs):
-            self, args = args[0], args[1:]
-            attrs = dict(*args, **kwargs)
-            for name in attrs:
-                TemplateNamespace._check_name(name)
-            jinja2.utils.Namespace.__init__(self, attrs)
-
-        def __setitem__(self, name, value):
-            TemplateNamespace._check_name(name)
-            jinja2.utils.Namespace.__setitem__(self, name, value)
-
-        @staticmethod
-        def _check_name(name):
-            if isinstance(name, str) and name.startswith("_"):
-                raise jinja2.exceptions.SecurityError(
-                    f"chat templates cannot store underscore-prefixed attributes on a namespace ({name!r})")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    env.globals["dict"] = TemplateDict()
-    env.globals["namespace"] = TemplateNamespace
-    return env
-
-
-def _plain(value: Any) -> Any:
-    """Copy of template input made of plain JSON types only (transformers' _plain_template_data): the sandbox must
-    not see objects whose methods it does not know."""
-    if value is None or type(value) in (str, int, float, bool):
-        return value
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, int):
-        return int.__int__(value)
-    if isinstance(value, float):
-        return float.__float__(value)
-    if isinstance(value, Mapping):
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    return f"<{type(value).__name__}>"
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # the tokenizer
 
 
-class Tokenizer:
+class BaseTokenizer:
+    """What a conversation needs of a tokenizer, whoever tokenizes: ids <-> text, the stop ids, the chat template and
+    a streaming decoder. Tokenizer (a model folder's tokenizer.json) and the llama.cpp backend's GGUFTokenizer (the
+    vocabulary of a GGUF) both build on it.
+
+    vocab_size: int           ids are 0 .. vocab_size-1, added tokens included
+    bos_id: int | None        the BOS id, bos_token / eos_token their text (None when the vocabulary has none)
+    stop_ids: frozenset[int]  generation ends on any of these
+    chat_template: str        the jinja template render_chat uses; has_chat_template: it came with the model
+    """
+
+    bos_id: int | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
+    stop_ids: frozenset[int] = frozenset()
+
+    def __init__(self, vocab_size: int, *, byte_level: bool, source: str):
+        self.vocab_size = vocab_size
+        self._byte_level = byte_level  # IncrementalDecoder: token_bytes() through an incremental UTF-8 decoder
+        self._source = source
+
+    def _set_chat_template(self, template: str | None, fallback: str, variables: Mapping[str, str | None],
+                           error: type[Exception]) -> None:
+        self.has_chat_template = template is not None
+        self.chat_template: str = template if template is not None else fallback
+        self._template = ChatTemplate(self.chat_template, variables, source=self._source, error=error)
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        ids = [int(i) for i in ids]
+        for i in ids:
+            if not 0 <= i < self.vocab_size:
+                raise InputError(f"token id {i} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return ids
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        raise NotImplementedError
+
+    def token_bytes(self, token_id: int, skip_special: bool = True) -> bytes:
+        raise NotImplementedError
+
+    def is_special(self, token_id: int) -> bool:
+        raise NotImplementedError
+
+    def id_to_token(self, token_id: int) -> str | None:
+        raise NotImplementedError
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The prompt text of a conversation, as transformers' apply_chat_template(tokenize=False) renders it."""
+        return self._template.render(messages, add_generation_prompt)
+
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of render_chat(...): special tokens in the rendered text are parsed, and no BOS is added beyond
+        the one the template writes."""
+        return self.encode(self.render_chat(messages, add_generation_prompt))
+
+    def detokenizer(self, skip_special: bool = True) -> "IncrementalDecoder":
+        """A streaming decoder: push ids one at a time, get text as soon as whole characters are complete."""
+        return IncrementalDecoder(self, skip_special=skip_special)
+
+
+class Tokenizer(BaseTokenizer):
     """A model folder's tokenizer. Build with Tokenizer.from_folder(folder).
 
-    bos_id: int | None        the BOS id (tokenizer_config's bos_token, else config.json's bos_token_id)
-    stop_ids: frozenset[int]  generation ends on any of these (generation_config.json's eos_token_id, else
-                              config.json's, plus tokenizer_config's eos_token when it is a special token)
-    vocab_size: int           ids are 0 .. vocab_size-1, added tokens included
-    chat_template: str        the jinja template render_chat uses (DEFAULT_CHAT_TEMPLATE when the folder has none)
+    bos_id                    tokenizer_config's bos_token, else config.json's bos_token_id
+    stop_ids                  generation_config.json's eos_token_id, else config.json's, plus tokenizer_config's
+                              eos_token when it is a special token
+    chat_template             DEFAULT_CHAT_TEMPLATE when the folder has none
     """
 
     def __init__(self, backend, *, bos_token: str | None = None, eos_token: str | None = None,
                  special_tokens: Mapping[str, str] | None = None, chat_template: str | None = None,
                  eos_token_ids: Iterable[int] = (), bos_token_id: int | None = None, byte_level: bool = True,
                  source: str = "tokenizer"):
-        import jinja2
-
+        super().__init__(backend.get_vocab_size(with_added_tokens=True), byte_level=byte_level, source=source)
         self._tok = backend
-        self._source = source
-        self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
         self._special_ids = frozenset(i for i, t in backend.get_added_tokens_decoder().items() if t.special)
-        self._byte_level = byte_level
         self._bytes_cache: dict[int, bytes] = {}
 
         def token_id(content: str | None, what: str) -> int | None:
@@ -213,7 +174,7 @@ class Tokenizer:
                 raise CheckpointError(f"{source}: {what} {content!r} is not in the vocabulary of {TOKENIZER_FILE}")
             return i
 
-        self.bos_id: int | None = token_id(bos_token, f"{TOKENIZER_CONFIG_FILE} bos_token")
+        self.bos_id = token_id(bos_token, f"{TOKENIZER_CONFIG_FILE} bos_token")
         if self.bos_id is None and bos_token_id is not None:
             self.bos_id = self._check_id(bos_token_id, "bos_token_id")
         if bos_token is None and self.bos_id is not None:
@@ -225,19 +186,14 @@ class Tokenizer:
         if eos_id is not None and eos_id in self._special_ids:
             stops.add(eos_id)
         self.eos_token = eos_token
-        self.stop_ids: frozenset[int] = frozenset(stops)
+        self.stop_ids = frozenset(stops)
 
         # What transformers passes as its special_tokens_map: only the tokens that are set.
-        self._template_vars = {k: v for k, v in (special_tokens or {}).items() if v is not None}
+        variables = {k: v for k, v in (special_tokens or {}).items() if v is not None}
         for key, value in (("bos_token", bos_token), ("eos_token", eos_token)):
             if value is not None:
-                self._template_vars.setdefault(key, value)
-        self.chat_template: str = chat_template if chat_template is not None else DEFAULT_CHAT_TEMPLATE
-        self.has_chat_template = chat_template is not None
-        try:
-            self._template = _jinja_environment().from_string(self.chat_template)
-        except jinja2.TemplateError as e:
-            raise CheckpointError(f"{source}: the chat template does not compile ({_one_line(e)})") from None
+                variables.setdefault(key, value)
+        self._set_chat_template(chat_template, DEFAULT_CHAT_TEMPLATE, variables, CheckpointError)
 
     def _check_id(self, i: int, what: str) -> int:
         if not 0 <= i < self.vocab_size:
@@ -258,7 +214,7 @@ class Tokenizer:
         try:
             backend = Backend.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception for a malformed file
-            raise CheckpointError(f"{path}: not a valid tokenizers file ({_one_line(e)})") from None
+            raise CheckpointError(f"{path}: not a valid tokenizers file ({one_line(e)})") from None
         byte_level = isinstance(backend.decoder, decoders.ByteLevel)
 
         cfg_path = folder / TOKENIZER_CONFIG_FILE
@@ -274,7 +230,7 @@ class Tokenizer:
             try:
                 template = jinja_path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
-                raise CheckpointError(f"{jinja_path}: not readable ({_one_line(e)})") from None
+                raise CheckpointError(f"{jinja_path}: not readable ({one_line(e)})") from None
         else:
             t = tcfg.get("chat_template")
             if isinstance(t, list):  # several named templates: transformers uses "default"
@@ -304,13 +260,6 @@ class Tokenizer:
                    source=str(folder))
 
     # -- ids <-> text ---------------------------------------------------------------------------------------------
-
-    def _check_ids(self, ids: Sequence[int]) -> list[int]:
-        ids = [int(i) for i in ids]
-        for i in ids:
-            if not 0 <= i < self.vocab_size:
-                raise InputError(f"token id {i} is outside the vocabulary (0..{self.vocab_size - 1})")
-        return ids
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         """Token ids of text. Special-token strings in text are parsed as those tokens (as in transformers).
@@ -350,35 +299,6 @@ class Tokenizer:
             return b""
         return b
 
-    # -- chat -----------------------------------------------------------------------------------------------------
-
-    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
-        """The prompt text of a conversation, as transformers' apply_chat_template(tokenize=False) renders it."""
-        import jinja2
-
-        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
-            raise InputError("a chat needs a non-empty list of messages")
-        chat = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) \
-                    or not isinstance(m.get("content"), str):
-                raise InputError(f"message {i} must be a dict with string 'role' and 'content', not {m!r:.80}")
-            chat.append(_plain({k: v for k, v in m.items() if v is not None}))
-        try:
-            return self._template.render(messages=chat, tools=None, documents=None,
-                                         add_generation_prompt=bool(add_generation_prompt), **self._template_vars)
-        except jinja2.TemplateError as e:  # raise_exception() in the template, or a template bug
-            raise InputError(f"the chat template refused these messages: {_one_line(e)}") from None
-
-    def encode_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of render_chat(...), as apply_chat_template(tokenize=True) gives them: special tokens in the
-        rendered text are parsed, and no BOS is added beyond the one the template writes."""
-        return self._tok.encode(self.render_chat(messages, add_generation_prompt), add_special_tokens=False).ids
-
-    def detokenizer(self, skip_special: bool = True) -> "IncrementalDecoder":
-        """A streaming decoder: push ids one at a time, get text as soon as whole characters are complete."""
-        return IncrementalDecoder(self, skip_special=skip_special)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # streaming
@@ -398,7 +318,7 @@ class IncrementalDecoder:
     # Window mode: after this many ids with no stable text, emit anyway (the bytes are really invalid).
     MAX_PENDING = 8
 
-    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True, byte_level: bool | None = None):
+    def __init__(self, tokenizer: BaseTokenizer, skip_special: bool = True, byte_level: bool | None = None):
         self._tok = tokenizer
         self._skip = skip_special
         self._byte_level = tokenizer._byte_level if byte_level is None else byte_level

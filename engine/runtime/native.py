@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, NativeError
+from trit.engine.errors import InputError, NativeError
 
 API_VERSION = 1
 E_RANGE = -3
@@ -254,3 +254,38 @@ def op_output_head(x, kind: str, head: np.ndarray, scales: np.ndarray | None = N
     scales_ptr = ptr(scales) if scales is not None else None
     check(lib().trit_op_output_head(HEAD_TYPES[kind], ptr(out), ptr(x), ptr(head), scales_ptr, head.shape[0], x.size))
     return out
+
+
+class NativeObject:
+    """Owns one native handle: freed by close(), at the end of a with block, or when collected."""
+
+    _handle = None
+
+    def _free(self, handle) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._handle:
+            self._free(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def as_token_array(token_ids, vocab_size: int) -> np.ndarray:
+    ids = np.asarray(token_ids)
+    if ids.ndim != 1:
+        ids = ids.reshape(-1)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise InputError(f"token ids must be integers, not {ids.dtype}")
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        raise InputError(f"token id {int(ids[bad][0])} is outside the vocabulary (0..{vocab_size - 1})")
+    return np.ascontiguousarray(ids, dtype=np.int32)

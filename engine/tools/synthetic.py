@@ -6,7 +6,7 @@ config.json, model.safetensors (ternary projections packed 4 rows per byte, bf16
 byte-level BPE tokenizer (tokenizer.json + tokenizer_config.json with the BitNet chat template) and
 generation_config.json. Everything is deterministic: the same arguments give the same bytes.
 
-    python -m engine.synthetic OUT_DIR [--preset tiny|small|2b4t] [--seed N] [--linear-class bitlinear]
+    python -m trit.engine.tools.synthetic OUT_DIR [--preset tiny|small|2b4t] [--seed N] [--linear-class bitlinear]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .checkpoint import CONFIG_FILE, LAYER_NORMS, LINEAR_CLASSES, PROJECTIONS, WEIGHTS_FILE, ModelConfig
-from .packing import pack_ternary
-from .safetensors_file import write_safetensors
+from trit.engine.formats.checkpoint import CONFIG_FILE, LAYER_NORMS, LINEAR_CLASSES, PROJECTIONS, WEIGHTS_FILE, ModelConfig
+from trit.engine.formats.packing import pack_ternary
+from trit.engine.formats.safetensors_file import write_safetensors
 
 # Shapes. "tiny" keeps every reduction dimension (hidden, intermediate) a multiple of 128 so blocked kernels run
 # it unchanged, and has GQA (2 query heads per kv head) so head mapping bugs show.
@@ -96,7 +96,7 @@ def special_token_ids(vocab_size: int) -> dict[str, int]:
 
 
 def make_config(preset: str = "tiny", *, linear_class: str = "autobitlinear", **overrides) -> dict:
-    """The config.json dict write_model would write, checked by engine.checkpoint.ModelConfig."""
+    """The config.json dict write_model would write, checked by engine.formats.checkpoint.ModelConfig."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if linear_class not in LINEAR_CLASSES:
@@ -439,7 +439,7 @@ def write_model(folder: str | os.PathLike, preset: str = "tiny", *, seed: int = 
         _write_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config(config["vocab_size"],
                                                                    config["max_position_embeddings"]))
         _write_json(tmp / GENERATION_CONFIG_FILE, generation_config(config["vocab_size"]))
-        meta = {"format": "pt", "generator": "trit engine.synthetic", "preset": preset, "seed": str(seed)}
+        meta = {"format": "pt", "generator": "trit engine.tools.synthetic", "preset": preset, "seed": str(seed)}
         write_safetensors(tmp / WEIGHTS_FILE, generate_tensors(config, seed), metadata=meta)
         _write_json(tmp / CONFIG_FILE, config)  # last: a folder with config.json is taken as complete
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
@@ -457,7 +457,7 @@ def write_model(folder: str | os.PathLike, preset: str = "tiny", *, seed: int = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m engine.synthetic", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m trit.engine.tools.synthetic", description=__doc__.split("\n\n")[0])
     ap.add_argument("folder")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--seed", type=int, default=0)

@@ -4,7 +4,7 @@ Decoding reads every weight once per token: for the 2B4T, 521 MB of 2-bit ternar
 output head (the tied embedding).
 - Ternary, T5: the same values at 1.6 bits (5 per byte, native/include/trit.h), 417 MB. Lossless.
 - Head, q8: int8 with a float scale per row, 328 MB; q4: an fp16 scale per 32 weights, 4.5 bits a weight, 185 MB.
-  Both are lossy: `fidelity` measures what they cost (KL divergence and top-1 agreement against the exact head),
+  Both are lossy: trit.engine.tools.fidelity measures what they cost (KL divergence and top-1 agreement against the exact head),
   and "bf16" keeps the exact one.
 
 Derived files live beside the model in trit/, stamped with a fingerprint of the checkpoint they came from; a stale
@@ -13,19 +13,18 @@ or damaged file is derived again.
 
 from __future__ import annotations
 
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from . import native
-from .checkpoint import WEIGHTS_FILE, Checkpoint, widen_to_f32
-from .errors import CheckpointError
-from .safetensors_file import SafetensorsFile, write_safetensors
+from trit.engine.errors import CheckpointError
+from trit.engine.formats.checkpoint import WEIGHTS_FILE, Checkpoint, widen_to_f32
+from trit.engine.formats.safetensors_file import SafetensorsFile, write_safetensors
+from trit.engine.runtime import native
 
-HEADS = ("bf16", "q8", "q4")
-TERNARY_FORMATS = ("tq2", "t5")
+HEADS = tuple(native.HEAD_TYPES)  # ("bf16", "q8", "q4"): the names, as the native library numbers them
+TERNARY_FORMATS = tuple(native.TERNARY_FORMATS)  # ("tq2", "t5")
 Q4_BLOCK = 32  # columns per fp16 scale
 Q4_GROUP = 64  # columns per 32 bytes of nibbles
 DERIVED_DIR = "trit"
@@ -174,25 +173,3 @@ def dequantized_head(embed_bf16: np.ndarray, kind: str, tensors: dict[str, np.nd
     if kind == "q8":
         return dequantize_q8(tensors["head.q8"], tensors["head.scales"])
     return dequantize_q4(tensors["head.q4"], tensors["head.scales"])
-
-
-def kl_and_top1(exact: np.ndarray, approx: np.ndarray) -> tuple[float, float]:
-    """Mean KL(softmax(exact) || softmax(approx)) over rows, in nats, and the share of rows whose argmax agrees."""
-    def log_softmax(z):
-        z = z.astype(np.float64)
-        z = z - z.max(axis=-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-    lp, lq = log_softmax(exact), log_softmax(approx)
-    kl = float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
-    return kl, float(np.mean(exact.argmax(-1) == approx.argmax(-1)))
-
-
-def fidelity(folder: str | os.PathLike, kind: str, token_ids, threads: int | None = None) -> dict:
-    """KL divergence and top-1 agreement of a derived head against the exact one, over the positions of token_ids."""
-    from .model import load
-
-    exact = load(folder, threads=threads, head="bf16").logits(token_ids)
-    approx = load(folder, threads=threads, head=kind).logits(token_ids)
-    kl, top1 = kl_and_top1(exact, approx)
-    return {"head": kind, "positions": len(exact), "kl_nats": kl, "top1_agreement": top1}

@@ -7,46 +7,26 @@ from pathlib import Path
 
 import numpy as np
 
-from . import derived, native
-from .checkpoint import Checkpoint, ModelConfig
-from .errors import CheckpointError, InputError, NativeError
+from trit.engine.errors import CheckpointError, InputError, NativeError
+from trit.engine.formats import derived
+from trit.engine.formats.checkpoint import Checkpoint, ModelConfig
+from trit.engine.kinds import BITNET
+from trit.engine.runtime import native
+from trit.engine.runtime.native import NativeObject, as_token_array
 
 DEFAULT_BATCH = 128  # prefill chunk: how often a long prefill can notice a cancel; bounds scratch memory (22 MB for 2B4T)
 # A 4.5-bit head with its 32 best logits per thread recomputed exactly: 185 MB read per token instead of 657 MB for
-# the 2B4T, KL 0.0055 nats from the exact head on a random model (engine/derived.py). "bf16" stays available.
+# the 2B4T, KL 0.0055 nats from the exact head on a random model (engine/formats/derived.py). "bf16" stays available.
 DEFAULT_HEAD = "q4"
 # Below this many ternary weights a decoding step takes well under a millisecond on one core, and a second thread
 # mostly waits at the barriers between operations (a tenth of the speed when another program holds the other core).
 SMALL_MODEL_WEIGHTS = 50_000_000
 
 
-class NativeObject:
-    """Owns one native handle: freed by close(), at the end of a with block, or when collected."""
-
-    _handle = None
-
-    def _free(self, handle) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        if self._handle:
-            self._free(self._handle)
-            self._handle = None
-
-    def __del__(self):
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 class Model(NativeObject):
     """Weights memory-mapped from a checked checkpoint, handed to the native library without a copy."""
 
-    backend = "bitnet"  # Trit's own kernel; a GGUF model (engine.gguf_backend.GGUFModel) says "llama.cpp"
+    backend = BITNET  # Trit's own kernel; a GGUF model (backends.llamacpp.model.GGUFModel) says kinds.LLAMA_CPP
     _sessions = None
     _tokenizer = None
 
@@ -164,7 +144,7 @@ class Model(NativeObject):
         if self.head != "bf16":
             head += self.threads * 32 * h * 2
         norms = (c.num_hidden_layers * (3 * h + i) + h) * 4
-        kv_cache = c.num_hidden_layers * 2 * (position + 1) * kv * 2
+        kv_cache = c.kv_bytes_per_token() * (position + 1)
         return c.num_hidden_layers * ternary + head + h * 2 + norms + kv_cache
 
     def read_bandwidth(self, nbytes: int = 512 << 20, repetitions: int = 3) -> float:
@@ -191,24 +171,24 @@ class Model(NativeObject):
     def tokenizer(self):
         """The folder's tokenizer and chat template, read when first needed."""
         if self._tokenizer is None:
-            from .tokenizer import Tokenizer
+            from trit.engine.runtime.tokenizer import Tokenizer
 
             self._tokenizer = Tokenizer.from_folder(self.path)
         return self._tokenizer
 
     def default_params(self, **overrides):
         """Sampling settings from the folder's generation_config.json, with overrides."""
-        from .sampling import SamplingParams
+        from trit.engine.runtime.sampling import SamplingParams
 
         return SamplingParams.from_generation_config(self.path, **overrides)
 
     def chat(self, messages, params=None, cancel=None):
-        """Continue a conversation: yields engine.chat.Piece (text as it comes) and, last, a ChatResult.
+        """Continue a conversation: yields engine.runtime.chat.Piece (text as it comes) and, last, a ChatResult.
 
         messages: [{"role": "system" | "user" | "assistant", "content": str}, ...]. params: SamplingParams
         (default: the folder's generation_config.json). cancel: anything with is_set(), e.g. threading.Event.
         The KV caches of recent conversations are kept, so a follow-up prefills only its new tokens."""
-        from .chat import ChatSessions
+        from trit.engine.runtime.chat import ChatSessions
 
         if self._sessions is None:
             self._sessions = ChatSessions(self, self.tokenizer)
@@ -227,18 +207,6 @@ class Model(NativeObject):
 
     def _free(self, handle) -> None:
         self._lib.trit_model_free(handle)
-
-
-def as_token_array(token_ids, vocab_size: int) -> np.ndarray:
-    ids = np.asarray(token_ids)
-    if ids.ndim != 1:
-        ids = ids.reshape(-1)
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-        raise InputError(f"token ids must be integers, not {ids.dtype}")
-    bad = (ids < 0) | (ids >= vocab_size)
-    if bad.any():
-        raise InputError(f"token id {int(ids[bad][0])} is outside the vocabulary (0..{vocab_size - 1})")
-    return np.ascontiguousarray(ids, dtype=np.int32)
 
 
 class Context(NativeObject):
@@ -304,20 +272,3 @@ class Context(NativeObject):
 
     def _free(self, handle) -> None:
         self._lib.trit_context_free(handle)
-
-
-def load(path: str | Path, threads: int | None = None, head: str = DEFAULT_HEAD, ternary: str = "auto"):
-    """Memory-map and check a model folder in the Hugging Face packed format; threads=None uses every core.
-
-    head: "bf16" computes logits against the exact tied embedding; "q8" / "q4" against a copy in 8 / 4.5 bits a
-    weight. ternary: "tq2" runs the checkpoint's 2-bit packing as it is, "t5" a lossless 1.6-bit copy, "auto" what the
-    CPU's kernel runs fastest. Derived copies are made once and kept beside the model (engine/derived.py).
-
-    A .gguf file (or a folder holding one and no config.json) loads through llama.cpp instead
-    (engine.gguf_backend.GGUFModel, the same chat interface; head and ternary do not apply)."""
-    from . import gguf_backend
-
-    gguf = gguf_backend.find_gguf(path)
-    if gguf is not None:
-        return gguf_backend.GGUFModel(gguf, threads=threads)
-    return Model(Checkpoint(path), threads, head, ternary)

@@ -3,7 +3,7 @@
 This is what the C engine is compared against. It follows transformers' `BitNetForCausalLM`
 (models/bitnet/modeling_bitnet.py, integrations/bitnet.py) operation by operation and is written to be read,
 not to be fast: one function per operation, everything in float32 except the exact integer core of BitLinear.
-It handles any checkpoint `engine.checkpoint.Checkpoint` accepts (the 2B4T shape included), but is only quick
+It handles any checkpoint `engine.formats.checkpoint.Checkpoint` accepts (the 2B4T shape included), but is only quick
 on small models.
 
 One decoder layer (see shared BITNET.md):
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import LINEAR_CLASSES, Checkpoint, widen_to_f32
-from .packing import unpack_ternary
+from trit.engine.formats.checkpoint import LINEAR_CLASSES, Checkpoint, widen_to_f32
+from trit.engine.formats.packing import unpack_ternary
 
 F32 = np.float32
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import native
-from .model import DEFAULT_HEAD, load
+from trit.engine.runtime import native
+from trit.engine.locate import load
+from trit.engine.runtime.model import DEFAULT_HEAD
 
 
 @dataclass
@@ -169,7 +170,7 @@ def run_conversation(folder: str | Path, *, threads: int | None = None, head: st
     """Five turns: a long document with a question, then four short follow-ups, each answered with reply_tokens
     tokens (the model's own replies go back into the conversation, as in a real chat). Reports every turn's time to
     first token, and the last turn's again in a fresh cache."""
-    from .chat import Chat
+    from trit.engine.runtime.chat import Chat
 
     model = load(folder, threads=threads, head=head, ternary=ternary)
     tokenizer = model.tokenizer

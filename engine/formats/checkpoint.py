@@ -13,17 +13,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
-from .safetensors_file import SafetensorsFile
+from trit.engine.errors import CheckpointError
+from trit.engine.formats.safetensors_file import SafetensorsFile
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"  # sampling defaults and stop ids, beside config.json
 
 LINEAR_CLASSES = ("autobitlinear", "bitlinear")
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 LAYER_NORMS = ("input_layernorm", "post_attention_layernorm", "self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
 FLOAT_DTYPES = ("BF16", "F16", "F32")
+
+
+def kv_bytes_per_token(num_hidden_layers: int, num_key_value_heads: int, head_dim: int) -> int:
+    """The KV cache one position takes: a key and a value per layer and KV head, in fp16 — as the native cache and
+    llama.cpp's default store them."""
+    return num_hidden_layers * 2 * num_key_value_heads * head_dim * 2
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,9 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def kv_bytes_per_token(self) -> int:
+        return kv_bytes_per_token(self.num_hidden_layers, self.num_key_value_heads, self.head_dim)
 
     def expected_tensors(self) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
         """name -> (shape, allowed dtypes) for every tensor a packed checkpoint of this config holds."""
@@ -219,7 +229,7 @@ class Checkpoint:
 
     def check_ternary_codes(self, name: str) -> None:
         """A packed byte holding the code 3 is not a ternary value: the file is corrupt."""
-        from . import native  # the scan runs natively: 521 MB for the 2B4T
+        from trit.engine.runtime import native  # the scan runs natively: 521 MB for the 2B4T
 
         packed = self.raw(name)
         bad = native.find_invalid_code(packed)

@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import CheckpointError
+from trit.engine.errors import CheckpointError
 
 # safetensors dtype name -> (numpy dtype used to hold it, bytes per element)
 DTYPES: dict[str, np.dtype] = {

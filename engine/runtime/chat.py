@@ -17,12 +17,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Protocol, Sequence
 
-from .errors import EngineError, InputError
-from .model import Model
-from .sampling import Sampler, SamplingParams, StopStrings
-from .tokenizer import Tokenizer
+from trit.engine.errors import EngineError, InputError
+from trit.engine.runtime.sampling import Sampler, SamplingParams, StopStrings
+from trit.engine.runtime.tokenizer import BaseTokenizer
+
+if TYPE_CHECKING:  # the model owns its conversations (Model.chat): chat.py needs the type only
+    from trit.engine.runtime.model import Model
 
 
 class Cancel(Protocol):
@@ -30,7 +32,7 @@ class Cancel(Protocol):
 
 
 class KVContext(Protocol):
-    """What Chat needs of a KV cache: engine.model.Context (native) and engine.gguf_backend.LlamaCppContext
+    """What Chat needs of a KV cache: engine.runtime.model.Context (native) and engine.backends.llamacpp.LlamaCppContext
     (llama.cpp) both are one. A model gives them out with model.context(n_ctx) and has config.vocab_size."""
 
     tokens: list[int]  # the tokens the cache holds, positions 0..n-1
@@ -79,7 +81,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class Chat:
     """One model's conversation engine with a KV cache that carries over from turn to turn."""
 
-    def __init__(self, model: Model, tokenizer: Tokenizer, n_ctx: int | None = None):
+    def __init__(self, model: Model, tokenizer: BaseTokenizer, n_ctx: int | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.context: KVContext = model.context(n_ctx)
         self._text = ""  # what context.tokens spell, when known exactly
@@ -207,6 +209,9 @@ class Chat:
 
 
 DEFAULT_CACHE_BUDGET = 1 << 30  # bytes of KV cache kept for recent conversations (three full 2B4T windows)
+# At most this many cached conversations, whatever the budget: a llama.cpp context also holds compute buffers that the
+# KV budget does not count.
+MAX_SESSIONS = 4
 
 
 class ChatSessions:
@@ -216,14 +221,13 @@ class ChatSessions:
     covers at least half of it (the same conversation with its last reply regenerated or last message edited).
     Otherwise it gets a new cache while the budget allows, else the least recently used one."""
 
-    def __init__(self, model: Model, tokenizer: Tokenizer, n_ctx: int | None = None,
+    def __init__(self, model: Model, tokenizer: BaseTokenizer, n_ctx: int | None = None,
                  max_sessions: int | None = None, budget_bytes: int = DEFAULT_CACHE_BUDGET):
         self.model, self.tokenizer = model, tokenizer
         self.n_ctx = n_ctx or model.n_ctx_max
         if max_sessions is None:
-            c = model.config
-            full = c.num_hidden_layers * 2 * self.n_ctx * c.num_key_value_heads * c.head_dim * 2  # fp16 K and V
-            max_sessions = max(1, min(8, budget_bytes // full))
+            full = model.config.kv_bytes_per_token() * self.n_ctx
+            max_sessions = max(1, min(MAX_SESSIONS, budget_bytes // full))
         self.max_sessions = max_sessions
         self.sessions: list[Chat] = []  # least recently used first
         self._lock = threading.Lock()  # one turn at a time: the model's threads are all busy with it anyway

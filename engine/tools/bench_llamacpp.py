@@ -1,12 +1,12 @@
-"""llama.cpp on the same weights as Trit, measured the way engine.bench measures Trit: `trit bench --vs llama.cpp`.
+"""llama.cpp on the same weights as Trit, measured the way engine.tools.bench measures Trit: `trit bench --vs llama.cpp`.
 
-The checkpoint is converted once to GGUF TQ2_0 and TQ1_0 (engine.gguf_export; cached in the model folder's trit/),
-then each file runs in llama-cpp-python (an optional extra: pip install "trit[llamacpp]") in a child process of its
+The checkpoint is converted once to GGUF TQ2_0 and TQ1_0 (engine.formats.gguf_export; cached in the model folder's trit/),
+then each file runs in llama-cpp-python (an optional extra: pip install "trit[gguf]") in a child process of its
 own, so that its peak RSS is its own:
 - pp: N random prompt tokens evaluated at once (Llama.eval, n_batch = n_ubatch >= N), logits for the last;
 - tg: N random tokens evaluated one at a time, logits for each;
 each repetition on an emptied KV cache (position 0, as a fresh context), the median reported. The token ids are the
-ones engine.bench draws for the same seed.
+ones engine.tools.bench draws for the same seed.
 
 Speed only: llama.cpp's bitnet graph computes the FFN with SiLU where BitNet b1.58 uses relu², so its text is wrong.
 """
@@ -24,22 +24,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import EngineError
+from trit.engine.backends.llamacpp.library import INSTALL_HINT, LlamaCppError, LlamaCppMissing
 
 QTYPES = ("tq2_0", "tq1_0")
 MIN_CTX = 640
 RESULT_PREFIX = "TRIT-LLAMACPP-RESULT "
-INSTALL_HINT = 'pip install "trit[gguf]"'
 SILU_WARNING = ("llama.cpp's bitnet graph computes the FFN with SiLU, not BitNet b1.58's relu², so its output text "
                 "is wrong: compare speed only")
-
-
-class LlamaCppMissing(EngineError):
-    """llama-cpp-python or gguf is not installed."""
-
-
-class LlamaCppError(EngineError):
-    """llama.cpp failed to load or run the converted model."""
 
 
 @dataclass
@@ -76,8 +67,8 @@ def require(folder: str | os.PathLike | None = None) -> None:
     if missing:
         raise LlamaCppMissing(f"--vs llama.cpp needs {' and '.join(missing)}: {INSTALL_HINT}")
     if folder is not None:
-        from . import gguf_export
-        from .checkpoint import Checkpoint
+        from trit.engine.formats import gguf_export
+        from trit.engine.formats.checkpoint import Checkpoint
 
         gguf_export.check_shape(Checkpoint(folder))
 
@@ -145,7 +136,7 @@ def run_one(gguf: str | os.PathLike, qtype: str, *, threads: int, n_prompt: int 
                 repetitions=repetitions, seed=seed)
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run([sys.executable, "-m", "engine.bench_llamacpp", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "trit.engine.tools.bench_llamacpp", json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
@@ -159,7 +150,7 @@ def run(folder: str | os.PathLike, *, threads: int, n_prompt: int = 512, n_gen: 
         seed: int = 0, qtypes=QTYPES, log=None) -> list[LlamaCppResult]:
     """Convert the model folder once per type (cached in trit/), then benchmark each file."""
     require()
-    from . import gguf_export
+    from trit.engine.formats import gguf_export
 
     paths = [(q, gguf_export.ensure(folder, q, log=log)) for q in qtypes]
     results = []
@@ -176,7 +167,7 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def comparison(trit, results: list[LlamaCppResult]) -> dict:
-    """The JSON form: llama.cpp's results and the Trit / llama.cpp ratios (trit is an engine.bench.BenchResult)."""
+    """The JSON form: llama.cpp's results and the Trit / llama.cpp ratios (trit is an engine.tools.bench.BenchResult)."""
     return {
         "warning": SILU_WARNING,
         "results": [r.to_dict() for r in results],

@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import PROJECTIONS, Checkpoint
-from .derived import DERIVED_DIR, fingerprint
-from .errors import CheckpointError, EngineError
-from .packing import unpack_codes
+from trit.engine.formats.checkpoint import PROJECTIONS, Checkpoint
+from trit.engine.formats.derived import DERIVED_DIR, fingerprint
+from trit.engine.errors import CheckpointError, EngineError
+from trit.engine.formats.packing import unpack_codes
 
 ARCH = "bitnet"
 QTYPES = ("tq2_0", "tq1_0")
@@ -69,7 +69,7 @@ def _gguf():
     try:
         import gguf
     except ImportError:
-        raise GGUFExportError('writing GGUF needs the gguf package: pip install "trit[llamacpp]"') from None
+        raise GGUFExportError('writing GGUF needs the gguf package: pip install "trit[gguf]"') from None
     return gguf
 
 
@@ -98,7 +98,7 @@ def gguf_name(hf_name: str) -> str:
 
 
 def effective_scale(checkpoint: Checkpoint, projection_weight: str) -> np.float32:
-    """The factor Trit multiplies T by for this projection (see engine.checkpoint.ModelConfig.linear_class)."""
+    """The factor Trit multiplies T by for this projection (see engine.formats.checkpoint.ModelConfig.linear_class)."""
     stored = np.float32(checkpoint.scale(projection_weight + "_scale"))
     return stored if checkpoint.config.linear_class == "autobitlinear" else np.float32(1) / stored
 
