@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Iterator
 
 from trit import engine
-from trit.engine import ChatResult, Piece
+from trit.engine import ChatResult, Piece, SamplingParams
 
 from .paths import paths
 from .settings import Settings, load_settings
 from .store import Message, Store
 
 DEMO_NAME = "demo"
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "seed")
+SAMPLING_KEYS = SamplingParams.names()  # what a conversation's stored params may set; any other key is ignored
 
 
 class ModelChoiceError(engine.EngineError):

@@ -13,6 +13,9 @@ import tomli_w
 from .paths import paths
 
 CONFIG_FILE = "config.toml"
+# The sampling settings config.toml and a conversation's settings hold, by their SamplingParams names.
+SAMPLING_SETTINGS = ("temperature", "top_p", "max_tokens")
+FLOAT_SETTINGS = ("temperature", "top_p")  # None by default (the model's own), a float when set
 
 
 class SettingsError(Exception):
@@ -32,7 +35,7 @@ class Settings:
 
     def sampling_overrides(self) -> dict:
         """The sampling settings the user set, as SamplingParams keyword arguments."""
-        values = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        values = {name: getattr(self, name) for name in SAMPLING_SETTINGS}
         return {k: v for k, v in values.items() if v is not None}
 
 
@@ -42,11 +45,11 @@ def config_path() -> Path:
 
 def _check(name: str, value, default):
     expected = type(default) if default is not None else (int, float)
-    if name in ("temperature", "top_p"):
+    if name in FLOAT_SETTINGS:
         expected = (int, float)
     if isinstance(value, bool) or not isinstance(value, expected):
         raise SettingsError(f"{config_path()}: {name} = {value!r} is not valid; fix or delete that line")
-    return float(value) if name in ("temperature", "top_p") else value
+    return float(value) if name in FLOAT_SETTINGS else value
 
 
 def load_settings() -> Settings:

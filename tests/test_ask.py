@@ -161,3 +161,29 @@ def test_history_file_is_private(trit, model, home):
     assert db.stat().st_mode & 0o777 == 0o600
     with sqlite3.connect(db) as c:  # a plain SQLite file anyone's tools can read
         assert c.execute("select count(*) from messages").fetchone()[0] == 2
+
+
+def test_a_conversations_stored_sampling_settings_reach_the_model(trit, model, home, monkeypatch):
+    """Every key of SamplingParams that a conversation stores is applied when it continues, and a key it does not
+    know (an older spelling, `repeat_penalty`) is left out rather than ending in a traceback. The app once listed
+    `repeat_penalty`, so a stored `repetition_penalty` was dropped and `repeat_penalty` raised a TypeError."""
+    from trit import engine
+    from trit.app.service import Service
+    from trit.app.store import Store
+
+    cid = ask_json(trit, model, "First")["conversation_id"]
+    with sqlite3.connect(home / "data" / "history.db") as c:
+        c.execute("update conversations set params = ? where id = ?",
+                  (json.dumps({"repetition_penalty": 1.3, "top_k": 7, "repeat_penalty": 2.0}), cid))
+    r = trit("ask", "-c", "--max-tokens", 4, "Next")
+    assert r.returncode == 0 and r.stderr == ""
+
+    monkeypatch.setenv("TRIT_HOME", str(home))
+    store = Store()
+    try:
+        dialogue = Service(store).open(cid)
+        with engine.load(model, threads=1) as m:
+            params = Service(store).params_for(dialogue, m)
+    finally:
+        store.close()
+    assert (params.repetition_penalty, params.top_k) == (1.3, 7)

@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Markdown, OptionList, Static
 
 from ...service import Dialogue, Turn, choose_model
-from ...settings import SettingsError
+from ...settings import SAMPLING_SETTINGS, SettingsError
 from ...store import StoreError
 from .. import actions
 from ..clipboard import copy
@@ -584,7 +584,7 @@ class ChatScreen(Screen):
                     return
             if result.as_default:
                 settings.system_prompt = result.system
-                for name in ("temperature", "top_p", "max_tokens"):
+                for name in SAMPLING_SETTINGS:
                     if name in result.params:
                         setattr(settings, name, result.params[name])
                 if self.app.save_settings():

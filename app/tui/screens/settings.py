@@ -55,12 +55,12 @@ class SettingsScreen(ModalScreen[ConversationSettings | None]):
                 yield TextArea(self.system, id="system", soft_wrap=True, show_line_numbers=False,
                                tab_behavior="focus", compact=True,
                                placeholder="none" if not self.defaults.system_prompt else "")
-                for name, label, _, _, hint in FIELDS:
+                for name, label, kind, _, hint in FIELDS:
                     with Horizontal(classes="field"):
                         yield Label(label, classes="field-label")
                         value = self.params.get(name)
                         yield Input("" if value is None else str(value), placeholder=self.default_text(name),
-                                    id=name, type="number" if name in ("temperature", "top_p") else "integer",
+                                    id=name, type="number" if kind is float else "integer",
                                     compact=True)
                         yield Static(hint, classes="field-hint")
                 yield Checkbox("Also use these for new conversations (saved in config.toml)", id="as-default",
