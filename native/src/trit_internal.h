@@ -7,7 +7,7 @@
 #include "trit.h"
 #include "threadpool.h"
 
-/* One instruction set's implementation of the hot loops. kernels_scalar.c is the readable definition;
+/* One instruction set's implementation of the hot loops. kernels/scalar.c is the readable definition;
  * every other table must give bit-identical int32 results (and the same floats up to summation order). */
 typedef struct {
     const char *name;
