@@ -63,13 +63,14 @@ extern const trit_kernel trit_kernel_avx512;
 extern const trit_kernel trit_kernel_neon;
 #endif
 
+/* kernels/registry.c */
 const trit_kernel *trit_active_kernel(void);
 const trit_kernel *trit_kernel_at(int index);
 
 /* model.c: runs a job on the model's threads, between forward passes */
 void trit_model_run(trit_model *model, trit_task_fn fn, void *arg);
 
-/* cpu.c */
+/* cpu.c: what this CPU (and its OS) can run */
 int trit_cpu_has_avx2(void);
 int trit_cpu_has_avx512vnni(void);
 int trit_cpu_has_neon_dotprod(void); /* AArch64 with SDOT and FP16 */

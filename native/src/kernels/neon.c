@@ -1,6 +1,6 @@
 /* NEON kernel for AArch64 with the dot-product extension (SDOT: sixteen signed byte products summed into four int32
  * lanes per instruction) and FP16: Apple M-series, Graviton 2 and later, Cortex-A76 / Neoverse N1 and later.
- * Compiled with -march=armv8.2-a+dotprod+fp16; called only when the CPU has both (cpu.c). */
+ * Compiled with -march=armv8.2-a+dotprod+fp16; called only when the CPU has both (cpu.c asks it). */
 #if defined(__aarch64__)
 #include <arm_neon.h>
 #include <math.h>
