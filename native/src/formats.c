@@ -32,9 +32,3 @@ int64_t trit_find_invalid_t5(const uint8_t *t5, int64_t n_bytes) {
         if (t5[i] > 242) return i;
     return -1;
 }
-
-/* T5 where the kernel decodes it fast; the scalar one defines T5 but reads 2-bit codes more cheaply. */
-int trit_kernel_preferred_format(void) {
-    const trit_kernel *k = trit_active_kernel();
-    return k->t5_matmul && k != &trit_kernel_scalar ? TRIT_TERNARY_T5 : TRIT_TERNARY_TQ2;
-}

@@ -365,8 +365,7 @@ static void matmul_piece(const matmul_job *j, const thread_scratch *in, int c0, 
     for (int i = k; i < (j->gated ? 2 : k + 1); i++) {
         const projection *p = &j->p[i];
         if (t5)
-            (kern->t5_matmul ? kern : &trit_kernel_scalar)
-                ->t5_matmul(p->acc, p->w, p->rows, j->cols, xq, in->xsum + c0, nc, g0, g1);
+            kern->t5_matmul(p->acc, p->w, p->rows, j->cols, xq, in->xsum + c0, nc, g0, g1);
         else
             kern->ternary_matmul(p->acc, p->w, p->rows, j->cols, xq, in->xsum + c0, nc, g0, g1);
     }

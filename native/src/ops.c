@@ -103,13 +103,19 @@ void trit_rope_apply(float *x, int n_heads, int head_dim, const float *cos_pos, 
 
 void trit_attend_tokens(const trit_kernel *kern, float *out, const float *q, int q_stride, const uint16_t *keys,
                         const uint16_t *values, int n_q, int n_keys0, int head_dim, int group, float *scratch) {
-    if (kern->attend_tokens && n_q > 1) {
+    if (n_q == 1)
+        kern->attend(out, q, keys, values, head_dim, n_keys0 + 1, head_dim, group, scratch);
+    else if (n_q > 1)
         kern->attend_tokens(out, q, q_stride, keys, values, n_q, n_keys0, head_dim, group, scratch);
-        return;
-    }
+}
+
+void trit_attend_each_token(void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values,
+                                           int kv_stride, int n_keys, int head_dim, int group, float *scores),
+                            float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
+                            int n_q, int n_keys0, int head_dim, int group, float *scratch) {
     for (int i = 0; i < n_q; i++)
-        kern->attend(out + (size_t)i * q_stride, q + (size_t)i * q_stride, keys, values, head_dim, n_keys0 + i + 1,
-                     head_dim, group, scratch);
+        attend(out + (size_t)i * q_stride, q + (size_t)i * q_stride, keys, values, head_dim, n_keys0 + i + 1, head_dim,
+               group, scratch);
 }
 
 /* softmax(q . K^T / sqrt(hd)) . V for one head over n_keys cached positions. Each score sums q[d] * k[d] in the

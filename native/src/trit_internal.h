@@ -8,7 +8,8 @@
 #include "threadpool.h"
 
 /* One instruction set's implementation of the hot loops. kernels/scalar.c is the readable definition;
- * every other table must give bit-identical int32 results (and the same floats up to summation order). */
+ * every other table must give bit-identical int32 results (and the same floats up to summation order).
+ * Every entry but name and supported may be left NULL: registration (kernels/registry.c) gives it the scalar one. */
 typedef struct {
     const char *name;
     int (*supported)(void);
@@ -18,7 +19,8 @@ typedef struct {
     void (*ternary_matmul)(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
                            const int32_t *xsum, int n_tokens, int pr0, int pr1);
     /* The same for T5 (trit.h), over groups g in [g0, g1): out[t*rows + g + j*G] for every g + j*G < rows.
-     * NULL when the instruction set has no fast way to decode base 3: the scalar one stands in. */
+     * NULL when the instruction set has no fast way to decode base 3 (trit_kernel_has_t5 tells): the engine then
+     * keeps TQ2, and the scalar one stands in if T5 is run anyway. */
     void (*t5_matmul)(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
                       int n_tokens, int g0, int g1);
     /* For rows r in [r0, r1) and every token t: out[t*out_stride + r] = sum_c x[t*cols + c] * W[r][c], W bf16. */
@@ -37,8 +39,9 @@ typedef struct {
     void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride,
                    int n_keys, int head_dim, int group, float *scores);
     /* The same for n_q consecutive tokens at once (prefill): token i's heads are at q + i*q_stride (out alike) and
-     * see keys 0 .. n_keys0 + i (values head_dim apart). NULL: trit_attend_tokens runs `attend` token by token.
-     * scratch: TRIT_ATTEND_SCRATCH(n_keys0 + n_q, head_dim, group) floats. */
+     * see keys 0 .. n_keys0 + i (values head_dim apart). scratch: TRIT_ATTEND_SCRATCH(n_keys0 + n_q, head_dim, group)
+     * floats. The scalar one runs the scalar attend token by token, so a kernel with its own attend and no faster
+     * batch runs trit_attend_each_token with its attend instead: a batch must give its single tokens' floats. */
     void (*attend_tokens)(float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
                           int n_q, int n_keys0, int head_dim, int group, float *scratch);
     /* A projection's int32 sums to floats: out[i] = acc[i] * f, or out[i] += that when add is set. The gate/up pair
@@ -63,9 +66,10 @@ extern const trit_kernel trit_kernel_avx512;
 extern const trit_kernel trit_kernel_neon;
 #endif
 
-/* kernels/registry.c */
+/* kernels/registry.c: the registered tables, their NULL entries filled */
 const trit_kernel *trit_active_kernel(void);
 const trit_kernel *trit_kernel_at(int index);
+int trit_kernel_has_t5(const trit_kernel *k); /* its own T5 matmul, not the scalar one lent at registration */
 
 /* model.c: runs a job on the model's threads, between forward passes */
 void trit_model_run(trit_model *model, trit_task_fn fn, void *arg);
@@ -127,9 +131,14 @@ static inline int trit_key_blocks(int n_keys) { return (n_keys + TRIT_KEY_BLOCK 
     ((size_t)(n_keys) * ((group) > TRIT_ATTEND_ROWS ? (group) : TRIT_ATTEND_ROWS) +                                \
      (2 * (size_t)TRIT_ATTEND_KEY_BLOCK + TRIT_ATTEND_ROWS) * (size_t)(head_dim) + 64)
 
-/* attend_tokens if the kernel has it, else attend for each token (scratch as for attend_tokens). */
+/* One token through attend, several through attend_tokens (scratch as for attend_tokens). */
 void trit_attend_tokens(const trit_kernel *kern, float *out, const float *q, int q_stride, const uint16_t *keys,
                         const uint16_t *values, int n_q, int n_keys0, int head_dim, int group, float *scratch);
+/* An attend_tokens for a kernel without a faster one: its `attend` for each token in turn. */
+void trit_attend_each_token(void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values,
+                                           int kv_stride, int n_keys, int head_dim, int group, float *scores),
+                            float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
+                            int n_q, int n_keys0, int head_dim, int group, float *scratch);
 
 /* One query head against positions 0..n_keys-1 of its kv head; scores is scratch of n_keys floats. */
 void trit_attend_head(const trit_kernel *kern, float *out, const float *q, const uint16_t *keys, const uint16_t *values,

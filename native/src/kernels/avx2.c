@@ -461,6 +461,12 @@ static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
     for (; i < n; i++) y[i] += alpha * trit_f16_to_f32(x[i]);
 }
 
+/* Prefill: this kernel's attend for one token after another, so a batch gives the floats of single tokens. */
+static void attend_tokens(float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
+                          int n_q, int n_keys0, int head_dim, int group, float *scratch) {
+    trit_attend_each_token(attend, out, q, q_stride, keys, values, n_q, n_keys0, head_dim, group, scratch);
+}
+
 static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) {
     __m256 vf = _mm256_set1_ps(f);
     int i = 0;
@@ -518,7 +524,7 @@ const trit_kernel trit_kernel_avx2 = {
     .q4_matmul = q4_matmul,
     .quantize = quantize,
     .attend = attend,
-    .attend_tokens = NULL,
+    .attend_tokens = attend_tokens,
     .scale_sums = scale_sums,
     .relu2_sums = relu2_sums,
     .rmsnorm = rmsnorm,

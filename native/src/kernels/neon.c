@@ -412,6 +412,12 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
                          kv_stride, n_keys, head_dim, scores);
 }
 
+/* Prefill: this kernel's attend for one token after another, so a batch gives the floats of single tokens. */
+static void attend_tokens(float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
+                          int n_q, int n_keys0, int head_dim, int group, float *scratch) {
+    trit_attend_each_token(attend, out, q, q_stride, keys, values, n_q, n_keys0, head_dim, group, scratch);
+}
+
 static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) {
     int i = 0;
     for (; i + 4 <= n; i += 4) {
@@ -469,7 +475,7 @@ const trit_kernel trit_kernel_neon = {
     .q4_matmul = q4_matmul,
     .quantize = quantize,
     .attend = attend,
-    .attend_tokens = NULL,
+    .attend_tokens = attend_tokens,
     .scale_sums = scale_sums,
     .relu2_sums = relu2_sums,
     .rmsnorm = rmsnorm,
