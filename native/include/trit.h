@@ -127,13 +127,12 @@ TRIT_API double trit_measure_read_bandwidth(trit_model *model, int64_t bytes, in
 /* Size in bytes of a rows x cols ternary matrix in T5, and the conversion from the checkpoint's packing. */
 TRIT_API int64_t trit_t5_size(int rows, int cols);
 TRIT_API int trit_convert_tq2_to_t5(uint8_t *t5, const uint8_t *tq2, int rows, int cols);
+/* Scans packed ternary bytes (TQ2) for code 3; returns the offset of the first bad byte, or -1 if all are valid. */
+TRIT_API int64_t trit_find_invalid_code(const uint8_t *packed, int64_t n_bytes);
 /* Scans T5 bytes for values past 242 (not five base-3 digits); returns the first bad offset, or -1. */
 TRIT_API int64_t trit_find_invalid_t5(const uint8_t *t5, int64_t n_bytes);
 /* The ternary format the active kernel runs fastest. */
 TRIT_API int trit_kernel_preferred_format(void);
-
-/* Scans packed ternary bytes for code 3; returns the offset of the first bad byte, or -1 if all are valid. */
-TRIT_API int64_t trit_find_invalid_code(const uint8_t *packed, int64_t n_bytes);
 
 /* A KV cache of n_ctx positions (fp16) and the scratch for batches of up to max_batch tokens. */
 TRIT_API trit_context *trit_context_create(trit_model *model, int n_ctx, int max_batch);

@@ -27,6 +27,14 @@ int trit_convert_tq2_to_t5(uint8_t *t5, const uint8_t *tq2, int rows, int cols) 
     return TRIT_OK;
 }
 
+/* The validators the loader runs over a file's bytes before any kernel reads them: the first bad offset, or -1. */
+int64_t trit_find_invalid_code(const uint8_t *packed, int64_t n_bytes) {
+    /* a 2-bit field holds 3 when both of its bits are set */
+    for (int64_t i = 0; i < n_bytes; i++)
+        if (packed[i] & (packed[i] >> 1) & 0x55) return i;
+    return -1;
+}
+
 int64_t trit_find_invalid_t5(const uint8_t *t5, int64_t n_bytes) {
     for (int64_t i = 0; i < n_bytes; i++)
         if (t5[i] > 242) return i;

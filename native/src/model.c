@@ -179,13 +179,6 @@ int trit_model_set_threads(trit_model *m, int n_threads) {
     return TRIT_OK;
 }
 
-int64_t trit_find_invalid_code(const uint8_t *packed, int64_t n_bytes) {
-    /* a 2-bit field holds 3 when both of its bits are set */
-    for (int64_t i = 0; i < n_bytes; i++)
-        if (packed[i] & (packed[i] >> 1) & 0x55) return i;
-    return -1;
-}
-
 /* ---- context --------------------------------------------------------------------------------------------------- */
 
 static void free_thread_scratch(trit_context *ctx) {
