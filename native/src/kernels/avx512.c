@@ -128,7 +128,14 @@ static t5_tables make_t5_tables(void) {
  * m_(j+1) - m_j = 3^j d_j, so sum(x * d_j) = (sum(x * m_(j+1)) - sum(x * m_j)) / 3^j exactly: the vpdpbusd run on
  * b mod 3, 9, 27 (three lookups), l = b mod 81 and b itself, and the rows are told apart after the sums. Three
  * lookups and the two reductions of l instead of four lookups and four more instructions for d4. */
-#define T5_PARTIALS(b)                                                                                                __mmask64 k1 = _mm512_cmpge_epu8_mask(b, n81), k2 = _mm512_cmpge_epu8_mask(b, n162);                              __m512i l = _mm512_mask_sub_epi8(b, k1, b, n81);                                                                  l = _mm512_mask_sub_epi8(l, k2, l, n81);                                                                          __m512i d0 = _mm512_permutex2var_epi8(tab.mlo[0], l, tab.mhi[0]);                                                 __m512i d1 = _mm512_permutex2var_epi8(tab.mlo[1], l, tab.mhi[1]);                                                 __m512i d2 = _mm512_permutex2var_epi8(tab.mlo[2], l, tab.mhi[2]);                                                 __m512i d3 = l, d4 = b
+#define T5_PARTIALS(b)                                                                                            \
+    __mmask64 k1 = _mm512_cmpge_epu8_mask(b, n81), k2 = _mm512_cmpge_epu8_mask(b, n162);                          \
+    __m512i l = _mm512_mask_sub_epi8(b, k1, b, n81);                                                              \
+    l = _mm512_mask_sub_epi8(l, k2, l, n81);                                                                      \
+    __m512i d0 = _mm512_permutex2var_epi8(tab.mlo[0], l, tab.mhi[0]);                                             \
+    __m512i d1 = _mm512_permutex2var_epi8(tab.mlo[1], l, tab.mhi[1]);                                             \
+    __m512i d2 = _mm512_permutex2var_epi8(tab.mlo[2], l, tab.mhi[2]);                                             \
+    __m512i d3 = l, d4 = b
 
 #define T5_ACC_DECL(i) __m512i e0_##i = _mm512_setzero_si512(), e1_##i = e0_##i, e2_##i = e0_##i, e3_##i = e0_##i, e4_##i = e0_##i;
 #define T5_ACC_STEP(i, load)                                                                                      \
