@@ -15,7 +15,7 @@ static uint32_t xgetbv0(void) {
 static int os_saves_avx(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return 0; /* OSXSAVE */
-    return (xgetbv0() & 0x6) == 0x6;                                    /* XMM and YMM state */
+    return (xgetbv0() & 0x6) == 0x6;                                   /* XMM and YMM state */
 }
 
 int trit_cpu_has_avx2(void) {

@@ -12,14 +12,16 @@ static int tq2_code(const uint8_t *tq2, int rows, int cols, int r, int c) {
 }
 
 int trit_convert_tq2_to_t5(uint8_t *t5, const uint8_t *tq2, int rows, int cols) {
-    if (rows <= 0 || rows % 4 || cols <= 0) return trit_fail(TRIT_E_INVALID, "t5: rows must be a positive multiple of 4");
+    if (rows <= 0 || rows % 4 || cols <= 0)
+        return trit_fail(TRIT_E_INVALID, "t5: rows must be a positive multiple of 4");
     int groups = trit_t5_groups(rows);
     for (int g = 0; g < groups; g++)
         for (int c = 0; c < cols; c++) {
             int byte = 0;
             for (int j = 4; j >= 0; j--) {
                 int r = g + j * groups, code = r < rows ? tq2_code(tq2, rows, cols, r, c) : 1; /* padding: w = 0 */
-                if (code == 3) return trit_fail(TRIT_E_INVALID, "t5: invalid ternary code 3 at row %d, column %d", r, c);
+                if (code == 3)
+                    return trit_fail(TRIT_E_INVALID, "t5: invalid ternary code 3 at row %d, column %d", r, c);
                 byte = byte * 3 + code;
             }
             t5[(size_t)g * cols + c] = (uint8_t)byte;

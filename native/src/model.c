@@ -39,11 +39,11 @@ typedef struct {
 /* Scratch each pool thread owns: it prepares the int8 input of a projection itself (norm and quantisation are
  * cheap next to the matmul, and a job less per projection means one barrier less). */
 typedef struct {
-    int8_t *xq;    /* [B][max(hidden, intermediate)] quantised activations */
-    float *xs;     /* [B] their scales */
-    int32_t *xsum; /* [B] their sums */
-    float *row;    /* [max(hidden, intermediate)] one token's normed input */
-    float *scores; /* TRIT_ATTEND_SCRATCH floats: attention scores and blocks of keys and values */
+    int8_t *xq;      /* [B][max(hidden, intermediate)] quantised activations */
+    float *xs;       /* [B] their scales */
+    int32_t *xsum;   /* [B] their sums */
+    float *row;      /* [max(hidden, intermediate)] one token's normed input */
+    float *scores;   /* TRIT_ATTEND_SCRATCH floats: attention scores and blocks of keys and values */
     candidate *best; /* [B][RESCORE] the best logits of the head rows this thread computed, per token */
     int *n_best;     /* [B] */
 } thread_scratch;
@@ -80,8 +80,8 @@ static int token_chunk(const trit_config *c, int cols) {
 /* ---- model ----------------------------------------------------------------------------------------------------- */
 
 static int check_config(const trit_config *c) {
-    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 ||
-        c->n_kv_heads <= 0 || c->head_dim <= 0 || c->vocab_size <= 0 || c->max_positions <= 0)
+    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
+        c->head_dim <= 0 || c->vocab_size <= 0 || c->max_positions <= 0)
         return trit_fail(TRIT_E_INVALID, "config: sizes must be positive");
     if (c->n_heads % c->n_kv_heads) return trit_fail(TRIT_E_INVALID, "config: n_heads is not a multiple of n_kv_heads");
     if (c->n_heads * c->head_dim != c->hidden_size)
@@ -108,7 +108,8 @@ trit_model *trit_model_create(const trit_config *config, const trit_weights *wei
         return NULL;
     }
     if (check_config(config) != TRIT_OK) return NULL;
-    if (weights->head_type != TRIT_HEAD_BF16 && weights->head_type != TRIT_HEAD_Q8 && weights->head_type != TRIT_HEAD_Q4) {
+    if (weights->head_type != TRIT_HEAD_BF16 && weights->head_type != TRIT_HEAD_Q8 &&
+        weights->head_type != TRIT_HEAD_Q4) {
         trit_fail(TRIT_E_INVALID, "model: unknown head type %d", weights->head_type);
         return NULL;
     }
@@ -119,8 +120,8 @@ trit_model *trit_model_create(const trit_config *config, const trit_weights *wei
     }
     for (int l = 0; l < config->n_layers; l++) {
         const trit_layer_weights *L = &weights->layers[l];
-        if (!L->input_norm || !L->q || !L->k || !L->v || !L->o || !L->attn_sub_norm || !L->post_attn_norm ||
-            !L->gate || !L->up || !L->down || !L->ffn_sub_norm) {
+        if (!L->input_norm || !L->q || !L->k || !L->v || !L->o || !L->attn_sub_norm || !L->post_attn_norm || !L->gate ||
+            !L->up || !L->down || !L->ffn_sub_norm) {
             trit_fail(TRIT_E_INVALID, "model: layer %d is missing a weight", l);
             return NULL;
         }
@@ -202,8 +203,8 @@ static int ensure_thread_scratch(trit_context *ctx) {
     if (n == ctx->n_threads) return TRIT_OK;
     free_thread_scratch(ctx);
     const trit_config *c = &ctx->m->cfg;
-    size_t B = (size_t)ctx->max_batch, wide = (size_t)(c->hidden_size > c->intermediate_size ? c->hidden_size
-                                                                                              : c->intermediate_size);
+    size_t B = (size_t)ctx->max_batch,
+           wide = (size_t)(c->hidden_size > c->intermediate_size ? c->hidden_size : c->intermediate_size);
     ctx->threads = calloc((size_t)n, sizeof(thread_scratch));
     if (!ctx->threads) return trit_fail(TRIT_E_NOMEM, "context: out of memory");
     ctx->n_threads = n;
@@ -401,7 +402,8 @@ static void run_matmul(void *arg, int ith, int nth) {
         for (; passed < ci; passed++) trit_pool_barrier(j->b->ctx->m->pool);
         a -= ci * j->chunk_groups;
         e -= ci * j->chunk_groups;
-        for (int k = 0, first = 0; k < (j->mode == PROJECT_GATED ? 1 : j->n_proj); first += row_groups(c, j->p[k].rows), k++) {
+        for (int k = 0, first = 0; k < (j->mode == PROJECT_GATED ? 1 : j->n_proj);
+             first += row_groups(c, j->p[k].rows), k++) {
             int groups = row_groups(c, j->p[k].rows), g0 = a > first ? a - first : 0;
             int g1 = e - first < groups ? e - first : groups;
             if (g0 < g1) matmul_piece(j, in, c0, nc, k, g0, g1);
@@ -588,8 +590,8 @@ static void run_head(void *arg, int ith, int nth) {
     const float *x = j->b->ctx->xn + (size_t)j->first * c->hidden_size;
     for (int t = 0; t < n; t++) ts[ith].n_best[t] = 0;
     while (trit_share_claim(&j->share, nth, &r0, &r1)) {
-        trit_output_head(j->b->kern, m->w.head_type, head, m->w.head_scales, j->logits, c->vocab_size,
-                         c->hidden_size, x, n, r0, r1);
+        trit_output_head(j->b->kern, m->w.head_type, head, m->w.head_scales, j->logits, c->vocab_size, c->hidden_size,
+                         x, n, r0, r1);
         for (int t = 0; compact && t < n; t++) {
             const float *logits = j->logits + (size_t)t * c->vocab_size;
             candidate *best = ts[ith].best + (size_t)t * RESCORE;

@@ -36,8 +36,8 @@ typedef struct {
     /* Causal attention of `group` query heads that share one kv head (consecutive in q and out, head_dim apart)
      * against n_keys cached fp16 positions: out[h] = softmax(q[h] . K^T / sqrt(hd)) . V. Keys in blocks
      * (trit_key_index), values kv_stride apart. scores: scratch of group * n_keys floats. */
-    void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride,
-                   int n_keys, int head_dim, int group, float *scores);
+    void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
+                   int head_dim, int group, float *scores);
     /* The same for n_q consecutive tokens at once (prefill): token i's heads are at q + i*q_stride (out alike) and
      * see keys 0 .. n_keys0 + i (values head_dim apart). scratch: TRIT_ATTEND_SCRATCH(n_keys0 + n_q, head_dim, group)
      * floats. The scalar one runs the scalar attend token by token, so a kernel with its own attend and no faster
@@ -88,7 +88,10 @@ int trit_fail(int code, const char *fmt, ...)
 
 /* ops.c: single operations of the forward pass, in plain C */
 static inline float trit_bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v = { (uint32_t)h << 16 };
+    union {
+        uint32_t u;
+        float f;
+    } v = {(uint32_t)h << 16};
     return v.f;
 }
 float trit_f16_to_f32(uint16_t h);
@@ -103,7 +106,8 @@ void trit_output_head(const trit_kernel *kern, int head_type, const void *head, 
 static inline int trit_t5_groups(int rows) { return (rows + 4) / 5; }
 /* The q4 heads' activations: x ~ (256 a + b) * s2 with int8 a (x / s1 rounded, s1 = max|x| / 127) and b the rounded
  * rest in steps of s2 = s1 / 256; block_x[k] = 8 * sum of 256 a + b over block k (the nibbles' offset of 8).
- * pair_order stores each 128 as 0..31, 64..95, 32..63, 96..127: the order of a 64-byte load's low, then high, nibbles. */
+ * pair_order stores each 128 as 0..31, 64..95, 32..63, 96..127: the order of a 64-byte load's low, then high,
+ * nibbles. */
 void trit_q4_split_x(int8_t *a, int8_t *b, float *block_x, float *s2, const float *x, int cols, int pair_order);
 
 /* Decoding reads every weight once per token, and a core spends long enough on each line that the hardware prefetcher
@@ -119,7 +123,8 @@ void trit_q4_split_x(int8_t *a, int8_t *b, float *block_x, float *s2, const floa
  * position-major ([position][head_dim]). Caches hold whole blocks. */
 #define TRIT_KEY_BLOCK 32
 static inline size_t trit_key_index(int pos, int d, int head_dim) {
-    return ((size_t)(pos / TRIT_KEY_BLOCK) * (size_t)head_dim + (size_t)d) * TRIT_KEY_BLOCK + (size_t)(pos % TRIT_KEY_BLOCK);
+    return ((size_t)(pos / TRIT_KEY_BLOCK) * (size_t)head_dim + (size_t)d) * TRIT_KEY_BLOCK +
+           (size_t)(pos % TRIT_KEY_BLOCK);
 }
 static inline int trit_key_blocks(int n_keys) { return (n_keys + TRIT_KEY_BLOCK - 1) / TRIT_KEY_BLOCK; }
 
@@ -127,8 +132,8 @@ static inline int trit_key_blocks(int n_keys) { return (n_keys + TRIT_KEY_BLOCK 
  * row, plus f32 copies of a block of keys and values. */
 #define TRIT_ATTEND_ROWS 32
 #define TRIT_ATTEND_KEY_BLOCK TRIT_KEY_BLOCK
-#define TRIT_ATTEND_SCRATCH(n_keys, head_dim, group)                                                              \
-    ((size_t)(n_keys) * ((group) > TRIT_ATTEND_ROWS ? (group) : TRIT_ATTEND_ROWS) +                                \
+#define TRIT_ATTEND_SCRATCH(n_keys, head_dim, group)                                                                   \
+    ((size_t)(n_keys) * ((group) > TRIT_ATTEND_ROWS ? (group) : TRIT_ATTEND_ROWS) +                                    \
      (2 * (size_t)TRIT_ATTEND_KEY_BLOCK + TRIT_ATTEND_ROWS) * (size_t)(head_dim) + 64)
 
 /* One token through attend, several through attend_tokens (scratch as for attend_tokens). */

@@ -3,7 +3,8 @@
  *
  * Registration completes every table, once: an entry a kernel's file leaves NULL (an operation it has no faster way to
  * do) is the scalar kernel's. This is the only place a kernel falls back to the scalar one as a whole entry; callers
- * never test an entry for NULL. The tables as the files wrote them are kept to tell which entries are a kernel's own. */
+ * never test an entry for NULL. The tables as the files wrote them are kept: they tell which entries are a kernel's
+ * own. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -32,7 +33,7 @@ static _Atomic(const trit_kernel *) active;
 static trit_kernel complete(const trit_kernel *own) {
     const trit_kernel *scalar = &trit_kernel_scalar;
     trit_kernel k = *own;
-#define FILL(entry) \
+#define FILL(entry)                                                                                                    \
     if (!k.entry) k.entry = scalar->entry
     FILL(ternary_matmul);
     FILL(t5_matmul);
