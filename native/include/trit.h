@@ -21,8 +21,12 @@
 extern "C" {
 #endif
 
-#if defined(_WIN32)
+/* The library exports these functions and nothing else: on Windows by dllexport while it is built (TRIT_BUILD, set
+ * by CMake), dllimport for a C program that links it; elsewhere by default visibility, the rest being hidden. */
+#if defined(_WIN32) && defined(TRIT_BUILD)
 #define TRIT_API __declspec(dllexport)
+#elif defined(_WIN32)
+#define TRIT_API __declspec(dllimport)
 #else
 #define TRIT_API __attribute__((visibility("default")))
 #endif

@@ -13,7 +13,12 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _WIN32
+#define WIN32_LEAN_AND_MEAN
+#include <windows.h>
+#else
 #include <unistd.h>
+#endif
 
 #include "trit_internal.h"
 
@@ -97,8 +102,15 @@ static int check_config(const trit_config *c) {
     return TRIT_OK;
 }
 
+/* Every online core (Windows: of this process's processor group, at most 64). */
 static int default_threads(void) {
+#ifdef _WIN32
+    SYSTEM_INFO info;
+    GetSystemInfo(&info);
+    long n = (long)info.dwNumberOfProcessors;
+#else
     long n = sysconf(_SC_NPROCESSORS_ONLN);
+#endif
     return n > 0 ? (int)n : 1;
 }
 
