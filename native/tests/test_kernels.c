@@ -8,7 +8,8 @@
  *     close, which also covers what the public operations cannot reach (the quantiser's sum, row shares).
  *
  * One line per check; the last line is "N passed, M failed"; the exit status is 1 if anything failed. Plain C11 with
- * a fixed-seed generator, so a failure reproduces exactly. Run by native/tests/run-aarch64.sh (also under qemu). */
+ * a fixed-seed generator, so a failure reproduces exactly. Run by native/tests/run-aarch64.sh (also under qemu) and
+ * native/tests/run-windows.sh (under wine). */
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
