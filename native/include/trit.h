@@ -21,8 +21,12 @@
 extern "C" {
 #endif
 
-#if defined(_WIN32)
+/* The library exports these functions and nothing else: on Windows by dllexport while it is built (TRIT_BUILD, set
+ * by CMake), dllimport for a C program that links it; elsewhere by default visibility, the rest being hidden. */
+#if defined(_WIN32) && defined(TRIT_BUILD)
 #define TRIT_API __declspec(dllexport)
+#elif defined(_WIN32)
+#define TRIT_API __declspec(dllimport)
 #else
 #define TRIT_API __attribute__((visibility("default")))
 #endif
@@ -60,8 +64,9 @@ typedef struct {
 
 /* One decoder layer. Norm weights are float32 (small; the loader widens bf16 once). */
 typedef struct {
-    const float *input_norm;     /* [hidden] */
-    const uint8_t *q, *k, *v, *o; /* packed: q [n_heads*hd/4][hidden], k,v [n_kv*hd/4][hidden], o [hidden/4][n_heads*hd] */
+    const float *input_norm; /* [hidden] */
+    /* packed: q [n_heads*hd/4][hidden], k,v [n_kv*hd/4][hidden], o [hidden/4][n_heads*hd] */
+    const uint8_t *q, *k, *v, *o;
     const float *attn_sub_norm;  /* [hidden] */
     const float *post_attn_norm; /* [hidden] */
     const uint8_t *gate, *up;    /* packed [intermediate/4][hidden] */
@@ -115,7 +120,8 @@ TRIT_API const char *trit_kernel_active(void);
 TRIT_API int trit_kernel_select(const char *name); /* TRIT_E_UNSUPPORTED if this CPU cannot run it */
 
 /* ---- models and contexts ------------------------------------------------------------------------------------- */
-/* Checks the configuration and keeps pointers to the weights (they must outlive the model). n_threads <= 0: all cores. */
+/* Checks the configuration and keeps pointers to the weights (they must outlive the model). n_threads <= 0: all
+ * cores. */
 TRIT_API trit_model *trit_model_create(const trit_config *config, const trit_weights *weights, int n_threads);
 TRIT_API void trit_model_free(trit_model *model);
 TRIT_API int trit_model_threads(const trit_model *model);
@@ -127,13 +133,12 @@ TRIT_API double trit_measure_read_bandwidth(trit_model *model, int64_t bytes, in
 /* Size in bytes of a rows x cols ternary matrix in T5, and the conversion from the checkpoint's packing. */
 TRIT_API int64_t trit_t5_size(int rows, int cols);
 TRIT_API int trit_convert_tq2_to_t5(uint8_t *t5, const uint8_t *tq2, int rows, int cols);
+/* Scans packed ternary bytes (TQ2) for code 3; returns the offset of the first bad byte, or -1 if all are valid. */
+TRIT_API int64_t trit_find_invalid_code(const uint8_t *packed, int64_t n_bytes);
 /* Scans T5 bytes for values past 242 (not five base-3 digits); returns the first bad offset, or -1. */
 TRIT_API int64_t trit_find_invalid_t5(const uint8_t *t5, int64_t n_bytes);
 /* The ternary format the active kernel runs fastest. */
 TRIT_API int trit_kernel_preferred_format(void);
-
-/* Scans packed ternary bytes for code 3; returns the offset of the first bad byte, or -1 if all are valid. */
-TRIT_API int64_t trit_find_invalid_code(const uint8_t *packed, int64_t n_bytes);
 
 /* A KV cache of n_ctx positions (fp16) and the scratch for batches of up to max_batch tokens. */
 TRIT_API trit_context *trit_context_create(trit_model *model, int n_ctx, int max_batch);
@@ -151,17 +156,18 @@ TRIT_API int trit_eval(trit_context *ctx, const int32_t *tokens, int n_tokens, f
 
 /* ---- single operations, for tests against the reference (they use the active kernel) -------------------------- */
 TRIT_API void trit_op_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
-/* Per-row int8 quantisation (round half to even); returns s = 127 * (1 / max(|x|, 1e-5)) in fp32, as torch computes it. */
+/* Per-row int8 quantisation (round half to even); returns s = 127 * (1 / max(|x|, 1e-5)) in fp32, as torch computes
+ * it. */
 TRIT_API float trit_op_quantize(int8_t *xq, const float *x, int n);
 /* out[t][r] = sum_c W[r][c] * xq[t][c], exact in int32; out is int32 [n_tokens][rows]; W in TRIT_TERNARY_* format. */
-TRIT_API int trit_op_ternary_matmul(int kernel_index, int format, int32_t *out, const uint8_t *packed, int rows, int cols,
-                                    const int8_t *xq, int n_tokens);
+TRIT_API int trit_op_ternary_matmul(int kernel_index, int format, int32_t *out, const uint8_t *packed, int rows,
+                                    int cols, const int8_t *xq, int n_tokens);
 /* Rotates [n_heads][head_dim] in place for one position (rotate_half pairing: i with i + head_dim/2). */
 TRIT_API void trit_op_rope(float *x, int n_heads, int head_dim, int pos, float theta);
 /* Causal grouped-query attention of n_q query rows at positions pos0.. against keys/values at positions 0..pos0+n_q-1.
  * q: [n_q][n_heads*hd], k, v: [pos0+n_q][n_kv_heads*hd] (stored as fp16 inside, as in the KV cache), out like q. */
-TRIT_API int trit_op_attention(float *out, const float *q, const float *k, const float *v, int n_q, int pos0, int n_heads,
-                      int n_kv_heads, int head_dim);
+TRIT_API int trit_op_attention(float *out, const float *q, const float *k, const float *v, int n_q, int pos0,
+                               int n_heads, int n_kv_heads, int head_dim);
 /* The gated FFN activation from the gate and up matmuls' int32 sums: out = relu(gate * fg)^2 * (up * fu). */
 TRIT_API void trit_op_relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n);
 /* out = acc * f, or out += acc * f when add is set (a projection's sums to floats). */

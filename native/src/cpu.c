@@ -1,8 +1,6 @@
-/* Which instruction sets this CPU (and its OS) can run, and which kernel is in use. */
-#include <stdatomic.h>
-#include <stdlib.h>
-#include <string.h>
-
+/* What this CPU can run, asked of the CPU itself (cpuid and xgetbv on x86: the OS must also save the wider registers)
+ * or of the OS (getauxval on Linux, sysctl on macOS, for ARM). Nothing here chooses: kernels/registry.c picks the
+ * kernel from these answers. */
 #include "trit_internal.h"
 
 #ifdef TRIT_X86
@@ -17,7 +15,7 @@ static uint32_t xgetbv0(void) {
 static int os_saves_avx(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return 0; /* OSXSAVE */
-    return (xgetbv0() & 0x6) == 0x6;                                    /* XMM and YMM state */
+    return (xgetbv0() & 0x6) == 0x6;                                   /* XMM and YMM state */
 }
 
 int trit_cpu_has_avx2(void) {
@@ -69,61 +67,3 @@ int trit_cpu_has_neon_dotprod(void) {
 #else
 int trit_cpu_has_neon_dotprod(void) { return 0; }
 #endif
-
-/* Best first. */
-static const trit_kernel *const KERNELS[] = {
-#ifdef TRIT_X86
-    &trit_kernel_avx512,
-    &trit_kernel_avx2,
-#endif
-#if defined(__aarch64__)
-    &trit_kernel_neon,
-#endif
-    &trit_kernel_scalar,
-};
-#define N_KERNELS ((int)(sizeof KERNELS / sizeof KERNELS[0]))
-
-static _Atomic(const trit_kernel *) active;
-
-int trit_kernel_count(void) { return N_KERNELS; }
-
-const trit_kernel *trit_kernel_at(int index) { return index >= 0 && index < N_KERNELS ? KERNELS[index] : NULL; }
-
-const char *trit_kernel_name(int index) {
-    const trit_kernel *k = trit_kernel_at(index);
-    return k ? k->name : NULL;
-}
-
-int trit_kernel_supported(int index) {
-    const trit_kernel *k = trit_kernel_at(index);
-    return k ? k->supported() : 0;
-}
-
-int trit_kernel_select(const char *name) {
-    for (int i = 0; i < N_KERNELS; i++) {
-        if (name && strcmp(KERNELS[i]->name, name) == 0) {
-            if (!KERNELS[i]->supported())
-                return trit_fail(TRIT_E_UNSUPPORTED, "kernel %s is not supported by this CPU", name);
-            atomic_store(&active, KERNELS[i]);
-            return TRIT_OK;
-        }
-    }
-    return trit_fail(TRIT_E_INVALID, "unknown kernel %s", name ? name : "(null)");
-}
-
-/* TRIT_KERNEL names a kernel to force (tests, and users whose CPU misreports); otherwise the best supported. */
-const trit_kernel *trit_active_kernel(void) {
-    const trit_kernel *k = atomic_load(&active);
-    if (k) return k;
-    const char *forced = getenv("TRIT_KERNEL");
-    if (forced && *forced && trit_kernel_select(forced) == TRIT_OK) return atomic_load(&active);
-    for (int i = 0; i < N_KERNELS; i++) {
-        if (KERNELS[i]->supported()) {
-            atomic_store(&active, KERNELS[i]);
-            return KERNELS[i];
-        }
-    }
-    return &trit_kernel_scalar;
-}
-
-const char *trit_kernel_active(void) { return trit_active_kernel()->name; }

@@ -12,14 +12,16 @@ static int tq2_code(const uint8_t *tq2, int rows, int cols, int r, int c) {
 }
 
 int trit_convert_tq2_to_t5(uint8_t *t5, const uint8_t *tq2, int rows, int cols) {
-    if (rows <= 0 || rows % 4 || cols <= 0) return trit_fail(TRIT_E_INVALID, "t5: rows must be a positive multiple of 4");
+    if (rows <= 0 || rows % 4 || cols <= 0)
+        return trit_fail(TRIT_E_INVALID, "t5: rows must be a positive multiple of 4");
     int groups = trit_t5_groups(rows);
     for (int g = 0; g < groups; g++)
         for (int c = 0; c < cols; c++) {
             int byte = 0;
             for (int j = 4; j >= 0; j--) {
                 int r = g + j * groups, code = r < rows ? tq2_code(tq2, rows, cols, r, c) : 1; /* padding: w = 0 */
-                if (code == 3) return trit_fail(TRIT_E_INVALID, "t5: invalid ternary code 3 at row %d, column %d", r, c);
+                if (code == 3)
+                    return trit_fail(TRIT_E_INVALID, "t5: invalid ternary code 3 at row %d, column %d", r, c);
                 byte = byte * 3 + code;
             }
             t5[(size_t)g * cols + c] = (uint8_t)byte;
@@ -27,14 +29,16 @@ int trit_convert_tq2_to_t5(uint8_t *t5, const uint8_t *tq2, int rows, int cols) 
     return TRIT_OK;
 }
 
+/* The validators the loader runs over a file's bytes before any kernel reads them: the first bad offset, or -1. */
+int64_t trit_find_invalid_code(const uint8_t *packed, int64_t n_bytes) {
+    /* a 2-bit field holds 3 when both of its bits are set */
+    for (int64_t i = 0; i < n_bytes; i++)
+        if (packed[i] & (packed[i] >> 1) & 0x55) return i;
+    return -1;
+}
+
 int64_t trit_find_invalid_t5(const uint8_t *t5, int64_t n_bytes) {
     for (int64_t i = 0; i < n_bytes; i++)
         if (t5[i] > 242) return i;
     return -1;
-}
-
-/* T5 where the kernel decodes it fast; the scalar one defines T5 but reads 2-bit codes more cheaply. */
-int trit_kernel_preferred_format(void) {
-    const trit_kernel *k = trit_active_kernel();
-    return k->t5_matmul && k != &trit_kernel_scalar ? TRIT_TERNARY_T5 : TRIT_TERNARY_TQ2;
 }

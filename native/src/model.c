@@ -13,7 +13,12 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _WIN32
+#define WIN32_LEAN_AND_MEAN
+#include <windows.h>
+#else
 #include <unistd.h>
+#endif
 
 #include "trit_internal.h"
 
@@ -39,11 +44,11 @@ typedef struct {
 /* Scratch each pool thread owns: it prepares the int8 input of a projection itself (norm and quantisation are
  * cheap next to the matmul, and a job less per projection means one barrier less). */
 typedef struct {
-    int8_t *xq;    /* [B][max(hidden, intermediate)] quantised activations */
-    float *xs;     /* [B] their scales */
-    int32_t *xsum; /* [B] their sums */
-    float *row;    /* [max(hidden, intermediate)] one token's normed input */
-    float *scores; /* TRIT_ATTEND_SCRATCH floats: attention scores and blocks of keys and values */
+    int8_t *xq;      /* [B][max(hidden, intermediate)] quantised activations */
+    float *xs;       /* [B] their scales */
+    int32_t *xsum;   /* [B] their sums */
+    float *row;      /* [max(hidden, intermediate)] one token's normed input */
+    float *scores;   /* TRIT_ATTEND_SCRATCH floats: attention scores and blocks of keys and values */
     candidate *best; /* [B][RESCORE] the best logits of the head rows this thread computed, per token */
     int *n_best;     /* [B] */
 } thread_scratch;
@@ -80,8 +85,8 @@ static int token_chunk(const trit_config *c, int cols) {
 /* ---- model ----------------------------------------------------------------------------------------------------- */
 
 static int check_config(const trit_config *c) {
-    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 ||
-        c->n_kv_heads <= 0 || c->head_dim <= 0 || c->vocab_size <= 0 || c->max_positions <= 0)
+    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
+        c->head_dim <= 0 || c->vocab_size <= 0 || c->max_positions <= 0)
         return trit_fail(TRIT_E_INVALID, "config: sizes must be positive");
     if (c->n_heads % c->n_kv_heads) return trit_fail(TRIT_E_INVALID, "config: n_heads is not a multiple of n_kv_heads");
     if (c->n_heads * c->head_dim != c->hidden_size)
@@ -97,8 +102,15 @@ static int check_config(const trit_config *c) {
     return TRIT_OK;
 }
 
+/* Every online core (Windows: of this process's processor group, at most 64). */
 static int default_threads(void) {
+#ifdef _WIN32
+    SYSTEM_INFO info;
+    GetSystemInfo(&info);
+    long n = (long)info.dwNumberOfProcessors;
+#else
     long n = sysconf(_SC_NPROCESSORS_ONLN);
+#endif
     return n > 0 ? (int)n : 1;
 }
 
@@ -108,7 +120,8 @@ trit_model *trit_model_create(const trit_config *config, const trit_weights *wei
         return NULL;
     }
     if (check_config(config) != TRIT_OK) return NULL;
-    if (weights->head_type != TRIT_HEAD_BF16 && weights->head_type != TRIT_HEAD_Q8 && weights->head_type != TRIT_HEAD_Q4) {
+    if (weights->head_type != TRIT_HEAD_BF16 && weights->head_type != TRIT_HEAD_Q8 &&
+        weights->head_type != TRIT_HEAD_Q4) {
         trit_fail(TRIT_E_INVALID, "model: unknown head type %d", weights->head_type);
         return NULL;
     }
@@ -119,8 +132,8 @@ trit_model *trit_model_create(const trit_config *config, const trit_weights *wei
     }
     for (int l = 0; l < config->n_layers; l++) {
         const trit_layer_weights *L = &weights->layers[l];
-        if (!L->input_norm || !L->q || !L->k || !L->v || !L->o || !L->attn_sub_norm || !L->post_attn_norm ||
-            !L->gate || !L->up || !L->down || !L->ffn_sub_norm) {
+        if (!L->input_norm || !L->q || !L->k || !L->v || !L->o || !L->attn_sub_norm || !L->post_attn_norm || !L->gate ||
+            !L->up || !L->down || !L->ffn_sub_norm) {
             trit_fail(TRIT_E_INVALID, "model: layer %d is missing a weight", l);
             return NULL;
         }
@@ -179,13 +192,6 @@ int trit_model_set_threads(trit_model *m, int n_threads) {
     return TRIT_OK;
 }
 
-int64_t trit_find_invalid_code(const uint8_t *packed, int64_t n_bytes) {
-    /* a 2-bit field holds 3 when both of its bits are set */
-    for (int64_t i = 0; i < n_bytes; i++)
-        if (packed[i] & (packed[i] >> 1) & 0x55) return i;
-    return -1;
-}
-
 /* ---- context --------------------------------------------------------------------------------------------------- */
 
 static void free_thread_scratch(trit_context *ctx) {
@@ -209,8 +215,8 @@ static int ensure_thread_scratch(trit_context *ctx) {
     if (n == ctx->n_threads) return TRIT_OK;
     free_thread_scratch(ctx);
     const trit_config *c = &ctx->m->cfg;
-    size_t B = (size_t)ctx->max_batch, wide = (size_t)(c->hidden_size > c->intermediate_size ? c->hidden_size
-                                                                                              : c->intermediate_size);
+    size_t B = (size_t)ctx->max_batch,
+           wide = (size_t)(c->hidden_size > c->intermediate_size ? c->hidden_size : c->intermediate_size);
     ctx->threads = calloc((size_t)n, sizeof(thread_scratch));
     if (!ctx->threads) return trit_fail(TRIT_E_NOMEM, "context: out of memory");
     ctx->n_threads = n;
@@ -308,7 +314,7 @@ typedef struct {
     int layer;
 } batch;
 
-/* Up to three BitLinear projections of the same input (q, k, v or gate, up). */
+/* One BitLinear projection of a job: up to three share an input (q, k, v or gate, up). */
 typedef struct {
     const uint8_t *w;
     int rows;
@@ -318,16 +324,21 @@ typedef struct {
     int32_t *acc; /* [n][rows] */
 } projection;
 
+/* The three things a layer does with projections' sums (project, project_add, project_gated below). */
+typedef enum {
+    PROJECT,       /* each projection's floats into its output: q, k, v */
+    PROJECT_ADD,   /* added into the output, the residual stream: o, down */
+    PROJECT_GATED, /* the gate/up pair: relu(gate)^2 * up into the gate's output */
+} projection_mode;
+
 /* What a projection reads: RMSNorm(x) with `norm`, x the residual stream or the attention output, or the FFN
  * product relu(gate)^2 * up, which the gate/up job leaves in the gate half of the FFN buffer. */
 typedef struct {
     const batch *b;
-    const float *x;  /* [n][x_stride] */
-    int x_stride;
+    projection_mode mode;
+    const float *x; /* [n][cols] */
     const float *norm;
     int cols;
-    int add;   /* add into out (the residual stream) instead of writing it */
-    int gated; /* the gate/up pair: leave relu(gate)^2 * up in the gate output */
     int n_proj;
     projection p[3];
     int chunk_groups; /* the row groups of one token chunk: every projection's in turn, or the gate's (and up's) */
@@ -348,7 +359,7 @@ static const thread_scratch *prepare_input(const matmul_job *j, int ith, int nth
     thread_scratch *own = &ctx->threads[ith], *in = batch ? &ctx->threads[0] : own;
     if (batch) trit_split(n, ith, nth, &t0, &t1);
     for (int t = t0; t < t1; t++) {
-        j->b->kern->rmsnorm(own->row, j->x + (size_t)t * j->x_stride, j->norm, j->cols, c->rms_eps);
+        j->b->kern->rmsnorm(own->row, j->x + (size_t)t * j->cols, j->norm, j->cols, c->rms_eps);
         in->xs[t] = j->b->kern->quantize(in->xq + (size_t)t * j->cols, &in->xsum[t], own->row, j->cols);
     }
     if (batch) trit_pool_barrier(ctx->m->pool);
@@ -356,17 +367,18 @@ static const thread_scratch *prepare_input(const matmul_job *j, int ith, int nth
 }
 
 /* Groups [g0, g1) of projection k (of gate and up when gated) for tokens [c0, c0 + nc): their int32 sums, then
- * floats y = acc / s, times or divided by the weight scale; or relu(gate)^2 * up into the gate half. */
+ * floats y = acc / s, times or divided by the weight scale, written or added; or relu(gate)^2 * up into the gate's
+ * output. */
 static void matmul_piece(const matmul_job *j, const thread_scratch *in, int c0, int nc, int k, int g0, int g1) {
     const trit_config *c = &j->b->ctx->m->cfg;
     const trit_kernel *kern = j->b->kern;
     int divide = c->scale_mode == TRIT_SCALE_DIVIDE, t5 = c->ternary_format == TRIT_TERNARY_T5;
+    int gated = j->mode == PROJECT_GATED, add = j->mode == PROJECT_ADD;
     const int8_t *xq = in->xq + (size_t)c0 * j->cols;
-    for (int i = k; i < (j->gated ? 2 : k + 1); i++) {
+    for (int i = k; i < (gated ? 2 : k + 1); i++) {
         const projection *p = &j->p[i];
         if (t5)
-            (kern->t5_matmul ? kern : &trit_kernel_scalar)
-                ->t5_matmul(p->acc, p->w, p->rows, j->cols, xq, in->xsum + c0, nc, g0, g1);
+            kern->t5_matmul(p->acc, p->w, p->rows, j->cols, xq, in->xsum + c0, nc, g0, g1);
         else
             kern->ternary_matmul(p->acc, p->w, p->rows, j->cols, xq, in->xsum + c0, nc, g0, g1);
     }
@@ -380,11 +392,11 @@ static void matmul_piece(const matmul_job *j, const thread_scratch *in, int c0, 
         for (int q = 0; q < (t5 ? 5 : 4); q++) {
             int r0 = g0 + q * stride, r1 = g1 + q * stride < p->rows ? g1 + q * stride : p->rows;
             if (r1 <= r0) continue;
-            if (j->gated)
+            if (gated)
                 kern->relu2_sums(out + r0, acc + r0, f, up->acc + (size_t)t * up->rows + r0,
                                  divide ? 1.0f / (s * up->scale) : up->scale / s, r1 - r0);
             else
-                kern->scale_sums(out + r0, acc + r0, f, r1 - r0, j->add);
+                kern->scale_sums(out + r0, acc + r0, f, r1 - r0, add);
         }
     }
 }
@@ -402,7 +414,8 @@ static void run_matmul(void *arg, int ith, int nth) {
         for (; passed < ci; passed++) trit_pool_barrier(j->b->ctx->m->pool);
         a -= ci * j->chunk_groups;
         e -= ci * j->chunk_groups;
-        for (int k = 0, first = 0; k < (j->gated ? 1 : j->n_proj); first += row_groups(c, j->p[k].rows), k++) {
+        for (int k = 0, first = 0; k < (j->mode == PROJECT_GATED ? 1 : j->n_proj);
+             first += row_groups(c, j->p[k].rows), k++) {
             int groups = row_groups(c, j->p[k].rows), g0 = a > first ? a - first : 0;
             int g1 = e - first < groups ? e - first : groups;
             if (g0 < g1) matmul_piece(j, in, c0, nc, k, g0, g1);
@@ -411,9 +424,9 @@ static void run_matmul(void *arg, int ith, int nth) {
     for (; passed < chunks - 1; passed++) trit_pool_barrier(j->b->ctx->m->pool);
 }
 
-static void matmul(const batch *b, const float *x, int x_stride, const float *norm, int cols, int add, int gated,
-                   int n_proj, const projection *p) {
-    matmul_job j = {b, x, x_stride, norm, cols, add, gated, n_proj, {{0}}, 0, {0}};
+static void run_projections(const batch *b, projection_mode mode, const float *x, const float *norm, int cols,
+                            int n_proj, const projection *p) {
+    matmul_job j = {b, mode, x, norm, cols, n_proj, {{0}}, 0, {0}};
     const trit_config *c = &b->ctx->m->cfg;
     int32_t *acc = b->ctx->acc;
     int chunk = token_chunk(c, cols), chunks = (b->n + chunk - 1) / chunk;
@@ -421,12 +434,27 @@ static void matmul(const batch *b, const float *x, int x_stride, const float *no
         j.p[k] = p[k];
         j.p[k].acc = acc;
         acc += (size_t)(b->n < chunk ? b->n : chunk) * p[k].rows; /* room for one chunk */
-        if (!gated || k == 0) j.chunk_groups += row_groups(c, p[k].rows);
+        if (mode != PROJECT_GATED || k == 0) j.chunk_groups += row_groups(c, p[k].rows);
     }
     /* pieces of at least ~32 KB of weights (the claim costs far less than reading them), in whole blocks of the
      * kernels' batch tiles */
     trit_share_init(&j.share, chunks * j.chunk_groups, j.chunk_groups, (32768 + cols - 1) / cols, TRIT_ROW_GROUP_BLOCK);
     trit_pool_run(b->ctx->m->pool, run_matmul, &j);
+}
+
+/* out = W . RMSNorm(x) for each of n_proj projections of the same input: q, k, v. */
+static void project(const batch *b, const float *x, const float *norm, int cols, int n_proj, const projection *p) {
+    run_projections(b, PROJECT, x, norm, cols, n_proj, p);
+}
+
+/* out += W . RMSNorm(x): o and down, added into the residual stream. */
+static void project_add(const batch *b, const float *x, const float *norm, int cols, const projection *p) {
+    run_projections(b, PROJECT_ADD, x, norm, cols, 1, p);
+}
+
+/* gate.out = relu(W_gate . n)^2 * (W_up . n), n = RMSNorm(x): the FFN's two projections of one input in one pass. */
+static void project_gated(const batch *b, const float *x, const float *norm, int cols, const projection gate_up[2]) {
+    run_projections(b, PROJECT_GATED, x, norm, cols, 2, gate_up);
 }
 
 /* RoPE on token t's queries and keys of kv heads [h0, h1) (and the query heads that read them); those keys and
@@ -505,20 +533,20 @@ static void forward_layer(batch *b) {
         {L->k, KV, L->k_scale, ctx->kv, 2 * KV, NULL},
         {L->v, KV, L->v_scale, ctx->kv + KV, 2 * KV, NULL},
     };
-    matmul(b, ctx->x, H, L->input_norm, H, 0, 0, 3, qkv);
+    project(b, ctx->x, L->input_norm, H, 3, qkv);
     if (b->n > attention_block(c)) run_pool_job(b, run_rope_store);
     run_pool_job(b, run_attention);
     projection o = {L->o, H, L->o_scale, ctx->x, H, NULL};
-    matmul(b, ctx->att, H, L->attn_sub_norm, H, 1, 0, 1, &o);
+    project_add(b, ctx->att, L->attn_sub_norm, H, &o);
 
     /* feed-forward block */
     projection gate_up[2] = {
         {L->gate, I, L->gate_scale, ctx->ffn, I, NULL},
         {L->up, I, L->up_scale, NULL, 0, NULL}, /* only its sums: run_matmul multiplies them into the gate's */
     };
-    matmul(b, ctx->x, H, L->post_attn_norm, H, 0, 1, 2, gate_up);
+    project_gated(b, ctx->x, L->post_attn_norm, H, gate_up);
     projection down = {L->down, H, L->down_scale, ctx->x, H, NULL};
-    matmul(b, ctx->ffn, I, L->ffn_sub_norm, I, 1, 0, 1, &down);
+    project_add(b, ctx->ffn, L->ffn_sub_norm, I, &down);
 }
 
 /* Final norm and the output head, for tokens [first, n). */
@@ -574,8 +602,8 @@ static void run_head(void *arg, int ith, int nth) {
     const float *x = j->b->ctx->xn + (size_t)j->first * c->hidden_size;
     for (int t = 0; t < n; t++) ts[ith].n_best[t] = 0;
     while (trit_share_claim(&j->share, nth, &r0, &r1)) {
-        trit_output_head(j->b->kern, m->w.head_type, head, m->w.head_scales, j->logits, c->vocab_size,
-                         c->hidden_size, x, n, r0, r1);
+        trit_output_head(j->b->kern, m->w.head_type, head, m->w.head_scales, j->logits, c->vocab_size, c->hidden_size,
+                         x, n, r0, r1);
         for (int t = 0; compact && t < n; t++) {
             const float *logits = j->logits + (size_t)t * c->vocab_size;
             candidate *best = ts[ith].best + (size_t)t * RESCORE;

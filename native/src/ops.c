@@ -20,18 +20,25 @@ float trit_f16_to_f32(uint16_t h) {
         }
         bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
     }
-    union { uint32_t u; float f; } v = { bits };
+    union {
+        uint32_t u;
+        float f;
+    } v = {bits};
     return v.f;
 }
 
 /* Round to nearest even, as F16C's vcvtps2ph does, so every kernel stores the same cache bits. */
 uint16_t trit_f32_to_f16(float f) {
-    union { float f; uint32_t u; } v = { f };
+    union {
+        float f;
+        uint32_t u;
+    } v = {f};
     uint32_t x = v.u, sign = (x >> 16) & 0x8000;
     uint32_t absx = x & 0x7fffffff;
     if (absx >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (absx > 0x7f800000 ? 0x200 : 0));
     if (absx >= 0x477ff000) return (uint16_t)(sign | 0x7c00); /* rounds to >= 65520: overflow */
-    if (absx < 0x38800000) { /* below the smallest normal half: subnormal or zero */
+    /* below the smallest normal half: subnormal or zero */
+    if (absx < 0x38800000) {
         if (absx < 0x33000000) return (uint16_t)sign;
         uint32_t mant = (absx & 0x7fffff) | 0x800000;
         int shift = 126 - (int)(absx >> 23); /* 14..24 */
@@ -103,13 +110,19 @@ void trit_rope_apply(float *x, int n_heads, int head_dim, const float *cos_pos, 
 
 void trit_attend_tokens(const trit_kernel *kern, float *out, const float *q, int q_stride, const uint16_t *keys,
                         const uint16_t *values, int n_q, int n_keys0, int head_dim, int group, float *scratch) {
-    if (kern->attend_tokens && n_q > 1) {
+    if (n_q == 1)
+        kern->attend(out, q, keys, values, head_dim, n_keys0 + 1, head_dim, group, scratch);
+    else if (n_q > 1)
         kern->attend_tokens(out, q, q_stride, keys, values, n_q, n_keys0, head_dim, group, scratch);
-        return;
-    }
+}
+
+void trit_attend_each_token(void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values,
+                                           int kv_stride, int n_keys, int head_dim, int group, float *scores),
+                            float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
+                            int n_q, int n_keys0, int head_dim, int group, float *scratch) {
     for (int i = 0; i < n_q; i++)
-        kern->attend(out + (size_t)i * q_stride, q + (size_t)i * q_stride, keys, values, head_dim, n_keys0 + i + 1,
-                     head_dim, group, scratch);
+        attend(out + (size_t)i * q_stride, q + (size_t)i * q_stride, keys, values, head_dim, n_keys0 + i + 1, head_dim,
+               group, scratch);
 }
 
 /* softmax(q . K^T / sqrt(hd)) . V for one head over n_keys cached positions. Each score sums q[d] * k[d] in the
@@ -121,7 +134,8 @@ void trit_attend_head(const trit_kernel *kern, float *out, const float *q, const
     for (int k0 = 0; k0 < n_keys; k0 += TRIT_KEY_BLOCK) {
         float acc[TRIT_KEY_BLOCK] = {0};
         const uint16_t *block = keys + trit_key_index(k0, 0, head_dim);
-        for (int d = 0; d < head_dim; d++) kern->axpy_f16(acc, q[d], block + (size_t)d * TRIT_KEY_BLOCK, TRIT_KEY_BLOCK);
+        for (int d = 0; d < head_dim; d++)
+            kern->axpy_f16(acc, q[d], block + (size_t)d * TRIT_KEY_BLOCK, TRIT_KEY_BLOCK);
         for (int k = k0; k < n_keys && k < k0 + TRIT_KEY_BLOCK; k++) {
             scores[k] = acc[k - k0] * scale;
             if (scores[k] > max) max = scores[k];

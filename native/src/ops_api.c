@@ -17,7 +17,7 @@ int trit_op_ternary_matmul(int kernel_index, int format, int32_t *out, const uin
     const trit_kernel *k = trit_kernel_at(kernel_index);
     if (!k) return trit_fail(TRIT_E_INVALID, "no kernel %d", kernel_index);
     if (!k->supported()) return trit_fail(TRIT_E_UNSUPPORTED, "kernel %s is not supported by this CPU", k->name);
-    if (format == TRIT_TERNARY_T5 && !k->t5_matmul)
+    if (format == TRIT_TERNARY_T5 && !trit_kernel_has_t5(k))
         return trit_fail(TRIT_E_UNSUPPORTED, "kernel %s does not run the T5 format", k->name);
     if (format != TRIT_TERNARY_TQ2 && format != TRIT_TERNARY_T5) return trit_fail(TRIT_E_INVALID, "unknown format");
     if (rows <= 0 || rows % 4 || cols <= 0 || n_tokens <= 0)

@@ -7,8 +7,9 @@
 #include "trit.h"
 #include "threadpool.h"
 
-/* One instruction set's implementation of the hot loops. kernels_scalar.c is the readable definition;
- * every other table must give bit-identical int32 results (and the same floats up to summation order). */
+/* One instruction set's implementation of the hot loops. kernels/scalar.c is the readable definition;
+ * every other table must give bit-identical int32 results (and the same floats up to summation order).
+ * Every entry but name and supported may be left NULL: registration (kernels/registry.c) gives it the scalar one. */
 typedef struct {
     const char *name;
     int (*supported)(void);
@@ -18,7 +19,8 @@ typedef struct {
     void (*ternary_matmul)(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
                            const int32_t *xsum, int n_tokens, int pr0, int pr1);
     /* The same for T5 (trit.h), over groups g in [g0, g1): out[t*rows + g + j*G] for every g + j*G < rows.
-     * NULL when the instruction set has no fast way to decode base 3: the scalar one stands in. */
+     * NULL when the instruction set has no fast way to decode base 3 (trit_kernel_has_t5 tells): the engine then
+     * keeps TQ2, and the scalar one stands in if T5 is run anyway. */
     void (*t5_matmul)(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
                       int n_tokens, int g0, int g1);
     /* For rows r in [r0, r1) and every token t: out[t*out_stride + r] = sum_c x[t*cols + c] * W[r][c], W bf16. */
@@ -34,11 +36,12 @@ typedef struct {
     /* Causal attention of `group` query heads that share one kv head (consecutive in q and out, head_dim apart)
      * against n_keys cached fp16 positions: out[h] = softmax(q[h] . K^T / sqrt(hd)) . V. Keys in blocks
      * (trit_key_index), values kv_stride apart. scores: scratch of group * n_keys floats. */
-    void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride,
-                   int n_keys, int head_dim, int group, float *scores);
+    void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
+                   int head_dim, int group, float *scores);
     /* The same for n_q consecutive tokens at once (prefill): token i's heads are at q + i*q_stride (out alike) and
-     * see keys 0 .. n_keys0 + i (values head_dim apart). NULL: trit_attend_tokens runs `attend` token by token.
-     * scratch: TRIT_ATTEND_SCRATCH(n_keys0 + n_q, head_dim, group) floats. */
+     * see keys 0 .. n_keys0 + i (values head_dim apart). scratch: TRIT_ATTEND_SCRATCH(n_keys0 + n_q, head_dim, group)
+     * floats. The scalar one runs the scalar attend token by token, so a kernel with its own attend and no faster
+     * batch runs trit_attend_each_token with its attend instead: a batch must give its single tokens' floats. */
     void (*attend_tokens)(float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
                           int n_q, int n_keys0, int head_dim, int group, float *scratch);
     /* A projection's int32 sums to floats: out[i] = acc[i] * f, or out[i] += that when add is set. The gate/up pair
@@ -63,13 +66,15 @@ extern const trit_kernel trit_kernel_avx512;
 extern const trit_kernel trit_kernel_neon;
 #endif
 
+/* kernels/registry.c: the registered tables, their NULL entries filled */
 const trit_kernel *trit_active_kernel(void);
 const trit_kernel *trit_kernel_at(int index);
+int trit_kernel_has_t5(const trit_kernel *k); /* its own T5 matmul, not the scalar one lent at registration */
 
 /* model.c: runs a job on the model's threads, between forward passes */
 void trit_model_run(trit_model *model, trit_task_fn fn, void *arg);
 
-/* cpu.c */
+/* cpu.c: what this CPU (and its OS) can run */
 int trit_cpu_has_avx2(void);
 int trit_cpu_has_avx512vnni(void);
 int trit_cpu_has_neon_dotprod(void); /* AArch64 with SDOT and FP16 */
@@ -83,7 +88,10 @@ int trit_fail(int code, const char *fmt, ...)
 
 /* ops.c: single operations of the forward pass, in plain C */
 static inline float trit_bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v = { (uint32_t)h << 16 };
+    union {
+        uint32_t u;
+        float f;
+    } v = {(uint32_t)h << 16};
     return v.f;
 }
 float trit_f16_to_f32(uint16_t h);
@@ -98,7 +106,8 @@ void trit_output_head(const trit_kernel *kern, int head_type, const void *head, 
 static inline int trit_t5_groups(int rows) { return (rows + 4) / 5; }
 /* The q4 heads' activations: x ~ (256 a + b) * s2 with int8 a (x / s1 rounded, s1 = max|x| / 127) and b the rounded
  * rest in steps of s2 = s1 / 256; block_x[k] = 8 * sum of 256 a + b over block k (the nibbles' offset of 8).
- * pair_order stores each 128 as 0..31, 64..95, 32..63, 96..127: the order of a 64-byte load's low, then high, nibbles. */
+ * pair_order stores each 128 as 0..31, 64..95, 32..63, 96..127: the order of a 64-byte load's low, then high,
+ * nibbles. */
 void trit_q4_split_x(int8_t *a, int8_t *b, float *block_x, float *s2, const float *x, int cols, int pair_order);
 
 /* Decoding reads every weight once per token, and a core spends long enough on each line that the hardware prefetcher
@@ -114,7 +123,8 @@ void trit_q4_split_x(int8_t *a, int8_t *b, float *block_x, float *s2, const floa
  * position-major ([position][head_dim]). Caches hold whole blocks. */
 #define TRIT_KEY_BLOCK 32
 static inline size_t trit_key_index(int pos, int d, int head_dim) {
-    return ((size_t)(pos / TRIT_KEY_BLOCK) * (size_t)head_dim + (size_t)d) * TRIT_KEY_BLOCK + (size_t)(pos % TRIT_KEY_BLOCK);
+    return ((size_t)(pos / TRIT_KEY_BLOCK) * (size_t)head_dim + (size_t)d) * TRIT_KEY_BLOCK +
+           (size_t)(pos % TRIT_KEY_BLOCK);
 }
 static inline int trit_key_blocks(int n_keys) { return (n_keys + TRIT_KEY_BLOCK - 1) / TRIT_KEY_BLOCK; }
 
@@ -122,13 +132,18 @@ static inline int trit_key_blocks(int n_keys) { return (n_keys + TRIT_KEY_BLOCK 
  * row, plus f32 copies of a block of keys and values. */
 #define TRIT_ATTEND_ROWS 32
 #define TRIT_ATTEND_KEY_BLOCK TRIT_KEY_BLOCK
-#define TRIT_ATTEND_SCRATCH(n_keys, head_dim, group)                                                              \
-    ((size_t)(n_keys) * ((group) > TRIT_ATTEND_ROWS ? (group) : TRIT_ATTEND_ROWS) +                                \
+#define TRIT_ATTEND_SCRATCH(n_keys, head_dim, group)                                                                   \
+    ((size_t)(n_keys) * ((group) > TRIT_ATTEND_ROWS ? (group) : TRIT_ATTEND_ROWS) +                                    \
      (2 * (size_t)TRIT_ATTEND_KEY_BLOCK + TRIT_ATTEND_ROWS) * (size_t)(head_dim) + 64)
 
-/* attend_tokens if the kernel has it, else attend for each token (scratch as for attend_tokens). */
+/* One token through attend, several through attend_tokens (scratch as for attend_tokens). */
 void trit_attend_tokens(const trit_kernel *kern, float *out, const float *q, int q_stride, const uint16_t *keys,
                         const uint16_t *values, int n_q, int n_keys0, int head_dim, int group, float *scratch);
+/* An attend_tokens for a kernel without a faster one: its `attend` for each token in turn. */
+void trit_attend_each_token(void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values,
+                                           int kv_stride, int n_keys, int head_dim, int group, float *scores),
+                            float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
+                            int n_q, int n_keys0, int head_dim, int group, float *scratch);
 
 /* One query head against positions 0..n_keys-1 of its kv head; scores is scratch of n_keys floats. */
 void trit_attend_head(const trit_kernel *kern, float *out, const float *q, const uint16_t *keys, const uint16_t *values,

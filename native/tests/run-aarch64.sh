@@ -10,8 +10,9 @@
 #   native/tests/run-aarch64.sh --native [BUILD_DIR]   the same test built for this machine, run with ctest.
 #
 # BUILD_DIR defaults to ${TMPDIR:-/tmp}/trit-aarch64 (or trit-native-tests); it is reused, so a rerun only rebuilds
-# what changed. Needs cmake, a C compiler, and for aarch64 gcc-aarch64-linux-gnu and qemu-user (Debian/Ubuntu:
-# apt-get install qemu-user gcc-aarch64-linux-gnu). Exits non-zero if a tool is missing or any check fails.
+# what changed. CMAKE_BUILD_PARALLEL_LEVEL caps the build's jobs (default: the build tool's own). Needs cmake, a C
+# compiler, and for aarch64 gcc-aarch64-linux-gnu and qemu-user (Debian/Ubuntu: apt-get install qemu-user
+# gcc-aarch64-linux-gnu). Exits non-zero if a tool is missing or any check fails.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -47,7 +48,7 @@ start=$SECONDS
 echo "== configure and build ($mode) in $build"
 mkdir -p "$build"
 "${configure[@]}" >"$build/configure.log" 2>&1 || { cat "$build/configure.log" >&2; exit 1; }
-cmake --build "$build" --parallel
+cmake --build "$build" --parallel ${CMAKE_BUILD_PARALLEL_LEVEL:-}
 
 if [[ $mode == native ]]; then
     echo "== ctest"

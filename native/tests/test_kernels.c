@@ -8,7 +8,8 @@
  *     close, which also covers what the public operations cannot reach (the quantiser's sum, row shares).
  *
  * One line per check; the last line is "N passed, M failed"; the exit status is 1 if anything failed. Plain C11 with
- * a fixed-seed generator, so a failure reproduces exactly. Run by native/tests/run-aarch64.sh (also under qemu). */
+ * a fixed-seed generator, so a failure reproduces exactly. Run by native/tests/run-aarch64.sh (also under qemu) and
+ * native/tests/run-windows.sh (under wine). */
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -122,7 +123,7 @@ static void check_ternary_shape(int rows, int cols, int n, int fill) {
         w[i] = (int8_t)(fill == FILL_RANDOM ? rand_int(-1, 1) : (i % 3 == 0 ? 1 : -1) * (fill == FILL_MAX ? 1 : -1));
     for (size_t i = 0; i < (size_t)n * cols; i++)
         x[i] = (int8_t)(fill == FILL_RANDOM ? rand_int(-128, 127)
-                                             : (i % 3 == 0 ? 127 : -128)); /* every product at its extreme */
+                                            : (i % 3 == 0 ? 127 : -128)); /* every product at its extreme */
     uint8_t *tq2 = pack_tq2(w, rows, cols);
     uint8_t *t5 = xmalloc((size_t)trit_t5_size(rows, cols));
     if (trit_convert_tq2_to_t5(t5, tq2, rows, cols) != TRIT_OK) {
@@ -158,8 +159,9 @@ static void check_ternary_shape(int rows, int cols, int n, int fill) {
                 check(0, "%-4s %-10s = scalar     rows=%d cols=%d tokens=%d%s: %s", fname, kname(k), rows, cols, n,
                       what, trit_last_error());
             else if (bad)
-                check(0, "%-4s %-10s = scalar     rows=%d cols=%d tokens=%d%s: %zu of %zu differ, first [t=%zu][r=%zu] "
-                         "%d != %d",
+                check(0,
+                      "%-4s %-10s = scalar     rows=%d cols=%d tokens=%d%s: %zu of %zu differ, first [t=%zu][r=%zu] "
+                      "%d != %d",
                       fname, kname(k), rows, cols, n, what, bad, n_out, first / (size_t)rows, first % (size_t)rows,
                       got[first], want[first]);
             else
@@ -172,6 +174,7 @@ static void check_ternary_shape(int rows, int cols, int n, int fill) {
 static void check_ternary(void) {
     /* rows a multiple of 4 but not of 16 (T5: not of 5 either), columns not a multiple of 16, 32 or 64; token counts
      * that leave every tile size a remainder, and one past a 64-token block */
+    /* clang-format off */
     static const int shapes[][3] = {
         {4, 1, 1},     {8, 15, 2},   {12, 17, 1},  {20, 31, 3},   {36, 33, 4},    {44, 63, 5},    {28, 65, 7},
         {52, 100, 1},  {60, 127, 6}, {68, 129, 9}, {260, 300, 7}, {12, 40, 70},   {132, 2563, 2}, {16, 6912, 1},
@@ -180,6 +183,7 @@ static void check_ternary(void) {
          * slabs and a partial one, token tiles of 5 (T5) and 2 (TQ2) with every remainder */
         {400, 2560, 13}, {172, 1100, 9}, {84, 2052, 10}, {92, 1028, 11}, {164, 4096, 12},
     };
+    /* clang-format on */
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         check_ternary_shape(shapes[i][0], shapes[i][1], shapes[i][2], FILL_RANDOM);
     check_ternary_shape(8, 6912, 2, FILL_MAX); /* the longest 2B4T row with every product at +-128 */
@@ -249,7 +253,8 @@ static void check_quantize(void) {
                     check(1, "quantize %-10s = scalar     n=%d %s%s", kname(k), n, kinds[kind], ties_note(kind, ties));
                 else
                     check(0,
-                          "quantize %-10s = scalar     n=%d %s: scale %.9g vs %.9g, %d values differ (first at %d: %d vs %d)",
+                          "quantize %-10s = scalar     n=%d %s: scale %.9g vs %.9g, %d values differ "
+                          "(first at %d: %d vs %d)",
                           kname(k), n, kinds[kind], s_got, s_want, bad, first, first >= 0 ? got[first] : 0,
                           first >= 0 ? want[first] : 0);
             }
@@ -346,7 +351,7 @@ static void check_head(int head_type, int vocab, int hidden) {
 }
 
 static void check_heads(void) {
-    static const int any[][2] = {{1, 1},  {37, 17},  {37, 100}, {50, 64},  {33, 2560},
+    static const int any[][2] = {{1, 1},   {37, 17},  {37, 100}, {50, 64},  {33, 2560},
                                  {21, 80}, {9, 4100}, {5, 2576}, {3, 16400}};
     static const int q4[][2] = {{37, 64}, {50, 128}, {33, 192}, {17, 512}, {11, 2560}, {5, 4096}, {3, 16448}};
     for (size_t i = 0; i < sizeof any / sizeof any[0]; i++) {
@@ -356,7 +361,7 @@ static void check_heads(void) {
     for (size_t i = 0; i < sizeof q4 / sizeof q4[0]; i++) check_head(TRIT_HEAD_Q4, q4[i][0], q4[i][1]);
 }
 
-/* ---- element-wise steps: sums to floats, the gated activation, fp16 for the cache, RMSNorm ------------------------ */
+/* ---- element-wise steps: sums to floats, the gated activation, fp16 for the cache, RMSNorm --------------------- */
 
 static float rand_wide(void) { /* any sign, magnitudes from fp16's subnormals to past its overflow */
     float m = rand_float(1.0f, 2.0f) * ldexpf(1.0f, rand_int(-30, 17));
@@ -408,8 +413,8 @@ static void check_elementwise(void) {
                 worst = max_d(worst, fabs((double)got[3 * n + i] - want[3 * n + i]));
                 scale = max_d(scale, fabs((double)want[3 * n + i]));
             }
-            check(worst <= 1e-5 * scale, "rmsnorm %-10s ~ scalar     n=%d (max |diff| %.2g of %.2g)", kname(k), n, worst,
-                  scale);
+            check(worst <= 1e-5 * scale, "rmsnorm %-10s ~ scalar     n=%d (max |diff| %.2g of %.2g)", kname(k), n,
+                  worst, scale);
         }
         free(a), free(b), free(x), free(w), free(want), free(got), free(h_want), free(h_got);
     }
@@ -442,8 +447,8 @@ static void check_attention(int n_q, int pos0, int n_heads, int n_kv, int hd, fl
             worst = max_d(worst, e);
         }
         check(rc == TRIT_OK && worst <= 2e-5,
-              "attention %-10s ~ scalar     n_q=%d pos0=%d heads=%d/%d head_dim=%d (max |diff| %.2g)",
-              kname(kk), n_q, pos0, n_heads, n_kv, hd, worst);
+              "attention %-10s ~ scalar     n_q=%d pos0=%d heads=%d/%d head_dim=%d (max |diff| %.2g)", kname(kk), n_q,
+              pos0, n_heads, n_kv, hd, worst);
         if (n_q == 1) continue;
         /* token by token, as decoding runs: the same floats as the batch, so a prompt's logits do not depend on
          * how it was split */
@@ -494,16 +499,27 @@ typedef struct {
 static void make_tiny_model(tiny_model *m) {
     seed(2026);
     memset(m, 0, sizeof *m);
-    m->cfg = (trit_config){M_HIDDEN, M_INTER, M_LAYERS, M_HEADS, M_KV, M_HD, M_VOCAB, M_CTX, 10000.0f, 1e-5f,
-                           TRIT_SCALE_MULTIPLY, TRIT_TERNARY_TQ2};
+    m->cfg = (trit_config){.hidden_size = M_HIDDEN,
+                           .intermediate_size = M_INTER,
+                           .n_layers = M_LAYERS,
+                           .n_heads = M_HEADS,
+                           .n_kv_heads = M_KV,
+                           .head_dim = M_HD,
+                           .vocab_size = M_VOCAB,
+                           .max_positions = M_CTX,
+                           .rope_theta = 10000.0f,
+                           .rms_eps = 1e-5f,
+                           .scale_mode = TRIT_SCALE_MULTIPLY,
+                           .ternary_format = TRIT_TERNARY_TQ2};
     m->embed = xmalloc(sizeof(uint16_t) * M_VOCAB * M_HIDDEN);
     for (int i = 0; i < M_VOCAB * M_HIDDEN; i++) m->embed[i] = f32_to_bf16(rand_float(-1.0f, 1.0f));
     int n_norms = M_LAYERS * (3 * M_HIDDEN + M_INTER) + M_HIDDEN;
     m->norms = xmalloc(sizeof(float) * (size_t)n_norms);
     for (int i = 0; i < n_norms; i++) m->norms[i] = rand_float(0.5f, 1.5f);
     const int shape[7][2] = {/* q k v o gate up down */
-                             {M_HIDDEN, M_HIDDEN}, {M_KV * M_HD, M_HIDDEN}, {M_KV * M_HD, M_HIDDEN}, {M_HIDDEN, M_HIDDEN},
-                             {M_INTER, M_HIDDEN},  {M_INTER, M_HIDDEN},     {M_HIDDEN, M_INTER}};
+                             {M_HIDDEN, M_HIDDEN}, {M_KV * M_HD, M_HIDDEN}, {M_KV * M_HD, M_HIDDEN},
+                             {M_HIDDEN, M_HIDDEN}, {M_INTER, M_HIDDEN},     {M_INTER, M_HIDDEN},
+                             {M_HIDDEN, M_INTER}};
     float *norm = m->norms;
     for (int l = 0; l < M_LAYERS; l++) {
         for (int p = 0; p < 7; p++) {
@@ -600,8 +616,8 @@ static void check_model(void) {
             float scale = 0.0f;
             for (int i = 0; i < N_LOGITS; i++) scale = max_f(scale, fabsf(want[i]));
             check(rc == TRIT_OK && scale > 0.0f,
-                  "model scalar     runs       %s weights, %s head (max |logit| %.3g)%s%s",
-                  fname, heads[head], scale, rc == TRIT_OK ? "" : ": ", rc == TRIT_OK ? "" : trit_last_error());
+                  "model scalar     runs       %s weights, %s head (max |logit| %.3g)%s%s", fname, heads[head], scale,
+                  rc == TRIT_OK ? "" : ": ", rc == TRIT_OK ? "" : trit_last_error());
             for (int i = 0; i < n_runnable; i++) {
                 int k = runnable[i];
                 if (k == scalar_index) continue;

@@ -8,10 +8,11 @@
 
 /* W.x = sum(code * x) - sum(x), code = w + 1 in 0..2 (unsigned operand), x the int8 activations (signed).
  * Each 64-byte load holds four rows at the same 64 columns: one activation load serves four vpdpbusd, and a tile of
- * 4 tokens reuses each decoded weight vector four times (prefill; 16 accumulators fit the 32 registers). Columns past the last full 64 use masked loads,
- * whose zero bytes add nothing. The accumulators are named registers: an array would be spilled to the stack. */
-#define DECODE(b)                                                                                                 \
-    __m512i c0 = _mm512_and_si512(b, mask), c1 = _mm512_and_si512(_mm512_srli_epi16(b, 2), mask),                  \
+ * 4 tokens reuses each decoded weight vector four times (prefill; 16 accumulators fit the 32 registers). Columns past
+ * the last full 64 use masked loads, whose zero bytes add nothing. The accumulators are named registers: an array would
+ * be spilled to the stack. */
+#define DECODE(b)                                                                                                      \
+    __m512i c0 = _mm512_and_si512(b, mask), c1 = _mm512_and_si512(_mm512_srli_epi16(b, 2), mask),                      \
             c2 = _mm512_and_si512(_mm512_srli_epi16(b, 4), mask), c3 = _mm512_and_si512(_mm512_srli_epi16(b, 6), mask)
 /* acc += dot(u8 a, s8 b) in place. The intrinsic makes GCC 12 copy the accumulator around every instruction. */
 static inline __attribute__((always_inline)) void dpbusd(__m512i *acc, __m512i a, __m512i b) {
@@ -23,46 +24,46 @@ static inline __attribute__((always_inline)) void dpbusd(__m512i *acc, __m512i a
 }
 
 #define ACC_DECL(i) __m512i a0_##i = _mm512_setzero_si512(), a1_##i = a0_##i, a2_##i = a0_##i, a3_##i = a0_##i;
-#define ACC_STEP(i, load)                                                                                         \
-    {                                                                                                             \
-        __m512i xv = load;                                                                                        \
-        dpbusd(&a0_##i, c0, xv);                                                                   \
-        dpbusd(&a1_##i, c1, xv);                                                                   \
-        dpbusd(&a2_##i, c2, xv);                                                                   \
-        dpbusd(&a3_##i, c3, xv);                                                                   \
+#define ACC_STEP(i, load)                                                                                              \
+    {                                                                                                                  \
+        __m512i xv = load;                                                                                             \
+        dpbusd(&a0_##i, c0, xv);                                                                                       \
+        dpbusd(&a1_##i, c1, xv);                                                                                       \
+        dpbusd(&a2_##i, c2, xv);                                                                                       \
+        dpbusd(&a3_##i, c3, xv);                                                                                       \
     }
-#define ACC_FULL(i) ACC_STEP(i, _mm512_loadu_si512(x + (size_t)(i) * cols + c))
-#define ACC_TAIL(i) ACC_STEP(i, _mm512_maskz_loadu_epi8(live, x + (size_t)(i) * cols + c))
-#define ACC_STORE(i)                                                                                              \
-    {                                                                                                             \
-        int32_t *o = out + (size_t)(t0 + i) * rows + pr, s = xsum[t0 + i];                                        \
-        o[0] = _mm512_reduce_add_epi32(a0_##i) - s;                                                               \
-        o[quarter] = _mm512_reduce_add_epi32(a1_##i) - s;                                                         \
-        o[2 * quarter] = _mm512_reduce_add_epi32(a2_##i) - s;                                                     \
-        o[3 * quarter] = _mm512_reduce_add_epi32(a3_##i) - s;                                                     \
+#define ACC_FULL(i) ACC_STEP(i, _mm512_loadu_si512(x + (size_t)cols * (i) + c))
+#define ACC_TAIL(i) ACC_STEP(i, _mm512_maskz_loadu_epi8(live, x + (size_t)cols * (i) + c))
+#define ACC_STORE(i)                                                                                                   \
+    {                                                                                                                  \
+        int32_t *o = out + (size_t)(t0 + i) * rows + pr, s = xsum[t0 + i];                                             \
+        o[0] = _mm512_reduce_add_epi32(a0_##i) - s;                                                                    \
+        o[quarter] = _mm512_reduce_add_epi32(a1_##i) - s;                                                              \
+        o[2 * quarter] = _mm512_reduce_add_epi32(a2_##i) - s;                                                          \
+        o[3 * quarter] = _mm512_reduce_add_epi32(a3_##i) - s;                                                          \
     }
 
-#define DEFINE_TILE(NAME, EACH)                                                                                   \
-    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *row, int rows, int cols, const int8_t *xq, const int32_t *xsum, \
-                     int t0, int pr) {                                                                            \
-        const __m512i mask = _mm512_set1_epi8(3);                                                                 \
-        const int quarter = rows / 4, full = cols & ~63;                                                          \
-        const int8_t *x = xq + (size_t)t0 * cols;                                                                 \
-        EACH(ACC_DECL)                                                                                            \
-        int c = 0;                                                                                                \
-        for (; c < full; c += 64) {                                                                               \
-            _mm_prefetch((const char *)row + c + TRIT_PREFETCH, _MM_HINT_T0);                                     \
-            __m512i b = _mm512_loadu_si512(row + c);                                                              \
-            DECODE(b);                                                                                            \
-            EACH(ACC_FULL)                                                                                        \
-        }                                                                                                         \
-        if (c < cols) {                                                                                           \
-            __mmask64 live = ((__mmask64)1 << (cols - c)) - 1;                                                    \
-            __m512i b = _mm512_maskz_loadu_epi8(live, row + c);                                                   \
-            DECODE(b);                                                                                            \
-            EACH(ACC_TAIL)                                                                                        \
-        }                                                                                                         \
-        EACH(ACC_STORE)                                                                                           \
+#define DEFINE_TILE(NAME, EACH)                                                                                        \
+    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *row, int rows, int cols, const int8_t *xq, \
+                                               const int32_t *xsum, int t0, int pr) {                                  \
+        const __m512i mask = _mm512_set1_epi8(3);                                                                      \
+        const int quarter = rows / 4, full = cols & ~63;                                                               \
+        const int8_t *x = xq + (size_t)t0 * cols;                                                                      \
+        EACH(ACC_DECL)                                                                                                 \
+        int c = 0;                                                                                                     \
+        for (; c < full; c += 64) {                                                                                    \
+            _mm_prefetch((const char *)row + c + TRIT_PREFETCH, _MM_HINT_T0);                                          \
+            __m512i b = _mm512_loadu_si512(row + c);                                                                   \
+            DECODE(b);                                                                                                 \
+            EACH(ACC_FULL)                                                                                             \
+        }                                                                                                              \
+        if (c < cols) {                                                                                                \
+            __mmask64 live = ((__mmask64)1 << (cols - c)) - 1;                                                         \
+            __m512i b = _mm512_maskz_loadu_epi8(live, row + c);                                                        \
+            DECODE(b);                                                                                                 \
+            EACH(ACC_TAIL)                                                                                             \
+        }                                                                                                              \
+        EACH(ACC_STORE)                                                                                                \
     }
 
 #define EACH1(F) F(0)
@@ -91,7 +92,7 @@ static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int co
 /* T5 decode: two compares split off the top digit d4 (b >= 81, b >= 162), which leaves l = b mod 81 in 0..80;
  * digits 0..3 of l come from one 128-entry table lookup each (vpermi2b). */
 typedef struct {
-    __m512i lo[4], hi[4]; /* digit j of l, for l = 0..63 and 64..127 */
+    __m512i lo[4], hi[4];   /* digit j of l, for l = 0..63 and 64..127 */
     __m512i mlo[3], mhi[3]; /* l mod 3^(j+1): the low j+1 digits as one number */
 } t5_tables;
 
@@ -113,70 +114,80 @@ static t5_tables make_t5_tables(void) {
     return t;
 }
 
-#define T5_DECODE(b)                                                                                              \
-    __mmask64 k1 = _mm512_cmpge_epu8_mask(b, n81), k2 = _mm512_cmpge_epu8_mask(b, n162);                          \
-    __m512i l = _mm512_mask_sub_epi8(b, k1, b, n81);                                                              \
-    l = _mm512_mask_sub_epi8(l, k2, l, n81);                                                                      \
-    __m512i d0 = _mm512_permutex2var_epi8(tab.lo[0], l, tab.hi[0]);                                               \
-    __m512i d1 = _mm512_permutex2var_epi8(tab.lo[1], l, tab.hi[1]);                                               \
-    __m512i d2 = _mm512_permutex2var_epi8(tab.lo[2], l, tab.hi[2]);                                               \
-    __m512i d3 = _mm512_permutex2var_epi8(tab.lo[3], l, tab.hi[3]);                                               \
-    __m512i d4 = _mm512_maskz_mov_epi8(k1, one);                                                                  \
+#define T5_DECODE(b)                                                                                                   \
+    __mmask64 k1 = _mm512_cmpge_epu8_mask(b, n81), k2 = _mm512_cmpge_epu8_mask(b, n162);                               \
+    __m512i l = _mm512_mask_sub_epi8(b, k1, b, n81);                                                                   \
+    l = _mm512_mask_sub_epi8(l, k2, l, n81);                                                                           \
+    __m512i d0 = _mm512_permutex2var_epi8(tab.lo[0], l, tab.hi[0]);                                                    \
+    __m512i d1 = _mm512_permutex2var_epi8(tab.lo[1], l, tab.hi[1]);                                                    \
+    __m512i d2 = _mm512_permutex2var_epi8(tab.lo[2], l, tab.hi[2]);                                                    \
+    __m512i d3 = _mm512_permutex2var_epi8(tab.lo[3], l, tab.hi[3]);                                                    \
+    __m512i d4 = _mm512_maskz_mov_epi8(k1, one);                                                                       \
     d4 = _mm512_mask_add_epi8(d4, k2, d4, one)
 
 /* One token's sums need the digits only through sum(x * d_j). With m_j = b mod 3^j (m_0 = 0, m_5 = b),
  * m_(j+1) - m_j = 3^j d_j, so sum(x * d_j) = (sum(x * m_(j+1)) - sum(x * m_j)) / 3^j exactly: the vpdpbusd run on
  * b mod 3, 9, 27 (three lookups), l = b mod 81 and b itself, and the rows are told apart after the sums. Three
  * lookups and the two reductions of l instead of four lookups and four more instructions for d4. */
-#define T5_PARTIALS(b)                                                                                                __mmask64 k1 = _mm512_cmpge_epu8_mask(b, n81), k2 = _mm512_cmpge_epu8_mask(b, n162);                              __m512i l = _mm512_mask_sub_epi8(b, k1, b, n81);                                                                  l = _mm512_mask_sub_epi8(l, k2, l, n81);                                                                          __m512i d0 = _mm512_permutex2var_epi8(tab.mlo[0], l, tab.mhi[0]);                                                 __m512i d1 = _mm512_permutex2var_epi8(tab.mlo[1], l, tab.mhi[1]);                                                 __m512i d2 = _mm512_permutex2var_epi8(tab.mlo[2], l, tab.mhi[2]);                                                 __m512i d3 = l, d4 = b
+#define T5_PARTIALS(b)                                                                                                 \
+    __mmask64 k1 = _mm512_cmpge_epu8_mask(b, n81), k2 = _mm512_cmpge_epu8_mask(b, n162);                               \
+    __m512i l = _mm512_mask_sub_epi8(b, k1, b, n81);                                                                   \
+    l = _mm512_mask_sub_epi8(l, k2, l, n81);                                                                           \
+    __m512i d0 = _mm512_permutex2var_epi8(tab.mlo[0], l, tab.mhi[0]);                                                  \
+    __m512i d1 = _mm512_permutex2var_epi8(tab.mlo[1], l, tab.mhi[1]);                                                  \
+    __m512i d2 = _mm512_permutex2var_epi8(tab.mlo[2], l, tab.mhi[2]);                                                  \
+    __m512i d3 = l, d4 = b
 
-#define T5_ACC_DECL(i) __m512i e0_##i = _mm512_setzero_si512(), e1_##i = e0_##i, e2_##i = e0_##i, e3_##i = e0_##i, e4_##i = e0_##i;
-#define T5_ACC_STEP(i, load)                                                                                      \
-    {                                                                                                             \
-        __m512i xv = load;                                                                                        \
-        dpbusd(&e0_##i, d0, xv);                                                                                  \
-        dpbusd(&e1_##i, d1, xv);                                                                                  \
-        dpbusd(&e2_##i, d2, xv);                                                                                  \
-        dpbusd(&e3_##i, d3, xv);                                                                                  \
-        dpbusd(&e4_##i, d4, xv);                                                                                  \
+#define T5_ACC_DECL(i)                                                                                                 \
+    __m512i e0_##i = _mm512_setzero_si512(), e1_##i = e0_##i, e2_##i = e0_##i, e3_##i = e0_##i, e4_##i = e0_##i;
+#define T5_ACC_STEP(i, load)                                                                                           \
+    {                                                                                                                  \
+        __m512i xv = load;                                                                                             \
+        dpbusd(&e0_##i, d0, xv);                                                                                       \
+        dpbusd(&e1_##i, d1, xv);                                                                                       \
+        dpbusd(&e2_##i, d2, xv);                                                                                       \
+        dpbusd(&e3_##i, d3, xv);                                                                                       \
+        dpbusd(&e4_##i, d4, xv);                                                                                       \
     }
-#define T5_ACC_FULL(i) T5_ACC_STEP(i, _mm512_loadu_si512(x + (size_t)(i) * cols + c))
-#define T5_ACC_TAIL(i) T5_ACC_STEP(i, _mm512_maskz_loadu_epi8(live, x + (size_t)(i) * cols + c))
-#define T5_STORE_ONE(sum, j)                                                                                      \
-    if (g + (j) * groups < rows) o[(j) * groups] = (sum) - s;
-#define T5_ACC_STORE(i)                                                                                           \
-    {                                                                                                             \
-        int32_t *o = out + (size_t)(t0 + i) * rows + g, s = xsum[t0 + i];                                         \
-        int32_t m1 = _mm512_reduce_add_epi32(e0_##i), m2 = _mm512_reduce_add_epi32(e1_##i),                       \
-                m3 = _mm512_reduce_add_epi32(e2_##i), m4 = _mm512_reduce_add_epi32(e3_##i),                       \
-                m5 = _mm512_reduce_add_epi32(e4_##i);                                                             \
-        T5_STORE_ONE(m1, 0) T5_STORE_ONE((m2 - m1) / 3, 1) T5_STORE_ONE((m3 - m2) / 9, 2)                         \
-        T5_STORE_ONE((m4 - m3) / 27, 3) T5_STORE_ONE((m5 - m4) / 81, 4)                                           \
+#define T5_ACC_FULL(i) T5_ACC_STEP(i, _mm512_loadu_si512(x + (size_t)cols * (i) + c))
+#define T5_ACC_TAIL(i) T5_ACC_STEP(i, _mm512_maskz_loadu_epi8(live, x + (size_t)cols * (i) + c))
+#define T5_STORE_ONE(sum, j)                                                                                           \
+    if (g + groups * (j) < rows) o[groups * (j)] = (sum) - (s);
+#define T5_ACC_STORE(i)                                                                                                \
+    {                                                                                                                  \
+        int32_t *o = out + (size_t)(t0 + i) * rows + g, s = xsum[t0 + i];                                              \
+        int32_t m1 = _mm512_reduce_add_epi32(e0_##i), m2 = _mm512_reduce_add_epi32(e1_##i),                            \
+                m3 = _mm512_reduce_add_epi32(e2_##i), m4 = _mm512_reduce_add_epi32(e3_##i),                            \
+                m5 = _mm512_reduce_add_epi32(e4_##i);                                                                  \
+        T5_STORE_ONE(m1, 0)                                                                                            \
+        T5_STORE_ONE((m2 - m1) / 3, 1)                                                                                 \
+        T5_STORE_ONE((m3 - m2) / 9, 2)                                                                                 \
+        T5_STORE_ONE((m4 - m3) / 27, 3)                                                                                \
+        T5_STORE_ONE((m5 - m4) / 81, 4)                                                                                \
     }
 
-#define DEFINE_T5_TILE(NAME, EACH)                                                                                \
-    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *row, int rows, int cols,             \
-                                               const int8_t *xq, const int32_t *xsum, int t0, int g,             \
-                                               const t5_tables *tables) {                                         \
-        const t5_tables tab = *tables;                                                                            \
-        const __m512i n81 = _mm512_set1_epi8(81), n162 = _mm512_set1_epi8((char)162);                            \
-        const int groups = trit_t5_groups(rows), full = cols & ~63;                                               \
-        const int8_t *x = xq + (size_t)t0 * cols;                                                                 \
-        EACH(T5_ACC_DECL)                                                                                         \
-        int c = 0;                                                                                                \
-        for (; c < full; c += 64) {                                                                               \
-            _mm_prefetch((const char *)row + c + TRIT_PREFETCH, _MM_HINT_T0);                                     \
-            __m512i b = _mm512_loadu_si512(row + c);                                                              \
-            T5_PARTIALS(b);                                                                                       \
-            EACH(T5_ACC_FULL)                                                                                     \
-        }                                                                                                         \
-        if (c < cols) {                                                                                           \
-            __mmask64 live = ((__mmask64)1 << (cols - c)) - 1;                                                    \
-            __m512i b = _mm512_maskz_loadu_epi8(live, row + c);                                                   \
-            T5_PARTIALS(b);                                                                                       \
-            EACH(T5_ACC_TAIL)                                                                                     \
-        }                                                                                                         \
-        EACH(T5_ACC_STORE)                                                                                        \
+#define DEFINE_T5_TILE(NAME, EACH)                                                                                     \
+    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *row, int rows, int cols, const int8_t *xq, \
+                                               const int32_t *xsum, int t0, int g, const t5_tables *tables) {          \
+        const t5_tables tab = *tables;                                                                                 \
+        const __m512i n81 = _mm512_set1_epi8(81), n162 = _mm512_set1_epi8((char)162);                                  \
+        const int groups = trit_t5_groups(rows), full = cols & ~63;                                                    \
+        const int8_t *x = xq + (size_t)t0 * cols;                                                                      \
+        EACH(T5_ACC_DECL)                                                                                              \
+        int c = 0;                                                                                                     \
+        for (; c < full; c += 64) {                                                                                    \
+            _mm_prefetch((const char *)row + c + TRIT_PREFETCH, _MM_HINT_T0);                                          \
+            __m512i b = _mm512_loadu_si512(row + c);                                                                   \
+            T5_PARTIALS(b);                                                                                            \
+            EACH(T5_ACC_FULL)                                                                                          \
+        }                                                                                                              \
+        if (c < cols) {                                                                                                \
+            __mmask64 live = ((__mmask64)1 << (cols - c)) - 1;                                                         \
+            __m512i b = _mm512_maskz_loadu_epi8(live, row + c);                                                        \
+            T5_PARTIALS(b);                                                                                            \
+            EACH(T5_ACC_TAIL)                                                                                          \
+        }                                                                                                              \
+        EACH(T5_ACC_STORE)                                                                                             \
     }
 
 DEFINE_T5_TILE(t5_tile1, EACH1)
@@ -248,47 +259,51 @@ static void t5_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, int
 
 #define EACH3(F) F(0) F(1) F(2)
 #define EACH5(F) F(0) F(1) F(2) F(3) F(4)
-#define LANE_DECL(i) __m512i h0_##i = _mm512_setzero_si512(), h1_##i = h0_##i, h2_##i = h0_##i, h3_##i = h0_##i, h4_##i = h0_##i;
-#define LANE_STEP(i)                                                                                              \
-    {                                                                                                             \
-        const __m512i xb = _mm512_set1_epi32(((const int32_t *)(x + (size_t)(i) * cols))[c]);                    \
-        dpbusd(&h0_##i, w0, xb);                                                                                  \
-        dpbusd(&h1_##i, w1, xb);                                                                                  \
-        dpbusd(&h2_##i, w2, xb);                                                                                  \
-        dpbusd(&h3_##i, w3, xb);                                                                                  \
-        dpbusd(&h4_##i, w4, xb);                                                                                  \
+#define LANE_DECL(i)                                                                                                   \
+    __m512i h0_##i = _mm512_setzero_si512(), h1_##i = h0_##i, h2_##i = h0_##i, h3_##i = h0_##i, h4_##i = h0_##i;
+#define LANE_STEP(i)                                                                                                   \
+    {                                                                                                                  \
+        const __m512i xb = _mm512_set1_epi32(((const int32_t *)(x + (size_t)cols * (i)))[c]);                          \
+        dpbusd(&h0_##i, w0, xb);                                                                                       \
+        dpbusd(&h1_##i, w1, xb);                                                                                       \
+        dpbusd(&h2_##i, w2, xb);                                                                                       \
+        dpbusd(&h3_##i, w3, xb);                                                                                       \
+        dpbusd(&h4_##i, w4, xb);                                                                                       \
     }
 /* rows g..g+15 of digit j for token i: the first slab writes sum - xsum, later slabs add */
-#define LANE_STORE_ONE(acc, j, i)                                                                                  \
-    {                                                                                                             \
-        int r0 = (j) * groups + g, n = rows - r0 < ng ? rows - r0 : ng;                                           \
-        if (n > 0) {                                                                                              \
-            __mmask16 m = (__mmask16)((1u << n) - 1);                                                             \
-            int32_t *o = out + (size_t)(t0 + i) * rows + r0;                                                      \
-            __m512i v = first ? _mm512_sub_epi32(acc, _mm512_set1_epi32(xsum[t0 + i]))                            \
-                              : _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(m, o));                            \
-            _mm512_mask_storeu_epi32(o, m, v);                                                                    \
-        }                                                                                                         \
+#define LANE_STORE_ONE(acc, j, i)                                                                                      \
+    {                                                                                                                  \
+        int r0 = groups * (j) + g, n = rows - r0 < ng ? rows - r0 : ng;                                                \
+        if (n > 0) {                                                                                                   \
+            __mmask16 m = (__mmask16)((1u << n) - 1);                                                                  \
+            int32_t *o = out + (size_t)(t0 + i) * rows + r0;                                                           \
+            __m512i v = first ? _mm512_sub_epi32(acc, _mm512_set1_epi32(xsum[t0 + i]))                                 \
+                              : _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(m, o));                                 \
+            _mm512_mask_storeu_epi32(o, m, v);                                                                         \
+        }                                                                                                              \
     }
-#define LANE_STORE(i)                                                                                             \
-    {                                                                                                             \
-        LANE_STORE_ONE(h0_##i, 0, i) LANE_STORE_ONE(h1_##i, 1, i) LANE_STORE_ONE(h2_##i, 2, i)                    \
-        LANE_STORE_ONE(h3_##i, 3, i) LANE_STORE_ONE(h4_##i, 4, i)                                                 \
+#define LANE_STORE(i)                                                                                                  \
+    {                                                                                                                  \
+        LANE_STORE_ONE(h0_##i, 0, i)                                                                                   \
+        LANE_STORE_ONE(h1_##i, 1, i)                                                                                   \
+        LANE_STORE_ONE(h2_##i, 2, i)                                                                                   \
+        LANE_STORE_ONE(h3_##i, 3, i)                                                                                   \
+        LANE_STORE_ONE(h4_##i, 4, i)                                                                                   \
     }
-#define DEFINE_LANE_TILE(NAME, EACH)                                                                              \
-    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *codes, int rows, int cols, int c0,    \
-                                               int n4, const int8_t *xq, const int32_t *xsum, int t0, int g,      \
-                                               int ng, int first) {                                               \
-        const int groups = trit_t5_groups(rows);                                                                  \
-        const int8_t *x = xq + (size_t)t0 * cols + c0;                                                            \
-        EACH(LANE_DECL)                                                                                           \
-        for (int c = 0; c < n4; c++) {                                                                            \
-            const uint8_t *w = codes + (size_t)c * 5 * 64;                                                        \
-            __m512i w0 = _mm512_load_si512(w), w1 = _mm512_load_si512(w + 64), w2 = _mm512_load_si512(w + 128),   \
-                    w3 = _mm512_load_si512(w + 192), w4 = _mm512_load_si512(w + 256);                             \
-            EACH(LANE_STEP)                                                                                       \
-        }                                                                                                         \
-        EACH(LANE_STORE)                                                                                          \
+#define DEFINE_LANE_TILE(NAME, EACH)                                                                                   \
+    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *codes, int rows, int cols, int c0, int n4, \
+                                               const int8_t *xq, const int32_t *xsum, int t0, int g, int ng,           \
+                                               int first) {                                                            \
+        const int groups = trit_t5_groups(rows);                                                                       \
+        const int8_t *x = xq + (size_t)t0 * cols + c0;                                                                 \
+        EACH(LANE_DECL)                                                                                                \
+        for (int c = 0; c < n4; c++) {                                                                                 \
+            const uint8_t *w = codes + (size_t)c * 5 * 64;                                                             \
+            __m512i w0 = _mm512_load_si512(w), w1 = _mm512_load_si512(w + 64), w2 = _mm512_load_si512(w + 128),        \
+                    w3 = _mm512_load_si512(w + 192), w4 = _mm512_load_si512(w + 256);                                  \
+            EACH(LANE_STEP)                                                                                            \
+        }                                                                                                              \
+        EACH(LANE_STORE)                                                                                               \
     }
 DEFINE_LANE_TILE(lane_tile5, EACH5)
 DEFINE_LANE_TILE(lane_tile4, EACH4)
@@ -481,8 +496,8 @@ static float quantize(int8_t *xq, int32_t *sum, const float *x, int n) {
     for (i = 0; i + 16 <= n; i += 16) {
         __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), vs)); /* round half to even */
         _mm_storeu_si128((__m128i *)(xq + i), _mm512_cvtsepi32_epi8(q));           /* saturate to int8 */
-        total = _mm512_add_epi32(total, _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)),
-                                                         _mm512_set1_epi32(-128)));
+        total = _mm512_add_epi32(
+            total, _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)), _mm512_set1_epi32(-128)));
     }
     int32_t acc = _mm512_reduce_add_epi32(total);
     for (; i < n; i++) {
@@ -518,27 +533,30 @@ static inline __m512 load_f16x16(const uint16_t *p) { return _mm512_cvtph_ps(_mm
  * order; from_zero starts the chains at 0 instead of o_r. V_k is at v + k * v_step, fp16 or f32. The sixteen
  * accumulators are named registers: where a loop over the heads could not be unrolled, GCC kept an array of them in
  * memory, a load and a store around every FMA (decoding's attention, 1.1-1.6x slower). */
-#define PV_DECL(r)                                                                                                \
-    __m512 a##r##0 = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(o##r),                                    \
-           a##r##1 = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(o##r + 16),                               \
-           a##r##2 = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(o##r + 32),                               \
+#define PV_DECL(r)                                                                                                     \
+    __m512 a##r##0 = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(o##r),                                          \
+           a##r##1 = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(o##r + 16),                                     \
+           a##r##2 = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(o##r + 32),                                     \
            a##r##3 = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(o##r + 48);
-#define PV_STEP(r)                                                                                                \
-    {                                                                                                             \
-        __m512 pr = _mm512_set1_ps(p##r[(size_t)k * p_step]);                                                    \
-        a##r##0 = _mm512_fmadd_ps(pr, v0, a##r##0);                                                               \
-        a##r##1 = _mm512_fmadd_ps(pr, v1, a##r##1);                                                               \
-        a##r##2 = _mm512_fmadd_ps(pr, v2, a##r##2);                                                               \
-        a##r##3 = _mm512_fmadd_ps(pr, v3, a##r##3);                                                               \
+#define PV_STEP(r)                                                                                                     \
+    {                                                                                                                  \
+        __m512 pr = _mm512_set1_ps(p##r[(size_t)k * p_step]);                                                          \
+        a##r##0 = _mm512_fmadd_ps(pr, v0, a##r##0);                                                                    \
+        a##r##1 = _mm512_fmadd_ps(pr, v1, a##r##1);                                                                    \
+        a##r##2 = _mm512_fmadd_ps(pr, v2, a##r##2);                                                                    \
+        a##r##3 = _mm512_fmadd_ps(pr, v3, a##r##3);                                                                    \
     }
-#define PV_STORE(r)                                                                                               \
-    _mm512_storeu_ps(o##r, a##r##0), _mm512_storeu_ps(o##r + 16, a##r##1), _mm512_storeu_ps(o##r + 32, a##r##2),  \
+#define PV_STORE(r)                                                                                                    \
+    _mm512_storeu_ps(o##r, a##r##0), _mm512_storeu_ps(o##r + 16, a##r##1), _mm512_storeu_ps(o##r + 32, a##r##2),       \
         _mm512_storeu_ps(o##r + 48, a##r##3);
 static inline __attribute__((always_inline)) void pv_rows4(float *o0, float *o1, float *o2, float *o3, int from_zero,
                                                            const float *p0, const float *p1, const float *p2,
                                                            const float *p3, int p_step, const void *v, size_t v_step,
                                                            int n, int f16, int prefetch) {
-    PV_DECL(0) PV_DECL(1) PV_DECL(2) PV_DECL(3)
+    PV_DECL(0)
+    PV_DECL(1)
+    PV_DECL(2)
+    PV_DECL(3)
     for (int k = 0; k < n; k++) {
         __m512 v0, v1, v2, v3;
         if (f16) {
@@ -553,9 +571,11 @@ static inline __attribute__((always_inline)) void pv_rows4(float *o0, float *o1,
         }
         PV_STEP(0) PV_STEP(1) PV_STEP(2) PV_STEP(3)
     }
-    PV_STORE(0) PV_STORE(1) PV_STORE(2) PV_STORE(3)
+    PV_STORE(0)
+    PV_STORE(1)
+    PV_STORE(2)
+    PV_STORE(3)
 }
-
 
 /* One token (decoding). It rounds exactly as attend_tokens does, so a prompt gives the same logits whether it was
  * evaluated in one batch or token by token: each score is one chain of FMAs over d from 0, times the scale; the
@@ -568,7 +588,7 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
         return;
     }
     const __m512 vscale = _mm512_set1_ps(1.0f / sqrtf((float)head_dim));
-    static const float zero_q[256];               /* the missing heads of a last set of four */
+    static const float zero_q[256]; /* the missing heads of a last set of four */
     for (int k0 = 0; k0 < n_keys; k0 += 32) {
         int kb = n_keys - k0 < 32 ? n_keys - k0 : 32;
         const uint16_t *kt = keys + trit_key_index(k0, 0, head_dim); /* [head_dim][32]: keys in lanes */
@@ -577,7 +597,8 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
         for (int h0 = 0; h0 < group; h0 += 4) {
             const float *qh[4];
             for (int h = 0; h < 4; h++) qh[h] = h0 + h < group ? q + (size_t)(h0 + h) * head_dim : zero_q;
-            __m512 lo0 = _mm512_setzero_ps(), lo1 = lo0, lo2 = lo0, lo3 = lo0, hi0 = lo0, hi1 = lo0, hi2 = lo0, hi3 = lo0;
+            __m512 lo0 = _mm512_setzero_ps(), lo1 = lo0, lo2 = lo0, lo3 = lo0, hi0 = lo0, hi1 = lo0, hi2 = lo0,
+                   hi3 = lo0;
             for (int d = 0; d < head_dim; d++) {
                 if (h0 == 0) _mm_prefetch((const char *)(kt + (size_t)d * 32) + TRIT_PREFETCH, _MM_HINT_T0);
                 __m512 a = load_f16x16(kt + (size_t)d * 32), b = load_f16x16(kt + (size_t)d * 32 + 16);
@@ -662,16 +683,16 @@ static void to_f32_block(float *dst, const uint16_t *src, int n_rows, int head_d
     for (int i = n_rows * head_dim; i < KB * head_dim; i += 16) _mm512_storeu_ps(dst + i, _mm512_setzero_ps());
 }
 
-#define SCORE_STEP(j)                                                                                             \
-    {                                                                                                             \
-        __m512 kv = _mm512_set1_ps(kf[d * KB + k + (j)]);                                                         \
-        lo##j = _mm512_fmadd_ps(a, kv, lo##j);                                                                    \
-        hi##j = _mm512_fmadd_ps(b, kv, hi##j);                                                                    \
+#define SCORE_STEP(j)                                                                                                  \
+    {                                                                                                                  \
+        __m512 kv = _mm512_set1_ps(kf[d * KB + k + (j)]);                                                              \
+        lo##j = _mm512_fmadd_ps(a, kv, lo##j);                                                                         \
+        hi##j = _mm512_fmadd_ps(b, kv, hi##j);                                                                         \
     }
-#define SCORE_STORE(j)                                                                                            \
-    if (k + (j) < kb) {                                                                                           \
-        _mm512_storeu_ps(st + (size_t)(k0 + k + (j)) * ROWS, _mm512_mul_ps(lo##j, vscale));                       \
-        _mm512_storeu_ps(st + (size_t)(k0 + k + (j)) * ROWS + 16, _mm512_mul_ps(hi##j, vscale));                  \
+#define SCORE_STORE(j)                                                                                                 \
+    if (k + (j) < kb) {                                                                                                \
+        _mm512_storeu_ps(st + (size_t)(k0 + k + (j)) * ROWS, _mm512_mul_ps(lo##j, vscale));                            \
+        _mm512_storeu_ps(st + (size_t)(k0 + k + (j)) * ROWS + 16, _mm512_mul_ps(hi##j, vscale));                       \
     }
 #define EACH8(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7)
 #define ZERO2(j) __m512 lo##j = _mm512_setzero_ps(), hi##j = lo##j;
@@ -697,7 +718,8 @@ static void attend_tokens(float *out, const float *q, int q_stride, const uint16
             int t = t0 + r / group, h = r % group;
             row_out[r] = r < rows ? out + (size_t)t * q_stride + (size_t)h * head_dim : pad;
             limit[r] = r < rows ? n_keys0 + t + 1 : n_keys;
-            for (int d = 0; d < head_dim; d++) qt[d * ROWS + r] = r < rows ? q[(size_t)t * q_stride + (size_t)h * head_dim + d] : 0.0f;
+            for (int d = 0; d < head_dim; d++)
+                qt[d * ROWS + r] = r < rows ? q[(size_t)t * q_stride + (size_t)h * head_dim + d] : 0.0f;
         }
         /* scores: st[k][r] */
         for (int k0 = 0; k0 < n_keys; k0 += KB) {
@@ -735,7 +757,8 @@ static void attend_tokens(float *out, const float *q, int q_stride, const uint16
         for (k = 0; k < n_keys; k++) {
             __m512i kv = _mm512_set1_epi32(k);
             float *s0 = st + (size_t)k * ROWS;
-            __m512 e0 = _mm512_maskz_mov_ps(_mm512_cmplt_epi32_mask(kv, lim0), exp512(_mm512_sub_ps(_mm512_loadu_ps(s0), m0)));
+            __m512 e0 =
+                _mm512_maskz_mov_ps(_mm512_cmplt_epi32_mask(kv, lim0), exp512(_mm512_sub_ps(_mm512_loadu_ps(s0), m0)));
             __m512 e1 = _mm512_maskz_mov_ps(_mm512_cmplt_epi32_mask(kv, lim1),
                                             exp512(_mm512_sub_ps(_mm512_loadu_ps(s0 + 16), m1)));
             _mm512_storeu_ps(s0, e0);
@@ -810,7 +833,8 @@ static void rmsnorm(float *out, const float *x, const float *weight, int n, floa
     float inv = 1.0f / sqrtf(ss / (float)n + eps);
     __m512 vinv = _mm512_set1_ps(inv);
     for (i = 0; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_loadu_ps(weight + i), _mm512_mul_ps(_mm512_loadu_ps(x + i), vinv)));
+        _mm512_storeu_ps(out + i,
+                         _mm512_mul_ps(_mm512_loadu_ps(weight + i), _mm512_mul_ps(_mm512_loadu_ps(x + i), vinv)));
     for (; i < n; i++) out[i] = weight[i] * (x[i] * inv);
 }
 

@@ -106,6 +106,12 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
                          kv_stride, n_keys, head_dim, scores);
 }
 
+/* The definition of prefill: the tokens one after another. */
+static void attend_tokens(float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
+                          int n_q, int n_keys0, int head_dim, int group, float *scratch) {
+    trit_attend_each_token(attend, out, q, q_stride, keys, values, n_q, n_keys0, head_dim, group, scratch);
+}
+
 static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) {
     for (int i = 0; i < n; i++) out[i] = add ? out[i] + (float)acc[i] * f : (float)acc[i] * f;
 }
@@ -135,7 +141,7 @@ const trit_kernel trit_kernel_scalar = {
     .q4_matmul = q4_matmul,
     .quantize = quantize,
     .attend = attend,
-    .attend_tokens = NULL, /* token by token: the definition */
+    .attend_tokens = attend_tokens,
     .scale_sums = scale_sums,
     .relu2_sums = relu2_sums,
     .rmsnorm = trit_rmsnorm,

@@ -1,6 +1,6 @@
 /* NEON kernel for AArch64 with the dot-product extension (SDOT: sixteen signed byte products summed into four int32
  * lanes per instruction) and FP16: Apple M-series, Graviton 2 and later, Cortex-A76 / Neoverse N1 and later.
- * Compiled with -march=armv8.2-a+dotprod+fp16; called only when the CPU has both (cpu.c). */
+ * Compiled with -march=armv8.2-a+dotprod+fp16; called only when the CPU has both (cpu.c asks it). */
 #if defined(__aarch64__)
 #include <arm_neon.h>
 #include <math.h>
@@ -28,50 +28,50 @@ static inline uint8x16_t load_u8_tail(const uint8_t *p, int n) {
  * before the lanes are added. Row 3 is the top two bits, one shift. So 64 weights cost one load and four
  * instructions to decode, then one SDOT per row and token. One packed byte holds four rows at the same column: one
  * activation load serves four SDOT, and a tile of up to 4 tokens reuses each decoded weight vector (prefill). */
-#define TQ2_DECODE(b)                                                                                             \
-    const int8x16_t c0 = vreinterpretq_s8_u8(vandq_u8(b, m0)), c1 = vreinterpretq_s8_u8(vandq_u8(b, m1)),         \
+#define TQ2_DECODE(b)                                                                                                  \
+    const int8x16_t c0 = vreinterpretq_s8_u8(vandq_u8(b, m0)), c1 = vreinterpretq_s8_u8(vandq_u8(b, m1)),              \
                     c2 = vreinterpretq_s8_u8(vandq_u8(b, m2)), c3 = vreinterpretq_s8_u8(vshrq_n_u8(b, 6))
 #define TQ2_MASKS const uint8x16_t m0 = vdupq_n_u8(0x03), m1 = vdupq_n_u8(0x0C), m2 = vdupq_n_u8(0x30)
 
 #define ACC_DECL(i) int32x4_t a0_##i = vdupq_n_s32(0), a1_##i = a0_##i, a2_##i = a0_##i, a3_##i = a0_##i;
-#define ACC_STEP(i, load)                                                                                         \
-    {                                                                                                             \
-        const int8x16_t xv = load;                                                                                \
-        a0_##i = vdotq_s32(a0_##i, c0, xv);                                                                       \
-        a1_##i = vdotq_s32(a1_##i, c1, xv);                                                                       \
-        a2_##i = vdotq_s32(a2_##i, c2, xv);                                                                       \
-        a3_##i = vdotq_s32(a3_##i, c3, xv);                                                                       \
+#define ACC_STEP(i, load)                                                                                              \
+    {                                                                                                                  \
+        const int8x16_t xv = load;                                                                                     \
+        a0_##i = vdotq_s32(a0_##i, c0, xv);                                                                            \
+        a1_##i = vdotq_s32(a1_##i, c1, xv);                                                                            \
+        a2_##i = vdotq_s32(a2_##i, c2, xv);                                                                            \
+        a3_##i = vdotq_s32(a3_##i, c3, xv);                                                                            \
     }
-#define ACC_FULL(i) ACC_STEP(i, vld1q_s8(x + (size_t)(i) * cols + c))
-#define ACC_TAIL(i) ACC_STEP(i, load_s8_tail(x + (size_t)(i) * cols + c, cols - c))
-#define ACC_STORE(i)                                                                                              \
-    {                                                                                                             \
-        int32_t *o = out + (size_t)(t0 + i) * rows + pr, s = xsum[t0 + i];                                        \
-        o[0] = vaddvq_s32(a0_##i) - s;                                                                            \
-        o[quarter] = vaddvq_s32(vshrq_n_s32(a1_##i, 2)) - s;                                                      \
-        o[2 * quarter] = vaddvq_s32(vshrq_n_s32(a2_##i, 4)) - s;                                                  \
-        o[3 * quarter] = vaddvq_s32(a3_##i) - s;                                                                  \
+#define ACC_FULL(i) ACC_STEP(i, vld1q_s8(x + (size_t)cols * (i) + c))
+#define ACC_TAIL(i) ACC_STEP(i, load_s8_tail(x + (size_t)cols * (i) + c, cols - c))
+#define ACC_STORE(i)                                                                                                   \
+    {                                                                                                                  \
+        int32_t *o = out + (size_t)(t0 + i) * rows + pr, s = xsum[t0 + i];                                             \
+        o[0] = vaddvq_s32(a0_##i) - s;                                                                                 \
+        o[quarter] = vaddvq_s32(vshrq_n_s32(a1_##i, 2)) - s;                                                           \
+        o[2 * quarter] = vaddvq_s32(vshrq_n_s32(a2_##i, 4)) - s;                                                       \
+        o[3 * quarter] = vaddvq_s32(a3_##i) - s;                                                                       \
     }
 
-#define DEFINE_TILE(NAME, EACH)                                                                                   \
-    static void NAME(int32_t *out, const uint8_t *row, int rows, int cols, const int8_t *xq, const int32_t *xsum, \
-                     int t0, int pr) {                                                                            \
-        TQ2_MASKS;                                                                                                \
-        const int quarter = rows / 4, full = cols & ~15;                                                          \
-        const int8_t *x = xq + (size_t)t0 * cols;                                                                 \
-        EACH(ACC_DECL)                                                                                            \
-        int c = 0;                                                                                                \
-        for (; c < full; c += 16) {                                                                               \
-            const uint8x16_t b = vld1q_u8(row + c);                                                               \
-            TQ2_DECODE(b);                                                                                        \
-            EACH(ACC_FULL)                                                                                        \
-        }                                                                                                         \
-        if (c < cols) {                                                                                           \
-            const uint8x16_t b = load_u8_tail(row + c, cols - c);                                                 \
-            TQ2_DECODE(b);                                                                                        \
-            EACH(ACC_TAIL)                                                                                        \
-        }                                                                                                         \
-        EACH(ACC_STORE)                                                                                           \
+#define DEFINE_TILE(NAME, EACH)                                                                                        \
+    static void NAME(int32_t *out, const uint8_t *row, int rows, int cols, const int8_t *xq, const int32_t *xsum,      \
+                     int t0, int pr) {                                                                                 \
+        TQ2_MASKS;                                                                                                     \
+        const int quarter = rows / 4, full = cols & ~15;                                                               \
+        const int8_t *x = xq + (size_t)t0 * cols;                                                                      \
+        EACH(ACC_DECL)                                                                                                 \
+        int c = 0;                                                                                                     \
+        for (; c < full; c += 16) {                                                                                    \
+            const uint8x16_t b = vld1q_u8(row + c);                                                                    \
+            TQ2_DECODE(b);                                                                                             \
+            EACH(ACC_FULL)                                                                                             \
+        }                                                                                                              \
+        if (c < cols) {                                                                                                \
+            const uint8x16_t b = load_u8_tail(row + c, cols - c);                                                      \
+            TQ2_DECODE(b);                                                                                             \
+            EACH(ACC_TAIL)                                                                                             \
+        }                                                                                                              \
+        EACH(ACC_STORE)                                                                                                \
     }
 
 #define EACH2(F) F(0) F(1)
@@ -293,19 +293,19 @@ static void q4_matmul_float(float *out, int out_stride, const uint8_t *w, const 
 }
 
 /* One 64-column group: the int32 lanes 256 * A + B of its two blocks. */
-#define Q4_GROUP(g, lo_out, hi_out)                                                                               \
-    {                                                                                                             \
-        const uint8x16_t y0 = veorq_u8(vld1q_u8(row + (g) * 32), flip);                                           \
-        const uint8x16_t y1 = veorq_u8(vld1q_u8(row + (g) * 32 + 16), flip);                                      \
-        const int8x16_t l0 = vreinterpretq_s8_u8(vshlq_n_u8(y0, 4)), l1 = vreinterpretq_s8_u8(vshlq_n_u8(y1, 4)); \
-        const int8x16_t h0 = vreinterpretq_s8_u8(vandq_u8(y0, high)), h1 = vreinterpretq_s8_u8(vandq_u8(y1, high)); \
-        const int8_t *ag = a + (g) * TRIT_Q4_GROUP, *bg = b + (g) * TRIT_Q4_GROUP;                                \
-        int32x4_t la = vdotq_s32(vdotq_s32(zero, l0, vld1q_s8(ag)), l1, vld1q_s8(ag + 16));                       \
-        int32x4_t lb = vdotq_s32(vdotq_s32(zero, l0, vld1q_s8(bg)), l1, vld1q_s8(bg + 16));                       \
-        int32x4_t ha = vdotq_s32(vdotq_s32(zero, h0, vld1q_s8(ag + 32)), h1, vld1q_s8(ag + 48));                  \
-        int32x4_t hb = vdotq_s32(vdotq_s32(zero, h0, vld1q_s8(bg + 32)), h1, vld1q_s8(bg + 48));                  \
-        lo_out = vcvtq_f32_s32(vmlaq_n_s32(lb, la, 256));                                                         \
-        hi_out = vcvtq_f32_s32(vmlaq_n_s32(hb, ha, 256));                                                         \
+#define Q4_GROUP(g, lo_out, hi_out)                                                                                    \
+    {                                                                                                                  \
+        const uint8x16_t y0 = veorq_u8(vld1q_u8(row + (g)*32), flip);                                                  \
+        const uint8x16_t y1 = veorq_u8(vld1q_u8(row + (g)*32 + 16), flip);                                             \
+        const int8x16_t l0 = vreinterpretq_s8_u8(vshlq_n_u8(y0, 4)), l1 = vreinterpretq_s8_u8(vshlq_n_u8(y1, 4));      \
+        const int8x16_t h0 = vreinterpretq_s8_u8(vandq_u8(y0, high)), h1 = vreinterpretq_s8_u8(vandq_u8(y1, high));    \
+        const int8_t *ag = a + (g)*TRIT_Q4_GROUP, *bg = b + (g)*TRIT_Q4_GROUP;                                         \
+        int32x4_t la = vdotq_s32(vdotq_s32(zero, l0, vld1q_s8(ag)), l1, vld1q_s8(ag + 16));                            \
+        int32x4_t lb = vdotq_s32(vdotq_s32(zero, l0, vld1q_s8(bg)), l1, vld1q_s8(bg + 16));                            \
+        int32x4_t ha = vdotq_s32(vdotq_s32(zero, h0, vld1q_s8(ag + 32)), h1, vld1q_s8(ag + 48));                       \
+        int32x4_t hb = vdotq_s32(vdotq_s32(zero, h0, vld1q_s8(bg + 32)), h1, vld1q_s8(bg + 48));                       \
+        lo_out = vcvtq_f32_s32(vmlaq_n_s32(lb, la, 256));                                                              \
+        hi_out = vcvtq_f32_s32(vmlaq_n_s32(hb, ha, 256));                                                              \
     }
 
 static void q4_matmul(float *out, int out_stride, const uint8_t *w, const uint16_t *scales, int cols, const float *x,
@@ -412,6 +412,12 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
                          kv_stride, n_keys, head_dim, scores);
 }
 
+/* Prefill: this kernel's attend for one token after another, so a batch gives the floats of single tokens. */
+static void attend_tokens(float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
+                          int n_q, int n_keys0, int head_dim, int group, float *scratch) {
+    trit_attend_each_token(attend, out, q, q_stride, keys, values, n_q, n_keys0, head_dim, group, scratch);
+}
+
 static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) {
     int i = 0;
     for (; i + 4 <= n; i += 4) {
@@ -469,7 +475,7 @@ const trit_kernel trit_kernel_neon = {
     .q4_matmul = q4_matmul,
     .quantize = quantize,
     .attend = attend,
-    .attend_tokens = NULL,
+    .attend_tokens = attend_tokens,
     .scale_sums = scale_sums,
     .relu2_sums = relu2_sums,
     .rmsnorm = rmsnorm,

@@ -44,11 +44,13 @@ static inline __attribute__((always_inline)) void tile(int32_t *out, const uint8
                                _mm256_and_si256(_mm256_srli_epi16(b, 6), mask)};
             for (int i = 0; i < nt; i++) {
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)(t0 + i) * cols + c));
-                for (int j = 0; j < 4; j++) acc16[j][i] = _mm256_add_epi16(acc16[j][i], _mm256_maddubs_epi16(code[j], xv));
+                for (int j = 0; j < 4; j++)
+                    acc16[j][i] = _mm256_add_epi16(acc16[j][i], _mm256_maddubs_epi16(code[j], xv));
             }
         }
         for (int j = 0; j < 4; j++)
-            for (int i = 0; i < nt; i++) acc[j][i] = _mm256_add_epi32(acc[j][i], _mm256_madd_epi16(acc16[j][i], ones16));
+            for (int i = 0; i < nt; i++)
+                acc[j][i] = _mm256_add_epi32(acc[j][i], _mm256_madd_epi16(acc16[j][i], ones16));
     }
     for (int i = 0; i < nt; i++) {
         const int8_t *x = xq + (size_t)(t0 + i) * cols;
@@ -126,40 +128,40 @@ static inline __attribute__((always_inline)) void add16_into(__m256i *acc, __m25
  * every 32 steps (at most 32 * 512 in int16, as in the tile above). The first slab writes sum - xsum, later slabs
  * add. */
 #define LT_DECL(i) __m256i a0##i = _mm256_setzero_si256(), a1##i = a0##i, w0##i = a0##i, w1##i = a0##i;
-#define LT_STEP(i)                                                                                                \
-    {                                                                                                             \
-        __m256i xb = _mm256_set1_epi32(((const int32_t *)(x + (size_t)(i) * cols))[c]);                          \
-        add16_into(&a0##i, _mm256_maddubs_epi16(v0, xb));                                                         \
-        add16_into(&a1##i, _mm256_maddubs_epi16(v1, xb));                                                         \
+#define LT_STEP(i)                                                                                                     \
+    {                                                                                                                  \
+        __m256i xb = _mm256_set1_epi32(((const int32_t *)(x + (size_t)cols * (i)))[c]);                                \
+        add16_into(&a0##i, _mm256_maddubs_epi16(v0, xb));                                                              \
+        add16_into(&a1##i, _mm256_maddubs_epi16(v1, xb));                                                              \
     }
-#define LT_WIDEN(i)                                                                                               \
-    w0##i = _mm256_add_epi32(w0##i, _mm256_madd_epi16(a0##i, ones16)), a0##i = _mm256_setzero_si256();           \
+#define LT_WIDEN(i)                                                                                                    \
+    w0##i = _mm256_add_epi32(w0##i, _mm256_madd_epi16(a0##i, ones16)), a0##i = _mm256_setzero_si256();                 \
     w1##i = _mm256_add_epi32(w1##i, _mm256_madd_epi16(a1##i, ones16)), a1##i = _mm256_setzero_si256();
-#define LT_STORE_ONE(w, q, i)                                                                                     \
-    {                                                                                                             \
-        int *o = (int *)out + (size_t)(t0 + (i)) * rows + pr + (q) * (rows / 4);                                 \
-        __m256i v = first ? _mm256_sub_epi32(w, _mm256_set1_epi32(xsum[t0 + (i)]))                                \
-                          : _mm256_add_epi32(w, _mm256_maskload_epi32(o, live));                                  \
-        _mm256_maskstore_epi32(o, live, v);                                                                       \
+#define LT_STORE_ONE(w, q, i)                                                                                          \
+    {                                                                                                                  \
+        int *o = (int *)out + (size_t)(t0 + (i)) * rows + pr + (q) * (rows / 4);                                       \
+        __m256i v = first ? _mm256_sub_epi32(w, _mm256_set1_epi32(xsum[t0 + (i)]))                                     \
+                          : _mm256_add_epi32(w, _mm256_maskload_epi32(o, live));                                       \
+        _mm256_maskstore_epi32(o, live, v);                                                                            \
     }
 #define LT_STORE(i) LT_STORE_ONE(w0##i, q0, i) LT_STORE_ONE(w1##i, q0 + 1, i)
-#define DEFINE_LANE_TILE(NAME, EACH)                                                                              \
-    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *codes, int rows, int cols, int c0,    \
-                                               int n4, const int8_t *xq, const int32_t *xsum, int t0, int q0,     \
-                                               int pr, int n_rows, int first) {                                   \
-        const __m256i ones16 = _mm256_set1_epi16(1), live = lanes_mask(n_rows);                                  \
-        const int8_t *x = xq + (size_t)t0 * cols + c0;                                                            \
-        EACH(LT_DECL)                                                                                             \
-        for (int s0 = 0; s0 < n4; s0 += 32) {                                                                     \
-            int s1 = s0 + 32 < n4 ? s0 + 32 : n4;                                                                 \
-            for (int c = s0; c < s1; c++) {                                                                       \
-                const __m256i *w = (const __m256i *)(codes + (size_t)c * 4 * 32) + q0;                           \
-                __m256i v0 = _mm256_load_si256(w), v1 = _mm256_load_si256(w + 1);                                 \
-                EACH(LT_STEP)                                                                                     \
-            }                                                                                                     \
-            EACH(LT_WIDEN)                                                                                        \
-        }                                                                                                         \
-        EACH(LT_STORE)                                                                                            \
+#define DEFINE_LANE_TILE(NAME, EACH)                                                                                   \
+    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *codes, int rows, int cols, int c0, int n4, \
+                                               const int8_t *xq, const int32_t *xsum, int t0, int q0, int pr,          \
+                                               int n_rows, int first) {                                                \
+        const __m256i ones16 = _mm256_set1_epi16(1), live = lanes_mask(n_rows);                                        \
+        const int8_t *x = xq + (size_t)t0 * cols + c0;                                                                 \
+        EACH(LT_DECL)                                                                                                  \
+        for (int s0 = 0; s0 < n4; s0 += 32) {                                                                          \
+            int s1 = s0 + 32 < n4 ? s0 + 32 : n4;                                                                      \
+            for (int c = s0; c < s1; c++) {                                                                            \
+                const __m256i *w = (const __m256i *)(codes + (size_t)c * 4 * 32) + q0;                                 \
+                __m256i v0 = _mm256_load_si256(w), v1 = _mm256_load_si256(w + 1);                                      \
+                EACH(LT_STEP)                                                                                          \
+            }                                                                                                          \
+            EACH(LT_WIDEN)                                                                                             \
+        }                                                                                                              \
+        EACH(LT_STORE)                                                                                                 \
     }
 #define EACH1(F) F(0)
 #define EACH2(F) F(0) F(1)
@@ -252,7 +254,6 @@ static void q8_matmul(float *out, int out_stride, const int8_t *w, const float *
     }
 }
 
-
 /* The activations split into int8 a and b (x ~ (256 a + b) * s2, trit_q4_split_x); unsigned nibbles times each by
  * maddubs (at most 2 * 15 * 128 per pair), widened by madd with 256 and 1, so a group of 64 weights costs about 20
  * instructions and no int8 -> float conversions. The nibbles' offset of 8 is subtracted per block at the end. */
@@ -286,12 +287,17 @@ static void q4_matmul(float *out, int out_stride, const uint8_t *w, const uint16
                     __m256i lo = _mm256_and_si256(q, low4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
                     __m256i s_lo = _mm256_add_epi32(
                         _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_load_si256((const __m256i *)(a + c))), by256),
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_load_si256((const __m256i *)(b + c))), ones16));
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_load_si256((const __m256i *)(b + c))),
+                                          ones16));
                     __m256i s_hi = _mm256_add_epi32(
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_load_si256((const __m256i *)(a + c + 32))), by256),
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_load_si256((const __m256i *)(b + c + 32))), ones16));
-                    acc_lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_lo), _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(2 * g)), acc_lo);
-                    acc_hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_hi), _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(2 * g + 1)), acc_hi);
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_load_si256((const __m256i *)(a + c + 32))),
+                                          by256),
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_load_si256((const __m256i *)(b + c + 32))),
+                                          ones16));
+                    acc_lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_lo),
+                                             _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(2 * g)), acc_lo);
+                    acc_hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_hi),
+                                             _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(2 * g + 1)), acc_hi);
                 }
             }
             out[(size_t)t * out_stride + r] = s2 * (hsum_f32(_mm256_add_ps(acc_lo, acc_hi)) - hsum_f32(offset));
@@ -320,7 +326,8 @@ static float quantize(int8_t *xq, int32_t *sum, const float *x, int n) {
         __m256i q2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 16), vs));
         __m256i q3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 24), vs));
         __m256i w01 = _mm256_packs_epi32(q0, q1), w23 = _mm256_packs_epi32(q2, q3);
-        __m256i b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        __m256i b =
+            _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)(xq + i), b);
         total = _mm256_add_epi32(total, _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3)));
     }
@@ -334,11 +341,11 @@ static float quantize(int8_t *xq, int32_t *sum, const float *x, int n) {
     return s;
 }
 
-
 /* e^x for x <= 0: x = n ln2 + r, a degree-6 polynomial for e^r, times 2^n built in the exponent bits. */
 static inline __m256 exp256(__m256 x) {
     x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 n =
+        _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
     __m256 p = _mm256_set1_ps(1.0f / 720);
@@ -375,8 +382,10 @@ static inline __attribute__((always_inline)) void pv_rows2(float *o0, float *o1,
         b0 = _mm256_fmadd_ps(p, v0, b0), b1 = _mm256_fmadd_ps(p, v1, b1);
         b2 = _mm256_fmadd_ps(p, v2, b2), b3 = _mm256_fmadd_ps(p, v3, b3);
     }
-    _mm256_storeu_ps(o0, a0), _mm256_storeu_ps(o0 + 8, a1), _mm256_storeu_ps(o0 + 16, a2), _mm256_storeu_ps(o0 + 24, a3);
-    _mm256_storeu_ps(o1, b0), _mm256_storeu_ps(o1 + 8, b1), _mm256_storeu_ps(o1 + 16, b2), _mm256_storeu_ps(o1 + 24, b3);
+    _mm256_storeu_ps(o0, a0), _mm256_storeu_ps(o0 + 8, a1);
+    _mm256_storeu_ps(o0 + 16, a2), _mm256_storeu_ps(o0 + 24, a3);
+    _mm256_storeu_ps(o1, b0), _mm256_storeu_ps(o1 + 8, b1);
+    _mm256_storeu_ps(o1 + 16, b2), _mm256_storeu_ps(o1 + 24, b3);
 }
 
 /* As in the AVX-512 kernel: the heads of a group share every key and value read; 16 registers allow 2 heads of a
@@ -461,6 +470,12 @@ static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
     for (; i < n; i++) y[i] += alpha * trit_f16_to_f32(x[i]);
 }
 
+/* Prefill: this kernel's attend for one token after another, so a batch gives the floats of single tokens. */
+static void attend_tokens(float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
+                          int n_q, int n_keys0, int head_dim, int group, float *scratch) {
+    trit_attend_each_token(attend, out, q, q_stride, keys, values, n_q, n_keys0, head_dim, group, scratch);
+}
+
 static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) {
     __m256 vf = _mm256_set1_ps(f);
     int i = 0;
@@ -496,7 +511,8 @@ static void rmsnorm(float *out, const float *x, const float *weight, int n, floa
     float inv = 1.0f / sqrtf(ss / (float)n + eps);
     __m256 vinv = _mm256_set1_ps(inv);
     for (i = 0; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(weight + i), _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv)));
+        _mm256_storeu_ps(out + i,
+                         _mm256_mul_ps(_mm256_loadu_ps(weight + i), _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv)));
     for (; i < n; i++) out[i] = weight[i] * (x[i] * inv);
 }
 
@@ -518,7 +534,7 @@ const trit_kernel trit_kernel_avx2 = {
     .q4_matmul = q4_matmul,
     .quantize = quantize,
     .attend = attend,
-    .attend_tokens = NULL,
+    .attend_tokens = attend_tokens,
     .scale_sums = scale_sums,
     .relu2_sums = relu2_sums,
     .rmsnorm = rmsnorm,
