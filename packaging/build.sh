@@ -11,30 +11,35 @@ cd "$root"
 python=${PYTHON:-python3}
 work=$root/build/packaging
 venv=$work/venv
+# Windows (Git Bash or MSYS2, untested): a venv keeps its programs in Scripts/ and they end in .exe.
+case "${OSTYPE:-}" in
+    msys* | cygwin* | win32*) venv_python=$venv/Scripts/python.exe ;;
+    *) venv_python=$venv/bin/python ;;
+esac
 start=$(date +%s)
 
-if [[ ! -x $venv/bin/python ]]; then
+if [[ ! -x $venv_python ]]; then
     "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv_python" -m pip install --quiet --upgrade pip
 # Not editable: the binary is made from what `pip install .` installs, native library included.
-"$venv/bin/python" -m pip install --quiet -r packaging/requirements.txt "$root"
+"$venv_python" -m pip install --quiet -r packaging/requirements.txt "$root"
 installed=$(date +%s)
 
 rm -rf dist/trit dist/trit-*
 # From outside the checkout, so that the analysis sees the installed packages, not the source folders.
-(cd "$work" && "$venv/bin/pyinstaller" --noconfirm --log-level WARN \
+(cd "$work" && "$venv_python" -m PyInstaller --noconfirm --log-level WARN \
     --distpath "$root/dist" --workpath "$work/pyinstaller" "$root/packaging/trit.spec")
 done_at=$(date +%s)
 
 onefile=$(ls dist/trit-* | head -n1)
 echo
 echo "built in $((done_at - start)) s (install $((installed - start)) s, PyInstaller $((done_at - installed)) s):"
-echo "  one folder  dist/trit/trit   $(du -sh dist/trit | cut -f1) in $(find dist/trit -type f | wc -l) files"
+echo "  one folder  dist/trit/   $(du -sh dist/trit | cut -f1) in $(find dist/trit -type f | wc -l) files"
 echo "  one file    $onefile   $(du -h "$onefile" | cut -f1)"
 if command -v objdump >/dev/null; then  # the newest glibc symbol any file of the bundle asks for
     glibc=$(find dist/trit -type f \( -name '*.so*' -o -name trit \) -exec objdump -T {} + 2>/dev/null |
         grep -o 'GLIBC_2\.[0-9.]*' | sort -V | tail -n1)
     echo "  runs on Linux with glibc >= ${glibc#GLIBC_} (this machine's: $(ldd --version | head -n1 | awk '{print $NF}'))"
 fi
-echo "smoke test:  $venv/bin/python packaging/smoke_test.py"
+echo "smoke test:  $venv_python packaging/smoke_test.py"

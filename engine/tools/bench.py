@@ -9,7 +9,6 @@ Token ids are random: speed does not depend on them.
 
 from __future__ import annotations
 
-import resource
 import statistics
 import sys
 import time
@@ -66,6 +65,12 @@ def peak_rss_mb() -> float:
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    try:
+        import resource  # Unix only
+    except ImportError:  # Windows: the peak working set
+        import psutil
+
+        return getattr(psutil.Process().memory_info(), "peak_wset", 0) / (1 << 20)
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 / 1024 if sys.platform == "darwin" else kb / 1024  # macOS reports bytes
 

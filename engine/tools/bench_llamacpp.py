@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from trit.engine.backends.llamacpp.library import INSTALL_HINT, LlamaCppError, LlamaCppMissing
+from trit.engine.tools.bench import peak_rss_mb
 
 QTYPES = ("tq2_0", "tq1_0")
 MIN_CTX = 640
@@ -73,11 +73,6 @@ def require(folder: str | os.PathLike | None = None) -> None:
         gguf_export.check_shape(Checkpoint(folder))
 
 
-def _peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 / 1024 if sys.platform == "darwin" else kb / 1024
-
-
 def _child(spec: dict) -> dict:
     """Runs in the child process: load the GGUF, warm up, measure. Only llama_cpp and numpy are used."""
     import llama_cpp
@@ -124,7 +119,7 @@ def _child(spec: dict) -> dict:
         load_to_first_logits_s=first,
         pp_tok_s=statistics.median(pp_runs) if pp_runs else 0.0,
         tg_tok_s=statistics.median(tg_runs) if tg_runs else 0.0,
-        pp_runs=pp_runs, tg_runs=tg_runs, peak_rss_mb=_peak_rss_mb(), logits_finite=finite,
+        pp_runs=pp_runs, tg_runs=tg_runs, peak_rss_mb=peak_rss_mb(), logits_finite=finite,
         system_info=(info.decode() if isinstance(info, bytes) else str(info)).strip(),
     )
 
