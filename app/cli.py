@@ -118,7 +118,8 @@ class CtrlC:
 @click.option("--seed", type=int, help="Same seed, same model, same prompt: same answer.")
 @click.option("-c", "--continue", "continue_last", is_flag=True, help="Continue the most recent conversation.")
 @click.option("--cid", type=int, metavar="ID", help="Continue conversation ID (see `trit history list`).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the shape `trit history show --json` uses).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (the shape `trit history show --json` uses).")
 @click.option("--no-log", is_flag=True, help="Keep nothing: the question and answer are not written to history.")
 @click.option("--threads", "-t", type=click.IntRange(min=1), help="Threads (default: every core).")
 @friendly_errors
@@ -301,12 +302,14 @@ def synthetic_folder(preset: str, seed: int) -> Path:
 
 @cli.command()
 @click.argument("model", required=False, type=click.Path(path_type=Path))
-@click.option("--synthetic", "preset", metavar="PRESET", help="Benchmark a random model of this shape: tiny, small, 2b4t.")
+@click.option("--synthetic", "preset", metavar="PRESET",
+              help="Benchmark a random model of this shape: tiny, small, 2b4t.")
 @click.option("--threads", "-t", type=click.IntRange(min=1), help="Threads (default: every core).")
 @click.option("--head", type=click.Choice(["bf16", "q8", "q4"]), default="q4", show_default=True,
               help="Output head: the exact bf16 embedding, or an 8- or 4.5-bit copy derived once (best logits exact).")
 @click.option("--ternary", type=click.Choice(["auto", "tq2", "t5"]), default="auto", show_default=True,
-              help="Ternary weights: the checkpoint's 2-bit packing, a derived 1.6-bit copy, or what the CPU runs best.")
+              help="Ternary weights: the checkpoint's 2-bit packing, a derived 1.6-bit copy, or what the CPU runs "
+                   "best.")
 @click.option("--pp", "n_prompt", default=512, show_default=True, type=click.IntRange(min=0), help="Prompt tokens.")
 @click.option("--tg", "n_gen", default=128, show_default=True, type=click.IntRange(min=0), help="Generated tokens.")
 @click.option("--ctx", "long_context", default=0, type=click.IntRange(min=0),
@@ -316,7 +319,8 @@ def synthetic_folder(preset: str, seed: int) -> Path:
 @click.option("--conversation", is_flag=True,
               help="Instead: time to first token of each turn of a 5-turn conversation of ~3000 tokens.")
 @click.option("--vs", "versus", type=click.Choice(["llama.cpp"]),
-              help="Then run llama.cpp (llama-cpp-python) on the same weights as GGUF TQ2_0 and TQ1_0; print the ratios.")
+              help="Then run llama.cpp (llama-cpp-python) on the same weights as GGUF TQ2_0 and TQ1_0; print the "
+                   "ratios.")
 @friendly_errors
 def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, repetitions, as_json,
           conversation=False, versus=None) -> None:
@@ -361,8 +365,8 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
         click.echo(f"pp{n_prompt:<6} {r.pp_tok_s:8.1f} tok/s   (runs: {runs(r.pp_runs)})")
     if n_gen:
         click.echo(f"tg{n_gen:<6} {r.tg_tok_s:8.1f} tok/s   (runs: {runs(r.tg_runs)})")
-        click.echo(f"bus      {r.bytes_per_token_mb:.0f} MB read per token; read bandwidth {r.read_bandwidth_gbs:.1f} GB/s;"
-                   f" {r.bus_share:.0%} of the bus limit reached")
+        click.echo(f"bus      {r.bytes_per_token_mb:.0f} MB read per token; "
+                   f"read bandwidth {r.read_bandwidth_gbs:.1f} GB/s; {r.bus_share:.0%} of the bus limit reached")
     if r.long_context:
         click.echo(f"tg{n_gen} after {r.long_context - n_gen} positions  {r.long_tg_tok_s:.1f} tok/s")
     click.echo(f"load to first logits  {r.load_to_first_logits_s * 1000:.0f} ms")

@@ -4,11 +4,16 @@ kept when the file is written back, so a newer Trit's settings survive an older 
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (Ubuntu 22.04's): the same parser, before it joined the standard library
+    import tomli as tomllib
 
 from .paths import paths
 

@@ -8,10 +8,9 @@ import json
 import os
 import subprocess
 
+import gguf
 import numpy as np
 import pytest
-
-import gguf
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize
 

@@ -16,8 +16,8 @@ import pytest
 
 from trit import engine
 from trit.assets import DEMO_HELDOUT, DEMO_INFO_FILE, DEMO_MODEL, demo_info
-from trit.engine.tools import synthetic
 from trit.engine.runtime.tokenizer import Tokenizer
+from trit.engine.tools import synthetic
 
 WINDOW = 512  # the training script's evaluation window: BOS + 511 text tokens (assets/demo/train.py eval_windows)
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
@@ -119,7 +119,8 @@ def test_tokenizer_agrees_with_transformers(folder):
     expected = theirs.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
     expected = expected["input_ids"] if isinstance(expected, dict) or hasattr(expected, "keys") else expected
     assert ours.encode_chat(chat) == list(expected)
-    assert ours.render_chat(chat) == "<|begin_of_text|>System: Be brief.<|eot_id|>User: Who is Mr. Darcy?<|eot_id|>Assistant: "
+    assert ours.render_chat(chat) == ("<|begin_of_text|>System: Be brief.<|eot_id|>User: Who is Mr. Darcy?<|eot_id|>"
+                                      "Assistant: ")
     assert ours.stop_ids == {ours.vocab_size - 256 + 1, ours.vocab_size - 256 + 9}  # <|end_of_text|>, <|eot_id|>
 
 

@@ -1,5 +1,5 @@
 """GGUF models through llama-cpp-python behind engine.load / model.chat: a tiny random llama GGUF written here, run
-by the real llama.cpp. The conversation logic is engine.runtime.chat's own (tests/test_chat.py); these tests check what the
+by the real llama.cpp. The conversation logic is runtime/chat.py's own (tests/test_chat.py); these tests check what the
 llama.cpp context and tokenizer must get right for it: reuse, logits after reuse, cancelling, overflow, refusals."""
 
 from __future__ import annotations

@@ -184,7 +184,8 @@ def test_pull_of_a_repository_with_one_gguf_installs_just_that_file(server, gguf
     assert [g.range_start for g in server.gets("Tiny-Llama-F32.gguf")] == [None, len(data) // 3]
     assert server.gets("README.md") == [] and server.gets("config.json") == []
     server.requests.clear()
-    assert download.pull("someone/Tiny-GGUF", models, revision=repo.commit) == m  # installed at that commit: no download
+    # installed at that commit: no download
+    assert download.pull("someone/Tiny-GGUF", models, revision=repo.commit) == m
     assert server.gets("Tiny-Llama-F32.gguf") == []
 
 

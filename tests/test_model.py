@@ -17,6 +17,7 @@ import pytest
 from hf_reference import hf_logits, load_hf_model, mean_correlation, top1_agreement
 
 from trit import engine
+
 N_POSITIONS = 80
 
 # (name, config overrides): GQA ratios 1, 3, 4 and head dims 64, 128

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
+from trit.engine.formats.packing import pack_ternary
 from trit.engine.runtime import native
 from trit.engine.tools import reference as ref
-from trit.engine.formats.packing import pack_ternary
 
 RUNNABLE = native.kernels()
 
@@ -26,7 +26,8 @@ def test_scalar_is_always_there_and_dispatch_follows_the_cpu():
     if platform.machine() in ("x86_64", "AMD64") and sys.platform == "linux":
         flags = open("/proc/cpuinfo").read().split()
         has_avx2 = all(f in flags for f in ("avx2", "fma", "f16c"))
-        has_vnni = has_avx2 and all(f in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vbmi"))
+        avx512 = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vbmi")
+        has_vnni = has_avx2 and all(f in flags for f in avx512)
         assert ("avx2" in RUNNABLE) == has_avx2
         assert ("avx512vnni" in RUNNABLE) == has_vnni
     # unless forced, the active kernel is the best one this CPU runs

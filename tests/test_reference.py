@@ -15,9 +15,9 @@ pytest.importorskip("transformers")
 
 from hf_reference import hf_logits, load_hf_model, logit_stats, quiet_eager  # noqa: E402
 
-from trit.engine.tools import reference as R  # noqa: E402
 from trit.engine.formats.checkpoint import Checkpoint  # noqa: E402
 from trit.engine.formats.packing import pack_ternary  # noqa: E402
+from trit.engine.tools import reference as R  # noqa: E402
 
 # importing transformers' BitNet code makes torch define jit script methods, which warn on every import path
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")

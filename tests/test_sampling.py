@@ -1,4 +1,4 @@
-"""trit.engine.runtime.sampling: the token filters against their definitions and against transformers' logits processors,
+"""runtime/sampling.py: the token filters against their definitions and against transformers' logits processors,
 seeded reproducibility, generation_config.json defaults, and stop strings cut across streamed pieces."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from trit.engine.errors import CheckpointError
-from trit.engine.runtime.sampling import SamplingParams, Sampler, StopStrings
+from trit.engine.runtime.sampling import Sampler, SamplingParams, StopStrings
 
 BIG_VOCAB = 128256  # Llama 3's, as BitNet b1.58 2B4T
 

@@ -15,7 +15,14 @@ import pytest
 from sqlite_utils import Database
 
 from trit.app.store import (
-    DEFAULT_FILE, MESSAGE_FIELDS, MIGRATIONS, TITLE_LENGTH, NotFound, Store, StoreError, migrate,
+    DEFAULT_FILE,
+    MESSAGE_FIELDS,
+    MIGRATIONS,
+    TITLE_LENGTH,
+    NotFound,
+    Store,
+    StoreError,
+    migrate,
 )
 
 ALL_STEPS = [name for name, _ in MIGRATIONS]

@@ -1,7 +1,7 @@
 """engine/synthetic.py: random packed models that transformers reads exactly as it reads the published checkpoint.
 
 The packing is checked byte for byte against transformers' own pack/unpack, the written folder against
-engine.formats.checkpoint and transformers' BitNetForCausalLM / AutoTokenizer, and the tokenizer for the Llama 3 id layout
+formats/checkpoint.py and transformers' BitNetForCausalLM / AutoTokenizer, and the tokenizer for the Llama 3 id layout
 and lossless round trips. The 2b4t shape is checked through its config only (writing it takes ~20 s and 1.2 GB).
 """
 
@@ -18,10 +18,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from trit.engine.tools import synthetic as S  # noqa: E402
-from trit.engine.formats.checkpoint import Checkpoint, ModelConfig  # noqa: E402
 from trit.engine.errors import CheckpointError  # noqa: E402
+from trit.engine.formats.checkpoint import Checkpoint, ModelConfig  # noqa: E402
 from trit.engine.formats.packing import pack_ternary, unpack_ternary  # noqa: E402
+from trit.engine.tools import synthetic as S  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

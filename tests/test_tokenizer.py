@@ -1,4 +1,4 @@
-"""trit.engine.runtime.tokenizer against transformers' AutoTokenizer on the same folders: chat rendering and ids, stop ids, BOS,
+"""runtime/tokenizer.py against transformers' AutoTokenizer on the same folders: chat rendering and ids, stop ids, BOS,
 streaming detokenization of multi-byte text, and clear errors for broken files."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import shutil
 
 import pytest
 
-from trit.engine.tools import synthetic
 from trit.engine.errors import CheckpointError, InputError
 from trit.engine.runtime.tokenizer import DEFAULT_CHAT_TEMPLATE, IncrementalDecoder, Tokenizer
+from trit.engine.tools import synthetic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -53,10 +53,10 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from trit.engine.tools import synthetic  # noqa: E402
 from trit.engine.formats.checkpoint import CONFIG_FILE, LAYER_NORMS, PROJECTIONS, WEIGHTS_FILE  # noqa: E402
 from trit.engine.formats.packing import pack_ternary  # noqa: E402
 from trit.engine.formats.safetensors_file import write_safetensors  # noqa: E402
+from trit.engine.tools import synthetic  # noqa: E402
 
 DEB_PACKAGE = "r-cran-janeaustenr"
 DEB_VERSION = "1.0.0-1"
@@ -723,7 +723,7 @@ def main(argv=None) -> None:
         render_chat(c).replace(synthetic.BOS, "").replace(synthetic.EOT, "\n") for c in conversations[:2000]]
     tokenizer = train_tokenizer(tok_corpus, SHAPE["vocab_size"])
     ids = synthetic.special_token_ids(SHAPE["vocab_size"])
-    bos, eot, eos = ids["bos"], ids["eot"], ids["end_of_text"]
+    bos, eos = ids["bos"], ids["end_of_text"]
 
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False).ids

@@ -60,7 +60,8 @@ class ModelConfig:
             fail(f"model_type is {d.get('model_type')!r}, not 'bitnet': this is not a BitNet b1.58 checkpoint")
         q = d.get("quantization_config")
         if not isinstance(q, dict):
-            fail("no quantization_config: this is not a packed BitNet checkpoint (the bf16 master weights are not supported)")
+            fail("no quantization_config: this is not a packed BitNet checkpoint (the bf16 master weights are not "
+                 "supported)")
         if q.get("quant_method") != "bitnet":
             fail(f"quant_method is {q.get('quant_method')!r}; only 'bitnet' is supported")
         if q.get("quantization_mode", "offline") != "offline":
@@ -186,7 +187,8 @@ class Checkpoint:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise CheckpointError(f"{self.folder}: not a folder (a model is a folder with config.json and {WEIGHTS_FILE})")
+            raise CheckpointError(f"{self.folder}: not a folder (a model is a folder with {CONFIG_FILE} and "
+                                  f"{WEIGHTS_FILE})")
         self.config = read_config(self.folder)
         weights_path = self.folder / WEIGHTS_FILE
         if not weights_path.exists() and any(self.folder.glob("model-*-of-*.safetensors")):
@@ -224,7 +226,8 @@ class Checkpoint:
     def scale(self, name: str) -> float:
         value = float(self.f32(name)[0])
         if not (math.isfinite(value) and value != 0.0):
-            raise CheckpointError(f"{self.file.path}: tensor {name} is {value}; a weight scale must be finite and non-zero")
+            raise CheckpointError(f"{self.file.path}: tensor {name} is {value}; a weight scale must be finite and "
+                                  "non-zero")
         return value
 
     def check_ternary_codes(self, name: str) -> None:
@@ -235,8 +238,8 @@ class Checkpoint:
         bad = native.find_invalid_code(packed)
         if bad >= 0:
             row, col = divmod(bad, packed.shape[1])
-            raise CheckpointError(f"{self.file.path}: tensor {name} byte [{row}, {col}] holds the invalid ternary code 3"
-                                  " — the file is corrupt; download or import it again")
+            raise CheckpointError(f"{self.file.path}: tensor {name} byte [{row}, {col}] holds the invalid ternary "
+                                  "code 3 — the file is corrupt; download or import it again")
 
     def packed_names(self) -> list[str]:
         return [f"model.layers.{i}.{p}.weight" for i in range(self.config.num_hidden_layers) for p in PROJECTIONS]

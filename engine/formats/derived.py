@@ -4,8 +4,8 @@ Decoding reads every weight once per token: for the 2B4T, 521 MB of 2-bit ternar
 output head (the tied embedding).
 - Ternary, T5: the same values at 1.6 bits (5 per byte, native/include/trit.h), 417 MB. Lossless.
 - Head, q8: int8 with a float scale per row, 328 MB; q4: an fp16 scale per 32 weights, 4.5 bits a weight, 185 MB.
-  Both are lossy: trit.engine.tools.fidelity measures what they cost (KL divergence and top-1 agreement against the exact head),
-  and "bf16" keeps the exact one.
+  Both are lossy: tools/fidelity.py measures what they cost (KL divergence and top-1 agreement against the exact
+  head), and "bf16" keeps the exact one.
 
 Derived files live beside the model in trit/, stamped with a fingerprint of the checkpoint they came from; a stale
 or damaged file is derived again.

@@ -14,9 +14,9 @@ What llama.cpp (the copy inside llama-cpp-python 0.3.36) expects, read from its 
 - a vocabulary: tokenizer.ggml.model "gpt2" needs tokens and merges.
 
 Here the ternary values are written exactly as Trit applies them: the weight is T x s, with s = weight_scale
-("autobitlinear") or 1 / weight_scale ("bitlinear"). When s is exactly an fp16 number (any bf16
-"autobitlinear" scale within fp16's range is) it is folded into the block scales as llama.cpp's converter does; otherwise the blocks hold T
-itself (block scale 1) and s goes into a float32 `.scale` tensor. Every quantized tensor is dequantized again
+("autobitlinear") or 1 / weight_scale ("bitlinear"). When s is exactly an fp16 number (any bf16 "autobitlinear"
+scale within fp16's range is) it is folded into the block scales as llama.cpp's converter does; otherwise the blocks
+hold T itself (block scale 1) and s goes into a float32 `.scale` tensor. Every quantized tensor is dequantized again
 and compared with T x s before it is written: the file is lossless or not written at all.
 
 Differences from llama.cpp's own converter (conversion/bitnet.py, base.py), which ignores linear_class, always
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from trit.engine.errors import CheckpointError, EngineError
 from trit.engine.formats.checkpoint import PROJECTIONS, Checkpoint
 from trit.engine.formats.derived import DERIVED_DIR, fingerprint
-from trit.engine.errors import CheckpointError, EngineError
 from trit.engine.formats.packing import unpack_codes
 
 ARCH = "bitnet"

@@ -80,7 +80,8 @@ class SafetensorsFile:
         tensors = {}
         for name, entry in header.items():
             try:
-                dtype, shape, (begin, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
+                dtype, (begin, end) = entry["dtype"], entry["data_offsets"]
+                shape = tuple(int(d) for d in entry["shape"])
             except (KeyError, TypeError, ValueError):
                 raise CheckpointError(f"{self.path}: tensor {name}: malformed header entry") from None
             if dtype not in DTYPES:
@@ -88,7 +89,8 @@ class SafetensorsFile:
             want = DTYPES[dtype].itemsize * int(np.prod(shape, dtype=np.int64))
             if not (0 <= begin <= end) or end - begin != want:
                 raise CheckpointError(
-                    f"{self.path}: tensor {name}: {end - begin} bytes of data for {dtype} {list(shape)} ({want} expected)"
+                    f"{self.path}: tensor {name}: {end - begin} bytes of data for {dtype} {list(shape)} "
+                    f"({want} expected)"
                 )
             if data_start + end > size:
                 raise CheckpointError(

@@ -296,7 +296,8 @@ def format_bytes(n: int) -> str:
 def check_space(where: Path, needed: int, what: str) -> None:
     free = _free_space(where)
     if free < needed:
-        raise DiskSpaceError(f"not enough disk space for {what}: {format_bytes(needed)} still to write, {format_bytes(free)} free "
+        raise DiskSpaceError(f"not enough disk space for {what}: {format_bytes(needed)} still to write, "
+                             f"{format_bytes(free)} free "
                              f"in {where} — free some space and run the same command again")
 
 

@@ -8,8 +8,9 @@
 The context keeps the tokens of the previous turn, generated ones included, and the text they spell. The cached
 tokens that spell a prefix of the new prompt's text are kept, and only the rest of the text is tokenized and
 prefilled: tokenizing the whole prompt again would split the reply's first word from "Assistant: " differently and
-lose the reuse. When the cache's text is not known, the longest common token prefix is reused. A cancel is noticed between prefill chunks and between decoded tokens, and
-leaves the cache consistent (it holds exactly the tokens evaluated).
+lose the reuse. When the cache's text is not known, the longest common token prefix is reused. A cancel is noticed
+between prefill chunks and between decoded tokens, and leaves the cache consistent (it holds exactly the tokens
+evaluated).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from trit.engine.kinds import BITNET
 from trit.engine.runtime import native
 from trit.engine.runtime.native import NativeObject, as_token_array
 
-DEFAULT_BATCH = 128  # prefill chunk: how often a long prefill can notice a cancel; bounds scratch memory (22 MB for 2B4T)
+# Prefill chunk: how often a long prefill can notice a cancel; bounds scratch memory (22 MB for 2B4T).
+DEFAULT_BATCH = 128
 # A 4.5-bit head with its 32 best logits per thread recomputed exactly: 185 MB read per token instead of 657 MB for
 # the 2B4T, KL 0.0055 nats from the exact head on a random model (engine/formats/derived.py). "bf16" stays available.
 DEFAULT_HEAD = "q4"
@@ -61,8 +62,10 @@ class Model(NativeObject):
         layers = (native.LayerWeights * cfg.num_hidden_layers)()
         for i in range(cfg.num_hidden_layers):
             p, L = f"model.layers.{i}.", layers[i]
-            L.input_norm, L.post_attn_norm = f32(p + "input_layernorm.weight"), f32(p + "post_attention_layernorm.weight")
-            L.attn_sub_norm, L.ffn_sub_norm = f32(p + "self_attn.attn_sub_norm.weight"), f32(p + "mlp.ffn_sub_norm.weight")
+            L.input_norm = f32(p + "input_layernorm.weight")
+            L.post_attn_norm = f32(p + "post_attention_layernorm.weight")
+            L.attn_sub_norm = f32(p + "self_attn.attn_sub_norm.weight")
+            L.ffn_sub_norm = f32(p + "mlp.ffn_sub_norm.weight")
             for short, full in (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
                                 ("o", "self_attn.o_proj"), ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
                                 ("down", "mlp.down_proj")):

@@ -112,10 +112,12 @@ def lib() -> C.CDLL:
         except OSError as e:
             raise NativeError(f"cannot load the native library {path}: {e} — reinstall Trit (pip install .)") from None
         if loaded.trit_api_version() != API_VERSION:
-            raise NativeError(f"{path} speaks API {loaded.trit_api_version()}, this Python code {API_VERSION}: reinstall Trit")
+            raise NativeError(f"{path} speaks API {loaded.trit_api_version()}, this Python code {API_VERSION}: "
+                              "reinstall Trit")
         forced = os.environ.get("TRIT_KERNEL")
         if forced and loaded.trit_kernel_select(forced.encode()) != 0:
-            raise NativeError(f"TRIT_KERNEL={forced}: {last_error(loaded)}; this CPU runs: {', '.join(kernels(loaded))}")
+            raise NativeError(f"TRIT_KERNEL={forced}: {last_error(loaded)}; this CPU runs: "
+                              f"{', '.join(kernels(loaded))}")
         _lib = loaded
     return _lib
 
@@ -146,10 +148,6 @@ def active_kernel() -> str:
 
 def select_kernel(name: str) -> None:
     check(lib().trit_kernel_select(name.encode()))
-
-
-def version() -> str:
-    return lib().trit_version().decode()
 
 
 def ptr(a: np.ndarray) -> int:

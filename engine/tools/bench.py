@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trit.engine.runtime import native
 from trit.engine.locate import load
+from trit.engine.runtime import native
 from trit.engine.runtime.model import DEFAULT_HEAD
 
 

@@ -1,6 +1,6 @@
-"""llama.cpp on the same weights as Trit, measured the way engine.tools.bench measures Trit: `trit bench --vs llama.cpp`.
+"""llama.cpp on the same weights as Trit, measured the way tools/bench.py measures Trit: `trit bench --vs llama.cpp`.
 
-The checkpoint is converted once to GGUF TQ2_0 and TQ1_0 (engine.formats.gguf_export; cached in the model folder's trit/),
+The checkpoint is converted once to GGUF TQ2_0 and TQ1_0 (formats/gguf_export.py; cached in the model folder's trit/),
 then each file runs in llama-cpp-python (an optional extra: pip install "trit[gguf]") in a child process of its
 own, so that its peak RSS is its own:
 - pp: N random prompt tokens evaluated at once (Llama.eval, n_batch = n_ubatch >= N), logits for the last;
@@ -162,7 +162,7 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def comparison(trit, results: list[LlamaCppResult]) -> dict:
-    """The JSON form: llama.cpp's results and the Trit / llama.cpp ratios (trit is an engine.tools.bench.BenchResult)."""
+    """The JSON form: llama.cpp's results and the Trit / llama.cpp ratios (trit is a tools.bench.BenchResult)."""
     return {
         "warning": SILU_WARNING,
         "results": [r.to_dict() for r in results],

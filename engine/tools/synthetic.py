@@ -23,7 +23,14 @@ from typing import Iterator
 
 import numpy as np
 
-from trit.engine.formats.checkpoint import CONFIG_FILE, LAYER_NORMS, LINEAR_CLASSES, PROJECTIONS, WEIGHTS_FILE, ModelConfig
+from trit.engine.formats.checkpoint import (
+    CONFIG_FILE,
+    LAYER_NORMS,
+    LINEAR_CLASSES,
+    PROJECTIONS,
+    WEIGHTS_FILE,
+    ModelConfig,
+)
 from trit.engine.formats.packing import pack_ternary
 from trit.engine.formats.safetensors_file import write_safetensors
 

@@ -61,7 +61,8 @@ class FirstRunScreen(Screen):
                                               "start."), classes="welcome-text")
                 with Vertical(classes="choice"):
                     yield Button("Download BitNet b1.58 2B4T", id="download", variant="primary")
-                    yield Static(f"1.2 GB from Hugging Face ({download.DEFAULT_REPO}), once. Every file is checked, and an "
+                    yield Static(f"1.2 GB from Hugging Face ({download.DEFAULT_REPO}), once. Every file is checked, "
+                                 "and an "
                                  "interrupted download continues where it stopped. The only time Trit uses the "
                                  "network.", classes="hint")
                 with Vertical(classes="choice"):

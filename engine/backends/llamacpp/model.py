@@ -162,8 +162,8 @@ class GGUFModel(NativeObject):
         return SamplingParams(**values).replace(**overrides)
 
     def chat(self, messages, params=None, cancel=None):
-        """Continue a conversation: yields engine.runtime.chat.Piece (text as it comes) and, last, a ChatResult — the same
-        engine.runtime.chat.ChatSessions as the native engine, on llama.cpp contexts."""
+        """Continue a conversation: yields runtime.chat.Piece (text as it comes) and, last, a ChatResult — the same
+        runtime.chat.ChatSessions as the native engine, on llama.cpp contexts."""
         self._check_open()
         if self._sessions is None:
             self._sessions = ChatSessions(self, self.tokenizer, self.n_ctx_max)
