@@ -174,6 +174,17 @@ def test_only_models_reach_the_network():
 
 
 UNIX_ONLY = {"resource", "fcntl", "termios", "tty", "pty", "grp", "syslog", "posix_ipc", "crypt", "nis", "spwd"}
+
+
+def test_no_module_needs_unix_to_import():
+    """Windows has none of these: a module may use one only inside a function that does without it there."""
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:  # module level only
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{name}: {m}" for m in mods if m.split(".")[0] in UNIX_ONLY]
+    assert found == []
 PROBE = r"""
 import json, sys
 before = set(sys.modules)
