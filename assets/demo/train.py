@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the demo model that ships inside Trit: a tiny BitNet b1.58 model, natively ternary, from public-domain text.
 
-    nice -n 10 python assets/demo/train.py [--steps N] [--out assets/demo] [--deb PATH]
+    pip install ".[test]" && nice -n 10 python assets/demo/train.py [--steps N] [--out assets/demo] [--deb PATH]
 
 Text: Jane Austen's six novels (public domain: Austen died in 1817; the texts come from Project Gutenberg) as Debian
 packages them in `r-cran-janeaustenr` (1.0.0-1; the R package around them is MIT). The script fetches the .deb
@@ -45,8 +45,7 @@ from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = HERE.parent.parent  # the checkout; the code it uses is the installed trit package
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
