@@ -56,7 +56,6 @@ def find_gguf(path: str | os.PathLike) -> Path | None:
     return p if p.is_file() and is_gguf(p) else None
 
 
-
 def load(path: str | os.PathLike, threads: int | None = None, head: str = DEFAULT_HEAD, ternary: str = "auto"):
     """Memory-map and check a model; threads=None uses every core.
 

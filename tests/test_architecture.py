@@ -218,3 +218,16 @@ def test_only_trit_is_installed_at_the_top_level():
     tops = {line.split(",")[0].split("/")[0] for line in records} - {dist.name}
     tops = {t for t in tops if not t.startswith("..")}  # console scripts live outside site-packages
     assert tops == {"trit"}, sorted(tops)
+
+
+def test_every_sampling_name_is_one_samplingparams_knows():
+    """The names copied by hand once drifted (`repeat_penalty`): every table of sampling names is checked here."""
+    from trit.app.settings import FLOAT_SETTINGS, SAMPLING_SETTINGS
+    from trit.app.tui.screens.settings import FIELDS
+    from trit.engine import SamplingParams
+    from trit.engine.formats.gguf import SAMPLING_KEYS
+
+    names = set(SamplingParams.names())
+    assert set(SAMPLING_SETTINGS) <= names and set(FLOAT_SETTINGS) <= set(SAMPLING_SETTINGS)
+    assert {f[0] for f in FIELDS} <= names
+    assert set(SAMPLING_KEYS.values()) <= names

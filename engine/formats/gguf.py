@@ -46,7 +46,6 @@ def bitnet_refusal(path, architecture: str) -> str:
             "`trit pull` the model, or `trit import` its packed Hugging Face checkpoint folder")
 
 
-
 GGUF_MAGIC = b"GGUF"
 _SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
                    12: "<d"}

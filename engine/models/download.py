@@ -54,32 +54,14 @@ from trit.engine.models.registry import (
 )
 
 DEFAULT_REPO = "microsoft/bitnet-b1.58-2B-4T"
-
-
 DEFAULT_ENDPOINT = "https://huggingface.co"
-
-
 GGUF_PEEK_BYTES = 64 << 10  # a GGUF's architecture is in its first few KB: a BitNet one is refused after this much
-
-
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
-
-
 RETRY_DELAYS = (1.0, 2.0, 4.0)  # seconds before each retry of a broken connection or a 5xx answer
-
-
 RETRY_STATUS = (429, 500, 502, 503, 504)
-
-
 CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0
-
-
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 
 

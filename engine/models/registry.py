@@ -32,35 +32,19 @@ from trit.engine.locate import load
 from trit.engine.runtime.tokenizer import CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
 
 MANIFEST_FILE = "trit-model.json"
-
-
 STATE_FILE = "pull-state.json"
-
-
 PARTIAL_DIR = ".partial"
-
-
 MANIFEST_FORMAT = 1
 
 
 # What a model folder holds, in download order: the small files first, so a repository that is not a BitNet
 # checkpoint is refused after a few KB rather than after the weights.
 REQUIRED_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE)
-
-
 OPTIONAL_FILES = (TOKENIZER_CONFIG_FILE, GENERATION_CONFIG_FILE, CHAT_TEMPLATE_FILE, "special_tokens_map.json",
                   "LICENSE")
-
-
 MODEL_FILES = REQUIRED_FILES[:1] + OPTIONAL_FILES + REQUIRED_FILES[1:]
-
-
 GGUF_SUFFIX = ".gguf"
-
-
 HASH_CHUNK = 4 << 20
-
-
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
@@ -112,8 +96,6 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
-
-
 LogCallback = Callable[[str], None]
 
 

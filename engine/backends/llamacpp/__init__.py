@@ -1,17 +1,20 @@
 """Any GGUF model (Llama 3.2, Qwen, Gemma, …) through llama-cpp-python, behind the same chat interface as Trit's own
-engine: `engine.load("model.gguf")` returns a GGUFModel with .chat / .default_params / .close like engine.Model.
+engine: `trit.load("model.gguf")` returns a GGUFModel (model.py) with .chat / .default_params / .close like
+runtime.model.Model.
 
     info = check_gguf("model.gguf")               # header only, no llama.cpp: architecture, context, vocabulary…
-    with engine.load("model.gguf") as model:       # model.backend == "llama.cpp"
+    with trit.load("model.gguf") as model:         # model.backend == "llama.cpp"
         for event in model.chat([{"role": "user", "content": "Hi"}], model.default_params(seed=1)):
             ...
 
-One conversation engine for both backends: engine.runtime.chat.Chat drives a KV context through tokens / n_ctx /
-max_batch / eval / truncate (engine.runtime.chat.KVContext); LlamaCppContext implements it on a llama_context, so prompt
-fitting, KV reuse across turns, sampling (engine.runtime.sampling.Sampler on the last logits llama.cpp computes), stop
-strings and cancelling are exactly the native engine's. What comes from the GGUF: the chat template
-(`tokenizer.chat_template`, rendered by engine.runtime.tokenizer's jinja2 environment), BOS/EOS/EOT, the vocabulary
-(llama.cpp tokenizes and detokenizes) and the sampling defaults (`general.sampling.*`).
+One conversation engine for both backends: runtime.chat.Chat drives a KV context through tokens / n_ctx / max_batch /
+eval / truncate (runtime.chat.KVContext); LlamaCppContext implements it on a llama_context, so prompt fitting, KV
+reuse across turns, sampling (runtime.sampling.Sampler on the last logits llama.cpp computes), stop strings and
+cancelling are exactly the native engine's. What comes from the GGUF: the chat template (`tokenizer.chat_template`,
+rendered by runtime.chat_template as every template is), BOS/EOS/EOT, the vocabulary (llama.cpp tokenizes and
+detokenizes, tokenizer.py) and the sampling defaults (`general.sampling.*`).
+
+library.py loads llama-cpp-python when first needed; formats/gguf.py reads a GGUF's header without it.
 
 Only the C API mirrored by llama_cpp.llama_cpp (llama.h) is used, not llama-cpp-python's Llama class: one
 llama_model, and one llama_context per cached conversation (its KV cache and nothing else). llama.cpp's log goes to a

@@ -49,7 +49,7 @@ class GGUFConfig:
 
 
 class GGUFModel(NativeObject):
-    """A GGUF model loaded by llama.cpp (memory-mapped), with the interface of engine.Model that the app uses:
+    """A GGUF model loaded by llama.cpp (memory-mapped), with the interface of runtime.model.Model that the app uses:
     chat, default_params, tokenizer, context, logits, close, path, config, backend."""
 
     backend = LLAMA_CPP
