@@ -227,12 +227,8 @@ def test_pull_refuses_a_bitnet_gguf_after_its_header(server, bitnet_ggufs, model
 # ---- the real command ----------------------------------------------------------------------------------------------
 
 
-ROOT = str(Path(__file__).resolve().parents[1])  # `python -m app` from a checkout that is not installed
-
-
 def run(tmp_path, *args, env=None):
     env = {**os.environ, "TRIT_HOME": str(tmp_path / "home"), **(env or {})}
-    env["PYTHONPATH"] = os.pathsep.join([p for p in (env.get("PYTHONPATH"), ROOT) if p])
     return subprocess.run(trit_command() + [str(a) for a in args], capture_output=True, text=True, cwd=tmp_path,
                           timeout=300, input="", env=offline_env(env))
 

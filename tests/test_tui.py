@@ -535,11 +535,10 @@ async def test_a_history_that_cannot_be_written_gives_the_message_back(with_tiny
 
 
 def test_the_command_line_stays_free_of_textual_and_trit_without_a_terminal_prints_help(home):
-    root = Path(__file__).parent.parent
-    code = "import sys, app.cli; assert 'textual' not in sys.modules, 'textual imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
-    r = subprocess.run([sys.executable, "-m", "app"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       cwd=root, timeout=60)
+    code = "import sys, trit.app.cli; assert 'textual' not in sys.modules, 'textual imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=home.parent)
+    r = subprocess.run([sys.executable, "-m", "trit.app"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       cwd=home.parent, timeout=60)
     assert r.returncode == 0 and "Usage:" in r.stdout and "ask" in r.stdout
 
 
