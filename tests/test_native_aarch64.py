@@ -7,41 +7,16 @@ variable set), where a missing tool is a failure — .ci/run installs them."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
-import pytest
+from native_script import require, run_script, summaries
 
-SCRIPT = Path(__file__).resolve().parents[1] / "native" / "tests" / "run-aarch64.sh"
-SUMMARY = re.compile(r"^(?:\d+: )?(\d+) passed, (\d+) failed$", re.M)  # ctest -V prefixes "1: "
-
-
-def require(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        reason = f"{', '.join(missing)} not installed (apt-get install qemu-user gcc-aarch64-linux-gnu cmake)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must install them (.ci/run does)", pytrace=False)
-        pytest.skip(reason)
-
-
-def run_script(*args: str) -> str:
-    proc = subprocess.run(["bash", str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, f"{SCRIPT.name} {' '.join(args)} exited with {proc.returncode}:\n{proc.stdout[-8000:]}"
-    return proc.stdout
-
-
-def summaries(out: str) -> list[tuple[int, int]]:
-    return [(int(p), int(f)) for p, f in SUMMARY.findall(out)]
+INSTALL = "apt-get install qemu-user gcc-aarch64-linux-gnu cmake"
 
 
 def test_neon_kernel_under_qemu(tmp_path):
-    require("cmake", "aarch64-linux-gnu-gcc", "qemu-aarch64")
-    out = run_script(str(tmp_path / "aarch64"))
+    require(INSTALL, "cmake", "aarch64-linux-gnu-gcc", "qemu-aarch64")
+    out = run_script("run-aarch64.sh", str(tmp_path / "aarch64"))
     runs = summaries(out)
     assert len(runs) == 3 and all(failed == 0 and passed > 0 for passed, failed in runs), out
     # qemu's max CPU has the dot product: the NEON kernel was checked against the scalar one
@@ -52,8 +27,8 @@ def test_neon_kernel_under_qemu(tmp_path):
 
 
 def test_kernels_of_this_machine(tmp_path):
-    require("cmake")
-    out = run_script("--native", str(tmp_path / "native"))
+    require(INSTALL, "cmake")
+    out = run_script("run-aarch64.sh", "--native", str(tmp_path / "native"))
     runs = summaries(out)
     assert len(runs) == 1 and runs[0][1] == 0 and runs[0][0] > 0, out
     tested = re.search(r"tested kernels: (.*)$", out, re.M)

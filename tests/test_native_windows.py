@@ -8,42 +8,16 @@ missing tool is a failure — .ci/run must install them."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
-import pytest
+from native_script import require, run_script, summaries
 
-SCRIPT = Path(__file__).resolve().parents[1] / "native" / "tests" / "run-windows.sh"
-SUMMARY = re.compile(r"^(?:\d+: )?(\d+) passed, (\d+) failed$", re.M)  # ctest -V prefixes "1: "
-PACKAGES = "apt-get install --no-install-recommends gcc-mingw-w64-x86-64-posix wine64 wine cmake"
-
-
-def require(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        reason = f"{', '.join(missing)} not installed ({PACKAGES})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must install them (.ci/run)", pytrace=False)
-        pytest.skip(reason)
-
-
-def run_script(*args: str) -> str:
-    proc = subprocess.run(["bash", str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, f"{SCRIPT.name} {' '.join(args)} exited with {proc.returncode}:\n{proc.stdout[-8000:]}"
-    return proc.stdout
-
-
-def summaries(out: str) -> list[tuple[int, int]]:
-    return [(int(p), int(f)) for p, f in SUMMARY.findall(out)]
+INSTALL = "apt-get install --no-install-recommends gcc-mingw-w64-x86-64-posix wine64 wine cmake"
 
 
 def test_kernels_under_wine(tmp_path):
-    require("cmake", "x86_64-w64-mingw32-gcc-posix", "x86_64-w64-mingw32-objdump", "wine")
-    out = run_script(str(tmp_path / "windows"))
+    require(INSTALL, "cmake", "x86_64-w64-mingw32-gcc-posix", "x86_64-w64-mingw32-objdump", "wine")
+    out = run_script("run-windows.sh", str(tmp_path / "windows"))
     # the DLL stands alone and exports the API only
     assert re.search(r"^trit\.dll imports: (\S+ )*$", out, re.M), out
     assert re.search(r"^trit\.dll exports the \d+ functions of trit\.h and nothing else$", out, re.M), out
