@@ -1,9 +1,10 @@
 """The chat: the saved conversations on the left, the open one in the middle, the message box and a status line.
 
-A reply is written by a thread worker that walks Service.send (or regenerate, edit_last) and posts each piece to
-this screen, which appends it to the reply's Markdown through a MarkdownStream; the view follows the reply only while
-it is scrolled to the bottom. Esc sets the cancel event the engine checks between tokens: the reply ends at once,
-what was written is kept (the service stores it marked cancelled), and the message box is usable throughout."""
+A reply is written by a ReplyRunner in a thread worker: it walks Service.send (or regenerate, edit_last) and posts
+each batch of text to this screen, which appends it to the reply's Markdown through a MarkdownStream; the view
+follows the reply only while it is scrolled to the bottom. Esc sets the cancel event the engine checks between
+tokens: the reply ends at once, what was written is kept (the service stores it marked cancelled), and the message
+box is usable throughout."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from trit import engine
-from trit.engine import Piece
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
@@ -22,10 +21,11 @@ from textual.screen import Screen
 from textual.widgets import Footer, Markdown, OptionList, Static
 
 from ...service import Dialogue, Turn, choose_model
-from ...settings import SAMPLING_SETTINGS, SettingsError
+from ...settings import SAMPLING_SETTINGS
 from ...store import StoreError
 from .. import actions
 from ..clipboard import copy
+from ..reply_runner import USER_ERRORS, ReplyRunner, in_one_line
 from ..widgets.chat_view import ChatView, MessageBox, Notice, code_blocks, dropped_notice
 from ..widgets.conversation_list import ConversationList
 from ..widgets.prompt import PromptInput
@@ -36,9 +36,7 @@ from .search import SearchScreen
 from .settings import ConversationSettings, SettingsScreen
 from .text_entry import TextEntryScreen
 
-USER_ERRORS = (engine.EngineError, StoreError, SettingsError)
 WAITING_AFTER_S = 1.0  # show "reading your message…" when no text came for this long
-PIECES_EVERY_S = 0.05  # 20 redraws a second look smooth and leave the CPU to the model
 BUSY = "A reply is being written — Esc stops it first."
 WRITING_SUBTITLE = "writing… Esc stops"
 WAITING_SUBTITLE = "writing… Esc stops · your next message waits"
@@ -238,7 +236,7 @@ class ChatScreen(Screen):
                 choice, model = service.model(name)
                 self.post_message(self.ModelLoaded(name, model.n_ctx_max))
             except Exception as e:  # noqa: BLE001 — shown as one line
-                self.post_message(self.ModelLoaded(name, None, " ".join(str(e).split()) or type(e).__name__))
+                self.post_message(self.ModelLoaded(name, None, in_one_line(e)))
 
         self.run_worker(work, thread=True, group="model", exclusive=True, exit_on_error=False)
 
@@ -303,36 +301,14 @@ class ChatScreen(Screen):
         self.prompt.border_subtitle = WAITING_SUBTITLE if self.pending is not None else WRITING_SUBTITLE
         self.set_timer(WAITING_AFTER_S, self.check_waiting)
 
-        def work() -> None:
-            # Pieces go to the screen at most every PIECES_EVERY_S: each redraw parses Markdown on the UI thread,
-            # which holds the GIL the decoding loop needs between native calls.
-            pending: list[str] = []
-            last = 0.0
-            try:
-                for event in events(cancel):
-                    if isinstance(event, Piece):
-                        pending.append(event.text)
-                        now = time.monotonic()
-                        if now - last >= PIECES_EVERY_S:
-                            self.post_message(self.ReplyPiece("".join(pending)))
-                            pending.clear()
-                            last = now
-                    else:
-                        if pending:
-                            self.post_message(self.ReplyPiece("".join(pending)))
-                            pending.clear()
-                        self.post_message(self.ReplyDone(event))
-            except engine.InputError as e:
-                self.post_message(self.ReplyFailed(str(e), unanswerable=True))
-            except USER_ERRORS as e:
-                self.post_message(self.ReplyFailed(str(e)))
-            except Exception as e:  # noqa: BLE001 — a bug must not end in a traceback over the chat
-                self.app.log.error("reply failed", repr(e))
-                self.post_message(self.ReplyFailed(f"unexpected error: {type(e).__name__}: {e}"))
-            finally:
-                self.post_message(self.ReplyEnded())
-
-        self.worker = self.run_worker(work, thread=True, group="reply", exit_on_error=False)
+        post = self.post_message  # thread-safe: the runner's callbacks run in the worker's thread
+        runner = ReplyRunner(events, cancel,
+                             on_pieces=lambda text: post(self.ReplyPiece(text)),
+                             on_done=lambda turn: post(self.ReplyDone(turn)),
+                             on_failed=lambda error, unanswerable: post(self.ReplyFailed(error, unanswerable)),
+                             on_ended=lambda: post(self.ReplyEnded()),
+                             on_bug=lambda e: self.app.log.error("reply failed", repr(e)))
+        self.worker = self.run_worker(runner.run, thread=True, group="reply", exit_on_error=False)
 
     def check_waiting(self) -> None:
         if self.reply_box is not None and self.generating and not self.got_text:
