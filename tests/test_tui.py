@@ -266,7 +266,7 @@ async def test_a_slow_start_says_it_is_reading_and_a_message_sent_meanwhile_wait
         yield from reply(self, dialogue, cancel)
 
     monkeypatch.setattr(Service, "reply", slow_reply)
-    monkeypatch.setattr("trit.app.tui.screens.chat.WAITING_AFTER_S", 0.2)
+    monkeypatch.setattr("trit.app.tui.screens.chat.replying.WAITING_AFTER_S", 0.2)
     app = TritApp()
     async with app.run_test(size=SIZE) as pilot:
         chat = await started(pilot)
