@@ -10,7 +10,6 @@ message sent meanwhile waits, and goes out when the reply ends."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Callable, Iterator
 
 from textual.message import Message
@@ -101,7 +100,6 @@ class Replying:
         self.stream = Markdown.get_stream(box.markdown)
         self.cancel = cancel = threading.Event()
         self.got_text = False
-        self.reply_started = time.monotonic()
         self.prompt.border_subtitle = WAITING_SUBTITLE if self.pending is not None else WRITING_SUBTITLE
         self.set_timer(WAITING_AFTER_S, self.check_waiting)
         post = self.post_message  # thread-safe: the runner's callbacks run in the worker's thread
@@ -173,7 +171,6 @@ class Replying:
             await box.remove()
 
     async def on_replying_reply_ended(self, message: ReplyEnded) -> None:
-        self.replies += 1
         self.cancel = None
         self.worker = None
         self.reply_box = None

@@ -43,14 +43,12 @@ class ChatScreen(Replying, ConversationActions, Screen):
         self.worker = None  # the thread writing it: quitting waits for it to store what was written
         self.stream = None  # the MarkdownStream its text goes through
         self.reply_box: MessageBox | None = None
-        self.reply_started = 0.0
         self.got_text = False  # none yet after WAITING_AFTER_S: the box says it is reading the message
         self.pending: str | None = None  # sent while a reply was being written: goes out when it ends
         self.editing = False  # the box holds the last message, and Enter sends it again in its place
         self.loaded_model: str | None = None  # the model the service holds, once loaded
         self.n_ctx: int | None = None
         self.load_failed: str | None = None
-        self.replies = 0  # replies ended (finished, stopped or failed) since the screen opened
 
     @property
     def app_service(self):
@@ -208,6 +206,5 @@ class ChatScreen(Replying, ConversationActions, Screen):
             self.error(f"cannot load {message.name}: {message.error}")
         else:
             self.loaded_model, self.n_ctx, self.load_failed = message.name, message.n_ctx, None
-        self.app.model_ready = True
         if self.dialogue is not None:
             self.show_status()
