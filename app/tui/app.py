@@ -5,10 +5,9 @@ app carries on: with default settings that it then never writes over the user's 
 
 from __future__ import annotations
 
-import sys
-
 import asyncio
 import importlib.util
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
