@@ -90,6 +90,25 @@ def rows(sql: str, *args) -> list[tuple]:
 
 
 # ---- driving the app ------------------------------------------------------------------------------------------------
+ENDED: dict[int, list] = {}  # per app (its id): the ReplyEnded messages its chat screen has handled
+
+
+def running(app: TritApp):
+    """app.run_test at SIZE, counting the replies the chat screen ends: finished, stopped or failed, each ends with
+    the screen handling a ReplyEnded message, which run_test's message hook sees first."""
+    ended = ENDED[id(app)] = []
+
+    def hook(message) -> None:
+        if isinstance(message, ChatScreen.ReplyEnded) and not any(m is message for m in ended):
+            ended.append(message)  # once: the message bubbles on to the app, and the hook sees it there again
+
+    return app.run_test(size=SIZE, message_hook=hook)
+
+
+def replies_ended(pilot) -> int:
+    return len(ENDED[id(pilot.app)])
+
+
 def drive(test):
     """Run an async test in its own event loop (the pilot needs one; no asyncio plugin is required)."""
 
@@ -110,9 +129,15 @@ async def until(pilot, condition, timeout: float = TIMEOUT, what="") -> None:
 
 
 async def started(pilot) -> ChatScreen:
-    """The chat screen, once the model is loaded (its context size is then known)."""
+    """The chat screen, once the model is loaded (its context size is then known): the status line names the model
+    and no longer says it is loading."""
     app = pilot.app
-    await until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.model_ready, what="the model")
+
+    def loaded() -> bool:
+        shown = [str(s.render()) for s in app.screen.query(StatusLine)] if isinstance(app.screen, ChatScreen) else []
+        return bool(shown and shown[0]) and "loading…" not in shown[0]
+
+    await until(pilot, loaded, what="the model")
     await pilot.pause()
     return app.screen
 
@@ -124,9 +149,9 @@ async def type_text(pilot, text: str) -> None:
 async def reply_to(pilot, *keys: str) -> ChatScreen:
     """Press keys that start a reply, and wait for it to end."""
     chat = pilot.app.screen
-    before = chat.replies
+    before = replies_ended(pilot)
     await pilot.press(*keys)
-    await until(pilot, lambda: chat.replies > before, what="the reply to end")
+    await until(pilot, lambda: replies_ended(pilot) > before, what="the reply to end")
     await pilot.pause()
     return chat
 
@@ -195,7 +220,7 @@ async def test_a_reply_streams_into_markdown_and_is_stored(with_tiny, monkeypatc
     monkeypatch.setattr(Markdown, "update",
                         lambda self, text: (text and rendered_whole.append(self)) or original(self, text))
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         chat = await started(pilot)
         assert "bitnet-tiny" in status(chat)
         await send(pilot, "Hello there")
@@ -216,7 +241,7 @@ async def test_a_reply_streams_into_markdown_and_is_stored(with_tiny, monkeypatc
 async def test_escape_stops_the_reply_keeps_it_and_the_box_works_again(home, small):
     configure(small, max_tokens=3000, temperature=0.0)
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         chat = await started(pilot)
         await type_text(pilot, "Tell me a long story")
         await pilot.press("enter")
@@ -243,7 +268,7 @@ async def test_escape_stops_the_reply_keeps_it_and_the_box_works_again(home, sma
     assert rows("SELECT content <> '', finish_reason FROM messages WHERE role = 'assistant' ORDER BY id")[-1] == (
         1, "cancelled")
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         chat = await started(pilot)
         # Esc with nothing being written brings the focus back to the message box
         await pilot.press("shift+tab")
@@ -266,9 +291,9 @@ async def test_a_slow_start_says_it_is_reading_and_a_message_sent_meanwhile_wait
         yield from reply(self, dialogue, cancel)
 
     monkeypatch.setattr(Service, "reply", slow_reply)
-    monkeypatch.setattr("trit.app.tui.screens.chat.WAITING_AFTER_S", 0.2)
+    monkeypatch.setattr("trit.app.tui.screens.chat.replying.WAITING_AFTER_S", 0.2)
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         chat = await started(pilot)
         await type_text(pilot, "Hi")
         await pilot.press("enter")
@@ -279,16 +304,16 @@ async def test_a_slow_start_says_it_is_reading_and_a_message_sent_meanwhile_wait
         await pilot.press("enter")
         assert chat.pending == "Next" and chat.prompt.text == ""
         go.set()
-        await until(pilot, lambda: chat.replies == 1)
+        await until(pilot, lambda: replies_ended(pilot) >= 1)  # the waiting message's reply may have ended too
         assert not box.query_one(".waiting").display and box.markdown.source
-        await until(pilot, lambda: chat.replies == 2, what="the waiting message's reply")
+        await until(pilot, lambda: replies_ended(pilot) == 2, what="the waiting message's reply")
         assert [r[0] for r in rows("SELECT content FROM messages WHERE role = 'user' ORDER BY id")] == ["Hi", "Next"]
 
 
 @drive
 async def test_regenerate_and_edit_the_last_message(with_tiny):
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         chat = await started(pilot)
         await send(pilot, "Hi")
         (first_id,), = rows("SELECT id FROM messages WHERE role = 'assistant'")
@@ -309,7 +334,7 @@ async def test_regenerate_and_edit_the_last_message(with_tiny):
 @drive
 async def test_incognito_writes_nothing(with_tiny):
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         chat = await started(pilot)
         await pilot.press("ctrl+t")
         assert chat.has_class("incognito") and "INCOGNITO" in status(chat)
@@ -327,7 +352,7 @@ async def test_incognito_writes_nothing(with_tiny):
 @drive
 async def test_new_rename_search_export_delete(stored, home):
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         chat = await started(pilot)
         listing = chat.query_one("#conversations")
         assert [c.title for c in listing.conversations] == ["Rivers of Europe", "Bread without yeast"]
@@ -375,7 +400,7 @@ async def test_new_rename_search_export_delete(stored, home):
 @drive
 async def test_copy_a_message_and_a_code_block(stored):
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         chat = await open_conversation(pilot, stored["rivers"])
         boxes = chat.chat.boxes()
         boxes[3].focus()
@@ -392,7 +417,7 @@ async def test_copy_a_message_and_a_code_block(stored):
 @drive
 async def test_stored_figures_notices_and_settings(stored):
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         chat = await open_conversation(pilot, stored["rivers"])
         notices = [str(n.render()) for n in chat.query(Notice)]
         assert len(notices) == 1 and "the 2 oldest messages are left out" in notices[0]  # said once
@@ -422,7 +447,7 @@ async def test_stored_figures_notices_and_settings(stored):
 @drive
 async def test_first_run_without_a_model_offers_a_choice_and_imports_a_folder(home, tiny):
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await until(pilot, lambda: isinstance(app.screen, FirstRunScreen), what="the first-run screen")
         screen = app.screen
         folder = screen.query_one("#folder")
@@ -455,7 +480,7 @@ async def test_first_run_downloads_from_a_hub_and_says_what_failed_in_one_line(h
         monkeypatch.setenv("HF_ENDPOINT", server.url)  # the stand-in hub on 127.0.0.1
         server.status["info"] = [404]
         app = TritApp()
-        async with app.run_test(size=SIZE) as pilot:
+        async with running(app) as pilot:
             await until(pilot, lambda: isinstance(app.screen, FirstRunScreen))
             screen = app.screen
             await pilot.press("enter")  # the download button has the focus
@@ -481,7 +506,7 @@ async def test_first_run_downloads_from_a_hub_and_says_what_failed_in_one_line(h
 async def test_keys_come_from_config_and_every_action_is_in_the_palette(home, tiny):
     configure(tiny, keys={"new_incognito": "ctrl+b"}, theme="nord")
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         chat = await started(pilot)
         assert app.theme == "nord"
         await pilot.press("ctrl+b")
@@ -504,7 +529,7 @@ async def test_problems_are_one_line_notifications(home, tiny):
     paths().config.mkdir(parents=True)
     (paths().config / "config.toml").write_text("default_model = [oops\n")
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         # default settings, no model: the first run, and a line saying what is wrong with the file
         await until(pilot, lambda: isinstance(app.screen, FirstRunScreen)
                     and any("not valid TOML" in n for n in notifications(app)),
@@ -512,7 +537,7 @@ async def test_problems_are_one_line_notifications(home, tiny):
     assert (paths().config / "config.toml").read_text() == "default_model = [oops\n"  # never written over
     configure(tiny.parent / "no-such-model")  # a default model that is not there: the first run, saying why
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await until(pilot, lambda: isinstance(app.screen, FirstRunScreen))
         message = app.screen.query_one("#first-run-message")
         assert "no-such-model" in str(message.render()) and message.has_class("error")
@@ -526,7 +551,7 @@ async def test_a_history_that_cannot_be_written_gives_the_message_back(with_tiny
         raise StoreError("history.db is read-only; make it and its folder writable by you and try again")
 
     app = TritApp()
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         chat = await started(pilot)
         monkeypatch.setattr(Store, "add_message", refuse)
         await send(pilot, "Keep this")

@@ -55,7 +55,6 @@ class TritApp(App):
         self._own_store = store is None
         self.service: Service | None = None
         self.keymap: dict[str, str] = {}
-        self.model_ready = False
 
     def now(self) -> datetime:
         return self.clock() if self.clock is not None else datetime.now(timezone.utc)
