@@ -159,6 +159,24 @@ def test_arrows_point_one_way(source, target):
     assert imports(source, target) == []
 
 
+def third_party_imports(name: str) -> set[str]:
+    """The top-level names of everything a module imports, anywhere in it."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_engine_knows_no_terminal_ui_and_no_history_database():
+    """DESIGN.md: engine/ imports nothing from app/, Textual or SQLite — anyone can script it."""
+    found = {f"{name}: {m}" for name in MODULES if name.startswith("trit.engine")
+             for m in third_party_imports(name) & {"textual", "rich", "sqlite3", "sqlite_utils", "click"}}
+    assert found == set()
+
+
 def test_only_models_reach_the_network():
     """The download code is the only network code: nothing else imports an HTTP client."""
     clients = ("httpx", "httpx2", "huggingface_hub", "urllib.request", "requests", "http.client", "socket")
