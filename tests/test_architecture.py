@@ -249,3 +249,14 @@ def test_every_sampling_name_is_one_samplingparams_knows():
     assert set(SAMPLING_SETTINGS) <= names and set(FLOAT_SETTINGS) <= set(SAMPLING_SETTINGS)
     assert {f[0] for f in FIELDS} <= names
     assert set(SAMPLING_KEYS.values()) <= names
+
+
+def test_the_commands_offer_the_formats_the_engine_has():
+    """`trit bench --head/--ternary` spell the names out, so that `trit --help` need not load the engine."""
+    from trit.app.cli import bench
+    from trit.engine.formats import derived
+    from trit.engine.runtime.model import DEFAULT_HEAD
+
+    params = {p.name: p for p in bench.params if p.name in ("head", "ternary")}
+    assert tuple(params["head"].type.choices) == derived.HEADS and params["head"].default == DEFAULT_HEAD
+    assert tuple(params["ternary"].type.choices) == ("auto", *derived.TERNARY_FORMATS)
