@@ -70,14 +70,28 @@ def paths_cmd() -> None:
 
 # ---- trit ask ------------------------------------------------------------------------------------------------------
 def read_prompt(words: tuple[str, ...]) -> str:
-    """The arguments, after whatever was piped in (`cat notes.txt | trit ask "summarise"`), like llm."""
+    """The arguments, after whatever was piped in (`cat notes.txt | trit ask "summarise"`), like llm. Text that is not
+    UTF-8 is refused, naming the first bad byte, rather than guessed at: the person decides how to convert it."""
+    from trit.engine import InputError
+
     parts = []
     if not sys.stdin.isatty():
-        piped = sys.stdin.read()
+        data = sys.stdin.buffer.read()
+        try:
+            piped = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"what came on stdin is not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}): "
+                             "convert it first, e.g. `iconv -f latin1 -t utf-8 FILE | trit ask ...`") from None
         if piped.strip():
             parts.append(piped.strip())
     if words:
-        parts.append(" ".join(words))
+        question = " ".join(words)
+        try:
+            question.encode("utf-8")
+        except UnicodeEncodeError as e:  # undecodable bytes in argv arrive as surrogates
+            raise InputError(f"the question is not UTF-8 text (character {e.start + 1} is not): retype it or "
+                             "convert it first") from None
+        parts.append(question)
     if not parts:
         raise click.UsageError('nothing to ask: give the question as arguments or on stdin, e.g. trit ask "Hello"')
     return "\n\n".join(parts)
@@ -126,6 +140,8 @@ class CtrlC:
 def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, continue_last, cid, as_json, no_log,
         threads) -> None:
     """Answer once and exit: the answer streams to stdout; Ctrl-C stops it and keeps what was said."""
+    from trit.engine import SamplingParams
+
     from .service import Service, Turn
     from .store import Store
 
@@ -134,6 +150,7 @@ def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, contin
     text = read_prompt(prompt)
     overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens),
                                    ("seed", seed)) if v is not None}
+    SamplingParams(**overrides)  # out of range (nan, a negative seed): one line now, before anything is stored
     continuing = continue_last or cid is not None
     store = Store() if continuing or not no_log else None  # --no-log on a new conversation: no file at all
     service = Service(store, threads=threads)

@@ -57,6 +57,17 @@ def _check(name: str, value, default):
     return float(value) if name in FLOAT_SETTINGS else value
 
 
+def _check_sampling(path: Path, values: dict) -> None:
+    """Ranges as the engine's SamplingParams defines them (temperature -1, top_p 5, max_tokens 0 are refused)."""
+    from trit.engine import SamplingError, SamplingParams
+
+    for name, value in values.items():
+        try:
+            SamplingParams(**{name: value})
+        except SamplingError as e:
+            raise SettingsError(f"{path}: {e}; fix or delete that line") from None
+
+
 def load_settings() -> Settings:
     path = config_path()
     try:
@@ -68,6 +79,7 @@ def load_settings() -> Settings:
     defaults = Settings()
     known = {f.name for f in fields(Settings)} - {"extra"}
     values = {name: _check(name, data[name], getattr(defaults, name)) for name in known if name in data}
+    _check_sampling(path, {k: v for k, v in values.items() if k in SAMPLING_SETTINGS})
     if "keys" in values and not all(isinstance(v, str) for v in values["keys"].values()):
         raise SettingsError(f"{path}: every entry under [keys] must be a string such as \"ctrl+n\"")
     return Settings(**values, extra={k: v for k, v in data.items() if k not in known})
@@ -80,6 +92,10 @@ def save_settings(settings: Settings) -> Path:
     data = {k: v for k, v in asdict(settings).items() if k != "extra" and v is not None}
     data = {**settings.extra, **data}
     tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+    # readable by its owner only, like the history: it holds the system prompt
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(tomli_w.dumps(data))
+    os.chmod(tmp, 0o600)  # an older tmp file keeps its mode through O_CREAT
     os.replace(tmp, path)
     return path

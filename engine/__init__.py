@@ -16,7 +16,7 @@
 
 from trit import __version__
 from trit.engine.backends.llamacpp.model import GGUFModel
-from trit.engine.errors import CheckpointError, EngineError, InputError, NativeError
+from trit.engine.errors import CheckpointError, EngineError, InputError, NativeError, SamplingError
 from trit.engine.formats.checkpoint import Checkpoint, ModelConfig
 from trit.engine.formats.gguf import GGUFError, GGUFInfo, check_gguf
 from trit.engine.locate import find_gguf, load
@@ -26,7 +26,8 @@ from trit.engine.runtime.sampling import SamplingParams
 
 __all__ = [
     "ChatResult", "Checkpoint", "CheckpointError", "Context", "EngineError", "GGUFError", "GGUFInfo", "GGUFModel",
-    "InputError", "Model", "ModelConfig", "NativeError", "Piece", "SamplingParams", "check_gguf", "find_gguf",
+    "InputError", "Model", "ModelConfig", "NativeError", "Piece", "SamplingError", "SamplingParams", "check_gguf",
+    "find_gguf",
     "load",
     "__version__",
 ]

@@ -13,6 +13,11 @@ class InputError(EngineError):
     """A request the model cannot run: token ids outside the vocabulary, positions past the context."""
 
 
+class SamplingError(InputError, ValueError):
+    """A sampling setting outside its range (a flag, config.toml, generation_config.json). Also a ValueError, as a
+    dataclass's validation is."""
+
+
 class NativeError(EngineError):
     """The native library refused a call or could not be loaded."""
 

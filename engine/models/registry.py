@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from trit.engine.errors import CheckpointError, EngineError
+from trit.engine.errors import CheckpointError, EngineError, SamplingError
 from trit.engine.formats.checkpoint import CONFIG_FILE, GENERATION_CONFIG_FILE, WEIGHTS_FILE
 from trit.engine.formats.gguf import GGUFError, GGUFInfo, check_gguf
 from trit.engine.kinds import BITNET, LLAMA_CPP
 from trit.engine.locate import load
+from trit.engine.runtime.sampling import SamplingParams
 from trit.engine.runtime.tokenizer import CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
 
 MANIFEST_FILE = "trit-model.json"
@@ -249,11 +250,15 @@ def verify(model: InstalledModel, record: bool = True) -> list[str]:
 
 def check_folder(folder: str | os.PathLike, derive: bool = True) -> None:
     """What makes a folder a model Trit runs: config.json and model.safetensors agree (every tensor's name, shape and
-    dtype), tokenizer.json loads, and the engine loads it (every packed byte scanned for ternary codes). Raises
-    CheckpointError. With derive=True the weights this CPU runs best are then derived into the folder (trit/), so
-    that happens once at install rather than at the first chat."""
+    dtype), tokenizer.json loads, generation_config.json's sampling values are in range, and the engine loads it
+    (every packed byte scanned for ternary codes). Raises CheckpointError. With derive=True the weights this CPU runs
+    best are then derived into the folder (trit/), so that happens once at install rather than at the first chat."""
     folder = Path(folder)
     Tokenizer.from_folder(folder)
+    try:
+        SamplingParams.from_generation_config(folder)
+    except SamplingError as e:  # a value every reply would refuse: refused once, here
+        raise CheckpointError(str(e)) from None
     load(folder, threads=1, head="bf16", ternary="tq2").close()  # the checkpoint's own bytes, as they are
     if derive:
         load(folder).close()

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trit.engine.errors import SamplingError
 from trit.engine.formats.checkpoint import GENERATION_CONFIG_FILE, read_json
 
 _BLOCK = 256
@@ -68,12 +69,12 @@ class SamplingParams:
         for name in _FLOAT_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
+                raise SamplingError(f"{name} must be a number, got {value!r}")
             object.__setattr__(self, name, float(value))
         for name in _INT_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+                raise SamplingError(f"{name} must be an integer, got {value!r}")
             object.__setattr__(self, name, int(value))
         _check(math.isfinite(self.temperature) and self.temperature >= 0,
                "temperature", "a finite number >= 0 (0 = greedy)", self.temperature)
@@ -89,9 +90,9 @@ class SamplingParams:
         try:
             stop = tuple(stop)
         except TypeError:
-            raise ValueError(f"stop must be a string or a sequence of strings, got {self.stop!r}") from None
+            raise SamplingError(f"stop must be a string or a sequence of strings, got {self.stop!r}") from None
         if not all(isinstance(s, str) and s for s in stop):
-            raise ValueError(f"stop must hold non-empty strings, got {stop!r}")
+            raise SamplingError(f"stop must hold non-empty strings, got {stop!r}")
         object.__setattr__(self, "stop", stop)
         if self.seed is not None:
             _check(isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool) and self.seed >= 0,
@@ -135,14 +136,14 @@ class SamplingParams:
             try:
                 cls(**values)
             except ValueError as e:
-                raise ValueError(f"{path}: {e}") from None
+                raise SamplingError(f"{path}: {e}") from None
         values.update(overrides)
         return cls(**values)
 
 
 def _check(ok: bool, name: str, allowed: str, value) -> None:
     if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise SamplingError(f"{name} must be {allowed}, got {value!r}")
 
 
 def _overrides(changes: dict) -> dict:

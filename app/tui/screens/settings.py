@@ -14,12 +14,12 @@ from textual.widgets import Button, Checkbox, Input, Label, Static, TextArea
 from ...settings import Settings
 from ..widgets.status_line import model_label
 
-# field, label, type, range check, what it does
+# field, label, type, what it does; the ranges are SamplingParams' own
 FIELDS = [
-    ("temperature", "Temperature", float, lambda v: v >= 0, "0: always the likeliest word; higher: more varied"),
-    ("top_p", "Top p", float, lambda v: 0 < v <= 1, "only the likeliest words that make up this share"),
-    ("max_tokens", "Max tokens", int, lambda v: v >= 1, "the longest reply, in tokens"),
-    ("seed", "Seed", int, lambda v: True, "the same seed writes the same reply again"),
+    ("temperature", "Temperature", float, "0: always the likeliest word; higher: more varied"),
+    ("top_p", "Top p", float, "only the likeliest words that make up this share"),
+    ("max_tokens", "Max tokens", int, "the longest reply, in tokens"),
+    ("seed", "Seed", int, "the same seed writes the same reply again"),
 ]
 
 
@@ -55,7 +55,7 @@ class SettingsScreen(ModalScreen[ConversationSettings | None]):
                 yield TextArea(self.system, id="system", soft_wrap=True, show_line_numbers=False,
                                tab_behavior="focus", compact=True,
                                placeholder="none" if not self.defaults.system_prompt else "")
-                for name, label, kind, _, hint in FIELDS:
+                for name, label, kind, hint in FIELDS:
                     with Horizontal(classes="field"):
                         yield Label(label, classes="field-label")
                         value = self.params.get(name)
@@ -83,16 +83,19 @@ class SettingsScreen(ModalScreen[ConversationSettings | None]):
         self.action_save()
 
     def action_save(self) -> None:
+        from trit.engine import SamplingParams
+
         params = {}
-        for name, label, kind, ok, _ in FIELDS:
+        for name, label, kind, _ in FIELDS:
             raw = self.query_one(f"#{name}", Input).value.strip()
             if not raw:
                 continue
             try:
                 value = kind(raw)
-            except ValueError:
+                SamplingParams(**{name: value})
+            except ValueError:  # not a number, or out of range (SamplingError is a ValueError)
                 value = None
-            if value is None or not ok(value):
+            if value is None:
                 self.query_one("#settings-error", Static).update(f"{label}: {raw!r} is not a valid value")
                 self.query_one(f"#{name}", Input).focus()
                 return

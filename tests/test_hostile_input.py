@@ -1,0 +1,106 @@
+"""What a careless user or a hostile file gives `trit` (issue 17), through the installed command as a user meets it:
+one line on stderr that says what is wrong, exit 1, no traceback, and nothing half-stored."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+
+import numpy as np
+import pytest
+from network_guard import offline_env
+from test_cli import trit_command
+
+from trit.assets import DEMO_MODEL
+
+
+@pytest.fixture
+def home(tmp_path):
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def trit(home, tmp_path):
+    def run(*args, stdin: bytes = b""):
+        argv = trit_command() + [a if isinstance(a, bytes) else str(a) for a in args]
+        return subprocess.run(argv, input=stdin, capture_output=True, cwd=tmp_path, timeout=300,
+                              env=offline_env({**os.environ, "TRIT_HOME": str(home)}))
+
+    return run
+
+
+def one_line(r: subprocess.CompletedProcess, *words: str) -> str:
+    """The error: the last line on stderr (a progress bar may stand before it, on lines of its own)."""
+    err = r.stderr.decode("utf-8", "replace").strip()
+    assert r.returncode == 1, err
+    last = err.split("\n")[-1]
+    assert "Traceback" not in err and last.startswith("trit: ") and "trit: " not in err[:-len(last)], err
+    for w in words:
+        assert w in last, err
+    return last
+
+
+def conversations(trit) -> list:
+    r = trit("history", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("log", [[], ["--no-log"]])
+def test_stdin_that_is_not_utf8_is_refused_naming_the_byte(trit, log):
+    r = trit("ask", "--model", "demo", *log, "hi", stdin=b"caf\xe9\n")
+    one_line(r, "not UTF-8", "byte 3", "0xe9")
+    assert conversations(trit) == []
+
+
+def test_a_pipe_of_binary_junk_is_refused_and_nothing_is_stored(trit):
+    junk = np.random.default_rng(17).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    one_line(trit("ask", "--model", "demo", "what is this", stdin=junk), "not UTF-8")
+    assert conversations(trit) == []
+
+
+def test_a_question_that_is_not_utf8_is_refused(trit):
+    one_line(trit("ask", "--model", "demo", b"caf\xe9"), "not UTF-8")
+    assert conversations(trit) == []
+
+
+@pytest.mark.parametrize("flag, value, name", [("--temperature", "nan", "temperature"),
+                                               ("--temperature", "inf", "temperature"),
+                                               ("--top-p", "nan", "top_p"), ("--seed", "-1", "seed")])
+def test_sampling_flags_out_of_range_are_one_line_before_anything_is_stored(trit, flag, value, name):
+    one_line(trit("ask", "--model", "demo", flag, value, "hi"), name)
+    assert conversations(trit) == []
+
+
+@pytest.mark.parametrize("line, name", [("temperature = -1", "temperature"), ("top_p = 5", "top_p"),
+                                        ("max_tokens = 0", "max_tokens"), ("temperature = nan", "temperature")])
+def test_sampling_settings_out_of_range_in_config_toml_name_the_file_and_field(trit, home, line, name):
+    config = home / "config" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(line + "\n")
+    one_line(trit("ask", "--model", "demo", "hi"), str(config), name)
+
+
+def test_a_model_whose_generation_config_is_out_of_range_is_not_imported(trit, tmp_path):
+    folder = tmp_path / "bad-defaults"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "trit-demo.json").unlink()
+    config = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**config, "top_p": 5}))
+    one_line(trit("import", folder), "generation_config.json", "top_p")
+    listed = trit("models", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+
+
+def test_config_toml_is_readable_by_its_owner_only(trit, home, tmp_path):
+    """It holds the system prompt, as history.db holds the conversations."""
+    folder = tmp_path / "mine"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "trit-demo.json").unlink()
+    assert trit("import", folder).returncode == 0
+    r = trit("models", "--default", "mine")
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE((home / "config" / "config.toml").stat().st_mode) == 0o600
