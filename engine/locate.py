@@ -11,6 +11,7 @@ from pathlib import Path
 from trit.engine.backends.llamacpp.model import GGUFModel
 from trit.engine.formats.checkpoint import CONFIG_FILE, Checkpoint
 from trit.engine.formats.gguf import GGUF_MAGIC, GGUFError
+from trit.engine.formats.regular_file import open_regular
 from trit.engine.kinds import BITNET, LLAMA_CPP
 from trit.engine.runtime.model import DEFAULT_HEAD, Model
 
@@ -30,7 +31,7 @@ def kind_of(path: str | os.PathLike) -> ModelKind:
 def is_gguf(path: str | os.PathLike) -> bool:
     """True for a file that starts with the GGUF magic."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read(4) == GGUF_MAGIC
     except OSError:
         return False

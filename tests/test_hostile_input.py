@@ -104,3 +104,18 @@ def test_config_toml_is_readable_by_its_owner_only(trit, home, tmp_path):
     r = trit("models", "--default", "mine")
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE((home / "config" / "config.toml").stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+@pytest.mark.parametrize("what", ["weights", "gguf-import", "gguf-ask", "config"])
+def test_a_named_pipe_in_place_of_a_model_file_is_refused_not_waited_on(trit, tmp_path, what):
+    """A FIFO blocks open() until a writer comes: `trit ask` and `trit import` used to wait forever."""
+    folder = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "trit-demo.json").unlink()
+    fifo = {"weights": folder / "model.safetensors", "config": folder / "config.json"}.get(what, tmp_path / "x.gguf")
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    args = {"weights": ("ask", "-m", folder, "hi"), "config": ("import", folder),
+            "gguf-import": ("import", fifo), "gguf-ask": ("ask", "-m", fifo, "hi")}[what]
+    one_line(trit(*args), "named pipe")

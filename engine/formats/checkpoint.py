@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from trit.engine.errors import CheckpointError
+from trit.engine.formats.regular_file import open_regular
 from trit.engine.formats.safetensors_file import SafetensorsFile
 
 WEIGHTS_FILE = "model.safetensors"
@@ -155,12 +156,15 @@ class ModelConfig:
 def read_json(path: Path, required: bool = True) -> dict | None:
     """A JSON object from a model folder; None for an optional file that is absent, else a one-line CheckpointError."""
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        with open_regular(path) as f:
+            raw = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         if not required:
             return None
         raise CheckpointError(f"{path}: file not found — is this a model folder?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
+        raise CheckpointError(f"{path}: not readable ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         reason = " ".join(str(e).split())
         raise CheckpointError(f"{path}: not valid JSON ({reason})") from None
     if not isinstance(raw, dict):

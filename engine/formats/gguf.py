@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from trit.engine.errors import CheckpointError
+from trit.engine.formats.regular_file import open_regular
 from trit.engine.kinds import LLAMA_CPP
 
 BITNET_ARCHITECTURES = frozenset({"bitnet", "bitnet-b1.58", "bitnet-25"})
@@ -198,7 +199,7 @@ def read_gguf_info(path: str | os.PathLike) -> GGUFInfo:
     path = Path(path)
     try:
         size = path.stat().st_size
-        f = open(path, "rb")
+        f = open_regular(path)
     except FileNotFoundError:
         raise GGUFError(f"{path}: file not found") from None
     except OSError as e:
@@ -269,7 +270,7 @@ def gguf_architecture(path: str | os.PathLike) -> str | None:
     """general.architecture from the start of a GGUF file that may still be downloading; None when the bytes so far
     end before it (or the file is not GGUF). Converters write it first, so a few KB are enough."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read(1 << 20)
     except OSError:
         return None

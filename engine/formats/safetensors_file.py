@@ -18,6 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from trit.engine.errors import CheckpointError
+from trit.engine.formats.regular_file import open_regular
 
 # safetensors dtype name -> (numpy dtype used to hold it, bytes per element)
 DTYPES: dict[str, np.dtype] = {
@@ -48,7 +49,7 @@ class SafetensorsFile:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         try:
-            self._file = open(self.path, "rb")
+            self._file = open_regular(self.path)
         except FileNotFoundError:
             raise CheckpointError(f"{self.path}: file not found") from None
         except OSError as e:

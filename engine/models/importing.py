@@ -14,6 +14,7 @@ from pathlib import Path
 from trit.engine.errors import CheckpointError, EngineError
 from trit.engine.formats.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from trit.engine.formats.gguf import GGUFInfo
+from trit.engine.formats.regular_file import open_regular
 from trit.engine.kinds import LLAMA_CPP
 from trit.engine.locate import kind_of
 from trit.engine.models.registry import (
@@ -66,7 +67,8 @@ def import_checkpoint(path: str | os.PathLike, models_dir: str | os.PathLike, na
     src = src.resolve()
     name = validate_name(name or src.name)
     try:
-        ModelConfig.from_dict(json.loads((src / CONFIG_FILE).read_text(encoding="utf-8")))
+        with open_regular(src / CONFIG_FILE) as f:
+            ModelConfig.from_dict(json.loads(f.read().decode("utf-8")))
         for f in REQUIRED_FILES:
             if not (src / f).is_file():
                 raise CheckpointError(f"{src / f}: file not found")
@@ -131,7 +133,7 @@ def _install_copy(src: Path, files: list[tuple[Path, str]], models_dir: Path, na
             for p, f in files:
                 h = hashlib.sha256()
                 file_done = 0
-                with open(p, "rb") as inp, open(staging / f, "wb", buffering=0) as out:
+                with open_regular(p) as inp, open(staging / f, "wb", buffering=0) as out:
                     while chunk := inp.read(HASH_CHUNK):
                         write_all(out, chunk, f, None)
                         h.update(chunk)

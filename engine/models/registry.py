@@ -27,6 +27,7 @@ from pathlib import Path
 from trit.engine.errors import CheckpointError, EngineError, SamplingError
 from trit.engine.formats.checkpoint import CONFIG_FILE, GENERATION_CONFIG_FILE, WEIGHTS_FILE
 from trit.engine.formats.gguf import GGUFError, GGUFInfo, check_gguf
+from trit.engine.formats.regular_file import open_regular
 from trit.engine.kinds import BITNET, LLAMA_CPP
 from trit.engine.locate import load
 from trit.engine.runtime.sampling import SamplingParams
@@ -130,7 +131,8 @@ def _folder_size(folder: Path) -> int:
 def read_manifest(folder: Path) -> InstalledModel | None:
     path = folder / MANIFEST_FILE
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
+        with open_regular(path) as f:
+            m = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
