@@ -8,6 +8,7 @@ Every failure reaches the caller as a one-line `StoreError`; nothing is ever del
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sqlite3
@@ -188,11 +189,19 @@ def _title_from(text: str) -> str:
     return cut.rstrip(" ,.;:") + "…"
 
 
+SQLITE_MIN_INT, SQLITE_MAX_INT = -(1 << 63), (1 << 63) - 1
+
+
 def _guarded(method):
     """Serialise callers (the TUI's workers share one Store) and turn SQLite's exceptions into one-line StoreErrors."""
 
+    takes_cid = list(inspect.signature(method).parameters)[1:2] == ["cid"]
+
     @functools.wraps(method)
     def wrapper(self: Store, *args, **kwargs):
+        if takes_cid and args and isinstance(args[0], int) and not SQLITE_MIN_INT <= args[0] <= SQLITE_MAX_INT:
+            # an id past SQLite's integer range cannot exist (binding it would raise OverflowError)
+            raise NotFound(f"no conversation {args[0]} — `trit history list` shows them")
         with self._lock:
             try:
                 return method(self, *args, **kwargs)
@@ -324,6 +333,7 @@ class Store:
 
     @_guarded
     def list_conversations(self, limit: int = 50, offset: int = 0) -> list[Conversation]:
+        limit, offset = min(limit, SQLITE_MAX_INT), min(offset, SQLITE_MAX_INT)  # "as many as there are"
         return self._conversations(tail="ORDER BY c.update_seq DESC, c.id DESC LIMIT ? OFFSET ?", args=[limit, offset])
 
     @_guarded
@@ -418,6 +428,7 @@ class Store:
         query = self.db.quote_fts(text)
         if not query:
             return []
+        limit = min(limit, SQLITE_MAX_INT)
         rows = self.db.query(
             "SELECT m.conversation_id, m.id AS message_id, c.title, m.role,"
             " snippet(messages_fts, 0, '[', ']', '…', 12) AS snippet, m.created"

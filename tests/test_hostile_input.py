@@ -119,3 +119,22 @@ def test_a_named_pipe_in_place_of_a_model_file_is_refused_not_waited_on(trit, tm
     args = {"weights": ("ask", "-m", folder, "hi"), "config": ("import", folder),
             "gguf-import": ("import", fifo), "gguf-ask": ("ask", "-m", fifo, "hi")}[what]
     one_line(trit(*args), "named pipe")
+
+
+HUGE = "9" * 20  # past SQLite's 64-bit integers
+
+
+@pytest.mark.parametrize("args", [("history", "show", HUGE), ("history", "rm", HUGE), ("history", "export", HUGE),
+                                  ("ask", "--model", "demo", "--cid", HUGE, "hi")])
+def test_an_id_past_sqlites_integers_is_no_conversation_not_an_overflow(trit, args):
+    one_line(trit(*args), f"no conversation {HUGE}")
+
+
+@pytest.mark.parametrize("args", [("history", "list", "-n", HUGE), ("history", "search", "rivers", "-n", HUGE)])
+def test_a_huge_count_lists_everything(trit, args):
+    r = trit(*args)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+
+
+def test_more_threads_than_the_engine_takes_is_one_line_not_out_of_memory(trit):
+    one_line(trit("ask", "--model", "demo", "--threads", 100000, "hi"), "threads: 100000 is more than 256")

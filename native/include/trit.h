@@ -121,7 +121,8 @@ TRIT_API int trit_kernel_select(const char *name); /* TRIT_E_UNSUPPORTED if this
 
 /* ---- models and contexts ------------------------------------------------------------------------------------- */
 /* Checks the configuration and keeps pointers to the weights (they must outlive the model). n_threads <= 0: all
- * cores. */
+ * cores; more than TRIT_MAX_THREADS is TRIT_E_INVALID (here and in set_threads), not an allocation failure. */
+#define TRIT_MAX_THREADS 256
 TRIT_API trit_model *trit_model_create(const trit_config *config, const trit_weights *weights, int n_threads);
 TRIT_API void trit_model_free(trit_model *model);
 TRIT_API int trit_model_threads(const trit_model *model);

@@ -120,6 +120,10 @@ trit_model *trit_model_create(const trit_config *config, const trit_weights *wei
         return NULL;
     }
     if (check_config(config) != TRIT_OK) return NULL;
+    if (n_threads > TRIT_MAX_THREADS) {
+        trit_fail(TRIT_E_INVALID, "threads: %d is more than %d", n_threads, TRIT_MAX_THREADS);
+        return NULL;
+    }
     if (weights->head_type != TRIT_HEAD_BF16 && weights->head_type != TRIT_HEAD_Q8 &&
         weights->head_type != TRIT_HEAD_Q4) {
         trit_fail(TRIT_E_INVALID, "model: unknown head type %d", weights->head_type);
@@ -181,6 +185,8 @@ void trit_model_run(trit_model *m, trit_task_fn fn, void *arg) {
 }
 
 int trit_model_set_threads(trit_model *m, int n_threads) {
+    if (n_threads > TRIT_MAX_THREADS)
+        return trit_fail(TRIT_E_INVALID, "threads: %d is more than %d", n_threads, TRIT_MAX_THREADS);
     if (n_threads <= 0) n_threads = default_threads();
     trit_pool *pool = trit_pool_create(n_threads);
     if (!pool) return trit_fail(TRIT_E_NOMEM, "model: cannot start %d threads", n_threads);
