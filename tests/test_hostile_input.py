@@ -138,3 +138,20 @@ def test_a_huge_count_lists_everything(trit, args):
 
 def test_more_threads_than_the_engine_takes_is_one_line_not_out_of_memory(trit):
     one_line(trit("ask", "--model", "demo", "--threads", 100000, "hi"), "threads: 100000 is more than 256")
+
+
+@pytest.mark.parametrize("link", ["tokenizer_config.json", "LICENSE"])
+@pytest.mark.parametrize("target", ["secret", "/proc/self/environ"])
+def test_import_copies_no_link_that_leaves_the_model_folder(trit, tmp_path, home, link, target):
+    folder = tmp_path / "linked"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "trit-demo.json").unlink()
+    if target == "secret":
+        target = tmp_path / "secret"
+        target.write_text("HF_TOKEN=hf_private\n")
+        target.chmod(0o600)
+    (folder / link).unlink(missing_ok=True)
+    (folder / link).symlink_to(target)
+    one_line(trit("import", folder), link, "outside the model folder")
+    assert not any((home / "data").rglob("*")) or json.loads(trit("models", "--json").stdout) == []
+    assert not [p for p in home.rglob("*") if p.is_file() and b"HF_TOKEN" in p.read_bytes()]

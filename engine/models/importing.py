@@ -88,8 +88,23 @@ def import_checkpoint(path: str | os.PathLike, models_dir: str | os.PathLike, na
             raise CheckpointError(f"{src} is not a model Trit can run: "
                                   f"{str(e).replace(str(staging), str(src))}") from None
 
-    files = [(src / f, f) for f in MODEL_FILES if (src / f).is_file()]
-    return _install_copy(src, files, Path(models_dir), name, prior, check, progress)
+    return _install_copy(src, _own_files(src), Path(models_dir), name, prior, check, progress)
+
+
+def _own_files(src: Path) -> list[tuple[Path, str]]:
+    """The model files of folder `src` (resolved), refusing a link that leads out of it: an import copies the folder,
+    never what a link points at elsewhere (a private file, /proc/self/environ and its HF_TOKEN)."""
+    files = []
+    for name in MODEL_FILES:
+        path = src / name
+        if not (path.is_file() or path.is_symlink()):
+            continue
+        target = path.resolve()
+        if not target.is_relative_to(src):
+            raise CheckpointError(f"{path} is a link to {target}, outside the model folder: Trit imports only the "
+                                  "folder's own files; copy that file into the folder if it belongs to the model")
+        files.append((path, name))
+    return files
 
 
 def import_gguf(path: str | os.PathLike, models_dir: str | os.PathLike, name: str | None = None, *,
