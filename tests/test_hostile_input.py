@@ -155,3 +155,58 @@ def test_import_copies_no_link_that_leaves_the_model_folder(trit, tmp_path, home
     one_line(trit("import", folder), link, "outside the model folder")
     assert not any((home / "data").rglob("*")) or json.loads(trit("models", "--json").stdout) == []
     assert not [p for p in home.rglob("*") if p.is_file() and b"HF_TOKEN" in p.read_bytes()]
+
+
+def demo_copy(tmp_path, name="model"):
+    folder = tmp_path / name
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "trit-demo.json").unlink()
+    return folder
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"rope_scaling": [1, 2]}, "rope_scaling"), ({"head_dim": "32"}, "head_dim"),
+    ({"eos_token_id": "x"}, "eos_token_id"), ({"rms_norm_eps": "tiny"}, "rms_norm_eps"),
+    ({"num_hidden_layers": 10**7}, "num_hidden_layers"), ({"max_position_embeddings": 2**32 + 16}, "max_position"),
+    ({"vocab_size": 2**40}, "vocab_size"),
+])
+def test_config_json_of_the_wrong_type_or_size_is_refused_naming_the_field(trit, tmp_path, change, field):
+    folder = demo_copy(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    one_line(trit("ask", "-m", folder, "--no-log", "hi"), "config.json", field)
+    one_line(trit("import", folder), "config.json", field)
+
+
+def test_config_json_nested_too_deep_is_refused(trit, tmp_path):
+    folder = demo_copy(tmp_path)
+    (folder / "config.json").write_text("[" * 100000 + "]" * 100000)
+    one_line(trit("ask", "-m", folder, "--no-log", "hi"), "config.json", "nested")
+    one_line(trit("import", folder), "config.json", "nested")
+
+
+def rewrite_header(path, change) -> None:
+    """The safetensors file with its JSON header changed by change(header) (the data stays as it was)."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    change(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+
+
+NAME = "model.layers.0.mlp.down_proj.weight"
+
+
+@pytest.mark.parametrize("change", [
+    lambda h: h[NAME].update(data_offsets=[str(o) for o in h[NAME]["data_offsets"]]),
+    lambda h: h[NAME].update(dtype=["U8"]),
+    lambda h: h[NAME].update(shape=[2**70, 1]),
+    lambda h: h[NAME].update(shape=[2**32, 2**32 + 1]),  # a product that wraps around in 64 bits
+    lambda h: h[NAME].update(shape=[-1, 4]),
+    lambda h: h.update(__metadata__=[1]),
+], ids=["offsets-as-strings", "dtype-as-list", "shape-2^70", "shape-wraps", "shape-negative", "metadata-list"])
+def test_a_safetensors_header_of_the_wrong_types_is_refused(trit, tmp_path, change):
+    folder = demo_copy(tmp_path)
+    rewrite_header(folder / "model.safetensors", change)
+    one_line(trit("ask", "-m", folder, "--no-log", "hi"), "model.safetensors")

@@ -28,6 +28,13 @@ LAYER_NORMS = ("input_layernorm", "post_attention_layernorm", "self_attn.attn_su
 FLOAT_DTYPES = ("BF16", "F16", "F32")
 
 
+# Upper bounds on config.json's sizes, far above every ternary model bitnet.cpp runs (Llama3-8B: hidden 4096, 32
+# layers, vocabulary 128256), so that a corrupt or hostile file is refused at once instead of allocating for it.
+LIMITS = {"hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_hidden_layers": 1 << 10,
+          "num_attention_heads": 1 << 10, "num_key_value_heads": 1 << 10, "head_dim": 1 << 10, "vocab_size": 1 << 22,
+          "max_position_embeddings": 1 << 18}
+
+
 def kv_bytes_per_token(num_hidden_layers: int, num_key_value_heads: int, head_dim: int) -> int:
     """The KV cache one position takes: a key and a value per layer and KV head, in fp16 — as the native cache and
     llama.cpp's default store them."""
@@ -80,20 +87,36 @@ class ModelConfig:
             fail("tie_word_embeddings is not true; only models whose output head is the embedding are supported")
 
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            fail(f"rope_scaling must be an object, not {type(rope).__name__}")
         if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
             fail(f"rope type {rope.get('rope_type', rope.get('type'))!r} is not supported (only the default RoPE)")
-        theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
 
         def integer(key, default=None):
             v = d.get(key, default)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                fail(f"{key} must be a positive integer, not {v!r}")
+                fail(f"{key} must be a positive integer, not {v!r:.40}")
+            if v > LIMITS.get(key, v):  # checked before anything is allocated for it
+                fail(f"{key} is {v}, more than Trit runs ({LIMITS[key]})")
             return v
+
+        def number(key, value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                fail(f"{key} must be a finite number, not {value!r:.40}")
+            return float(value)
+
+        def token_ids(key):
+            v = d.get(key)
+            ids = [] if v is None else [v] if isinstance(v, int) else v
+            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                fail(f"{key} must be a token id or a list of them, not {v!r:.40}")
+            return ids
 
         hidden = integer("hidden_size")
         heads = integer("num_attention_heads")
         kv = integer("num_key_value_heads", heads)
-        head_dim = d.get("head_dim") or (hidden // heads)
+        head_dim = integer("head_dim") if d.get("head_dim") is not None else hidden // heads
+        bos = token_ids("bos_token_id")
         cfg = cls(
             hidden_size=hidden,
             intermediate_size=integer("intermediate_size"),
@@ -103,11 +126,11 @@ class ModelConfig:
             head_dim=head_dim,
             vocab_size=integer("vocab_size"),
             max_position_embeddings=integer("max_position_embeddings"),
-            rope_theta=float(theta),
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            rope_theta=number("rope_theta", d.get("rope_theta", rope.get("rope_theta", 10000.0))),
+            rms_norm_eps=number("rms_norm_eps", d.get("rms_norm_eps", 1e-6)),
             linear_class=linear_class,
-            bos_token_id=d.get("bos_token_id"),
-            eos_token_ids=tuple(np.atleast_1d(d.get("eos_token_id") or []).astype(int).tolist()),
+            bos_token_id=bos[0] if len(bos) == 1 else None,
+            eos_token_ids=tuple(token_ids("eos_token_id")),
         )
         if heads % kv:
             fail(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
@@ -167,6 +190,8 @@ def read_json(path: Path, required: bool = True) -> dict | None:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         reason = " ".join(str(e).split())
         raise CheckpointError(f"{path}: not valid JSON ({reason})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not a config file: its JSON is nested thousands of levels deep") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(raw).__name__}")
     return raw

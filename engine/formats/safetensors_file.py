@@ -8,6 +8,7 @@ read-only views into one memory map (bf16 as uint16), with every offset checked 
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -72,23 +73,29 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: not a safetensors file, or truncated (header of {n} bytes)")
         try:
             header = json.loads(self._file.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise CheckpointError(f"{self.path}: the safetensors header is not valid JSON") from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: the safetensors header is not a JSON object")
         metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise CheckpointError(f"{self.path}: the safetensors header's __metadata__ is not a JSON object")
         data_start = 8 + n
         tensors = {}
         for name, entry in header.items():
             try:
-                dtype, (begin, end) = entry["dtype"], entry["data_offsets"]
-                shape = tuple(int(d) for d in entry["shape"])
+                dtype, (begin, end), shape = entry["dtype"], entry["data_offsets"], tuple(entry["shape"])
             except (KeyError, TypeError, ValueError):
                 raise CheckpointError(f"{self.path}: tensor {name}: malformed header entry") from None
-            if dtype not in DTYPES:
-                raise CheckpointError(f"{self.path}: tensor {name}: unsupported dtype {dtype}")
-            want = DTYPES[dtype].itemsize * int(np.prod(shape, dtype=np.int64))
-            if not (0 <= begin <= end) or end - begin != want:
+            # JSON gives any type: offsets and dimensions must be plain non-negative integers, sized exactly (in
+            # Python's integers, which neither wrap nor overflow) before numpy or native code sees them
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (begin, end, *shape)):
+                raise CheckpointError(f"{self.path}: tensor {name}: offsets and shape must be integers >= 0, not "
+                                      f"{entry['data_offsets']!r:.40} and {entry['shape']!r:.40}")
+            if not isinstance(dtype, str) or dtype not in DTYPES:
+                raise CheckpointError(f"{self.path}: tensor {name}: unsupported dtype {dtype!r:.40}")
+            want = DTYPES[dtype].itemsize * math.prod(shape)
+            if not (begin <= end) or end - begin != want:
                 raise CheckpointError(
                     f"{self.path}: tensor {name}: {end - begin} bytes of data for {dtype} {list(shape)} "
                     f"({want} expected)"

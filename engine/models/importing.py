@@ -74,6 +74,9 @@ def import_checkpoint(path: str | os.PathLike, models_dir: str | os.PathLike, na
                 raise CheckpointError(f"{src / f}: file not found")
     except FileNotFoundError:
         raise CheckpointError(f"{src} is not a BitNet b1.58 model folder: it has no {CONFIG_FILE}") from None
+    except RecursionError:
+        raise CheckpointError(f"{src} is not a BitNet b1.58 model folder: its {CONFIG_FILE} is nested thousands of "
+                              "levels deep") from None
     except (OSError, ValueError, CheckpointError) as e:
         raise CheckpointError(f"{src} is not a BitNet b1.58 model folder: {' '.join(str(e).split())}") from None
     try:
