@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from functools import wraps
 from pathlib import Path
@@ -97,29 +98,57 @@ def read_prompt(words: tuple[str, ...]) -> str:
     return "\n\n".join(parts)
 
 
-class CtrlC:
-    """The first Ctrl-C stops the reply between two tokens (what was said is kept); a second one stops at once."""
+class StopSignals:
+    """Ctrl-C, SIGTERM and SIGHUP (the terminal closed) stop the reply between two tokens, and what was said is kept,
+    marked stopped; the exit code is 128 + the signal's number. A second Ctrl-C stops at once."""
+
+    NAMES = ("SIGINT", "SIGTERM", "SIGHUP")  # SIGHUP does not exist on Windows
 
     def __init__(self):
         import threading
 
         self.event = threading.Event()
+        self.signum: int | None = None
 
     def __enter__(self):
         import signal
 
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self.event
+        self._previous = {sig: signal.signal(sig, self._handle)
+                          for sig in (getattr(signal, name, None) for name in self.NAMES) if sig is not None}
+        return self
 
     def _handle(self, signum, frame):
-        if self.event.is_set():
+        import signal
+
+        if self.event.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        self.signum = self.signum or signum
         self.event.set()
 
     def __exit__(self, *exc):
         import signal
 
-        signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or 2)
+
+
+def quiet_stdout() -> None:
+    """The reader of stdout is gone (a closed terminal, a pipe's end that left): what is still printed goes nowhere,
+    so the reply can still end and be stored, and Python's exit does not complain about the flush."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def say(text: str) -> None:
+    try:
+        click.echo(text, err=True)
+    except OSError:  # stderr is gone with the terminal
+        pass
 
 
 @cli.command()
@@ -167,26 +196,35 @@ def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, contin
                                           model=dialogue.model)
         else:
             dialogue = service.new(model=model_name, system=system, params=overrides, logged=not no_log)
-        turn = None
-        with CtrlC() as cancel:
-            for event in service.send(dialogue, text, cancel):
+        turn, printing = None, not as_json
+        with StopSignals() as stop:
+            for event in service.send(dialogue, text, stop.event):
                 if isinstance(event, Turn):
                     turn = event
-                elif not as_json:
-                    click.echo(event.text, nl=False)
-                    sys.stdout.flush()
+                elif printing:
+                    try:
+                        click.echo(event.text, nl=False)
+                        sys.stdout.flush()
+                    except OSError:  # nobody reads any more: stop between two tokens and keep what was said
+                        printing = False
+                        quiet_stdout()
+                        stop.signum = stop.signum or 13  # exit as a process that SIGPIPE ended would (141)
+                        stop.event.set()
         result = turn.result
-        if as_json:
-            click.echo(json.dumps(turn.to_dict(), indent=2, ensure_ascii=False))
-        elif result.text and not result.text.endswith("\n"):
-            click.echo()
+        try:
+            if as_json:
+                click.echo(json.dumps(turn.to_dict(), indent=2, ensure_ascii=False))
+            elif result.text and not result.text.endswith("\n"):
+                click.echo()
+        except OSError:
+            quiet_stdout()
         if result.dropped_messages:
-            click.echo(f"trit: the {result.dropped_messages} oldest messages were left out to fit the "
-                       f"{result.n_ctx}-token context", err=True)
+            say(f"trit: the {result.dropped_messages} oldest messages were left out to fit the {result.n_ctx}-token "
+                "context")
         if result.finish_reason == "cancelled":
             kept = f"; the partial answer is kept in conversation {turn.conversation_id}" if dialogue.logged else ""
-            click.echo(f"trit: stopped{kept}", err=True)
-            sys.exit(130)
+            say(f"trit: stopped{kept}")
+            sys.exit(stop.exit_code)
     finally:
         service.close()
         if store is not None:
