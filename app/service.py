@@ -173,12 +173,23 @@ class Service:
 
     # ---- one turn -------------------------------------------------------------------------------------------------
     def send(self, dialogue: Dialogue, text: str, cancel=None) -> Iterator[Piece | Turn]:
-        """Append the user's message (stored at once), then stream the reply and store it when it ends."""
+        """Append the user's message (stored at once), then stream the reply and store it when it ends. A turn that
+        never starts (the model does not load, the message can never be answered) takes its message back out, and
+        the conversation too when this message was to begin it: nothing is kept that the history would show as a
+        question nobody answered."""
+        beginning = dialogue.conversation_id is None
         dialogue.messages.append(self._store(dialogue, "user", text))
+        started = False
         try:
-            yield from self.reply(dialogue, cancel)
-        except engine.InputError:  # the message can never be answered (too long): keep it out of the conversation
-            self._forget_from(dialogue, len(dialogue.messages) - 1)
+            for event in self.reply(dialogue, cancel):
+                started = True
+                yield event
+        except Exception:
+            if not started:
+                self._forget_from(dialogue, len(dialogue.messages) - 1)
+                if beginning and dialogue.logged and dialogue.conversation_id is not None and not dialogue.messages:
+                    self.store.delete_conversation(dialogue.conversation_id)
+                    dialogue.conversation_id = None
             raise
 
     def reply(self, dialogue: Dialogue, cancel=None) -> Iterator[Piece | Turn]:

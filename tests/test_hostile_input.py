@@ -258,3 +258,21 @@ def test_closing_the_terminal_keeps_the_answer_already_shown(make_model, home, t
     assert code in (128 + signal.SIGHUP, 141)  # the hang-up, or the write that found the terminal gone first
     assert stored["finish_reason"] == "cancelled" and 0 < stored["generated_tokens"] < 3000
     assert stored["content"].startswith(shown.strip())
+
+
+def test_a_turn_that_never_starts_leaves_no_question_behind(trit, tmp_path):
+    """The model fails to load: neither the question nor an empty conversation is kept, and the next `-c` does not
+    find two questions in a row."""
+    broken = demo_copy(tmp_path, "broken")
+    (broken / "model.safetensors").write_bytes(b"\0" * 64)
+    one_line(trit("ask", "-m", broken, "first"), "model.safetensors")
+    one_line(trit("ask", "-m", "demo", "--threads", 100000, "second"), "threads")
+    assert conversations(trit) == []
+
+    r = trit("ask", "-m", "demo", "--max-tokens", 4, "--json", "third")
+    assert r.returncode == 0, r.stderr
+    cid = json.loads(r.stdout)["conversation_id"]
+    one_line(trit("ask", "-c", "-m", broken, "fourth"), "model.safetensors")
+    shown = trit("history", "show", cid, "--json")
+    assert [m["role"] for m in json.loads(shown.stdout)["messages"]] == ["user", "assistant"], shown.stderr
+    assert len(conversations(trit)) == 1
