@@ -18,6 +18,10 @@ class SamplingError(InputError, ValueError):
     dataclass's validation is."""
 
 
+class NonFiniteError(EngineError, ValueError):
+    """A model computed NaN: its weights are damaged (import refuses such files; this catches what slipped by)."""
+
+
 class NativeError(EngineError):
     """The native library refused a call or could not be loaded."""
 

@@ -276,3 +276,34 @@ def test_a_turn_that_never_starts_leaves_no_question_behind(trit, tmp_path):
     shown = trit("history", "show", cid, "--json")
     assert [m["role"] for m in json.loads(shown.stdout)["messages"]] == ["user", "assistant"], shown.stderr
     assert len(conversations(trit)) == 1
+
+
+def poke(path, tensor: str, value: bytes, index: int = 0) -> None:
+    """Write `value` over element `index` of a tensor of a safetensors file, in place."""
+    raw = bytearray(path.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    entry = json.loads(raw[8:8 + n])[tensor]
+    size = {"BF16": 2, "F16": 2, "F32": 4}[entry["dtype"]]
+    at = 8 + n + entry["data_offsets"][0] + index * size
+    raw[at:at + len(value)] = value
+    path.write_bytes(bytes(raw))
+
+
+BF16_NAN, BF16_HUGE = (0x7FC0).to_bytes(2, "little"), (0x7F7F).to_bytes(2, "little")  # NaN; 3.39e38
+
+
+@pytest.mark.parametrize("tensor, value, words", [
+    ("model.norm.weight", BF16_NAN, ("model.norm.weight", "NaN or infinity")),
+    ("model.embed_tokens.weight", BF16_NAN, ("embed_tokens", "NaN or infinity")),
+    ("model.layers.0.self_attn.q_proj.weight_scale", BF16_HUGE, ("q_proj.weight_scale", "weight scale")),
+], ids=["nan-norm", "nan-embedding", "huge-scale"])
+def test_a_model_whose_weights_give_nan_is_not_imported_and_not_run(trit, tmp_path, tensor, value, words):
+    folder = demo_copy(tmp_path, "nan")
+    poke(folder / "model.safetensors", tensor, value, index=7 if "embed" in tensor else 0)
+    one_line(trit("import", folder), *words)
+    assert json.loads(trit("models", "--json").stdout) == []
+    if "embed" in tensor:
+        return  # only the tokens whose rows are bad would meet it at run time
+    # run without importing: one line, and the question is not kept (the turn never started)
+    one_line(trit("ask", "-m", folder, "--max-tokens", 4, "hi"), *(words if "scale" in tensor else ("NaN",)))
+    assert conversations(trit) == []

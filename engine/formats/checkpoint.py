@@ -26,6 +26,7 @@ PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 LAYER_NORMS = ("input_layernorm", "post_attention_layernorm", "self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
 FLOAT_DTYPES = ("BF16", "F16", "F32")
+SCALE_RANGE = (1e-6, 1e6)  # real weight scales are near 1 (mean |W|, or its inverse); 3.4e38 makes every logit NaN
 
 
 # Upper bounds on config.json's sizes, far above every ternary model bitnet.cpp runs (Llama3-8B: hidden 4096, 32
@@ -254,10 +255,27 @@ class Checkpoint:
 
     def scale(self, name: str) -> float:
         value = float(self.f32(name)[0])
-        if not (math.isfinite(value) and value != 0.0):
+        if not (math.isfinite(value) and SCALE_RANGE[0] <= abs(value) <= SCALE_RANGE[1]):
             raise CheckpointError(f"{self.file.path}: tensor {name} is {value}; a weight scale must be finite and "
-                                  "non-zero")
+                                  f"non-zero, between {SCALE_RANGE[0]:g} and {SCALE_RANGE[1]:g} in size")
         return value
+
+    def check_floats(self) -> None:
+        """Every float tensor (embedding, norms) holds finite numbers: a NaN or infinity would make every logit NaN.
+        Read once, at import, a chunk of rows at a time (the 2B4T's embedding is 657 MB)."""
+        exponent = {"BF16": 0x7F80, "F16": 0x7C00}  # all exponent bits set: an infinity or a NaN
+        for name, info in self.file.tensors.items():
+            if info.dtype not in FLOAT_DTYPES or name.endswith("weight_scale"):
+                continue
+            raw = self.raw(name).reshape(info.shape[0] if info.shape else 1, -1)
+            for start in range(0, raw.shape[0], 8192):
+                rows = raw[start:start + 8192]
+                bad = ~np.isfinite(rows) if info.dtype == "F32" else \
+                    (rows & exponent[info.dtype]) == exponent[info.dtype]
+                if bad.any():
+                    row, col = np.argwhere(bad)[0]
+                    raise CheckpointError(f"{self.file.path}: tensor {name} holds NaN or infinity (row {start + row}, "
+                                          f"column {col}): the file is damaged; download or import it again")
 
     def check_ternary_codes(self, name: str) -> None:
         """A packed byte holding the code 3 is not a ternary value: the file is corrupt."""

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from trit.engine.errors import CheckpointError, EngineError, SamplingError
-from trit.engine.formats.checkpoint import CONFIG_FILE, GENERATION_CONFIG_FILE, WEIGHTS_FILE
+from trit.engine.formats.checkpoint import CONFIG_FILE, GENERATION_CONFIG_FILE, WEIGHTS_FILE, Checkpoint
 from trit.engine.formats.gguf import GGUFError, GGUFInfo, check_gguf
 from trit.engine.formats.regular_file import open_regular
 from trit.engine.kinds import BITNET, LLAMA_CPP
@@ -261,6 +261,7 @@ def check_folder(folder: str | os.PathLike, derive: bool = True) -> None:
         SamplingParams.from_generation_config(folder)
     except SamplingError as e:  # a value every reply would refuse: refused once, here
         raise CheckpointError(str(e)) from None
+    Checkpoint(folder).check_floats()
     load(folder, threads=1, head="bf16", ternary="tq2").close()  # the checkpoint's own bytes, as they are
     if derive:
         load(folder).close()

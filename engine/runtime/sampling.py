@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trit.engine.errors import SamplingError
+from trit.engine.errors import NonFiniteError, SamplingError
 from trit.engine.formats.checkpoint import GENERATION_CONFIG_FILE, read_json
 
 _BLOCK = 256
@@ -210,7 +210,8 @@ class Sampler:
             x = x.astype(np.float32)
         top = x.max()
         if np.isnan(top):
-            raise ValueError("logits contain NaN")
+            raise NonFiniteError("the model's logits are NaN: its weights are damaged or out of range; import or "
+                                 "download it again")
         if top == -np.inf:
             raise ValueError("every logit is -inf: no token can be chosen")
         p = self.params
