@@ -246,7 +246,6 @@ class Store:
     def _open(self) -> None:
         self.db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.enable_wal()  # readers and one writer at a time, across processes, without blocking each other
         applied = applied_migrations(self.db)
         known = {name for name, _ in MIGRATIONS}
         unknown = [name for name in applied if name not in known]
@@ -256,6 +255,8 @@ class Store:
         if not applied and self.db.table_names():
             raise StoreError(f"{self.path} is a SQLite database but not a Trit history; "
                              "move it elsewhere or point TRIT_HOME to another folder — the file was not changed")
+        # only now, once the file is known to be Trit's: WAL mode is written into the file itself
+        self.db.enable_wal()  # readers and one writer at a time, across processes, without blocking each other
         migrate(self.db)
 
     def _explain(self, e: sqlite3.Error) -> StoreError:

@@ -307,3 +307,17 @@ def test_a_model_whose_weights_give_nan_is_not_imported_and_not_run(trit, tmp_pa
     # run without importing: one line, and the question is not kept (the turn never started)
     one_line(trit("ask", "-m", folder, "--max-tokens", 4, "hi"), *(words if "scale" in tensor else ("NaN",)))
     assert conversations(trit) == []
+
+
+def test_a_foreign_sqlite_file_at_the_history_path_is_left_as_it_was(trit, home):
+    import sqlite3
+
+    db = home / "data" / "history.db"
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as c:
+        c.execute("create table notes (body text)")
+        c.execute("insert into notes values ('mine')")
+    c.close()
+    before = db.read_bytes()
+    one_line(trit("history", "list"), "not a Trit history", "not changed")
+    assert db.read_bytes() == before and not db.with_name("history.db-wal").exists()
