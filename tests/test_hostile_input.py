@@ -12,6 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 from network_guard import offline_env
+from test_ask import stop_mid_answer
 from test_cli import trit_command
 
 from trit.assets import DEMO_MODEL
@@ -212,39 +213,10 @@ def test_a_safetensors_header_of_the_wrong_types_is_refused(trit, tmp_path, chan
     one_line(trit("ask", "-m", folder, "--no-log", "hi"), "model.safetensors")
 
 
-def stop_mid_answer(trit_home, make_model, tmp_path, signum, close_stdout=False):
-    """`trit ask` streaming a long answer, then signum; returns (exit code, what was shown, the stored reply)."""
-    import signal  # noqa: F401 (the caller's signal numbers)
-    import time
-
-    slow = make_model("small", seed=1)
-    proc = subprocess.Popen(trit_command() + ["ask", "-m", str(slow), "--temperature", "0", "--max-tokens", "3000",
-                                              "Write at length."],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-                            env=offline_env({**os.environ, "TRIT_HOME": str(trit_home)}))
-    try:
-        shown = proc.stdout.read1(64)
-        assert shown, proc.stderr.read().decode()
-        time.sleep(0.2)
-        if close_stdout:  # the terminal is gone: nobody reads what is printed any more
-            proc.stdout.close()
-        else:
-            time.sleep(0.1)
-        proc.send_signal(signum)
-        rest, err = proc.communicate(timeout=60) if not close_stdout else (b"", proc.stderr.read())
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
-    assert b"Traceback" not in err and b"Exception ignored" not in err, err.decode()
-    r = subprocess.run(trit_command() + ["history", "show", "1", "--json"], capture_output=True, text=True,
-                       env=offline_env({**os.environ, "TRIT_HOME": str(trit_home)}), timeout=60)
-    return proc.returncode, (shown + rest).decode(), json.loads(r.stdout)["messages"][-1]
-
-
 def test_sigterm_stops_the_answer_and_keeps_it_as_ctrl_c_does(make_model, home, tmp_path):
     import signal
 
-    code, shown, stored = stop_mid_answer(home, make_model, tmp_path, signal.SIGTERM)
+    code, shown, _, stored = stop_mid_answer(home, make_model, tmp_path, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM
     assert stored["finish_reason"] == "cancelled" and 0 < stored["generated_tokens"] < 3000
     assert stored["content"] and shown.rstrip("\n") == stored["content"]
@@ -254,7 +226,7 @@ def test_sigterm_stops_the_answer_and_keeps_it_as_ctrl_c_does(make_model, home, 
 def test_closing_the_terminal_keeps_the_answer_already_shown(make_model, home, tmp_path):
     import signal
 
-    code, shown, stored = stop_mid_answer(home, make_model, tmp_path, signal.SIGHUP, close_stdout=True)
+    code, shown, _, stored = stop_mid_answer(home, make_model, tmp_path, signal.SIGHUP, close_stdout=True)
     assert code in (128 + signal.SIGHUP, 141)  # the hang-up, or the write that found the terminal gone first
     assert stored["finish_reason"] == "cancelled" and 0 < stored["generated_tokens"] < 3000
     assert stored["content"].startswith(shown.strip())
