@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +57,7 @@ class TritApp(App):
         self._own_store = store is None
         self.service: Service | None = None
         self.keymap: dict[str, str] = {}
+        self.stop_signum: int | None = None  # SIGTERM or SIGHUP received: leaving
 
     def now(self) -> datetime:
         return self.clock() if self.clock is not None else datetime.now(timezone.utc)
@@ -85,6 +88,7 @@ class TritApp(App):
         for problem in problems:
             self.notify(problem, severity="error", timeout=15)
         self.watch(self, "theme", self.remember_theme, init=False)
+        self.catch_stop_signals()
         problem = None
         if not needs_first_run(self.settings):
             try:
@@ -146,7 +150,26 @@ class TritApp(App):
     def chat_screen(self) -> ChatScreen | None:
         return next((s for s in self.screen_stack if isinstance(s, ChatScreen)), None)
 
-    async def action_quit(self) -> None:
+    def catch_stop_signals(self) -> None:
+        """SIGTERM, and SIGHUP (the terminal closed), leave as Ctrl+Q does: a reply being written is stopped and kept,
+        marked stopped; the exit code is 128 + the signal's number, as `trit ask` gives."""
+        loop = asyncio.get_running_loop()
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is None:  # no SIGHUP on Windows
+                continue
+            try:
+                loop.add_signal_handler(sig, self.stop_signal, sig)
+            except (NotImplementedError, RuntimeError):  # a loop without signal handlers (Windows' proactor)
+                pass
+
+    def stop_signal(self, signum: int) -> None:
+        if self.stop_signum is not None:  # already leaving (closing a terminal sends SIGHUP more than once)
+            return
+        self.stop_signum = signum
+        self.run_worker(self.action_quit(return_code=128 + signum), group="leaving")
+
+    async def action_quit(self, return_code: int = 0) -> None:
         chat = self.chat_screen()
         if chat is not None and chat.generating:
             chat.cancel.set()  # the service stores what was written, marked stopped
@@ -156,7 +179,16 @@ class TritApp(App):
                     await asyncio.wait_for(worker.wait(), STOP_WAIT_S)
                 except Exception:  # noqa: BLE001 — leaving anyway
                     pass
-        self.exit()
+        if self.stop_signum == getattr(signal, "SIGHUP", None):
+            self.leave_without_terminal(return_code)
+        self.exit(return_code=return_code)
+
+    def leave_without_terminal(self, return_code: int) -> None:
+        """The terminal is gone (SIGHUP): what was said is stored, so close the history and leave now. Textual's
+        shutdown would restore a terminal that no longer exists: its writer thread has died of EIO, and the next
+        write waits forever on the thread's full queue."""
+        self.on_unmount()
+        os._exit(return_code)
 
     def on_unmount(self) -> None:
         chat = self.chat_screen()
