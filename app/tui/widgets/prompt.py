@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from textual import events
 from textual.message import Message
+from textual.strip import Strip
 from textual.widgets import TextArea
 
 from .. import actions
@@ -28,6 +29,13 @@ class PromptInput(TextArea):
     def __init__(self, **kwargs):
         super().__init__(soft_wrap=True, tab_behavior="focus", show_line_numbers=False, placeholder=PLACEHOLDER,
                          compact=True, **kwargs)
+
+    def render_line(self, y: int) -> Strip:
+        # Textual wraps the placeholder to the box's width and fails on a width of 0, which a narrow terminal gives
+        # for a frame before the sidebar is hidden (38 to 40 columns): nothing fits, so draw nothing.
+        if self.content_size.width <= 0:
+            return Strip.blank(self.size.width)
+        return super().render_line(y)
 
     def keys_for(self, action_id: str) -> list[str]:
         return actions.key_list(actions.BY_ID[action_id], getattr(self.app, "keymap", {}))
