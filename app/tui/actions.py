@@ -35,6 +35,8 @@ CHAT = [
     Action("new_chat", "ctrl+n", "new_chat", "New conversation", "Start a new conversation", footer="New"),
     Action("new_incognito", "ctrl+t", "new_incognito", "New incognito conversation",
            "A conversation that is never written to disk"),
+    Action("conversations", "f3", "conversations", "Show or hide the conversations",
+           "The list of saved conversations: F3 goes to it, shows it on a narrow terminal, or hides it"),
     Action("search", "ctrl+f", "search", "Search conversations", "Find words in every saved conversation",
            footer="Search"),
     Action("rename", "f2", "rename", "Rename conversation", "Give this conversation another title"),

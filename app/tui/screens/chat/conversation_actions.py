@@ -47,6 +47,7 @@ class ConversationActions:
             return
         cid = int(event.option.id)
         if self.dialogue is not None and cid == self.dialogue.conversation_id:
+            self.close_list()
             self.focus_prompt()
             return
         if self.generating:

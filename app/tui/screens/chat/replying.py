@@ -189,6 +189,8 @@ class Replying:
                     self.reply_box.set_waiting(False)
                     self.reply_box.set_note("stopping…")
             self.focus_prompt()
+        elif self.list_open:
+            self.close_list()
         elif self.editing:
             self.editing = False
             self.prompt.border_title = None

@@ -80,6 +80,31 @@ class ChatScreen(Replying, ConversationActions, Screen):
     def focus_prompt(self) -> None:
         self.query_one(PromptInput).focus()
 
+    # ---- the list of conversations: beside the chat when there is room, else over it on F3 ----
+    @property
+    def list_open(self) -> bool:
+        """The narrow terminal's list is showing in place of the conversation."""
+        return self.has_class("-narrow") and self.has_class("-list-open")
+
+    def action_conversations(self) -> None:
+        listing = self.query_one(ConversationList)
+        if self.has_class("-narrow"):
+            self.toggle_class("-list-open")
+        elif listing.has_focus or self.has_class("-list-hidden"):  # shown and not focused: F3 only goes to it
+            self.toggle_class("-list-hidden")
+        self.call_after_refresh(self.focus_list_or_prompt)
+
+    def focus_list_or_prompt(self) -> None:
+        if self.query_one("#sidebar").display:
+            self.query_one(ConversationList).focus()
+        else:
+            self.focus_prompt()
+
+    def close_list(self) -> None:
+        if self.list_open:
+            self.remove_class("-list-open")
+            self.focus_prompt()
+
     @property
     def prompt(self) -> PromptInput:
         return self.query_one(PromptInput)
@@ -138,6 +163,7 @@ class ChatScreen(Replying, ConversationActions, Screen):
                 self.call_after_refresh(box.scroll_visible, top=True, animate=False)
 
     async def show(self, dialogue: Dialogue) -> None:
+        self.remove_class("-list-open")
         self.dialogue = dialogue
         self.editing = False
         self.prompt.border_title = None
