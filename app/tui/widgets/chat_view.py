@@ -4,6 +4,7 @@ as older turns left out of the context."""
 from __future__ import annotations
 
 from markdown_it import MarkdownIt
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -84,6 +85,17 @@ class MessageBox(Vertical, can_focus=True):
         self.streaming = False
         self.set_waiting(False)
         self.set_note(finish_note(message))
+
+    def on_key(self, event: events.Key) -> None:
+        # A message takes no text: what is typed while one is focused (a search hit lands on one) goes on in the
+        # message box, and Enter goes there too, so nothing typed is lost.
+        if event.is_printable or event.key in ("enter", "backspace"):
+            event.stop()
+            event.prevent_default()
+            prompt = self.screen.prompt
+            prompt.focus()
+            if event.is_printable and event.character:
+                prompt.insert(event.character)
 
     def action_step(self, step: int) -> None:
         boxes = list(self.parent.query_children(MessageBox)) if self.parent else []

@@ -1,0 +1,95 @@
+"""What a new user hit in the chat app in their first hour (issue 16), driven with Textual's pilot at the sizes they
+used, on the real engine with a small synthetic model and a real history file."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("textual")
+
+import test_tui  # noqa: E402
+from test_tui import drive, running, started, type_text, until  # noqa: E402
+
+from trit.app.tui.app import TritApp  # noqa: E402
+from trit.app.tui.widgets.chat_view import MessageBox  # noqa: E402
+from trit.app.tui.widgets.conversation_list import ConversationList  # noqa: E402
+from trit.app.tui.widgets.prompt import PromptInput  # noqa: E402
+
+# the chat app tests' fixtures: a TRIT_HOME of its own, a tiny model as the default, two saved conversations
+home, tiny, with_tiny, stored = test_tui.home, test_tui.tiny, test_tui.with_tiny, test_tui.stored
+
+
+@pytest.mark.parametrize("width", [38, 39, 40])
+@drive
+async def test_the_app_starts_and_resizes_at_38_to_40_columns(with_tiny, width):
+    app = TritApp()
+    async with app.run_test(size=(width, 12)) as pilot:
+        chat = await started(pilot)
+        for size in ((120, 36), (width, 12), (80, 24), (width, 12)):
+            await pilot.resize_terminal(*size)
+            await pilot.pause(0.2)
+        assert app.screen is chat and app.return_code is None
+    assert app.return_code in (None, 0)
+
+
+def shown(widget) -> bool:
+    return widget.display and widget.region.width > 0
+
+
+@pytest.mark.parametrize("size", [(80, 24), (40, 12)])
+@drive
+async def test_the_conversation_list_can_be_shown_when_narrow_and_opens_a_conversation(stored, size):
+    app = TritApp()
+    async with app.run_test(size=size) as pilot:
+        chat = await started(pilot)
+        sidebar, prompt = chat.query_one("#sidebar"), chat.query_one(PromptInput)
+        assert not shown(sidebar)  # no room for it beside the conversation
+        await pilot.press("f3")
+        await pilot.pause(0.1)
+        assert shown(sidebar) and isinstance(app.focused, ConversationList)
+        await pilot.press("escape")  # closes it again, back to the message box
+        await pilot.pause(0.1)
+        assert not shown(sidebar) and app.focused is prompt
+        await pilot.press("f3")
+        await pilot.pause(0.1)
+        listing = chat.query_one(ConversationList)
+        bread = next(i for i, c in enumerate(listing.conversations) if c.id == stored["bread"])
+        listing.highlighted = bread
+        await pilot.press("enter")
+        await until(pilot, lambda: chat.dialogue.conversation_id == stored["bread"], what="the conversation to open")
+        await pilot.pause(0.1)
+        assert not shown(sidebar) and shown(prompt) and app.focused is prompt
+
+
+@drive
+async def test_the_conversation_list_can_be_hidden_when_wide(stored):
+    app = TritApp()
+    async with app.run_test(size=(120, 36)) as pilot:
+        chat = await started(pilot)
+        sidebar = chat.query_one("#sidebar")
+        assert shown(sidebar)
+        await pilot.press("f3")  # the list is there but not focused: F3 goes to it
+        await pilot.pause(0.1)
+        assert shown(sidebar) and isinstance(app.focused, ConversationList)
+        await pilot.press("f3")  # focused: F3 hides it, and the conversation takes the width
+        await pilot.pause(0.1)
+        assert not shown(sidebar) and chat.query_one("#main").region.width == 120
+        await pilot.press("f3")
+        await pilot.pause(0.1)
+        assert shown(sidebar)
+
+
+@drive
+async def test_typing_after_opening_a_search_hit_goes_to_the_message_box(stored):
+    app = TritApp()
+    async with running(app) as pilot:
+        chat = await started(pilot)
+        await pilot.press("ctrl+f")
+        await type_text(pilot, "soda")
+        await until(pilot, lambda: app.screen.hits, what="search hits")
+        await pilot.press("enter")
+        await until(pilot, lambda: chat.dialogue.conversation_id == stored["bread"], what="the hit to open")
+        assert isinstance(app.focused, MessageBox) and "soda" in app.focused.text  # the hit, to copy it
+        await type_text(pilot, "More please")
+        prompt = chat.query_one(PromptInput)
+        assert prompt.text == "More please" and app.focused is prompt
