@@ -93,3 +93,27 @@ async def test_typing_after_opening_a_search_hit_goes_to_the_message_box(stored)
         await type_text(pilot, "More please")
         prompt = chat.query_one(PromptInput)
         assert prompt.text == "More please" and app.focused is prompt
+
+
+@pytest.mark.parametrize("size", [(80, 24), (70, 20), (40, 12)])
+@drive
+async def test_every_part_of_the_settings_dialog_can_be_reached_and_seen(with_tiny, size):
+    app = TritApp()
+    async with app.run_test(size=size) as pilot:
+        await started(pilot)
+        await pilot.press("ctrl+o")
+        await pilot.pause(0.3)
+        box = app.screen.query_one("#settings-box").content_region
+
+        def seen(widget) -> bool:  # some of it (the system prompt is taller than the form at 40x12), readable
+            inside = box.intersection(widget.region)
+            return inside.height > 0 and inside.width >= min(widget.region.width, 6)
+
+        assert seen(app.screen.query_one("#save")) and seen(app.screen.query_one("#cancel"))
+        reached = set()
+        for _ in range(9):
+            await pilot.press("tab")
+            await pilot.pause(0.1)
+            reached.add(app.focused.id)
+            assert seen(app.focused), f"{app.focused.id} has focus out of sight at {size}"
+        assert {"system", "temperature", "top_p", "max_tokens", "seed", "as-default", "save", "cancel"} <= reached

@@ -96,7 +96,9 @@ class SettingsScreen(ModalScreen[ConversationSettings | None]):
             except ValueError:  # not a number, or out of range (SamplingError is a ValueError)
                 value = None
             if value is None:
-                self.query_one("#settings-error", Static).update(f"{label}: {raw!r} is not a valid value")
+                error = self.query_one("#settings-error", Static)
+                error.update(f"{label}: {raw!r} is not a valid value")
+                error.display = True
                 self.query_one(f"#{name}", Input).focus()
                 return
             params[name] = value
