@@ -6,8 +6,11 @@ model continues them with an HTTP Range request. The download is done here rathe
 `huggingface_hub.hf_hub_download`: that function writes to a temporary file unique to the process and deletes it when
 anything fails (huggingface_hub 2.4 `_download_to_tmp_and_move`), so a Ctrl-C or a dropped connection would start a
 1.2 GB file over, and it checks sizes but not sha256. Here huggingface_hub supplies the hub's URLs, request headers
-(user agent, HF_TOKEN) and the model-info schema, and the request goes through a client of our own, so HF_HUB_OFFLINE
-(which Trit sets for everything else) does not apply to this one explicit command.
+(user agent, HF_TOKEN) and the model-info schema, and the requests go through a client of our own, so HF_HUB_OFFLINE
+does not apply to them. The `trit` command sets HF_HUB_OFFLINE and HF_HUB_DISABLE_TELEMETRY for every command
+(app/cli.py, keep_huggingface_hub_offline), pull included: huggingface_hub then sends nothing of its own and writes
+nothing (with telemetry on, building the headers fetches the hub's AI-agent registry and caches it in
+~/.cache/huggingface). A program that calls pull() itself should set them before importing huggingface_hub.
 """
 
 from __future__ import annotations

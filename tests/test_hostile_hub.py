@@ -1,0 +1,138 @@
+"""What `trit pull` writes, whom it talks to, what a misbehaving hub can make it do, and the lock files it leaves
+(issue 17, items 15, 16 and the lock files of 17): through the installed command, as a user's shell runs it, against
+the stand-in hub on 127.0.0.1 (tests/hub_server.py)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import test_hostile_input
+from hub_server import HubServer
+from network_guard import offline_env
+from test_cli import trit_command
+
+from trit.engine.models import download, registry
+
+REPO = download.DEFAULT_REPO
+NAME = "bitnet-b1.58-2B-4T"
+WEIGHTS = "model.safetensors"
+# Address space for a `trit pull` under a memory limit: a whole pull of the tiny model runs in 256 MiB; a response
+# read whole at 2 GiB cannot fit in this.
+PULL_MEMORY = 512 << 20
+
+home = test_hostile_input.home  # the fixture: TRIT_HOME
+
+
+@pytest.fixture
+def hub(tiny_model):
+    srv = HubServer().start()
+    srv.add_repo(REPO, tiny_model, extra={"README.md": b"# BitNet\n", ".gitattributes": b"*.safetensors filter=lfs\n"})
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def user_home(tmp_path):
+    folder = tmp_path / "user"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def pull(hub, home, user_home, tmp_path):
+    """pull(*args) runs the installed `trit pull` as a user's shell would: HOME a fresh folder, no XDG_* or HF_*
+    variable (this test session sets HF_HUB_OFFLINE), HF_ENDPOINT the stand-in hub, TRIT_HOME set unless
+    trit_home=False. memory: an address-space limit in bytes for the child."""
+
+    def env(trit_home: bool = True) -> dict:
+        e = {k: v for k, v in os.environ.items()
+             if not k.startswith(("HF_", "XDG_", "TRANSFORMERS_")) and k not in ("TRIT_HOME", "DISABLE_TELEMETRY")}
+        e.update(HOME=str(user_home), HF_ENDPOINT=hub.url, **({"TRIT_HOME": str(home)} if trit_home else {}))
+        return offline_env(e)
+
+    def run(*args, trit_home: bool = True, memory: int | None = None, timeout: float = 120, command: str = "pull"):
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_AS, (memory, memory))) if memory else None
+        return subprocess.run(trit_command() + [command, *args], capture_output=True, cwd=tmp_path, timeout=timeout,
+                              env=env(trit_home), preexec_fn=limit)
+
+    def start(*args):
+        return subprocess.Popen(trit_command() + ["pull", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=tmp_path, env=env())
+
+    run.start = start
+    return run
+
+
+def models(home: Path) -> Path:
+    return home / "data" / "models"
+
+
+def lock_files(home: Path) -> list[str]:
+    partial = models(home) / registry.PARTIAL_DIR
+    return sorted(p.name for p in partial.iterdir() if p.name.endswith(".lock")) if partial.is_dir() else []
+
+
+def wait_for(condition, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+# ---- item 15: nothing written outside Trit's folders, no request the pull does not need ----------------------------
+
+
+@pytest.mark.parametrize("trit_home", [True, False], ids=["TRIT_HOME", "platformdirs"])
+def test_a_pull_writes_only_into_trits_folders_and_asks_the_hub_only_what_it_needs(hub, pull, user_home, trit_home):
+    r = pull(trit_home=trit_home)
+    assert r.returncode == 0, r.stderr.decode()
+    ours = [Path(line.split(None, 1)[1]) for line in pull(trit_home=trit_home, command="paths").stdout.decode()
+            .splitlines()]
+    written = [p for p in user_home.rglob("*")
+               if not any(p == d or d in p.parents or p in d.parents for d in ours)]
+    assert written == []  # e.g. no ~/.cache/huggingface/.agent_harnesses.json
+    if trit_home:
+        assert list(user_home.iterdir()) == []
+
+    commit = hub.repos[REPO].commit
+    needed = {f"/api/models/{REPO}/revision/main"} | {f"/{REPO}/resolve/{commit}/{f}" for f in registry.MODEL_FILES}
+    asked = {r.path.split("?")[0] for r in hub.requests if not r.path.startswith("/cdn/")}
+    assert asked <= needed and f"/api/models/{REPO}/revision/main" in asked  # no /api/agent-harnesses
+
+
+PROBE = """
+import atexit, os, sys
+from trit.app.cli import main
+
+def report():  # what huggingface_hub, if the command imported it, and any process Trit starts were told
+    hub = sys.modules.get("huggingface_hub.constants")
+    print("env", os.environ.get("HF_HUB_OFFLINE"), os.environ.get("HF_HUB_DISABLE_TELEMETRY"), file=sys.stderr)
+    if hub is not None:
+        print("hub", hub.HF_HUB_OFFLINE, hub.HF_HUB_DISABLE_TELEMETRY, file=sys.stderr)
+
+atexit.register(report)
+sys.argv = ["trit", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("args", [["paths"], ["models"], ["pull"]])
+def test_every_command_keeps_the_hub_library_offline(hub, pull, user_home, tmp_path, args):
+    """Only the pull's own client talks to the hub: for huggingface_hub itself (whose helpers the pull uses) and for
+    whatever Trit runs, HF_HUB_OFFLINE and HF_HUB_DISABLE_TELEMETRY are set by the `trit` entry point."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_", "TRANSFORMERS_"))}
+    env.update(HOME=str(user_home), HF_ENDPOINT=hub.url, TRIT_HOME=str(tmp_path / "home"))
+    r = subprocess.run([sys.executable, str(probe), *args], capture_output=True, text=True, cwd=tmp_path,
+                       env=offline_env(env), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "env 1 1" in r.stderr.splitlines()
+    if args == ["pull"]:
+        assert "hub True True" in r.stderr.splitlines()
