@@ -16,6 +16,7 @@ import test_hostile_input
 from hub_server import HubServer
 from network_guard import offline_env
 from test_cli import trit_command
+from test_hostile_input import one_line
 
 from trit.engine.models import download, registry
 
@@ -136,3 +137,35 @@ def test_every_command_keeps_the_hub_library_offline(hub, pull, user_home, tmp_p
     assert "env 1 1" in r.stderr.splitlines()
     if args == ["pull"]:
         assert "hub True True" in r.stderr.splitlines()
+
+
+# ---- item 16: responses bounded by size ----------------------------------------------------------------------------
+
+
+def test_a_gzip_bomb_for_model_info_is_refused_in_one_line_under_a_memory_limit(hub, pull, home):
+    hub.info_bomb = 2048  # 2 GiB of JSON once decoded, 2 MB on the wire
+    start = time.monotonic()
+    r = pull(memory=PULL_MEMORY, timeout=60)
+    one_line(r, "model information", REPO, "more than")
+    assert time.monotonic() - start < 30
+    assert registry.installed(models(home)) == []
+
+
+@pytest.mark.parametrize("filename", [WEIGHTS, "config.json"], ids=["from the CDN", "from the hub"])
+def test_a_content_length_beyond_the_listed_size_is_refused_at_once(hub, pull, home, filename):
+    hub.long_length[filename] = 1000
+    start = time.monotonic()
+    r = pull(timeout=45)  # the client would wait 60 s for bytes that never come, then more on each retry
+    one_line(r, filename, "bytes", "lists")
+    assert time.monotonic() - start < 20
+    assert registry.installed(models(home)) == []
+
+
+@pytest.mark.parametrize("filename", [WEIGHTS, "config.json"], ids=["from the CDN", "from the hub"])
+def test_more_bytes_than_the_listed_size_without_a_length_are_refused(hub, pull, home, filename):
+    hub.overflow[filename] = 1 << 20
+    r = pull(memory=PULL_MEMORY, timeout=60)
+    one_line(r, filename, "more than", "lists")
+    assert registry.installed(models(home)) == []
+    kept = registry.partial_folder(models(home), NAME) / (filename + ".incomplete")
+    assert not kept.exists() or kept.stat().st_size == 0  # what came is discarded
