@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -169,3 +170,77 @@ def test_more_bytes_than_the_listed_size_without_a_length_are_refused(hub, pull,
     assert registry.installed(models(home)) == []
     kept = registry.partial_folder(models(home), NAME) / (filename + ".incomplete")
     assert not kept.exists() or kept.stat().st_size == 0  # what came is discarded
+
+
+# ---- item 17: lock files in models/.partial ------------------------------------------------------------------------
+
+
+def test_no_lock_file_is_left_by_a_failed_an_interrupted_or_a_finished_pull(hub, pull, home):
+    hub.status[WEIGHTS] = [404]  # fails once the small files are in, inside the lock
+    one_line(pull(), WEIGHTS, "is not in")
+    assert lock_files(home) == []
+
+    hub.hold[WEIGHTS] = [20_000]  # stalls mid-file: Ctrl-C there
+    p = pull.start()
+    wait_for(lambda: hub.gets(WEIGHTS)[-1:] and hub.gets(WEIGHTS)[-1].sent == 20_000)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and b"interrupted" in err, err.decode()
+    assert lock_files(home) == []
+    hub.release()
+
+    r = pull()
+    assert r.returncode == 0, r.stderr.decode()
+    assert registry.locate(models(home), NAME).verified and lock_files(home) == []
+
+
+def test_two_concurrent_pulls_of_one_model_do_not_mix_and_leave_no_lock(hub, pull, home):
+    hub.hold[WEIGHTS] = [20_000]  # the first pull holds the lock, stalled mid-file
+    first = pull.start()
+    wait_for(lambda: hub.gets(WEIGHTS)[-1:] and hub.gets(WEIGHTS)[-1].sent == 20_000)
+    one_line(pull(), f"another Trit process is installing '{NAME}'")
+    hub.release()  # the stalled connection closes; the first pull resumes and finishes
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err.decode()
+    assert registry.locate(models(home), NAME).verified and registry.verify(registry.locate(models(home), NAME)) == []
+    assert lock_files(home) == []
+
+
+RACE = """
+import os, sys, time
+from pathlib import Path
+from trit.engine import EngineError
+from trit.engine.models.registry import InstallLock
+models, rounds = Path(sys.argv[1]), int(sys.argv[2])
+held = overlaps = 0
+while held < rounds:
+    try:
+        with InstallLock(models, "m"):
+            try:  # only the lock's holder may be here: a second one finds the marker
+                fd = os.open(models / "holder", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                overlaps += 1
+                continue
+            time.sleep(0.0005)
+            os.close(fd)
+            os.unlink(models / "holder")
+            held += 1
+    except EngineError:
+        pass
+print(overlaps)
+"""
+
+
+def test_the_lock_excludes_while_its_file_is_removed_and_made_again(tmp_path):
+    """Processes that take and release the lock of one name as fast as they can: never two holders at once, though
+    each release removes the lock file another process may just have opened."""
+    (tmp_path / "models").mkdir()
+    script = tmp_path / "race.py"
+    script.write_text(RACE)
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "models"), "300"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path) for _ in range(4)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+    assert [int(out) for out, _ in results] == [0, 0, 0, 0]
+    assert list((tmp_path / "models" / registry.PARTIAL_DIR).iterdir()) == []
