@@ -23,6 +23,7 @@ Faults (consumed one per request, in order):
 - long_length[file] = n    that file's answers claim n bytes more Content-Length than they send, then the server
                            keeps the connection open without sending more (until release() or stop())
 - overflow[file] = n       that file's answers send n bytes more than it has, without a Content-Length
+- undecodable = {key, ...} answers for these ("info" or a file name) say Content-Encoding: gzip but are not gzip
 - stop()                   the server is gone: both ports and every open connection closed
 Every request is recorded in `requests` (method, path, Range header, status, body bytes sent), before its
 answer is sent.
@@ -106,6 +107,7 @@ class HubServer:
         self.info_bomb = 0
         self.long_length: dict[str, int] = {}
         self.overflow: dict[str, int] = {}
+        self.undecodable: set[str] = set()
         self.hold: dict[str, list[int]] = {}
         self.released = threading.Event()  # ends the waits of hold and long_length
         self.connections: set = set()
@@ -277,6 +279,9 @@ def _handler(hub: HubServer):
             blobs = hub.blobs and query.get("blobs", ["false"])[0].lower() == "true"
             info = {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False, "tags": ["bitnet"],
                     "siblings": [repo.sibling(n, blobs) for n in sorted(repo.files)]}
+            if "info" in hub.undecodable:
+                return self.reply(200, json.dumps(info).encode(), {"Content-Type": "application/json",
+                                                                   "Content-Encoding": "gzip"}, body)
             if hub.info_bomb:
                 return self.reply(200, gzip_bomb(json.dumps(info)[:-1].encode() + b', "card": "', hub.info_bomb),
                                   {"Content-Type": "application/json", "Content-Encoding": "gzip"}, body)
@@ -317,6 +322,8 @@ def _handler(hub: HubServer):
                 status = 206
                 headers = {**headers, "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
             part = data[start:]
+            if name in hub.undecodable:
+                headers = {**headers, "Content-Encoding": "gzip"}
             if body and (hub.long_length.get(name) or hub.overflow.get(name)):
                 return self.misstate_length(status, headers, part, hub.long_length.get(name, 0),
                                             hub.overflow.get(name, 0))

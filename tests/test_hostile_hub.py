@@ -172,6 +172,14 @@ def test_more_bytes_than_the_listed_size_without_a_length_are_refused(hub, pull,
     assert not kept.exists() or kept.stat().st_size == 0  # what came is discarded
 
 
+@pytest.mark.parametrize("key, words", [("info", ["model information", "does not decode"]),
+                                        (WEIGHTS, [WEIGHTS, "does not decode"])])
+def test_an_answer_that_does_not_decode_is_one_line(hub, pull, home, key, words):
+    hub.undecodable.add(key)
+    one_line(pull(timeout=60), *words)
+    assert registry.installed(models(home)) == []
+
+
 # ---- item 17: lock files in models/.partial ------------------------------------------------------------------------
 
 

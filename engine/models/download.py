@@ -280,6 +280,10 @@ class _Hub:
                             progress(len(chunk))
                     if have < f.size:
                         raise httpx2.RemoteProtocolError("the response ended early")
+                except httpx2.DecodingError as e:  # sent compressed though asked not to, and not even that
+                    raise HubError(f"{f.name}: the server sent data that does not decode "
+                                   f"({' '.join(str(e).split())}) — try again later; if it persists, the hub (or a "
+                                   "proxy in between) is not serving the file it lists") from None
                 except httpx2.TransportError as e:
                     if not self._retry(attempt, f"{f.name}: {' '.join(str(e).split())}"):
                         kept = f"; {format_bytes(have)} of {f.name} are kept for it" if have else ""
