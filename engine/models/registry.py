@@ -5,6 +5,7 @@ checking and removing them, and what pulls and imports share to install one safe
     <models>/<name>/<file>.gguf       … or one GGUF file (any llama.cpp model) plus the manifest, backend "llama.cpp"
     <models>/.partial/<name>/         a pull in progress: finished files, <file>.incomplete, pull-state.json
     <models>/.partial/<name>.import-* an import in progress
+    <models>/.partial/<name>.lock     locked while a pull or import of <name> runs; removed when it ends
 
 A folder under <models> is a model only if it holds the manifest, and the manifest is written only after every
 file has matched its checksum and the engine has opened the folder; the staging folder then becomes the model folder
