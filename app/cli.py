@@ -626,5 +626,16 @@ def rm_cmd(name, yes) -> None:
         click.echo(f"removed {what}")
 
 
+def keep_huggingface_hub_offline() -> None:
+    """Trit uses huggingface_hub only for its helpers (hub URLs, request headers, the model-info schema); `trit pull`
+    sends its requests through a client of its own (engine/models/download.py). For huggingface_hub itself, and for
+    whatever Trit starts, every command is offline: without these, building the pull's headers fetches the hub's
+    AI-agent registry (/api/agent-harnesses) and caches it in ~/.cache/huggingface, outside Trit's folders. Set
+    before anything imports huggingface_hub, which reads them once."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+
 def main() -> None:
+    keep_huggingface_hub_offline()
     cli()

@@ -7,6 +7,7 @@ It serves what huggingface_hub and engine.models.hub call:
   LFS files: 302 to a second port (the "CDN", another origin as on the real hub) with X-Linked-Etag (sha256),
   X-Linked-Size, X-Repo-Commit
 - HEAD/GET /cdn/{sha256}  the LFS content, with Range (206 + Content-Range)
+- GET /api/agent-harnesses  the AI-agent registry huggingface_hub fetches (and caches in HF_HOME) for its user agent
 Unknown repo / revision / file: 404 with X-Error-Code RepoNotFound / RevisionNotFound / EntryNotFound, as the hub.
 
 Faults (consumed one per request, in order):
@@ -16,6 +17,13 @@ Faults (consumed one per request, in order):
 - ignore_range = True      answer Range requests with the whole file (200), as some CDNs do
 - blobs = False            model info without sizes and checksums (clients must HEAD)
 - gone_after_drop = True   after the first drop the server is gone
+- info_bomb = MiB          model info as a gzip stream (a few KB on the wire) that decodes to that many MiB
+- hold[file] = [n, ...]    send the headers of the whole answer and n bytes of body, then keep the connection open
+                           without sending more until release() or stop(), then close it
+- long_length[file] = n    that file's answers claim n bytes more Content-Length than they send, then the server
+                           keeps the connection open without sending more (until release() or stop())
+- overflow[file] = n       that file's answers send n bytes more than it has, without a Content-Length
+- undecodable = {key, ...} answers for these ("info" or a file name) say Content-Encoding: gzip but are not gzip
 - stop()                   the server is gone: both ports and every open connection closed
 Every request is recorded in `requests` (method, path, Range header, status, body bytes sent), before its
 answer is sent.
@@ -28,12 +36,16 @@ import json
 import re
 import socket
 import threading
+import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_FILES = ("model.safetensors", "tokenizer.json")
+# the shape of what the real hub serves at /api/agent-harnesses
+AGENT_HARNESSES = {"standardEnvVars": ["AI_AGENT", "AGENT"],
+                   "harnesses": {"claude-code": {"envVars": {"CLAUDECODE": "1"}}, "codex": {"envVars": {}}}}
 
 
 @dataclass
@@ -92,6 +104,12 @@ class HubServer:
         self.status: dict[str, list[int]] = {}
         self.ignore_range = False
         self.gone_after_drop = False
+        self.info_bomb = 0
+        self.long_length: dict[str, int] = {}
+        self.overflow: dict[str, int] = {}
+        self.undecodable: set[str] = set()
+        self.hold: dict[str, list[int]] = {}
+        self.released = threading.Event()  # ends the waits of hold and long_length
         self.connections: set = set()
         self.blobs = True
         self.lock = threading.Lock()
@@ -141,7 +159,11 @@ class HubServer:
     def _scheme(self) -> str:
         return "http" if self.ssl_context is None else "https"
 
+    def release(self) -> None:
+        self.released.set()
+
     def stop(self) -> None:
+        self.released.set()
         for srv in self._servers:
             srv.shutdown()
             srv.server_close()
@@ -230,6 +252,9 @@ def _handler(hub: HubServer):
         def route(self, body: bool):
             url = urlsplit(self.path)
             path = unquote(url.path)
+            if path == "/api/agent-harnesses":
+                return self.reply(200, json.dumps(AGENT_HARNESSES).encode(), {"Content-Type": "application/json"},
+                                  body)
             m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
             if m:
                 return self.model_info(m.group(1), m.group(2) or "main", parse_qs(url.query), body)
@@ -254,6 +279,12 @@ def _handler(hub: HubServer):
             blobs = hub.blobs and query.get("blobs", ["false"])[0].lower() == "true"
             info = {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False, "tags": ["bitnet"],
                     "siblings": [repo.sibling(n, blobs) for n in sorted(repo.files)]}
+            if "info" in hub.undecodable:
+                return self.reply(200, json.dumps(info).encode(), {"Content-Type": "application/json",
+                                                                   "Content-Encoding": "gzip"}, body)
+            if hub.info_bomb:
+                return self.reply(200, gzip_bomb(json.dumps(info)[:-1].encode() + b', "card": "', hub.info_bomb),
+                                  {"Content-Type": "application/json", "Content-Encoding": "gzip"}, body)
             self.reply(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
 
         def resolve(self, repo_id: str, rev: str, name: str, body: bool):
@@ -291,7 +322,15 @@ def _handler(hub: HubServer):
                 status = 206
                 headers = {**headers, "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
             part = data[start:]
+            if name in hub.undecodable:
+                headers = {**headers, "Content-Encoding": "gzip"}
+            if body and (hub.long_length.get(name) or hub.overflow.get(name)):
+                return self.misstate_length(status, headers, part, hub.long_length.get(name, 0),
+                                            hub.overflow.get(name, 0))
             drop = hub.take(hub.drop, name) if body else None
+            hold = hub.take(hub.hold, name) if body and drop is None else None
+            if hold is not None:
+                drop = hold
             dropping = drop is not None and drop < len(part)
             self.record(status, 0 if not body else drop if dropping else len(part))
             self.send_response(status)
@@ -305,9 +344,42 @@ def _handler(hub: HubServer):
                 self.wfile.write(part[:drop])
                 self.wfile.flush()
                 self.close_connection = True
+                if hold is not None:
+                    hub.released.wait(300)
                 if hub.gone_after_drop:
                     hub.stop()
                 return
             self.wfile.write(part)
 
+        def misstate_length(self, status: int, headers: dict, part: bytes, longer: int, extra: int):
+            self.record(status, len(part) + extra)
+            self.send_response(status)
+            for k, v in {**headers, "Accept-Ranges": "bytes"}.items():
+                self.send_header(k, v)
+            if extra:  # no length: the body ends when the connection closes
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(part) + longer))
+            self.end_headers()
+            self.wfile.write(part + b"\0" * extra)
+            self.wfile.flush()
+            if longer:  # a client that trusts the length waits here for bytes that never come
+                hub.released.wait(300)
+                self.close_connection = True
+
     return Handler
+
+
+_bombs: dict[tuple[bytes, int], bytes] = {}
+
+
+def gzip_bomb(prefix: bytes, mib: int) -> bytes:
+    """A gzip stream of `prefix` and then `mib` MiB of spaces: about 1 KB on the wire per MiB. Each MiB is compressed
+    on its own (a full flush), so its compressed form is the same every time and is compressed only once."""
+    if (prefix, mib) not in _bombs:
+        c = zlib.compressobj(9, zlib.DEFLATED, 31)
+        head = c.compress(prefix) + c.flush(zlib.Z_FULL_FLUSH)
+        block = c.compress(b" " * (1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
+        _bombs[prefix, mib] = head + block * mib  # no end: a client must stop reading long before one
+    return _bombs[prefix, mib]

@@ -6,8 +6,11 @@ model continues them with an HTTP Range request. The download is done here rathe
 `huggingface_hub.hf_hub_download`: that function writes to a temporary file unique to the process and deletes it when
 anything fails (huggingface_hub 2.4 `_download_to_tmp_and_move`), so a Ctrl-C or a dropped connection would start a
 1.2 GB file over, and it checks sizes but not sha256. Here huggingface_hub supplies the hub's URLs, request headers
-(user agent, HF_TOKEN) and the model-info schema, and the request goes through a client of our own, so HF_HUB_OFFLINE
-(which Trit sets for everything else) does not apply to this one explicit command.
+(user agent, HF_TOKEN) and the model-info schema, and the requests go through a client of our own, so HF_HUB_OFFLINE
+does not apply to them. The `trit` command sets HF_HUB_OFFLINE and HF_HUB_DISABLE_TELEMETRY for every command
+(app/cli.py, keep_huggingface_hub_offline), pull included: huggingface_hub then sends nothing of its own and writes
+nothing (with telemetry on, building the headers fetches the hub's AI-agent registry and caches it in
+~/.cache/huggingface). A program that calls pull() itself should set them before importing huggingface_hub.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 RETRY_DELAYS = (1.0, 2.0, 4.0)  # seconds before each retry of a broken connection or a 5xx answer
 RETRY_STATUS = (429, 500, 502, 503, 504)
 CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0
+# The model info of a repository with thousands of files is a few MB; the cap counts decoded bytes, as a compressed
+# answer can be small on the wire and gigabytes in memory.
+MAX_INFO_BYTES = 16 << 20
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
@@ -161,21 +167,27 @@ class _Hub:
         attempt = 0
         while True:
             try:
-                r = self.client.get(api, params={"blobs": True}, headers=self.headers)
+                with self.client.stream("GET", api, params={"blobs": True}, headers=self.headers) as r:
+                    if r.status_code in RETRY_STATUS and self._retry(attempt, f"model info: HTTP {r.status_code}"):
+                        attempt += 1
+                        continue
+                    if r.status_code != 200:
+                        raise self.http_error(r.status_code, r.headers, "the model information", repo, rev)
+                    body = _read_at_most(r, MAX_INFO_BYTES)
+                break
             except self.httpx2.TransportError as e:
                 if isinstance(e, self.httpx2.ConnectError) or not self._retry(attempt, f"model info: {e}"):
                     raise self.unreachable(e) from None
                 attempt += 1
-                continue
-            if r.status_code in RETRY_STATUS and self._retry(attempt, f"model info: HTTP {r.status_code}"):
-                attempt += 1
-                continue
-            if r.status_code != 200:
-                raise self.http_error(r.status_code, r.headers, "the model information", repo, rev)
-            break
+            except self.httpx2.DecodingError as e:
+                raise HubError(f"{self.endpoint} answered the model information of {repo} with data that does not "
+                               f"decode ({' '.join(str(e).split())}); is HF_ENDPOINT a Hugging Face hub?") from None
+        if body is None:
+            raise HubError(f"{self.endpoint} answered the model information of {repo} with more than "
+                           f"{format_bytes(MAX_INFO_BYTES)} (a hub's is a few KB); is HF_ENDPOINT a Hugging Face hub?")
         try:
-            info = ModelInfo(**r.json())
-        except (ValueError, TypeError, KeyError) as e:
+            info = ModelInfo(**json.loads(body))
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
             raise HubError(f"{self.endpoint} answered model info for {repo} with something unexpected ({e}); "
                            "is HF_ENDPOINT a Hugging Face hub?") from None
         commit = info.sha or ""
@@ -253,6 +265,7 @@ class _Hub:
                                 f"bytes {have}-"):
                             raise HubError(f"{f.name}: the server answered the range request from byte {have} with "
                                            f"{r.headers.get('Content-Range')!r}")
+                        _check_length(r, f, have)
                         for chunk in r.iter_bytes():
                             if have + len(chunk) > f.size:
                                 out.seek(0)
@@ -267,6 +280,10 @@ class _Hub:
                             progress(len(chunk))
                     if have < f.size:
                         raise httpx2.RemoteProtocolError("the response ended early")
+                except httpx2.DecodingError as e:  # sent compressed though asked not to, and not even that
+                    raise HubError(f"{f.name}: the server sent data that does not decode "
+                                   f"({' '.join(str(e).split())}) — try again later; if it persists, the hub (or a "
+                                   "proxy in between) is not serving the file it lists") from None
                 except httpx2.TransportError as e:
                     if not self._retry(attempt, f"{f.name}: {' '.join(str(e).split())}"):
                         kept = f"; {format_bytes(have)} of {f.name} are kept for it" if have else ""
@@ -277,6 +294,30 @@ class _Hub:
                                        ) from None
                     attempt += 1
         return sha256.hexdigest(), sha1.hexdigest()
+
+
+def _read_at_most(r, limit: int) -> bytes | None:
+    """The decoded body of a streamed response, or None as soon as it passes `limit` bytes."""
+    chunks, size = [], 0
+    for chunk in r.iter_bytes():  # httpx2 decodes in pieces of at most 1 MiB
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_length(r, f: RemoteFile, have: int) -> None:
+    """Refuse, before reading it, an answer whose Content-Length is more than what is left of the size the model info
+    lists: trusting it, the client would wait for bytes that never come (60 s, then again on each retry)."""
+    length = r.headers.get("Content-Length")
+    if length is None or r.headers.get("Content-Encoding", "identity") != "identity":
+        return  # no length, or the length of the encoded body: the bytes are counted as they come
+    if not length.isdigit() or int(length) > f.size - have:
+        start = f" from byte {have}" if have else ""
+        raise HubError(f"{f.name}: the server announced {length} bytes{start} where the hub lists {f.size} bytes for "
+                       "the whole file; refusing it — try again later, and if it persists the hub (or a proxy in "
+                       "between) is not serving the file it lists")
 
 
 def _open_for_append(path: Path):

@@ -5,6 +5,7 @@ checking and removing them, and what pulls and imports share to install one safe
     <models>/<name>/<file>.gguf       … or one GGUF file (any llama.cpp model) plus the manifest, backend "llama.cpp"
     <models>/.partial/<name>/         a pull in progress: finished files, <file>.incomplete, pull-state.json
     <models>/.partial/<name>.import-* an import in progress
+    <models>/.partial/<name>.lock     locked while a pull or import of <name> runs; removed when it ends
 
 A folder under <models> is a model only if it holds the manifest, and the manifest is written only after every
 file has matched its checksum and the engine has opened the folder; the staging folder then becomes the model folder
@@ -309,7 +310,12 @@ def move_into_place(staging: Path, dest: Path) -> None:
 
 
 class InstallLock:
-    """One pull or import per model name at a time (an advisory lock file in .partial/)."""
+    """One pull or import per model name at a time: an advisory lock on .partial/<name>.lock, a file that is removed
+    when the install ends, however it ends.
+
+    Its holder removes the file while still holding the lock. A process that opened the file just before that gets
+    the lock once it is released, but on a file no longer there, while a third may already have made and locked a
+    new one; so after locking, the path must still name the file locked, else the lock is taken again on that one."""
 
     def __init__(self, models_dir: Path, name: str):
         self.path = models_dir / PARTIAL_DIR / f"{name}.lock"
@@ -318,20 +324,39 @@ class InstallLock:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             import fcntl
-
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # Windows: no advisory lock
-            pass
-        except OSError:
-            os.close(self.fd)
-            raise EngineError(f"another Trit process is installing {self.name!r} right now; wait for it to finish")
+            fcntl = None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            if fcntl is None:
+                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise EngineError(f"another Trit process is installing {self.name!r} right now; wait for it to "
+                                  "finish") from None
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # locked a file its holder had removed
+        self.fd = fd
         return self
 
     def __exit__(self, *exc):
-        os.close(self.fd)
+        try:
+            if os.name == "nt":  # an open file cannot be removed there; without a lock there is no race to mind
+                os.close(self.fd)
+            os.unlink(self.path)
+        except OSError:  # already gone (the folder was removed), or open in another process (Windows)
+            pass
+        finally:
+            if os.name != "nt":
+                os.close(self.fd)
 
 
 def write_all(out, data: bytes, filename: str, kept: Path | None) -> None:
