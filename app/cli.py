@@ -52,6 +52,10 @@ def friendly_errors(fn):
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Trit: an offline, private assistant running BitNet b1.58 on your CPU."""
+    # Every file and folder Trit makes is its user's alone: conversations, system prompts, models, partial downloads,
+    # derived weights, caches, and exports too (they hold the same conversations; a file that already exists keeps
+    # its mode). One umask here covers the engine's writes as well, which a library must not decide for scripts.
+    os.umask(0o077)
     if ctx.invoked_subcommand is None:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):  # piped or redirected: the chat app needs a terminal
             click.echo(ctx.get_help())
