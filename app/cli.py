@@ -52,6 +52,10 @@ def friendly_errors(fn):
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Trit: an offline, private assistant running BitNet b1.58 on your CPU."""
+    # Every file and folder Trit makes is its user's alone: conversations, system prompts, models, partial downloads,
+    # derived weights, caches, and exports too (they hold the same conversations; a file that already exists keeps
+    # its mode). One umask here covers the engine's writes as well, which a library must not decide for scripts.
+    os.umask(0o077)
     if ctx.invoked_subcommand is None:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):  # piped or redirected: the chat app needs a terminal
             click.echo(ctx.get_help())
@@ -172,7 +176,7 @@ def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, contin
     from trit.engine import SamplingParams
 
     from .service import Service, Turn
-    from .store import Store
+    from .store import Store, WriteError
 
     if continue_last and cid is not None:
         raise click.UsageError("give either -c or --cid, not both")
@@ -181,7 +185,13 @@ def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, contin
                                    ("seed", seed)) if v is not None}
     SamplingParams(**overrides)  # out of range (nan, a negative seed): one line now, before anything is stored
     continuing = continue_last or cid is not None
-    store = Store() if continuing or not no_log else None  # --no-log on a new conversation: no file at all
+    unsaved = None  # why nothing of this turn can be kept: it is answered all the same, and that is said after
+    try:
+        store = Store() if continuing or not no_log else None  # --no-log on a new conversation: no file at all
+    except WriteError as e:  # no history can be made here now (a full disk, a read-only folder)
+        if continuing:
+            raise
+        store, unsaved = None, f"your question and its answer were not saved: {e}"
     service = Service(store, threads=threads)
     try:
         if continuing:
@@ -192,8 +202,11 @@ def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, contin
                 dialogue.system = system
             dialogue.params.update(overrides)
             if dialogue.logged and (model_name or system is not None or overrides):
-                store.update_conversation(dialogue.conversation_id, system=dialogue.system, params=dialogue.params,
-                                          model=dialogue.model)
+                try:
+                    store.update_conversation(dialogue.conversation_id, system=dialogue.system,
+                                              params=dialogue.params, model=dialogue.model)
+                except WriteError:
+                    pass  # the history takes nothing now: answered all the same, and the turn says it was not kept
         else:
             dialogue = service.new(model=model_name, system=system, params=overrides, logged=not no_log)
         turn, printing = None, not as_json
@@ -221,10 +234,17 @@ def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, contin
         if result.dropped_messages:
             say(f"trit: the {result.dropped_messages} oldest messages were left out to fit the {result.n_ctx}-token "
                 "context")
+        unsaved = unsaved or turn.unsaved
         if result.finish_reason == "cancelled":
-            kept = f"; the partial answer is kept in conversation {turn.conversation_id}" if dialogue.logged else ""
+            kept = f"; the partial answer is kept in conversation {turn.conversation_id}" \
+                if dialogue.logged and not unsaved else ""
             say(f"trit: stopped{kept}")
+        if unsaved:  # the answer was shown (or printed as JSON); a script must still learn it was not kept
+            say(f"trit: {unsaved}")
+        if result.finish_reason == "cancelled":
             sys.exit(stop.exit_code)
+        if unsaved:
+            sys.exit(1)
     finally:
         service.close()
         if store is not None:

@@ -32,3 +32,30 @@ def paths() -> Paths:
         config=Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)),
         cache=Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)),
     )
+
+
+FULL_BELOW = 1 << 20  # bytes: with less free than this, a write that failed failed because the disk is full
+
+
+def why_unwritable(folder: Path, error: int | None = None) -> str | None:
+    """Why nothing can be written into `folder` now, and what to do, as the end of a one-line message: a read-only
+    file system or folder, or a full disk. `error` is the errno of the write that failed, when known. None when
+    neither holds (the failure was something else)."""
+    import errno
+    import shutil
+
+    here = next((p for p in (folder, *folder.parents) if p.exists()), folder)  # the folder may not exist yet
+    read_only_fs = error == errno.EROFS
+    try:
+        read_only_fs = read_only_fs or bool(os.statvfs(here).f_flag & os.ST_RDONLY)
+        free = shutil.disk_usage(here).free
+    except (OSError, AttributeError):  # no statvfs on Windows
+        free = None
+    if read_only_fs:
+        return (f"{here} is on a read-only file system; make it writable, or set TRIT_HOME to a folder you can "
+                "write to")
+    if error in (errno.EACCES, errno.EPERM) or not os.access(here, os.W_OK):
+        return f"{here} is read-only for you; make it writable (chmod u+w), or set TRIT_HOME to another folder"
+    if error in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or (free is not None and free < FULL_BELOW):
+        return f"the disk holding {here} is full ({free} bytes free); free some space and try again"
+    return None

@@ -11,6 +11,7 @@ and the store again when the reply ends — finished, cut short or stopped by th
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -20,10 +21,11 @@ from trit.engine import ChatResult, Piece, SamplingParams
 
 from .paths import paths
 from .settings import Settings, load_settings
-from .store import Message, Store
+from .store import SAVE_TIMEOUT_S, Message, Store, StoreError, WriteError
 
 DEMO_NAME = "demo"
 SAMPLING_KEYS = SamplingParams.names()  # what a conversation's stored params may set; any other key is ignored
+SAVE_EVERY_S = 1.0  # how often the reply's text so far is saved while it streams: what a kill -9 leaves behind
 
 
 class ModelChoiceError(engine.EngineError):
@@ -103,10 +105,13 @@ class Dialogue:
 
 @dataclass
 class Turn:
-    """The end of one reply: the assistant message as stored, and the engine's figures for it."""
+    """The end of one reply: the assistant message as stored, and the engine's figures for it. `unsaved` says, in
+    one line, what could not be kept and why (a full disk, a read-only folder, a lock held too long); the message
+    then has no id."""
     message: Message
     result: ChatResult
     conversation_id: int | None
+    unsaved: str | None = None
 
     def to_dict(self) -> dict:
         return self.message.to_dict()
@@ -121,6 +126,7 @@ class Service:
         self.threads = threads
         self._loaded: tuple[ModelChoice, engine.Model] | None = None
         self._lock = threading.Lock()
+        self._unsaved: str | None = None  # why this turn's question could not be stored: the reply is not either
 
     # ---- models ---------------------------------------------------------------------------------------------------
     def model(self, name: str | None = None) -> tuple[ModelChoice, engine.Model]:
@@ -161,7 +167,7 @@ class Service:
         overrides = {**self.settings.sampling_overrides(), **dialogue.params}
         return model.default_params(**{k: v for k, v in overrides.items() if k in SAMPLING_KEYS and v is not None})
 
-    def _store(self, dialogue: Dialogue, role: str, content: str, **stats) -> Message:
+    def _store(self, dialogue: Dialogue, role: str, content: str, wait: float | None = None, **stats) -> Message:
         if not dialogue.logged:
             return Message(id=None, conversation_id=None, role=role, content=content,
                            created=_now(), **stats)
@@ -169,7 +175,7 @@ class Service:
             c = self.store.create_conversation(model=dialogue.model, system=dialogue.system,
                                                params=dialogue.params, title=dialogue.title)
             dialogue.conversation_id = c.id
-        return self.store.add_message(dialogue.conversation_id, role, content, **stats)
+        return self.store.add_message(dialogue.conversation_id, role, content, wait=wait, **stats)
 
     # ---- one turn -------------------------------------------------------------------------------------------------
     def send(self, dialogue: Dialogue, text: str, cancel=None) -> Iterator[Piece | Turn]:
@@ -178,7 +184,14 @@ class Service:
         the conversation too when this message was to begin it: nothing is kept that the history would show as a
         question nobody answered."""
         beginning = dialogue.conversation_id is None
-        dialogue.messages.append(self._store(dialogue, "user", text))
+        self._unsaved = None
+        try:
+            question = self._store(dialogue, "user", text)
+        except WriteError as e:  # the history cannot take it now: answer all the same, and say what was not kept
+            self._unsaved = f"your question and its answer were not saved: {e}"
+            question = Message(id=None, conversation_id=dialogue.conversation_id, role="user", content=text,
+                               created=_now())
+        dialogue.messages.append(question)
         started = False
         try:
             for event in self.reply(dialogue, cancel):
@@ -193,36 +206,88 @@ class Service:
             raise
 
     def reply(self, dialogue: Dialogue, cancel=None) -> Iterator[Piece | Turn]:
-        """Stream the assistant's answer to the conversation as it stands."""
+        """Stream the assistant's answer to the conversation as it stands. The reply is written into its row as it
+        streams (every SAVE_EVERY_S), so a process killed mid-answer leaves it there, marked interrupted."""
         choice, model = self.model(dialogue.model)
         params = self.params_for(dialogue, model)
         result = None
         pieces: list[str] = []
+        draft = self._begin_reply(dialogue, choice)
+        saved_at = time.monotonic()
         try:
             for event in model.chat(dialogue.engine_messages(), params, cancel):
                 if isinstance(event, Piece):
+                    # what was shown before this piece: everything saved has reached the screen
+                    if draft is not None and (len(pieces) == 1 or time.monotonic() - saved_at >= SAVE_EVERY_S):
+                        self.store.save_draft(draft.id, "".join(pieces), len(pieces))
+                        saved_at = time.monotonic()
                     pieces.append(event.text)
                     yield event
                 else:
                     result = event
         except (GeneratorExit, KeyboardInterrupt):  # stopped from outside: keep what was shown, marked stopped
-            self._keep_reply(dialogue, choice, ChatResult("".join(pieces), "cancelled", 0, 0, len(pieces)))
+            try:
+                self._keep_reply(dialogue, choice, ChatResult("".join(pieces), "cancelled", 0, 0, len(pieces)),
+                                 draft)
+            except StoreError:
+                pass  # the draft saved last stays, shown as interrupted
             raise
-        message = self._keep_reply(dialogue, choice, result)
-        yield Turn(message, result, dialogue.conversation_id)
+        except Exception:
+            if draft is not None:  # the reply failed: it is not kept, as before it was written as it streamed
+                try:
+                    self.store.delete_messages_from(dialogue.conversation_id, draft.id)
+                except StoreError:
+                    pass
+            raise
+        unsaved = self._unsaved
+        try:
+            message = self._keep_reply(dialogue, choice, result, draft)
+        except WriteError as e:
+            unsaved = f"the answer was not saved: {e}"
+            message = self._reply_message(dialogue, choice, result)
+            dialogue.messages.append(message)
+        yield Turn(message, result, dialogue.conversation_id, unsaved)
 
-    def _keep_reply(self, dialogue: Dialogue, choice: ModelChoice, result: ChatResult) -> Message:
-        message = self._store(dialogue, "assistant", result.text, model=choice.name,
-                              finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
-                              reused_tokens=result.reused_tokens, generated_tokens=result.generated_tokens,
-                              dropped_messages=result.dropped_messages, prefill_tok_s=round(result.prefill_tok_s, 2),
-                              decode_tok_s=round(result.decode_tok_s, 2),
-                              time_to_first_token_s=round(result.time_to_first_token_s, 4))
+    def _begin_reply(self, dialogue: Dialogue, choice: ModelChoice) -> Message | None:
+        """The reply's row, marked as being written, or None when nothing is logged or the history cannot take it
+        now (the final save tries again, waiting longer)."""
+        if not dialogue.logged or self._unsaved is not None or dialogue.conversation_id is None:
+            return None
+        try:
+            return self.store.begin_reply(dialogue.conversation_id, choice.name)
+        except WriteError:
+            return None
+
+    @staticmethod
+    def _reply_stats(choice: ModelChoice, result: ChatResult) -> dict:
+        return dict(model=choice.name, finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
+                    reused_tokens=result.reused_tokens, generated_tokens=result.generated_tokens,
+                    dropped_messages=result.dropped_messages, prefill_tok_s=round(result.prefill_tok_s, 2),
+                    decode_tok_s=round(result.decode_tok_s, 2),
+                    time_to_first_token_s=round(result.time_to_first_token_s, 4))
+
+    def _reply_message(self, dialogue: Dialogue, choice: ModelChoice, result: ChatResult) -> Message:
+        """The reply as a message that is not stored (no id)."""
+        return Message(id=None, conversation_id=dialogue.conversation_id, role="assistant", content=result.text,
+                       created=_now(), **self._reply_stats(choice, result))
+
+    def _keep_reply(self, dialogue: Dialogue, choice: ModelChoice, result: ChatResult,
+                    draft: Message | None = None) -> Message:
+        if self._unsaved is not None:
+            message = self._reply_message(dialogue, choice, result)
+        elif draft is not None:
+            message = self.store.finish_reply(draft.id, result.text, **self._reply_stats(choice, result))
+        elif dialogue.logged:
+            message = self._store(dialogue, "assistant", result.text, wait=SAVE_TIMEOUT_S,
+                                  **self._reply_stats(choice, result))
+        else:
+            message = self._store(dialogue, "assistant", result.text, **self._reply_stats(choice, result))
         dialogue.messages.append(message)
         return message
 
     def regenerate(self, dialogue: Dialogue, cancel=None) -> Iterator[Piece | Turn]:
         """Replace the last reply with a new one."""
+        self._unsaved = None
         if dialogue.messages and dialogue.messages[-1].role == "assistant":
             self._forget_from(dialogue, len(dialogue.messages) - 1)
         if not dialogue.messages or dialogue.messages[-1].role != "user":

@@ -15,7 +15,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10 (Ubuntu 22.04's): the same parser, before it joined the standard library
     import tomli as tomllib
 
-from .paths import paths
+from .paths import paths, why_unwritable
 
 CONFIG_FILE = "config.toml"
 # The sampling settings config.toml and a conversation's settings hold, by their SamplingParams names.
@@ -86,16 +86,25 @@ def load_settings() -> Settings:
 
 
 def save_settings(settings: Settings) -> Path:
-    """Write config.toml atomically (a crash mid-write leaves the old file)."""
+    """Write config.toml atomically (a crash mid-write leaves the old file). A write that fails (a full disk, a
+    read-only folder) leaves the old file and no temporary one, and says what is full or read-only."""
     path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {k: v for k, v in asdict(settings).items() if k != "extra" and v is not None}
     data = {**settings.extra, **data}
     tmp = path.with_suffix(".toml.tmp")
-    # readable by its owner only, like the history: it holds the system prompt
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w", encoding="utf-8") as f:
-        f.write(tomli_w.dumps(data))
-    os.chmod(tmp, 0o600)  # an older tmp file keeps its mode through O_CREAT
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # readable by its owner only, like the history: it holds the system prompt
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with open(fd, "w", encoding="utf-8") as f:
+                f.write(tomli_w.dumps(data))
+            os.chmod(tmp, 0o600)  # an older tmp file keeps its mode through O_CREAT
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        why = why_unwritable(path.parent, e.errno) or e.strerror or str(e)
+        raise SettingsError(f"cannot save {path}: {why}; the settings there are unchanged") from None
     return path

@@ -3,7 +3,13 @@ both run at once.
 
 The schema is a list of named migrations applied in order and recorded in `_trit_migrations`, so a history written
 by any earlier Trit opens in this one, and a history from a newer Trit is refused instead of being changed.
-Every failure reaches the caller as a one-line `StoreError`; nothing is ever deleted to recover from one."""
+Every failure reaches the caller as a one-line `StoreError`; nothing is ever deleted to recover from one. A history
+that cannot be written (a full disk, a read-only folder) still opens for reading; each write then fails with a
+`WriteError` that says what is full or read-only and where.
+
+A reply is written into its row as it streams (begin_reply, save_draft, finish_reply), marked with the process
+writing it; a reader that finds such a row whose writer is gone (kill -9, a crash, a power cut) calls it
+"interrupted", one whose writer still runs "in_progress"."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import inspect
 import json
 import os
 import sqlite3
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -21,10 +28,11 @@ from typing import Callable, Iterator
 
 from sqlite_utils import Database
 
-from .paths import paths
+from .paths import paths, why_unwritable
 
 DEFAULT_FILE = "history.db"
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another Trit process before giving up
+SAVE_TIMEOUT_S = 60.0  # how long a finished answer waits: it is the user's work, not to be dropped after 5 s
 TITLE_LENGTH = 60
 ROLES = ("system", "user", "assistant")
 MIGRATIONS_TABLE = "_trit_migrations"
@@ -38,6 +46,11 @@ class NotFound(StoreError):
     """No conversation or message with that id."""
 
 
+class WriteError(StoreError):
+    """Nothing can be written now: the disk is full, the folder read-only, or another process held the write lock
+    too long. What was saved before is untouched."""
+
+
 @dataclass
 class Message:
     id: int
@@ -46,7 +59,9 @@ class Message:
     content: str
     created: str  # ISO-8601 UTC, seconds
     model: str = ""
-    finish_reason: str | None = None  # "stop", "stop_string", "length", "cancelled"; None for user/system
+    # "stop", "stop_string", "length", "cancelled"; "in_progress" while a live process writes it, "interrupted" when
+    # that process died first; None for user/system
+    finish_reason: str | None = None
     prompt_tokens: int | None = None
     reused_tokens: int | None = None
     generated_tokens: int | None = None
@@ -131,10 +146,16 @@ def _add_message_stats(db: Database) -> None:
         messages.add_column(name, float)
 
 
+def _add_message_writer(db: Database) -> None:
+    # the process writing a reply into this row (see _process_id), NULL once the reply is finished
+    db["messages"].add_column("writer", str)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("001_conversations_messages", _create_conversations_and_messages),
     ("002_messages_fts", _index_message_text),
     ("003_message_stats", _add_message_stats),
+    ("004_message_writer", _add_message_writer),
 ]
 
 
@@ -180,6 +201,57 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _process_id(pid: int) -> str:
+    """A process as a reply's writer: on Linux the boot, the pid and its start time, so that a pid used again after
+    kill -9 or a reboot is not taken for the writer; elsewhere the pid alone."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]  # field 22, starttime
+        return f"{boot}/{pid}/{start}"
+    except (OSError, IndexError):
+        return str(pid)
+
+
+def _writer_alive(writer: str) -> bool:
+    try:
+        pid = int(writer.split("/")[1] if "/" in writer else writer)
+    except (ValueError, IndexError):
+        return True  # a writer this Trit cannot read: do not call it interrupted
+    if "/" in writer:
+        return _process_id(pid) == writer
+    if sys.platform == "win32":
+        return True  # os.kill there would end the process, not test it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists but is not ours
+    return True
+
+
+def _read_message(row: dict) -> Message:
+    writer = row.pop("writer")
+    if writer is not None and row["finish_reason"] is None:
+        row["finish_reason"] = "in_progress" if _writer_alive(writer) else "interrupted"
+    return Message(**row)
+
+
+def _error_kind(e: sqlite3.Error) -> str:
+    """"locked", "full", "readonly", "io" or "": by SQLite's error code where Python gives it (3.11+), else its text."""
+    name = getattr(e, "sqlite_errorname", "") or ""
+    text = str(e).lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text or "busy" in text:
+        return "locked"
+    if name.startswith("SQLITE_FULL") or "is full" in text:
+        return "full"
+    if name.startswith("SQLITE_READONLY") or "readonly" in text or "read-only" in text:
+        return "readonly"
+    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) or "disk i/o" in text or "unable to open" in text:
+        return "io"
+    return ""
+
+
 def _title_from(text: str) -> str:
     """The first non-empty line, whitespace collapsed, cut at a word boundary near TITLE_LENGTH."""
     line = next((" ".join(line.split()) for line in text.splitlines() if line.strip()), "")
@@ -215,20 +287,38 @@ class Store:
     def __init__(self, path: str | Path | None = None, *, timeout: float = BUSY_TIMEOUT_S):
         self.path = Path(path).expanduser() if path is not None else paths().data / DEFAULT_FILE
         self.timeout = timeout
+        self._wait = timeout  # how long the write under way waits for the lock, for its message
+        self.read_only: str | None = None  # why this history can be read but not written, when it cannot
         self._lock = threading.RLock()
         self._create_file()
         try:
+            self._connect()
+        except sqlite3.Error as e:
+            self.read_only = why_unwritable(self.path.parent) if _error_kind(e) in ("full", "readonly", "io") else None
+            if self.read_only is None:
+                raise self._explain(e) from e
+            try:
+                self._connect()
+            except sqlite3.Error as e:
+                raise self._explain(e) from e
+
+    def _connect(self) -> None:
+        if self.read_only is None:
             # isolation_level=None: no implicit transactions; every write says where it begins and ends.
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as e:
-            raise self._explain(e) from e
+        else:
+            # Reading a WAL database needs its -shm file, which a read-only folder or a full disk cannot give. With
+            # no WAL content to read, immutable=1 reads the database file alone, as SQLite documents; otherwise
+            # mode=ro uses the -shm and -wal already there.
+            wal = Path(f"{self.path}-wal")
+            mode = "mode=ro" if wal.exists() and wal.stat().st_size > 0 else "immutable=1"
+            conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?{mode}", uri=True, isolation_level=None,
+                                   check_same_thread=False)
         try:
             self.db = Database(conn, execute_plugins=False)
             self._open()
-        except BaseException as e:
+        except BaseException:
             conn.close()
-            if isinstance(e, sqlite3.Error):
-                raise self._explain(e) from e
             raise
 
     def _create_file(self) -> None:
@@ -240,8 +330,9 @@ class Store:
         except FileExistsError:
             pass
         except OSError as e:
-            raise StoreError(f"cannot create the history {self.path}: {e.strerror}; "
-                             "make that folder writable or set TRIT_HOME to another place") from e
+            why = why_unwritable(self.path.parent, e.errno)
+            raise WriteError(f"cannot create the history {self.path}: " + (why or f"{e.strerror}; make that folder "
+                             "writable or set TRIT_HOME to another place")) from e
 
     def _open(self) -> None:
         self.db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
@@ -255,17 +346,26 @@ class Store:
         if not applied and self.db.table_names():
             raise StoreError(f"{self.path} is a SQLite database but not a Trit history; "
                              "move it elsewhere or point TRIT_HOME to another folder — the file was not changed")
+        if self.read_only is not None:
+            if len(applied) < len(MIGRATIONS):
+                raise WriteError(f"{self.path} must be brought up to this Trit's schema, which needs writing, and "
+                                 f"{self.read_only}")
+            return
         # only now, once the file is known to be Trit's: WAL mode is written into the file itself
         self.db.enable_wal()  # readers and one writer at a time, across processes, without blocking each other
         migrate(self.db)
 
     def _explain(self, e: sqlite3.Error) -> StoreError:
         text = str(e)
-        if "locked" in text or "busy" in text:
-            return StoreError(f"{self.path} stayed locked by another program for {self.timeout:g} s; "
+        kind = _error_kind(e)
+        if kind == "locked":
+            return WriteError(f"{self.path} stayed locked by another program for {self._wait:g} s; "
                               "close other Trit windows and try again")
-        if "readonly" in text or "read-only" in text:
-            return StoreError(f"{self.path} is read-only; make it and its folder writable by you and try again")
+        why = self.read_only or (why_unwritable(self.path.parent) if kind in ("full", "readonly", "io") else None)
+        if why is not None:
+            return WriteError(f"cannot write to {self.path}: {why}")
+        if kind == "readonly":
+            return WriteError(f"{self.path} is read-only; make it and its folder writable by you and try again")
         if "not a database" in text or "malformed" in text:
             return StoreError(f"{self.path} is not a usable SQLite database ({text}); "
                               "move it aside and Trit will start a new history")
@@ -278,6 +378,17 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self.db.close()
+
+    @contextmanager
+    def _waiting(self, seconds: float) -> Iterator[None]:
+        """The writes inside wait up to `seconds` for another process's write lock (0: not at all)."""
+        self.db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        self._wait = seconds
+        try:
+            yield
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            self._wait = self.timeout
 
     def __enter__(self) -> Store:
         return self
@@ -366,25 +477,30 @@ class Store:
     # ---- messages ----
 
     def _message(self, mid: int) -> Message:
-        rows = list(self.db.query(f"SELECT {', '.join(MESSAGE_FIELDS)} FROM messages WHERE id = ?", [mid]))
+        rows = list(self.db.query(f"SELECT {', '.join(MESSAGE_FIELDS)}, writer FROM messages WHERE id = ?", [mid]))
         if not rows:
             raise NotFound(f"no message {mid} — `trit history show` lists a conversation's messages")
-        return Message(**rows[0])
+        return _read_message(rows[0])
 
     @_guarded
     def messages(self, cid: int) -> list[Message]:
         self._require(cid)
-        rows = self.db.query(f"SELECT {', '.join(MESSAGE_FIELDS)} FROM messages WHERE conversation_id = ? ORDER BY id",
-                             [cid])
-        return [Message(**row) for row in rows]
+        rows = self.db.query(f"SELECT {', '.join(MESSAGE_FIELDS)}, writer FROM messages WHERE conversation_id = ? "
+                             "ORDER BY id", [cid])
+        return [_read_message(row) for row in rows]
 
     @_guarded
-    def add_message(self, cid: int, role: str, content: str, **stats) -> Message:
+    def add_message(self, cid: int, role: str, content: str, *, wait: float | None = None, **stats) -> Message:
+        """Append a message; `wait` is how long to wait for another process's write lock (default: timeout)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         unknown = sorted(set(stats) - set(STAT_FIELDS))
         if unknown:
             raise TypeError(f"add_message() got unknown fields {', '.join(unknown)}")
+        with self._waiting(self.timeout if wait is None else wait):
+            return self._insert_message(cid, role, content, **stats)
+
+    def _insert_message(self, cid: int, role: str, content: str, **columns) -> Message:
         with _write(self.db):
             title = self.db.execute("SELECT title FROM conversations WHERE id = ?", [cid]).fetchone()
             if title is None:
@@ -392,8 +508,44 @@ class Store:
             first_user = role == "user" and not self.db.execute(
                 "SELECT 1 FROM messages WHERE conversation_id = ? AND role = 'user'", [cid]).fetchone()
             mid = self.db["messages"].insert(
-                {"conversation_id": cid, "role": role, "content": content, "created": _now(), **stats}).last_pk
+                {"conversation_id": cid, "role": role, "content": content, "created": _now(), **columns}).last_pk
             self._touch(cid, **({"title": _title_from(content)} if first_user and not title[0] else {}))
+        return self._message(mid)
+
+    # ---- a reply as it is written ----
+
+    @_guarded
+    def begin_reply(self, cid: int, model: str, writer_pid: int | None = None) -> Message:
+        """The row a reply is written into as it streams, marked as written by this process (or writer_pid) until
+        finish_reply: should the process die first, readers see the reply as interrupted, not as silence."""
+        return self._insert_message(cid, "assistant", "", model=model,
+                                    writer=_process_id(os.getpid() if writer_pid is None else writer_pid))
+
+    def save_draft(self, mid: int, content: str, generated_tokens: int) -> bool:
+        """Save a reply's text so far if the history takes it at once; False if not. It never waits for another
+        process's lock and never raises: the next save, or finish_reply, catches up."""
+        if self.read_only is not None:
+            return False
+        with self._lock:
+            try:
+                with self._waiting(0), _write(self.db):
+                    self.db.execute("UPDATE messages SET content = ?, generated_tokens = ? "
+                                    "WHERE id = ? AND writer IS NOT NULL", [content, generated_tokens, mid])
+                return True
+            except sqlite3.Error:
+                return False
+
+    @_guarded
+    def finish_reply(self, mid: int, content: str, *, wait: float = SAVE_TIMEOUT_S, **stats) -> Message:
+        """The reply as it ended, no longer being written; waits up to `wait` for another process's write lock."""
+        unknown = sorted(set(stats) - set(STAT_FIELDS))
+        if unknown:
+            raise TypeError(f"finish_reply() got unknown fields {', '.join(unknown)}")
+        with self._waiting(wait):
+            with _write(self.db):
+                message = self._message(mid)
+                self.db["messages"].update(mid, {"content": content, **stats, "writer": None})
+                self._touch(message.conversation_id)
         return self._message(mid)
 
     @_guarded
@@ -454,6 +606,7 @@ class Store:
         labels = {"user": "**You**", "assistant": "**Assistant**", "system": "**System**"}
         for message in self.messages(cid):
             lines += [labels.get(message.role, f"**{message.role}**"), "", message.content, ""]
-            if message.finish_reason == "cancelled":
-                lines += ["*(stopped)*", ""]
+            note = {"cancelled": "stopped", "interrupted": "interrupted", "in_progress": "still being written"}
+            if message.finish_reason in note:
+                lines += [f"*({note[message.finish_reason]})*", ""]
         return "\n".join(lines).rstrip("\n") + "\n"

@@ -153,12 +153,12 @@ def test_history_from_a_newer_trit_is_refused(tmp_path):
     path = tmp_path / "history.db"
     with Store(path) as s:
         s.add_message(s.create_conversation().id, "user", "keep me")
-        s.db.execute("INSERT INTO _trit_migrations (name, applied_at) VALUES ('004_from_the_future', 'x')")
-    with pytest.raises(StoreError, match="newer Trit.*004_from_the_future.*upgrade"):
+        s.db.execute("INSERT INTO _trit_migrations (name, applied_at) VALUES ('999_from_the_future', 'x')")
+    with pytest.raises(StoreError, match="newer Trit.*999_from_the_future.*upgrade"):
         Store(path)
     db = raw(path)
     assert [r[0] for r in db.execute("SELECT content FROM messages")] == ["keep me"]
-    assert [r[0] for r in db.execute("SELECT name FROM _trit_migrations")][-1] == "004_from_the_future"
+    assert [r[0] for r in db.execute("SELECT name FROM _trit_migrations")][-1] == "999_from_the_future"
 
 
 def test_another_programs_database_is_refused(tmp_path):

@@ -302,7 +302,9 @@ def export(checkpoint: Checkpoint | str | os.PathLike, out_path: str | os.PathLi
                 raise AssertionError(f"GGUF plan mismatch at {name} (planned {planned})")
             writer.write_tensor_data(np.ascontiguousarray(array))
         writer.close()
-        os.chmod(tmp, 0o644)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o644 & ~umask)  # mkstemp made it 0600; readable as the process's other files are
         os.replace(tmp, out_path)
     except BaseException:
         writer.close()

@@ -24,6 +24,10 @@ def code_blocks(markdown: str) -> list[tuple[str, str]]:
 def finish_note(message: Message) -> str:
     if message.finish_reason == "cancelled":
         return "stopped" if message.content else "stopped before any text"
+    if message.finish_reason == "interrupted":  # its writer died mid-answer (kill -9, a crash)
+        return "interrupted" if message.content else "interrupted before any text"
+    if message.finish_reason == "in_progress":
+        return "still being written by another Trit"
     if message.finish_reason == "length":
         return f"cut short: reached the limit of {message.generated_tokens or 'max'} tokens"
     return ""

@@ -134,6 +134,8 @@ class Replying:
         if box.markdown.source != turn.message.content:  # a piece that came after Esc, or text trimmed at the end
             await box.markdown.update(turn.message.content)
         box.finish(turn.message)
+        if turn.unsaved:
+            self.error(turn.unsaved)
         user = [b for b in self.chat.boxes() if b.role == "user"]
         if user and len(self.dialogue.messages) >= 2 and user[-1].message is None:
             user[-1].message = self.dialogue.messages[-2]
