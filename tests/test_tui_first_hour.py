@@ -117,3 +117,63 @@ async def test_every_part_of_the_settings_dialog_can_be_reached_and_seen(with_ti
             reached.add(app.focused.id)
             assert seen(app.focused), f"{app.focused.id} has focus out of sight at {size}"
         assert {"system", "temperature", "top_p", "max_tokens", "seed", "as-default", "save", "cancel"} <= reached
+
+
+async def first_run(pilot):
+    from trit.app.tui.screens.first_run import FirstRunScreen
+
+    await until(pilot, lambda: isinstance(pilot.app.screen, FirstRunScreen), what="the first-run screen")
+    await pilot.pause(0.2)
+    return pilot.app.screen
+
+
+def usable(app, widget) -> bool:
+    """Something a key does something on, in sight."""
+    from textual.widgets import Button, Input
+
+    screen = app.screen.region
+    return isinstance(widget, (Button, Input)) and screen.intersection(widget.region).height > 0
+
+
+@pytest.mark.parametrize("size", [(80, 24), (40, 12)])
+@drive
+async def test_every_tab_stop_of_the_first_run_screen_is_a_choice_and_tab_enter_chooses_the_demo(home, size):
+    from trit.app.settings import load_settings
+
+    app = TritApp()
+    async with app.run_test(size=size) as pilot:
+        await first_run(pilot)
+        assert app.focused.id == "download"
+        for _ in range(6):  # around the whole screen, more than once
+            await pilot.press("tab")
+            await pilot.pause(0.05)
+            assert usable(app, app.focused), f"Tab reached {app.focused!r}"
+        for _ in range(6):
+            await pilot.press("shift+tab")
+            await pilot.pause(0.05)
+            assert usable(app, app.focused), f"Shift+Tab reached {app.focused!r}"
+        while app.focused.id != "demo":
+            await pilot.press("tab")
+        await pilot.press("enter")
+        await started(pilot)
+    assert load_settings().default_model == "demo"
+
+
+@drive
+async def test_after_a_failed_download_the_keyboard_lands_on_a_choice(home, monkeypatch):
+    import socket
+
+    with socket.socket() as closed:  # a port on this computer with nothing listening: the download fails at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    app = TritApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await first_run(pilot)
+        await pilot.press("enter")  # download
+        await until(pilot, lambda: screen.query_one("#first-run-message").has_class("error") and not screen.busy,
+                    what="the download to fail")
+        await pilot.pause(0.2)
+        assert usable(app, app.focused) and app.focused.id == "download"
+        await pilot.press("tab")
+        assert usable(app, app.focused) and app.focused.id == "demo"

@@ -32,6 +32,11 @@ def needs_first_run(settings) -> bool:
         return False
 
 
+class Choices(VerticalScroll, can_focus=False):
+    """The screen's scrolling body. Not a stop for Tab: it scrolls to whichever choice has the focus, and a focused
+    container looks like nothing at all."""
+
+
 class FirstRunScreen(Screen):
     class Transfer(Message):
         def __init__(self, done: int, total: int, filename: str):
@@ -49,10 +54,11 @@ class FirstRunScreen(Screen):
         self.problem = problem
         self.busy = False
         self.closing = False
+        self.chosen = "download"  # the choice being carried out: it gets the focus back if it fails
         self.demo = demo_model()
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll(id="first-run"):
+        with Choices(id="first-run"):
             with Vertical(id="welcome"):
                 yield Static("Welcome to Trit", id="welcome-title")
                 yield Static("Trit answers with a language model that runs on this computer: nothing you type "
@@ -95,6 +101,7 @@ class FirstRunScreen(Screen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if self.busy:
             return
+        self.chosen = event.button.id
         if event.button.id == "download":
             self.start("Downloading BitNet b1.58 2B4T…")
             self.download()
@@ -105,6 +112,7 @@ class FirstRunScreen(Screen):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if not self.busy:
+            self.chosen = "folder"
             self.import_folder_from_input()
 
     def import_folder_from_input(self) -> None:
@@ -176,6 +184,7 @@ class FirstRunScreen(Screen):
             for button in self.query(Button):
                 button.disabled = button.id == "demo" and self.demo is None
             self.say(message.error, error=True)
+            self.query_one(f"#{self.chosen}").focus()  # the buttons were disabled, so the focus was lost
             return
         self.app.notify(message.what)
         self.app.start_chat()
