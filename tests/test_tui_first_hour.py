@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("textual")
 
 import test_tui  # noqa: E402
-from test_tui import drive, running, started, type_text, until  # noqa: E402
+from test_tui import drive, notifications, running, started, type_text, until  # noqa: E402
 
 from trit.app.tui.app import TritApp  # noqa: E402
 from trit.app.tui.widgets.chat_view import MessageBox  # noqa: E402
@@ -177,3 +177,22 @@ async def test_after_a_failed_download_the_keyboard_lands_on_a_choice(home, monk
         assert usable(app, app.focused) and app.focused.id == "download"
         await pilot.press("tab")
         assert usable(app, app.focused) and app.focused.id == "demo"
+
+
+@drive
+async def test_a_paste_longer_than_the_context_leaves_no_conversation_behind(with_tiny):
+    from test_tui import rows
+
+    app = TritApp()
+    async with running(app) as pilot:
+        chat = await started(pilot)
+        text = "ternary " * 20000  # far more than the tiny model's context
+        chat.prompt.text = text
+        await pilot.press("enter")
+        await until(pilot, lambda: not chat.generating and any("context" in n for n in notifications(app)),
+                    what=lambda: f"the refusal; shown: {notifications(app)}")
+        await pilot.pause(0.2)
+        assert chat.prompt.text.strip() == text.strip()  # given back to shorten it
+        assert not chat.chat.boxes()
+        assert [c.title for c in chat.query_one(ConversationList).conversations] == []
+    assert rows("SELECT COUNT(*) FROM conversations") == [(0,)]

@@ -76,7 +76,8 @@ class MessageBox(Vertical, can_focus=True):
         return self.query_one(Markdown)
 
     def set_waiting(self, waiting: bool) -> None:
-        self.query_one(".waiting").display = waiting
+        for widget in self.query(".waiting"):  # none once the box is being removed (a reply that failed)
+            widget.display = waiting
 
     def set_note(self, note: str, *, warning: bool = False) -> None:
         widget = self.query_one(".note", Static)
