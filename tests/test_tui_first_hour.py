@@ -196,3 +196,19 @@ async def test_a_paste_longer_than_the_context_leaves_no_conversation_behind(wit
         assert not chat.chat.boxes()
         assert [c.title for c in chat.query_one(ConversationList).conversations] == []
     assert rows("SELECT COUNT(*) FROM conversations") == [(0,)]
+
+
+@drive
+async def test_notices_show_config_words_in_brackets_as_written(home, tiny):
+    from test_tui import configure
+
+    configure(tiny, keys={"no_such_action": "ctrl+b"})
+    app = TritApp()
+    async with app.run_test(size=(100, 32), notifications=True) as pilot:
+        await started(pilot)
+        await until(pilot, lambda: any("no_such_action" in n for n in notifications(app)))
+        await pilot.pause(0.3)
+        from textual.widgets._toast import Toast
+
+        shown = [str(t.render()) for screen in app.screen_stack for t in screen.query(Toast)]
+        assert any("config.toml [keys]: no action called no_such_action" in s for s in shown), shown

@@ -59,6 +59,12 @@ class TritApp(App):
         self.keymap: dict[str, str] = {}
         self.stop_signum: int | None = None  # SIGTERM or SIGHUP received: leaving
 
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = False) -> None:
+        # Plain text unless asked: notices carry titles, paths and config.toml's own words ("[keys]"), which
+        # Textual's markup would eat or misread.
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
     def now(self) -> datetime:
         return self.clock() if self.clock is not None else datetime.now(timezone.utc)
 
