@@ -19,8 +19,9 @@ from .paths import paths, why_unwritable
 
 CONFIG_FILE = "config.toml"
 # The sampling settings config.toml and a conversation's settings hold, by their SamplingParams names.
-SAMPLING_SETTINGS = ("temperature", "top_p", "max_tokens")
+SAMPLING_SETTINGS = ("temperature", "top_p", "max_tokens", "seed")
 FLOAT_SETTINGS = ("temperature", "top_p")  # None by default (the model's own), a float when set
+OPTIONAL_INT_SETTINGS = ("seed",)  # None by default (a new one for every reply), an int when set
 
 
 class SettingsError(Exception):
@@ -34,6 +35,7 @@ class Settings:
     temperature: float | None = None  # None = the model's generation_config.json
     top_p: float | None = None
     max_tokens: int = 1024
+    seed: int | None = None  # None = a different reply each time; a number gives the same reply to the same words
     theme: str = "textual-dark"
     keys: dict[str, str] = field(default_factory=dict)  # binding id -> keys, e.g. {"new_chat": "ctrl+n"}
     extra: dict = field(default_factory=dict, repr=False)  # keys this version does not know
@@ -52,6 +54,8 @@ def _check(name: str, value, default):
     expected = type(default) if default is not None else (int, float)
     if name in FLOAT_SETTINGS:
         expected = (int, float)
+    elif name in OPTIONAL_INT_SETTINGS:
+        expected = int
     if isinstance(value, bool) or not isinstance(value, expected):
         raise SettingsError(f"{config_path()}: {name} = {value!r} is not valid; fix or delete that line")
     return float(value) if name in FLOAT_SETTINGS else value

@@ -212,3 +212,30 @@ async def test_notices_show_config_words_in_brackets_as_written(home, tiny):
 
         shown = [str(t.render()) for screen in app.screen_stack for t in screen.query(Toast)]
         assert any("config.toml [keys]: no action called no_such_action" in s for s in shown), shown
+
+
+@drive
+async def test_also_for_new_conversations_keeps_the_seed(with_tiny):
+    from textual.widgets import Checkbox, Input
+
+    from trit.app.settings import load_settings
+
+    app = TritApp()
+    async with running(app) as pilot:
+        chat = await started(pilot)
+        await pilot.press("ctrl+o")
+        await pilot.pause(0.2)
+        dialog = app.screen
+        dialog.query_one("#seed", Input).value = "7"
+        dialog.query_one("#temperature", Input).value = "0.5"
+        dialog.query_one("#as-default", Checkbox).value = True
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: app.screen is chat, what="the dialog to close")
+        assert chat.dialogue.params == {"seed": 7, "temperature": 0.5}
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.2)
+        _, model = app.service.model(chat.dialogue.model)
+        params = app.service.params_for(chat.dialogue, model)
+        assert (params.seed, params.temperature) == (7, 0.5)  # a new conversation starts with them
+    settings = load_settings()
+    assert (settings.seed, settings.temperature) == (7, 0.5)

@@ -42,7 +42,9 @@ class SettingsScreen(ModalScreen[ConversationSettings | None]):
 
     def default_text(self, name: str) -> str:
         value = getattr(self.defaults, name, None)
-        return f"default: {value}" if value is not None else "default: model's"
+        if value is None:
+            return "default: a new one each time" if name == "seed" else "default: model's"
+        return f"default: {value}"
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box", id="settings-box"):
