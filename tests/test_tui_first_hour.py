@@ -239,3 +239,21 @@ async def test_also_for_new_conversations_keeps_the_seed(with_tiny):
         assert (params.seed, params.temperature) == (7, 0.5)  # a new conversation starts with them
     settings = load_settings()
     assert (settings.seed, settings.temperature) == (7, 0.5)
+
+
+@drive
+async def test_the_context_warning_and_the_notice_in_the_conversation_agree(stored):
+    from textual.widgets import Static
+
+    from trit.app.tui.widgets.chat_view import Notice
+
+    app = TritApp()
+    async with running(app) as pilot:
+        chat = await started(pilot)
+        await chat.open_conversation(stored["rivers"])  # 2 oldest messages left out, 3487 tokens in the context
+        await pilot.pause(0.2)
+        warning = chat.query_one("#context-warning", Static)
+        notices = [str(n.render()) for n in chat.query(Notice)]
+        assert warning.display and notices
+        assert "2 oldest messages are left out" in str(warning.render())
+        assert all("2 oldest messages are left out" in n for n in notices)

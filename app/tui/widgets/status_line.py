@@ -8,8 +8,18 @@ from textual.widgets import Static
 
 CONTEXT_WARNING = 0.8  # from this share of the window on, say that the oldest turns will soon be left out
 SEP = ("  ·  ", "dim")
-CONTEXT_WARNING_TEXT = ("⚠ {share:.0%} of the context window is used: the oldest turns will soon be left out "
+CONTEXT_WARNING_TEXT = ("⚠ {share:.0%} of the context window is used: the oldest messages will soon be left out "
                         "of what the model reads. Ctrl+N starts a fresh conversation.")
+CONTEXT_FULL_TEXT = ("⚠ {share:.0%} of the context window is used: the {dropped} oldest message{s} left out of "
+                     "what the model reads. Ctrl+N starts a fresh conversation.")
+
+
+def context_warning_text(share: float, dropped: int) -> str:
+    """The line above the message box; the same words as the notice in the conversation once messages are left
+    out (chat_view.dropped_notice)."""
+    if dropped:
+        return CONTEXT_FULL_TEXT.format(share=share, dropped=dropped, s="s are" if dropped != 1 else " is")
+    return CONTEXT_WARNING_TEXT.format(share=share)
 
 
 def model_label(name: str) -> str:

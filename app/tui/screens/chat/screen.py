@@ -21,7 +21,7 @@ from ...reply_runner import USER_ERRORS, in_one_line
 from ...widgets.chat_view import ChatView, MessageBox
 from ...widgets.conversation_list import ConversationList
 from ...widgets.prompt import PromptInput
-from ...widgets.status_line import CONTEXT_WARNING_TEXT, StatusLine
+from ...widgets.status_line import StatusLine, context_warning_text
 from .conversation_actions import ConversationActions
 from .replying import Replying
 
@@ -205,9 +205,10 @@ class ChatScreen(Replying, ConversationActions, Screen):
         status.show_context(d.context_tokens(), n_ctx)
         warning = self.query_one("#context-warning", Static)
         warning.display = status.context_warning
-        if status.context_warning:
-            warning.update(CONTEXT_WARNING_TEXT.format(share=d.context_tokens() / n_ctx))
         last = speed_from or next((m for m in reversed(d.messages) if m.role == "assistant"), None)
+        if status.context_warning:
+            dropped = next((m.dropped_messages or 0 for m in reversed(d.messages) if m.role == "assistant"), 0)
+            warning.update(context_warning_text(d.context_tokens() / n_ctx, dropped))
         status.show_speed(last.decode_tok_s if last else None, last.time_to_first_token_s if last else None)
 
     # ---- the model, loaded in the background so the first reply does not wait for it ----
