@@ -257,3 +257,19 @@ async def test_the_context_warning_and_the_notice_in_the_conversation_agree(stor
         assert warning.display and notices
         assert "2 oldest messages are left out" in str(warning.render())
         assert all("2 oldest messages are left out" in n for n in notices)
+
+
+@drive
+async def test_two_messages_sent_at_once_get_one_reply_each_in_turn(with_tiny):
+    from test_tui import replies_ended
+
+    app = TritApp()
+    async with running(app) as pilot:
+        chat = await started(pilot)
+        chat.prompt.post_message(PromptInput.Submitted("one"))  # two Enters faster than the first reply starts
+        chat.prompt.post_message(PromptInput.Submitted("two"))
+        await until(pilot, lambda: replies_ended(pilot) >= 2 and not chat.generating, what="both replies")
+        await pilot.pause(0.3)
+        roles = [(m.role, m.content if m.role == "user" else "") for m in chat.dialogue.messages]
+        assert roles == [("user", "one"), ("assistant", ""), ("user", "two"), ("assistant", "")]
+        assert [b.role for b in chat.chat.boxes()] == ["user", "assistant", "user", "assistant"]

@@ -92,7 +92,10 @@ class ConversationActions:
                                              "Enter renames · Esc cancels"), renamed)
 
     def action_delete(self) -> None:
-        if self.dialogue is not None and self.dialogue.conversation_id is None:
+        if self.dialogue is None:  # no conversation could be started (the history or the model failed): nothing shown
+            self.app.notify("Nothing to delete: no conversation is open.")
+            return
+        if self.dialogue.conversation_id is None:
             if self.dialogue.messages:  # an unsaved (incognito) conversation: nothing on disk to delete
                 self.ask_delete(None, "this incognito conversation", len(self.dialogue.messages))
             else:
@@ -208,9 +211,10 @@ class ConversationActions:
         if d is None or not d.messages:
             self.app.notify("There is no reply to write again yet.")
             return
-        boxes = self.chat.boxes()
-        if boxes and boxes[-1].role == "assistant":
-            await self.chat.remove_from(boxes[-1])
+        with self.reply_claimed():
+            boxes = self.chat.boxes()
+            if boxes and boxes[-1].role == "assistant":
+                await self.chat.remove_from(boxes[-1])
         service = self.app_service
         await self.start_reply(lambda cancel: service.regenerate(d, cancel))
 

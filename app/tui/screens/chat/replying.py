@@ -10,6 +10,7 @@ message sent meanwhile waits, and goes out when the reply ends."""
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from textual.message import Message
@@ -71,17 +72,18 @@ class Replying:
                 self.app.notify("A message is already waiting to go out after this reply.", severity="warning")
             return
         service, d = self.app_service, self.dialogue
-        if self.editing:
-            users = [b for b in self.chat.boxes() if b.role == "user"]
-            if users:
-                await self.chat.remove_from(users[-1])
-            self.editing = False
-            self.prompt.border_title = None
-            events = lambda cancel: service.edit_last(d, text, cancel)  # noqa: E731
-        else:
-            events = lambda cancel: service.send(d, text, cancel)  # noqa: E731
-        await self.chat.clear_empty_state()
-        await self.chat.mount(MessageBox("user", text))
+        with self.reply_claimed():
+            if self.editing:
+                users = [b for b in self.chat.boxes() if b.role == "user"]
+                if users:
+                    await self.chat.remove_from(users[-1])
+                self.editing = False
+                self.prompt.border_title = None
+                events = lambda cancel: service.edit_last(d, text, cancel)  # noqa: E731
+            else:
+                events = lambda cancel: service.send(d, text, cancel)  # noqa: E731
+            await self.chat.clear_empty_state()
+            await self.chat.mount(MessageBox("user", text))
         await self.start_reply(events)
 
     def give_back(self, text: str) -> None:
@@ -91,14 +93,26 @@ class Replying:
         self.prompt.move_cursor(self.prompt.document.end)
 
     # ---- streaming ----
+    @contextmanager
+    def reply_claimed(self) -> Iterator[threading.Event]:
+        """A reply is under way from here on, before the awaits that lead to it: a second Enter meanwhile waits for it
+        (pending) instead of starting a second reply beside it. If the way there fails, no reply is under way."""
+        if self.cancel is None:
+            self.cancel = threading.Event()
+        try:
+            yield self.cancel
+        except BaseException:
+            self.cancel = None
+            raise
+
     async def start_reply(self, events: Callable[[threading.Event], Iterator]) -> None:
-        await self.chat.clear_empty_state()
-        box = MessageBox("assistant", streaming=True)
-        await self.chat.mount(box)
+        with self.reply_claimed() as cancel:
+            await self.chat.clear_empty_state()
+            box = MessageBox("assistant", streaming=True)
+            await self.chat.mount(box)
         self.chat.anchor()
         self.reply_box = box
         self.stream = Markdown.get_stream(box.markdown)
-        self.cancel = cancel = threading.Event()
         self.got_text = False
         self.prompt.border_subtitle = WAITING_SUBTITLE if self.pending is not None else WRITING_SUBTITLE
         self.set_timer(WAITING_AFTER_S, self.check_waiting)
