@@ -39,7 +39,7 @@ echo "== configure and build (sanitizers) in $build"
 cmake --build "$build" --parallel ${CMAKE_BUILD_PARALLEL_LEVEL:-}
 
 # abort_on_error: a report ends in SIGABRT, never in an exit status a caller could mistake for a failed check
-export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1}" UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1}" UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:abort_on_error=1}"
 status=0
 # run NAME [VAR=VALUE...]: the test, its output in $build/NAME.log; prints the lines that are not passing checks
 run() {
