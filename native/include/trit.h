@@ -163,7 +163,8 @@ TRIT_API float trit_op_quantize(int8_t *xq, const float *x, int n);
 /* out[t][r] = sum_c W[r][c] * xq[t][c], exact in int32; out is int32 [n_tokens][rows]; W in TRIT_TERNARY_* format. */
 TRIT_API int trit_op_ternary_matmul(int kernel_index, int format, int32_t *out, const uint8_t *packed, int rows,
                                     int cols, const int8_t *xq, int n_tokens);
-/* Rotates [n_heads][head_dim] in place for one position (rotate_half pairing: i with i + head_dim/2). */
+/* Rotates [n_heads][head_dim] in place for one position (rotate_half pairing: i with i + head_dim/2). Sizes that are
+ * not positive (or an odd head_dim) leave x as it is and set trit_last_error(). */
 TRIT_API void trit_op_rope(float *x, int n_heads, int head_dim, int pos, float theta);
 /* Causal grouped-query attention of n_q query rows at positions pos0.. against keys/values at positions 0..pos0+n_q-1.
  * q: [n_q][n_heads*hd], k, v: [pos0+n_q][n_kv_heads*hd] (stored as fp16 inside, as in the KV cache), out like q. */

@@ -89,7 +89,7 @@ static int check_config(const trit_config *c) {
         c->head_dim <= 0 || c->vocab_size <= 0 || c->max_positions <= 0)
         return trit_fail(TRIT_E_INVALID, "config: sizes must be positive");
     if (c->n_heads % c->n_kv_heads) return trit_fail(TRIT_E_INVALID, "config: n_heads is not a multiple of n_kv_heads");
-    if (c->n_heads * c->head_dim != c->hidden_size)
+    if ((int64_t)c->n_heads * c->head_dim != c->hidden_size) /* int64: the product of two ints can overflow */
         return trit_fail(TRIT_E_INVALID, "config: n_heads * head_dim != hidden_size");
     if (c->head_dim % 2 || c->hidden_size % 4 || c->intermediate_size % 4 || kv_dim(c) % 4)
         return trit_fail(TRIT_E_INVALID, "config: dimensions must fit RoPE pairs and 4-row packing");

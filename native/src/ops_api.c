@@ -1,4 +1,5 @@
 /* The single operations exported for tests: thin, checked wrappers over what the forward pass calls. */
+#include <limits.h>
 #include <stdlib.h>
 
 #include "trit_internal.h"
@@ -34,6 +35,10 @@ int trit_op_ternary_matmul(int kernel_index, int format, int32_t *out, const uin
 }
 
 void trit_op_rope(float *x, int n_heads, int head_dim, int pos, float theta) {
+    if (n_heads <= 0 || head_dim <= 0 || head_dim % 2) {
+        trit_fail(TRIT_E_INVALID, "rope: heads must be positive, head_dim positive and even");
+        return;
+    }
     float *cs = malloc(sizeof(float) * (size_t)head_dim);
     if (!cs) return;
     trit_rope_angles(cs, cs + head_dim / 2, head_dim, pos, theta);
@@ -45,6 +50,10 @@ int trit_op_attention(float *out, const float *q, const float *k, const float *v
                       int n_kv_heads, int head_dim) {
     if (n_q <= 0 || pos0 < 0 || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || head_dim <= 0)
         return trit_fail(TRIT_E_INVALID, "attention: bad sizes");
+    /* the int arithmetic below (positions rounded up to whole key blocks, row widths) must not overflow */
+    if ((int64_t)pos0 + n_q > INT_MAX - TRIT_KEY_BLOCK || (int64_t)n_heads * head_dim > INT_MAX)
+        return trit_fail(TRIT_E_INVALID, "attention: %d queries at position %d of %d x %d are too many", n_q, pos0,
+                         n_heads, head_dim);
     const trit_kernel *kern = trit_active_kernel();
     int n_keys = pos0 + n_q, kv = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
     int span = trit_key_blocks(n_keys) * TRIT_KEY_BLOCK; /* positions a head's cache holds: whole key blocks */

@@ -103,7 +103,7 @@ void trit_rope_angles(float *cos_out, float *sin_out, int head_dim, int pos, flo
 void trit_rope_apply(float *x, int n_heads, int head_dim, const float *cos_pos, const float *sin_pos);
 void trit_output_head(const trit_kernel *kern, int head_type, const void *head, const void *scales, float *logits,
                       int vocab, int hidden, const float *x, int n_tokens, int r0, int r1);
-static inline int trit_t5_groups(int rows) { return (rows + 4) / 5; }
+static inline int trit_t5_groups(int rows) { return rows / 5 + (rows % 5 != 0); } /* ceil; rows + 4 can overflow */
 /* The q4 heads' activations: x ~ (256 a + b) * s2 with int8 a (x / s1 rounded, s1 = max|x| / 127) and b the rounded
  * rest in steps of s2 = s1 / 256; block_x[k] = 8 * sum of 256 a + b over block k (the nibbles' offset of 8).
  * pair_order stores each 128 as 0..31, 64..95, 32..63, 96..127: the order of a 64-byte load's low, then high,

@@ -10,6 +10,7 @@
  * One line per check; the last line is "N passed, M failed"; the exit status is 1 if anything failed. Plain C11 with
  * a fixed-seed generator, so a failure reproduces exactly. Run by native/tests/run-aarch64.sh (also under qemu) and
  * native/tests/run-windows.sh (under wine). */
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -640,6 +641,50 @@ static void check_model(void) {
     free_tiny_model(&m);
 }
 
+/* ---- sizes at the boundary ------------------------------------------------------------------------------------- */
+
+/* trit.h checks every size it is given: sizes whose sums or products pass INT_MAX are refused or computed exactly,
+ * never wrapped (signed overflow is undefined behaviour: run-sanitizers.sh's UBSan build stops at it). None of these
+ * calls reads or writes past the small buffers given: each is refused, or is a size computation only. */
+static void check_boundaries(void) {
+    float buf[64] = {0};
+    check(trit_t5_size(INT_MAX, 1) == INT_MAX / 5 + 1, "boundary: trit_t5_size(INT_MAX, 1) is exact (%lld)",
+          (long long)trit_t5_size(INT_MAX, 1));
+    check(trit_t5_size(INT_MAX, INT_MAX) == (int64_t)(INT_MAX / 5 + 1) * INT_MAX,
+          "boundary: trit_t5_size(INT_MAX, INT_MAX) is exact");
+    int rc = trit_op_attention(buf, buf, buf, buf, 1, INT_MAX, 1, 1, 2);
+    check(rc == TRIT_E_INVALID, "boundary: attention at pos0 = INT_MAX is refused (%d: %s)", rc, trit_last_error());
+    rc = trit_op_attention(buf, buf, buf, buf, INT_MAX, 1, 1, 1, 2);
+    check(rc == TRIT_E_INVALID, "boundary: attention of INT_MAX queries after one key is refused (%d: %s)", rc,
+          trit_last_error());
+    buf[0] = 1.0f;
+    trit_op_rope(buf, 1, -2, 3, 10000.0f);
+    trit_op_rope(buf, 1, 3, 3, 10000.0f);
+    trit_op_rope(buf, -1, 2, 3, 10000.0f);
+    check(buf[0] == 1.0f && buf[1] == 0.0f, "boundary: rope with a negative or odd head_dim or no heads does nothing");
+    /* n_heads * head_dim and n_kv_heads * head_dim past INT_MAX */
+    uint8_t byte = 0;
+    trit_layer_weights layer = {buf,   &byte, &byte, &byte, &byte, buf,  buf,  &byte, &byte,
+                                &byte, buf,   1.0f,  1.0f,  1.0f,  1.0f, 1.0f, 1.0f,  1.0f};
+    trit_weights weights = {(uint16_t *)buf, buf, &layer, TRIT_HEAD_BF16, NULL, NULL};
+    trit_config cfg = {.hidden_size = 1 << 16,
+                       .intermediate_size = 4,
+                       .n_layers = 1,
+                       .n_heads = 1 << 16,
+                       .n_kv_heads = 1 << 16,
+                       .head_dim = 1 << 16,
+                       .vocab_size = 4,
+                       .max_positions = 4,
+                       .rope_theta = 10000.0f,
+                       .rms_eps = 1e-5f,
+                       .scale_mode = TRIT_SCALE_MULTIPLY,
+                       .ternary_format = TRIT_TERNARY_TQ2};
+    trit_model *model = trit_model_create(&cfg, &weights, 1);
+    check(!model && strstr(trit_last_error(), "n_heads * head_dim"),
+          "boundary: a config whose n_heads * head_dim passes INT_MAX is refused (%s)", trit_last_error());
+    trit_model_free(model);
+}
+
 /* ---- main ------------------------------------------------------------------------------------------------------- */
 
 int main(void) {
@@ -688,6 +733,7 @@ int main(void) {
     check_heads();
     check_attentions();
     check_model();
+    check_boundaries();
 
     printf("tested kernels:");
     for (int i = 0; i < n_runnable; i++) printf(" %s", kname(runnable[i]));
