@@ -576,9 +576,14 @@ class Store:
     # ---- search and export ----
 
     @_guarded
-    def search(self, text: str, limit: int = 50) -> list[SearchHit]:
+    def search(self, text: str, limit: int = 50, prefix: bool = False) -> list[SearchHit]:
+        """Messages with every word of text, best first. prefix: words also match the start of longer ones ("Darc"
+        finds "Darcy"), for a search that updates as you type."""
         # Every term is quoted, so what people type (quotes, *, -, AND, brackets) is searched for, never parsed.
-        query = self.db.quote_fts(text)
+        if prefix:
+            query = " ".join('"' + term.replace('"', '""') + '"*' for term in text.split())
+        else:
+            query = self.db.quote_fts(text)
         if not query:
             return []
         limit = min(limit, SQLITE_MAX_INT)

@@ -273,3 +273,17 @@ async def test_two_messages_sent_at_once_get_one_reply_each_in_turn(with_tiny):
         roles = [(m.role, m.content if m.role == "user" else "") for m in chat.dialogue.messages]
         assert roles == [("user", "one"), ("assistant", ""), ("user", "two"), ("assistant", "")]
         assert [b.role for b in chat.chat.boxes()] == ["user", "assistant", "user", "assistant"]
+
+
+@drive
+async def test_search_finds_words_by_their_beginning_as_you_type(stored):
+    app = TritApp()
+    async with running(app) as pilot:
+        await started(pilot)
+        await pilot.press("ctrl+f")
+        await type_text(pilot, "Dan")  # of "Danube"
+        await until(pilot, lambda: app.screen.hits, what="a hit for the beginning of a word")
+        assert {h.conversation_id for h in app.screen.hits} == {stored["rivers"]}
+        await type_text(pilot, "ube Vien")
+        await until(pilot, lambda: app.screen.hits and all("Vienna" in h.snippet for h in app.screen.hits),
+                    what="hits with both words")

@@ -59,7 +59,7 @@ class SearchScreen(ModalScreen[tuple[int, int] | None]):
         hits_list = self.query_one("#hits", OptionList)
         count = self.query_one("#search-count", Static)
         try:
-            self.hits = self.store.search(query) if query.strip() else []
+            self.hits = self.store.search(query, prefix=True) if query.strip() else []
         except StoreError as e:
             self.hits = []
             count.update(str(e))
