@@ -287,3 +287,23 @@ async def test_search_finds_words_by_their_beginning_as_you_type(stored):
         await type_text(pilot, "ube Vien")
         await until(pilot, lambda: app.screen.hits and all("Vienna" in h.snippet for h in app.screen.hits),
                     what="hits with both words")
+
+
+@drive
+async def test_page_keys_in_the_message_box_scroll_the_conversation_and_esc_clears_a_draft(stored):
+    app = TritApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        chat = await started(pilot)
+        await chat.open_conversation(stored["rivers"])
+        await pilot.pause(0.3)
+        view = chat.chat
+        assert view.max_scroll_y > 0 and view.scroll_y == view.max_scroll_y and app.focused is chat.prompt
+        await pilot.press("pageup")
+        await until(pilot, lambda: view.scroll_y < view.max_scroll_y, what="the conversation to scroll up")
+        await pilot.press("pagedown", "pagedown")
+        await until(pilot, lambda: view.scroll_y == view.max_scroll_y, what="the conversation to scroll down")
+        await type_text(pilot, "a draft")
+        await pilot.press("escape")
+        assert chat.prompt.text == ""
+        await pilot.press("ctrl+z")
+        assert chat.prompt.text == "a draft"

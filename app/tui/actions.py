@@ -31,7 +31,7 @@ PROMPT = [
 
 CHAT = [
     Action("stop", "escape", "stop", "Stop the reply",
-           "Stops the reply at once and keeps what was written; otherwise back to the message box"),
+           "Stops the reply at once and keeps what was written; else clears the message box (Ctrl+Z undoes)"),
     Action("new_chat", "ctrl+n", "new_chat", "New conversation", "Start a new conversation", footer="New"),
     Action("new_incognito", "ctrl+t", "new_incognito", "New incognito conversation",
            "A conversation that is never written to disk"),

@@ -64,6 +64,13 @@ class PromptInput(TextArea):
     def action_newline(self) -> None:
         self.insert("\n")
 
+    # PageUp and PageDown read the conversation above, as in a terminal; the box is a few lines at most
+    def action_cursor_page_up(self) -> None:
+        self.screen.chat.scroll_page_up()
+
+    def action_cursor_page_down(self) -> None:
+        self.screen.chat.scroll_page_down()
+
     def action_cursor_up(self, select: bool = False) -> None:
         if not select and not self.text:
             self.post_message(self.EditLastRequested())

@@ -212,6 +212,8 @@ class Replying:
             self.prompt.border_title = None
             self.prompt.clear()
             self.focus_prompt()
+        elif self.prompt.has_focus and self.prompt.text:
+            self.prompt.clear()  # the draft goes; Ctrl+Z brings it back
         else:
             self.focus_prompt()
 
