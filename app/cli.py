@@ -220,7 +220,8 @@ def say(text: str) -> None:
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True),
               help="Nucleus sampling: draw from the likeliest tokens that make up this share of the probability "
                    "(default: the model's own).")
-@click.option("--max-tokens", type=click.IntRange(min=1), help="Longest reply in tokens (default: 1024).")
+@click.option("--max-tokens", type=click.IntRange(min=1),
+              help="Longest reply in tokens (default: max_tokens in config.toml, 1024).")
 @click.option("--seed", type=int, help="Same seed, same model, same prompt: same answer.")
 @click.option("-c", "--continue", "continue_last", is_flag=True, help="Continue the most recent conversation.")
 @click.option("--cid", type=int, metavar="ID", help="Continue conversation ID (see `trit history list`).")
