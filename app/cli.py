@@ -35,6 +35,9 @@ def friendly_errors(fn):
         except KeyboardInterrupt:
             click.echo("trit: interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `trit history list | head -1`: the reader has all it wanted
+            quiet_stdout()
+            sys.exit(SIGPIPE_EXIT)
         except OSError as e:
             click.echo(f"trit: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", err=True)
             sys.exit(1)
@@ -51,55 +54,104 @@ def friendly_errors(fn):
 @click.version_option(__version__, prog_name="trit")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
-    """Trit: an offline, private assistant running BitNet b1.58 on your CPU."""
+    """Trit: an offline, private assistant running BitNet b1.58 on your CPU.
+
+    `trit` alone (or `trit chat`) opens the chat app; the commands below script it. Without a model installed the
+    demo model that ships inside Trit answers; `trit pull` downloads BitNet b1.58 2B4T.
+
+    \b
+    Examples:
+      trit                                  the chat app
+      trit ask "What is a ternary weight?"  one answer, streamed to stdout
+      trit pull                             download BitNet b1.58 2B4T (1.2 GB)
+      trit ask --help                       every option of a command, with examples"""
     # Every file and folder Trit makes is its user's alone: conversations, system prompts, models, partial downloads,
     # derived weights, caches, and exports too (they hold the same conversations; a file that already exists keeps
     # its mode). One umask here covers the engine's writes as well, which a library must not decide for scripts.
     os.umask(0o077)
     if ctx.invoked_subcommand is None:
-        if not (sys.stdin.isatty() and sys.stdout.isatty()):  # piped or redirected: the chat app needs a terminal
-            click.echo(ctx.get_help())
-            return
-        from .tui import run  # Textual is imported here only, so `trit ask` and scripts start without it
-
-        ctx.exit(run())
+        run_chat_app(explicit=False)
 
 
 @cli.command("paths")
 def paths_cmd() -> None:
-    """Print where Trit keeps models, settings and caches (TRIT_HOME moves them all)."""
+    """Print where Trit keeps models, history, settings and caches (TRIT_HOME moves them all): each folder, and the
+    two files you may open yourself, the history (SQLite) and the settings (config.toml).
+
+    \b
+    Examples:
+      trit paths
+      sqlite3 "$(trit paths | awk '$1 == "history" {print $2}')" .tables"""
+    from .settings import config_path
+    from .store import DEFAULT_FILE
+
     p = paths()
-    for name, value in (("data", p.data), ("models", p.models), ("config", p.config), ("cache", p.cache)):
-        click.echo(f"{name:7} {value}")
+    for name, value in (("data", p.data), ("models", p.models), ("history", p.data / DEFAULT_FILE),
+                        ("config", p.config), ("settings", config_path()), ("cache", p.cache)):
+        click.echo(f"{name:8} {value}")
+
+
+@cli.command("chat")
+@friendly_errors
+def chat_cmd() -> None:
+    """Open the chat app (what `trit` alone does): conversations, search, export, settings, in the terminal. F1 in
+    the app lists its keys.
+
+    \b
+    Examples:
+      trit chat
+      TRIT_HOME=/tmp/scratch trit chat"""
+    run_chat_app(explicit=True)
+
+
+def run_chat_app(explicit: bool) -> None:
+    from trit.engine import InputError
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        if explicit:
+            raise InputError("the chat app needs a terminal (stdin and stdout are not one here); in a script, use "
+                             '`trit ask "…"`')
+        click.echo(click.get_current_context().get_help())  # `trit` piped or redirected: what it can do
+        return
+    from .tui import run  # Textual is imported here only, so `trit ask` and scripts start without it
+
+    click.get_current_context().exit(run())
 
 
 # ---- trit ask ------------------------------------------------------------------------------------------------------
-def read_prompt(words: tuple[str, ...]) -> str:
-    """The arguments, after whatever was piped in (`cat notes.txt | trit ask "summarise"`), like llm. Text that is not
-    UTF-8 is refused, naming the first bad byte, rather than guessed at: the person decides how to convert it."""
+def read_prompt(words: tuple[str, ...]) -> tuple[str, str]:
+    """The arguments, after whatever was piped in (`cat notes.txt | trit ask "summarise"`), like llm; and the title
+    for a new conversation: the question when there is one, not the first line of the piped file. Text that is not
+    UTF-8 is refused, naming the first bad byte, rather than guessed at: the person decides how to convert it. Only
+    blanks is nothing: a usage error before anything is stored or sent."""
     from trit.engine import InputError
 
-    parts = []
+    piped = ""
     if not sys.stdin.isatty():
         data = sys.stdin.buffer.read()
         try:
-            piped = data.decode("utf-8")
+            piped = data.decode("utf-8").strip()
         except UnicodeDecodeError as e:
             raise InputError(f"what came on stdin is not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}): "
                              "convert it first, e.g. `iconv -f latin1 -t utf-8 FILE | trit ask ...`") from None
-        if piped.strip():
-            parts.append(piped.strip())
-    if words:
-        question = " ".join(words)
-        try:
-            question.encode("utf-8")
-        except UnicodeEncodeError as e:  # undecodable bytes in argv arrive as surrogates
-            raise InputError(f"the question is not UTF-8 text (character {e.start + 1} is not): retype it or "
-                             "convert it first") from None
-        parts.append(question)
-    if not parts:
+    question = " ".join(words)
+    question = question if question.strip() else ""
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as e:  # undecodable bytes in argv arrive as surrogates
+        raise InputError(f"the question is not UTF-8 text (character {e.start + 1} is not): retype it or "
+                         "convert it first") from None
+    if not piped and not question:
         raise click.UsageError('nothing to ask: give the question as arguments or on stdin, e.g. trit ask "Hello"')
-    return "\n\n".join(parts)
+    return "\n\n".join(part for part in (piped, question) if part), question if piped else ""
+
+
+def first_code_block(text: str) -> str | None:
+    """The body of the first fenced code block (``` or ~~~) in Markdown text, as llm -x prints it; None if none."""
+    import re
+
+    match = re.search(r"^[ \t]*(```+|~~~+)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", text, re.M | re.S)
+    return match.group(2) if match else None
 
 
 class StopSignals:
@@ -148,6 +200,9 @@ def quiet_stdout() -> None:
     os.close(devnull)
 
 
+SIGPIPE_EXIT = 128 + 13  # the exit of a process that SIGPIPE ended, as `yes | head -1` leaves `yes`
+
+
 def say(text: str) -> None:
     try:
         click.echo(text, err=True)
@@ -158,29 +213,50 @@ def say(text: str) -> None:
 @cli.command()
 @click.argument("prompt", nargs=-1)
 @click.option("-s", "--system", help="System prompt (for a new conversation, or to change it when continuing).")
-@click.option("-m", "--model", "model_name", metavar="NAME", help="An installed model, a model folder, or 'demo'.")
+@click.option("-m", "--model", "model_name", metavar="NAME",
+              help="An installed model (`trit models`), a model folder, a .gguf file, or 'demo' (default: the "
+                   "default model).")
 @click.option("--temperature", type=click.FloatRange(min=0), help="0 is greedy (default: the model's own).")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True))
-@click.option("-n", "--max-tokens", type=click.IntRange(min=1), help="Longest reply in tokens.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True),
+              help="Nucleus sampling: draw from the likeliest tokens that make up this share of the probability "
+                   "(default: the model's own).")
+@click.option("--max-tokens", type=click.IntRange(min=1),
+              help="Longest reply in tokens (default: max_tokens in config.toml, 1024).")
 @click.option("--seed", type=int, help="Same seed, same model, same prompt: same answer.")
 @click.option("-c", "--continue", "continue_last", is_flag=True, help="Continue the most recent conversation.")
 @click.option("--cid", type=int, metavar="ID", help="Continue conversation ID (see `trit history list`).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object (the shape `trit history show --json` uses).")
-@click.option("--no-log", is_flag=True, help="Keep nothing: the question and answer are not written to history.")
+              help="Print the reply as one JSON object when it ends: one of the messages `trit history show --json` "
+                   "lists (content, model, token counts, speeds, conversation_id).")
+@click.option("-n", "--no-log", is_flag=True, help="Keep nothing: the question and answer are not written to history.")
+@click.option("-u", "--usage", "show_usage", is_flag=True, help="Then print the tokens used on stderr.")
+@click.option("-x", "--extract", is_flag=True,
+              help="Print only the first fenced code block of the answer (all of it if it has none).")
 @click.option("--threads", "-t", type=click.IntRange(min=1), help="Threads (default: every core).")
 @friendly_errors
 def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, continue_last, cid, as_json, no_log,
-        threads) -> None:
-    """Answer once and exit: the answer streams to stdout; Ctrl-C stops it and keeps what was said."""
+        show_usage, extract, threads) -> None:
+    """Answer once and exit: the answer streams to stdout; Ctrl-C stops it and keeps what was said. What is piped in
+    comes first, then the question, in one message. The options follow simonw's `llm` where they meet.
+
+    \b
+    Examples:
+      trit ask "What is a ternary weight?"
+      cat notes.txt | trit ask "Summarise this"
+      trit ask -c "And in one sentence?"
+      trit ask -n -m demo "Something private"
+      trit ask --json --seed 1 "Hi" | jq -r .content
+      trit ask -x "A shell loop over *.txt" > loop.sh"""
     from trit.engine import SamplingParams
 
-    from .service import Service, Turn
-    from .store import Store, WriteError
+    from .service import DEMO_NAME, Service, Turn
+    from .store import Store, WriteError, title_from
 
     if continue_last and cid is not None:
         raise click.UsageError("give either -c or --cid, not both")
-    text = read_prompt(prompt)
+    if extract and as_json:
+        raise click.UsageError("give either -x or --json, not both")
+    text, title = read_prompt(prompt)
     overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens),
                                    ("seed", seed)) if v is not None}
     SamplingParams(**overrides)  # out of range (nan, a negative seed): one line now, before anything is stored
@@ -209,7 +285,11 @@ def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, contin
                     pass  # the history takes nothing now: answered all the same, and the turn says it was not kept
         else:
             dialogue = service.new(model=model_name, system=system, params=overrides, logged=not no_log)
-        turn, printing = None, not as_json
+            dialogue.title = title_from(title)
+        # the demo answers only because nothing else is there: said once, after the answer
+        demo_by_default = dialogue.model == DEMO_NAME and not continuing and not model_name \
+            and not service.settings.default_model
+        turn, printing, reader_gone = None, not (as_json or extract), False
         with StopSignals() as stop:
             for event in service.send(dialogue, text, stop.event):
                 if isinstance(event, Turn):
@@ -219,7 +299,7 @@ def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, contin
                         click.echo(event.text, nl=False)
                         sys.stdout.flush()
                     except OSError:  # nobody reads any more: stop between two tokens and keep what was said
-                        printing = False
+                        printing, reader_gone = False, True
                         quiet_stdout()
                         stop.signum = stop.signum or 13  # exit as a process that SIGPIPE ended would (141)
                         stop.event.set()
@@ -227,15 +307,28 @@ def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, contin
         try:
             if as_json:
                 click.echo(json.dumps(turn.to_dict(), indent=2, ensure_ascii=False))
-            elif result.text and not result.text.endswith("\n"):
+            elif extract and not reader_gone:
+                block = first_code_block(result.text)
+                shown = result.text if block is None else block
+                if shown:
+                    click.echo(shown, nl=not shown.endswith("\n"))
+            elif result.text and not result.text.endswith("\n") and not reader_gone:
                 click.echo()
         except OSError:
+            reader_gone = True
             quiet_stdout()
         if result.dropped_messages:
             say(f"trit: the {result.dropped_messages} oldest messages were left out to fit the {result.n_ctx}-token "
                 "context")
+        if show_usage:
+            reused = f" ({result.reused_tokens} reused from the last turn)" if result.reused_tokens else ""
+            say(f"trit: tokens: {result.prompt_tokens} prompt{reused}, {result.generated_tokens} generated, "
+                f"of a {result.n_ctx}-token context")
+        if demo_by_default:
+            say("trit: the demo model answered (a tiny model that ships inside Trit), since no model is installed: "
+                "`trit pull` downloads BitNet b1.58 2B4T")
         unsaved = unsaved or turn.unsaved
-        if result.finish_reason == "cancelled":
+        if result.finish_reason == "cancelled" and not (reader_gone and stop.signum == 13):
             kept = f"; the partial answer is kept in conversation {turn.conversation_id}" \
                 if dialogue.logged and not unsaved else ""
             say(f"trit: stopped{kept}")
@@ -254,7 +347,15 @@ def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, contin
 # ---- trit history ---------------------------------------------------------------------------------------------------
 @cli.group()
 def history() -> None:
-    """Conversations kept in the local history database."""
+    """Conversations kept in the local history database (`trit paths` shows the file).
+
+    \b
+    Examples:
+      trit history list -q lighthouse
+      trit history show 12 --json
+      trit history search "tide tables"
+      trit history export 12 -o tides.md
+      trit history rm 12"""
 
 
 def ago(iso: str) -> str:
@@ -265,31 +366,69 @@ def ago(iso: str) -> str:
     return humanize.naturaltime(datetime.now(timezone.utc) - datetime.fromisoformat(iso))
 
 
+def one_line_of(text: str) -> str:
+    """Text on one row of a listing: newlines and runs of blanks become one space."""
+    return " ".join(text.split())
+
+
+def confirmed(question: str, yes: bool) -> None:
+    """Go on only when the person agreed: -y/--yes, or "y" typed on a terminal. A script (no terminal on stdin) is
+    not asked but told, in one line, to add -y: a deletion is never made by whatever happens to be piped in."""
+    from trit.engine import InputError
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InputError(f"{question[0].lower()}{question[1:]}: stdin is not a terminal to ask on, so nothing was "
+                         "deleted; add -y to do it without asking")
+    if not click.confirm(f"{question}?", default=False, err=True):
+        click.echo("trit: nothing was deleted", err=True)
+        sys.exit(1)
+
+
 @history.command("list")
-@click.option("-n", "--count", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("-n", "--count", default=20, show_default=True, type=click.IntRange(min=1),
+              help="How many conversations to list.")
+@click.option("-q", "--query", metavar="WORDS", help="Only conversations with a message holding all these words.")
+@click.option("-m", "--model", metavar="NAME", help="Only conversations with this model (as `trit models` names it).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list: id, title, model, system, params, created, updated, message_count.")
 @friendly_errors
-def history_list(count, as_json) -> None:
-    """The most recent conversations, newest first."""
+def history_list(count, query, model, as_json) -> None:
+    """The most recent conversations, newest first: id, when, messages, model, title.
+
+    \b
+    Examples:
+      trit history list -n 5
+      trit history list -q "tide tables" -m demo
+      trit history list --json | jq '.[0].id'"""
     from .store import Store
 
     with Store() as store:
-        conversations = store.list_conversations(limit=count)
+        conversations = store.list_conversations(limit=count, query=query, model=model)
     if as_json:
         click.echo(json.dumps([c.to_dict() for c in conversations], indent=2, ensure_ascii=False))
         return
     if not conversations:
-        click.echo('no conversations yet: trit ask "…" or trit starts one', err=True)
+        click.echo("no conversation matches" if query or model else
+                   'no conversations yet: trit ask "…" or trit starts one', err=True)
     for c in conversations:
-        click.echo(f"{c.id:>5}  {ago(c.updated):>16}  {c.message_count:>3} msgs  {c.model[:24]:24}  {c.title}")
+        click.echo(f"{c.id:>5}  {ago(c.updated):>16}  {c.message_count:>3} msgs  {c.model[:24]:24}  "
+                   f"{one_line_of(c.title)}")
 
 
 @history.command("show")
 @click.argument("cid", type=int)
-@click.option("--json", "as_json", is_flag=True, help="The conversation and its messages as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="The conversation and its messages as JSON: {\"conversation\": {…}, \"messages\": [{…}, …]}.")
 @friendly_errors
 def history_show(cid, as_json) -> None:
-    """One conversation, whole."""
+    """One conversation, whole, as Markdown (or JSON).
+
+    \b
+    Examples:
+      trit history show 12
+      trit history show 12 --json | jq -r '.messages[-1].content'"""
     from .store import Store
 
     with Store() as store:
@@ -299,11 +438,19 @@ def history_show(cid, as_json) -> None:
 
 @history.command("search")
 @click.argument("text", nargs=-1, required=True)
-@click.option("-n", "--count", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("-n", "--count", default=20, show_default=True, type=click.IntRange(min=1),
+              help="How many messages to list.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list: conversation_id, message_id, title, role, snippet, created.")
 @friendly_errors
 def history_search(text, count, as_json) -> None:
-    """Messages containing these words, best match first."""
+    """Messages containing these words, best match first: conversation id, title, role, the words around the match
+    (matches in [brackets]), one row each.
+
+    \b
+    Examples:
+      trit history search lighthouse
+      trit history search "tide tables" --json"""
     from dataclasses import asdict
 
     from .store import Store
@@ -316,28 +463,37 @@ def history_search(text, count, as_json) -> None:
     if not hits:
         click.echo("no message matches", err=True)
     for h in hits:
-        click.echo(f"{h.conversation_id:>5}  {h.title[:30]:30}  {h.role:9}  {h.snippet}")
+        click.echo(f"{h.conversation_id:>5}  {one_line_of(h.title)[:30]:30}  {h.role:9}  {one_line_of(h.snippet)}")
 
 
 @history.command("rm")
 @click.argument("cids", type=int, nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Delete every conversation.")
-@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (needed when stdin is not a terminal).")
 @friendly_errors
 def history_rm(cids, everything, yes) -> None:
-    """Delete conversations (for good: they are not kept anywhere else)."""
+    """Delete conversations, for good: they are not kept anywhere else. Asks first, as `trit rm` does.
+
+    \b
+    Examples:
+      trit history rm 12
+      trit history rm 12 13 14 --yes
+      trit history rm --all"""
     from .store import Store
 
     if everything == bool(cids):
         raise click.UsageError("give conversation ids, or --all")
     with Store() as store:
         if everything:
-            if not yes:
-                click.confirm("Delete every conversation?", abort=True)
+            confirmed("Delete every conversation", yes)
             click.echo(f"deleted {store.delete_all()} conversations", err=True)
             return
-        for cid in cids:
-            store.conversation(cid)  # every id must exist before anything is deleted
+        cids = list(dict.fromkeys(cids))  # an id given twice is deleted once
+        found = [store.conversation(cid) for cid in cids]  # every id must exist before anything is deleted
+        what = f"conversation {found[0].id} ({one_line_of(found[0].title) or 'untitled'}, " \
+               f"{found[0].message_count} messages)" if len(found) == 1 else \
+               f"{len(found)} conversations ({', '.join(str(c.id) for c in found)})"
+        confirmed(f"Delete {what}", yes)
         for cid in cids:
             store.delete_conversation(cid)
         click.echo(f"deleted {len(cids)} conversation{'s' if len(cids) != 1 else ''}", err=True)
@@ -345,12 +501,18 @@ def history_rm(cids, everything, yes) -> None:
 
 @history.command("export")
 @click.argument("cid", type=int)
-@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True,
+              help="Markdown, or JSON as `trit history show --json` prints it.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="Write to this file instead of stdout.")
 @friendly_errors
 def history_export(cid, fmt, output) -> None:
-    """A conversation as Markdown or JSON."""
+    """A conversation as Markdown or JSON.
+
+    \b
+    Examples:
+      trit history export 12 -o tides.md
+      trit history export 12 --format json > tides.json"""
     from .store import Store
 
     with Store() as store:
@@ -375,8 +537,19 @@ def synthetic_folder(preset: str, seed: int) -> Path:
     return folder
 
 
+def model_path(name: str) -> Path:
+    """What a MODEL argument names: a folder or file that exists, else an installed model or the demo, as `trit ask
+    -m` takes them."""
+    from .service import choose_model
+    from .settings import Settings
+
+    if Path(name).expanduser().exists():
+        return Path(name).expanduser()
+    return choose_model(name, Settings()).path
+
+
 @cli.command()
-@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.argument("model", required=False)
 @click.option("--synthetic", "preset", metavar="PRESET",
               help="Benchmark a random model of this shape: tiny, small, 2b4t.")
 @click.option("--threads", "-t", type=click.IntRange(min=1), help="Threads (default: every core).")
@@ -389,7 +562,8 @@ def synthetic_folder(preset: str, seed: int) -> Path:
 @click.option("--tg", "n_gen", default=128, show_default=True, type=click.IntRange(min=0), help="Generated tokens.")
 @click.option("--ctx", "long_context", default=0, type=click.IntRange(min=0),
               help="Also decode --tg tokens after filling this many positions (memory of a full conversation).")
-@click.option("--repetitions", "-r", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--repetitions", "-r", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Runs of each measurement; the median is reported, every run is listed.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--conversation", is_flag=True,
               help="Instead: time to first token of each turn of a 5-turn conversation of ~3000 tokens.")
@@ -399,14 +573,22 @@ def synthetic_folder(preset: str, seed: int) -> Path:
 @friendly_errors
 def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, repetitions, as_json,
           conversation=False, versus=None) -> None:
-    """Measure prompt processing (ppN) and generation (tgN) speed in tokens/s, against the memory bus."""
+    """Measure prompt processing (ppN) and generation (tgN) speed in tokens/s, against the memory bus. MODEL is an
+    installed model's name, 'demo', a model folder or a .gguf file.
+
+    \b
+    Examples:
+      trit bench demo
+      trit bench --synthetic 2b4t --threads 2
+      trit bench bitnet-b1.58-2B-4T --json
+      trit bench --synthetic 2b4t --conversation"""
     from trit.engine.tools import bench as engine_bench
 
     if (model is None) == (preset is None):
-        raise click.UsageError("give a model folder or --synthetic PRESET")
+        raise click.UsageError("give a model (a name from `trit models`, 'demo' or a folder) or --synthetic PRESET")
     if long_context and long_context <= n_gen:
         raise click.UsageError("--ctx must be larger than --tg")
-    folder = synthetic_folder(preset, 0) if preset else model
+    folder = synthetic_folder(preset, 0) if preset else model_path(model)
     if conversation:
         c = engine_bench.run_conversation(folder, threads=threads, head=head, ternary=ternary)
         if as_json:
@@ -494,11 +676,33 @@ def model_kind(m) -> str:
     return f"{m.backend}, {details}" if details else m.backend
 
 
-def default_model_name(models) -> str:
-    """The model `trit` and `trit ask` use without --model: the configured one, else the newest installed."""
-    from .settings import load_settings
+def default_before_install() -> str | None:
+    """The default model before a pull or an import; None when config.toml cannot be read (the install goes ahead
+    all the same, and leaves the default alone)."""
+    from .service import default_model_name
+    from .settings import SettingsError, load_settings
 
-    return load_settings().default_model or (models[-1].name if models else "")
+    try:
+        return default_model_name(load_settings())
+    except SettingsError:
+        return None
+
+
+def adopt_installed(name: str, was: str | None) -> None:
+    """One line when the model just installed became the default (see service.adopt_installed). A config.toml that
+    cannot be written does not undo the install: that is said in one line, and the default stays as it was."""
+    from . import service
+    from .settings import SettingsError
+
+    if was is None:
+        return
+    try:
+        line = service.adopt_installed(name, was)
+    except SettingsError as e:
+        say(f"trit: {name} is installed but not made the default model: {e}")
+        return
+    if line:
+        click.echo(line)
 
 
 @cli.command()
@@ -516,12 +720,14 @@ def pull(repo, file, revision, name) -> None:
       trit pull                           BitNet b1.58 2B4T (Trit's own engine)
       trit pull OWNER/REPO                a BitNet checkpoint, or the repo's one GGUF
       trit pull OWNER/REPO --file F.gguf  one GGUF file of the repo (llama.cpp)
+      trit pull OWNER/REPO --revision v2 --name mine
 
     GGUF models (Llama, Qwen, Gemma, …) run through llama.cpp: pip install "trit[gguf]".
 
     Only the files Trit needs are fetched, each checked against the sha256 the hub publishes; the model is ready
     only when all of them match. An interrupted pull continues where it stopped when run again. HF_ENDPOINT selects
-    another hub, HF_TOKEN authenticates. This is the only command that uses the network."""
+    another hub, HF_TOKEN authenticates. This is the only command that uses the network. When the demo was the
+    default model, the model pulled becomes it."""
     from trit.engine.models import download, registry
 
     if file and not repo:
@@ -529,6 +735,7 @@ def pull(repo, file, revision, name) -> None:
     command = "trit pull" + "".join(f" {flag}{value}" for flag, value in (
         ("", repo), ("--file ", file), ("--revision ", revision), ("--name ", name)) if value)
     repo = repo or download.DEFAULT_REPO
+    was = default_before_install()
     bar = TransferBar(name or (registry.gguf_name(file) if file else download.default_name(repo)))
     try:
         m = download.pull(repo, paths().models, revision=revision, name=name, file=file, progress=bar, log=bar.log)
@@ -540,6 +747,7 @@ def pull(repo, file, revision, name) -> None:
         bar.close()
     click.echo(f"{m.name} is ready ({model_kind(m)}): {human_size(m.size_bytes)}, {m.source} at {m.short_revision}, "
                f"in {m.path}")
+    adopt_installed(m.name, was)
 
 
 @cli.command("import")
@@ -551,37 +759,70 @@ def import_cmd(path, name) -> None:
     """Install a model from this machine (no network): a folder with a BitNet b1.58 checkpoint in the Hugging Face
     packed format (config.json, model.safetensors, tokenizer.json, ...) or a copy of a pulled model's folder; or a
     GGUF file (Llama, Qwen, Gemma, … — run by llama.cpp: pip install "trit[gguf]"). It is checked, hashed and copied
-    into Trit's models folder."""
+    into Trit's models folder. When the demo was the default model, the model imported becomes it.
+
+    \b
+    Examples:
+      trit import ~/Downloads/bitnet-b1.58-2B-4T
+      trit import Llama-3.2-1B-Instruct-Q4_K_M.gguf --name llama"""
     from trit.engine.models import importing
 
+    was = default_before_install()
     bar = TransferBar(name or path.name)
     try:
         m = importing.import_model(path, paths().models, name=name, progress=bar)
     finally:
         bar.close()
     click.echo(f"{m.name} is ready ({model_kind(m)}): {human_size(m.size_bytes)}, from {path}, in {m.path}")
+    adopt_installed(m.name, was)
+
+
+def demo_row(default: str) -> dict | None:
+    """The demo model as `trit models --json` lists it, after the installed ones: it ships inside Trit, so it has no
+    install time, source or checksums of its own; None when this installation has no demo."""
+    from .service import DEMO_NAME, demo_model
+
+    demo = demo_model()
+    if demo is None:
+        return None
+    size = sum(f.stat().st_size for f in demo.path.rglob("*") if f.is_file())
+    return {"name": DEMO_NAME, "path": str(demo.path), "size_bytes": size, "source": "built-in", "revision": None,
+            "verified": None, "backend": "bitnet", "architecture": None, "file_type": None, "context_length": None,
+            "installed": None, "builtin": True, "default": default == DEMO_NAME}
 
 
 @cli.command("models")
-@click.option("--default", "make_default", metavar="NAME", help="Make NAME the model Trit uses by default.")
+@click.option("--default", "make_default", metavar="NAME",
+              help="Make NAME (an installed model, or 'demo') the model Trit uses without -m.")
 @click.option("--verify", "check", is_flag=True, help="Hash every file again and compare with what was installed.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list, one object per model with \"default\" (the one `trit ask` uses) and "
+                   "\"builtin\" (the demo).")
 @friendly_errors
 def models_cmd(make_default, check, as_json) -> None:
-    """List the installed models; the default one is marked with *."""
+    """List the models: the installed ones, then the demo that ships inside Trit. The one `trit` and `trit ask` use
+    without -m is marked with *: the one chosen with --default, else the newest installed, else the demo.
+
+    \b
+    Examples:
+      trit models
+      trit models --default bitnet-b1.58-2B-4T
+      trit models --json | jq -r '.[] | select(.default) | .name'
+      trit models --verify"""
     from trit.engine.kinds import BITNET
     from trit.engine.models import registry
 
+    from .service import DEMO_NAME, default_model_name, demo_model
     from .settings import load_settings, save_settings
 
     folder = paths().models
     if make_default:
-        from .service import DEMO_NAME, demo_model
-
-        if make_default == DEMO_NAME and demo_model() is not None:
-            name = DEMO_NAME  # the model that ships inside Trit, not an installed one
-        else:
+        try:
             name = registry.locate(folder, make_default).name
+        except registry.ModelNotFound:
+            if make_default != DEMO_NAME or demo_model() is None:
+                raise
+            name = DEMO_NAME  # the model that ships inside Trit, not an installed one
         settings = load_settings()
         settings.default_model = name
         save_settings(settings)
@@ -595,34 +836,45 @@ def models_cmd(make_default, check, as_json) -> None:
                                         if bad else "every file matches"), err=True)
             damaged += [m.name] if bad else []
     models = registry.installed(folder)
-    default = default_model_name(models)
+    default = default_model_name(load_settings())
+    demo = demo_row(default) if DEMO_NAME not in {m.name for m in models} else None  # an installed "demo" wins
     if as_json:
-        click.echo(json.dumps([{**m.to_dict(), "default": m.name == default} for m in models], indent=2))
-    elif not models:
-        click.echo("no models installed — `trit pull` downloads BitNet b1.58 2B4T (1.2 GB), "
-                   "`trit import PATH` installs one from this machine (a model folder or a .gguf file); "
-                   "until then the demo model that ships inside Trit answers (`-m demo`)")
+        click.echo(json.dumps([{**m.to_dict(), "builtin": False, "default": m.name == default} for m in models]
+                              + ([demo] if demo else []), indent=2))
     else:
         # QUANT: how the weights are stored — BitNet's ternary, or the GGUF's file type (Q4_K_M, …)
         rows = [("", "NAME", "SIZE", "BACKEND", "QUANT", "SOURCE", "REVISION", "VERIFIED")] + [
             ("*" if m.name == default else "", m.name, human_size(m.size_bytes), m.backend,
              m.file_type or ("ternary" if m.backend == BITNET else "-"), m.source, m.short_revision or "-",
              "yes" if m.verified else "NO") for m in models]
+        if demo:
+            rows.append(("*" if demo["default"] else "", DEMO_NAME, human_size(demo["size_bytes"]), BITNET,
+                         "ternary", "built-in", "-", "-"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        if not models:
+            click.echo("no models installed — `trit pull` downloads BitNet b1.58 2B4T (1.2 GB), `trit import PATH` "
+                       "installs one from this machine (a model folder or a .gguf file); until then the demo model "
+                       "that ships inside Trit answers", err=True)
     if damaged:
         sys.exit(1)
 
 
 @cli.command("rm")
 @click.argument("name")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when stdin is not a terminal).")
 @friendly_errors
 def rm_cmd(name, yes) -> None:
-    """Remove an installed model (or the kept data of an unfinished pull of that name)."""
+    """Remove an installed model (or the kept data of an unfinished pull of that name). Asks first.
+
+    \b
+    Examples:
+      trit rm bitnet-b1.58-2B-4T
+      trit rm llama --yes"""
     from trit.engine.models import registry
 
+    from .service import DEMO_NAME
     from .settings import load_settings, save_settings
 
     folder = paths().models
@@ -630,18 +882,20 @@ def rm_cmd(name, yes) -> None:
         m = registry.locate(folder, name)
         what = f"{m.name} ({human_size(m.size_bytes)}, {m.source})"
     except registry.ModelNotFound:
+        if name == DEMO_NAME:
+            raise registry.ModelNotFound("demo ships inside Trit and cannot be removed; "
+                                         "`trit models --default NAME` makes another model the one used") from None
         if not registry.partial_folder(folder, name).is_dir():
             raise
         what = f"the unfinished download of {name}"
-    if not yes and not click.confirm(f"remove {what}?", default=False, err=True):
-        click.echo("nothing removed", err=True)
-        sys.exit(1)
+    confirmed(f"Remove {what}", yes)
     registry.remove(folder, name)
     settings = load_settings()
     if settings.default_model == name:
         settings.default_model = ""
         save_settings(settings)
-        click.echo(f"removed {what}; it was the default model, so the default is now the newest installed one")
+        click.echo(f"removed {what}; it was the default model, so the default is now the newest installed one "
+                   "(the demo when none is)")
     else:
         click.echo(f"removed {what}")
 
@@ -657,5 +911,20 @@ def keep_huggingface_hub_offline() -> None:
 
 
 def main() -> None:
+    """The `trit` command. A usage error (an unknown option, a missing argument) is one line and exit 2, as every
+    other mistake is one line (exit 1): click's four lines of usage are what --help is for."""
     keep_huggingface_hub_offline()
-    cli()
+    try:
+        code = cli.main(prog_name="trit", standalone_mode=False)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "trit"
+        click.echo(f"trit: {e.format_message()} (`{where} --help` shows how)", err=True)
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort as e:  # Ctrl-C, or the end of input at a prompt
+        interrupted = isinstance(e.__context__, KeyboardInterrupt)
+        click.echo("trit: interrupted" if interrupted else "trit: nothing was done", err=True)
+        sys.exit(130 if interrupted else 1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -79,6 +79,35 @@ def choose_model(name: str | None, settings: Settings) -> ModelChoice:
     return ModelChoice(installed.name, installed.path)
 
 
+def default_model_name(settings: Settings) -> str:
+    """The name of the model `trit` and `trit ask` use without --model (as choose_model picks it): the configured
+    one, else the newest installed, else the demo; "" when there is none of these."""
+    from trit.engine.models import registry
+
+    if settings.default_model:
+        return settings.default_model
+    models = registry.installed(paths().models)
+    return models[-1].name if models else (DEMO_NAME if demo_model() is not None else "")
+
+
+def adopt_installed(name: str, was: str) -> str | None:
+    """After `name` was installed, with `was` the default before: someone who was on the demo (chosen on the first
+    screen, or used for want of a model) moves to the real model, as they would expect; a model they chose stays.
+    Returns the line that says the default changed, or None. Raises SettingsError when config.toml cannot be
+    written."""
+    from .settings import save_settings
+
+    settings = load_settings()
+    if was == DEMO_NAME and settings.default_model == DEMO_NAME:
+        settings.default_model = name
+        save_settings(settings)
+    if default_model_name(settings) != name or was == name:
+        return None
+    if was == DEMO_NAME:
+        return f"{name} is now the default model, instead of the demo (`trit models --default demo` goes back)"
+    return f"{name} is now the default model (the newest installed; `trit models --default NAME` picks another)"
+
+
 @dataclass
 class Dialogue:
     """An open conversation: what the model is shown, and where it is kept (nowhere when `logged` is False)."""

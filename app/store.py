@@ -252,7 +252,7 @@ def _error_kind(e: sqlite3.Error) -> str:
     return ""
 
 
-def _title_from(text: str) -> str:
+def title_from(text: str) -> str:
     """The first non-empty line, whitespace collapsed, cut at a word boundary near TITLE_LENGTH."""
     line = next((" ".join(line.split()) for line in text.splitlines() if line.strip()), "")
     if len(line) <= TITLE_LENGTH:
@@ -444,9 +444,24 @@ class Store:
         return row[0] if row else None
 
     @_guarded
-    def list_conversations(self, limit: int = 50, offset: int = 0) -> list[Conversation]:
+    def list_conversations(self, limit: int = 50, offset: int = 0, *, query: str | None = None,
+                           model: str | None = None) -> list[Conversation]:
+        """The most recently updated first; only those with a message matching every word of `query` (as search
+        matches them), and only those whose model is `model`, when given."""
         limit, offset = min(limit, SQLITE_MAX_INT), min(offset, SQLITE_MAX_INT)  # "as many as there are"
-        return self._conversations(tail="ORDER BY c.update_seq DESC, c.id DESC LIMIT ? OFFSET ?", args=[limit, offset])
+        where, args = [], []
+        if query is not None:
+            match = self.db.quote_fts(query)  # quoted, as in search: what people type is searched for, not parsed
+            if not match:
+                return []
+            where.append("c.id IN (SELECT m.conversation_id FROM messages_fts JOIN messages m"
+                         " ON m.id = messages_fts.rowid WHERE messages_fts MATCH ?)")
+            args.append(match)
+        if model is not None:
+            where.append("c.model = ?")
+            args.append(model)
+        return self._conversations(("WHERE " + " AND ".join(where)) if where else "", [*args, limit, offset],
+                                   tail="ORDER BY c.update_seq DESC, c.id DESC LIMIT ? OFFSET ?")
 
     @_guarded
     def rename(self, cid: int, title: str) -> None:
@@ -509,7 +524,7 @@ class Store:
                 "SELECT 1 FROM messages WHERE conversation_id = ? AND role = 'user'", [cid]).fetchone()
             mid = self.db["messages"].insert(
                 {"conversation_id": cid, "role": role, "content": content, "created": _now(), **columns}).last_pk
-            self._touch(cid, **({"title": _title_from(content)} if first_user and not title[0] else {}))
+            self._touch(cid, **({"title": title_from(content)} if first_user and not title[0] else {}))
         return self._message(mid)
 
     # ---- a reply as it is written ----

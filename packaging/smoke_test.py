@@ -289,7 +289,8 @@ def check_pull(report: Report, box: Sandbox, builds: dict[str, Path], served: Pa
                          f"exit {r.returncode}; {r.stdout.strip()[-300:]} {r.stderr}")
             r = box.run(exe, "models", "--json", env=env)
             listed = json.loads(r.stdout) if r.returncode == 0 else []
-            report.check([(m["name"], m["verified"], m["default"]) for m in listed] == [("tiny-bitnet", True, True)],
+            report.check([(m["name"], m["verified"], m["default"]) for m in listed] == [
+                ("tiny-bitnet", True, True), ("demo", None, False)],
                          f"{label}: trit models lists it, verified, as the default", r.stdout + r.stderr)
             r = box.run(exe, "ask", "--max-tokens", "8", "--seed", "1", "Hello", env=env)
             report.check(r.returncode == 0 and r.stdout.strip() != "",

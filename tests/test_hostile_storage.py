@@ -136,7 +136,7 @@ def test_everything_that_only_reads_works_in_a_read_only_data_folder(trit, names
     assert found.returncode == 0 and json.loads(found.stdout)[0]["conversation_id"] == cid, found.stderr
     assert ns("history", "export", cid, "--format", "md").returncode == 0
     models = ns("models", "--json")
-    assert models.returncode == 0 and [m["name"] for m in json.loads(models.stdout)] == [mine], models.stderr
+    assert models.returncode == 0 and [m["name"] for m in json.loads(models.stdout)] == [mine, "demo"], models.stderr
     assert ns("paths").returncode == 0
     for args in (["-m", mine], ["-m", "demo"], ["-c"]):
         r = ns("ask", "--no-log", "--max-tokens", 4, *args, "hello")

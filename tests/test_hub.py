@@ -408,7 +408,8 @@ def test_cli_pull_models_default_rm(server, trit, tmp_path):
 
     models = tmp_path / "home" / "data" / "models"
     r = trit("models")
-    header, row = r.stdout.splitlines()
+    header, row, demo = r.stdout.splitlines()
+    assert demo.split()[0] == "demo"  # the demo that ships inside Trit, after the installed models
     assert header.split() == ["NAME", "SIZE", "BACKEND", "QUANT", "SOURCE", "REVISION", "VERIFIED"]
     size = human_size(registry.locate(models, NAME).size_bytes)
     assert row.split() == ["*", NAME, *size.split(), "bitnet", "ternary", f"hf:{REPO}", server.repos[REPO].commit[:7],
@@ -418,10 +419,10 @@ def test_cli_pull_models_default_rm(server, trit, tmp_path):
     assert trit("models", "--default", NAME).exit_code == 0
     from trit.app.settings import load_settings
     assert load_settings().default_model == NAME
-    assert [line.split()[0] for line in trit("models").stdout.splitlines()[1:]] == ["*", "second"]
+    assert [line.split()[0] for line in trit("models").stdout.splitlines()[1:]] == ["*", "second", "demo"]
     listed = json.loads(trit("models", "--json").stdout)
     assert [(m["name"], m["default"], m["verified"], m["backend"]) for m in listed] == [
-        (NAME, True, True, "bitnet"), ("second", False, True, "bitnet")]
+        (NAME, True, True, "bitnet"), ("second", False, True, "bitnet"), ("demo", False, None, "bitnet")]
 
     r = trit("rm", NAME, input="n\n")
     assert r.exit_code == 1 and (models / NAME).is_dir()
@@ -453,7 +454,7 @@ def test_cli_errors_are_one_line(server, trit, tmp_path):
     assert r.exit_code == 1 and r.stderr == f"trit: {empty} is not a BitNet b1.58 model folder: it has no config.json\n"
     r = trit("rm", "nothing", "--yes")
     assert r.exit_code == 1 and r.stderr.startswith("trit: no model named 'nothing'")
-    assert trit("models").stdout.startswith("no models installed")
+    assert trit("models").stderr.startswith("no models installed")  # beside the table, which lists the demo
 
 
 def test_cli_ctrl_c_during_pull_says_how_to_continue(server, trit, tmp_path, monkeypatch):
