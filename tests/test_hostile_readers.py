@@ -62,7 +62,8 @@ def gguf_file(metadata=None, tensors=None, *, alignment: int = 32, offsets=None,
         nbytes = tensor_bytes(dims, ttype)
         offset = offsets[i] if offsets else at
         infos.append(gguf_string(name) + struct.pack("<I", len(dims)) +
-                     b"".join(struct.pack("<Q", d % (1 << 64)) for d in dims) + struct.pack("<IQ", ttype, offset))
+                     b"".join(struct.pack("<Q", d % (1 << 64)) for d in dims) +
+                     struct.pack("<IQ", ttype, offset % (1 << 64)))
         sizes.append(nbytes)
         at += -(-nbytes // alignment) * alignment
     head = (b"GGUF" + struct.pack("<IQQ", 3, len(tensors) if n_tensors is None else n_tensors,
