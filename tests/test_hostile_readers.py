@@ -4,6 +4,7 @@ installed or not, and sizes that would overflow in C are refused before they get
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 import subprocess
@@ -151,3 +152,31 @@ def test_a_truncated_or_lying_gguf_is_refused_at_import(trit, tmp_path, gguf_pac
     path.write_bytes(data)
     one_line(trit("import", path), f"{case}.gguf", words)
     assert json.loads(trit("models", "--json").stdout) == []
+
+
+# ---- sizes that cross into C (item 11) --------------------------------------------------------------------------
+
+def test_threads_past_what_a_c_int_holds_are_refused_not_wrapped(trit):
+    """ctypes keeps an int's low 32 bits: 2^32 + 1 threads ran as 1 thread, silently."""
+    one_line(trit("ask", "--model", "demo", "--threads", 2**32 + 1, "hi"), "threads", str(2**32 + 1))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+def test_threads_past_a_c_int_are_refused_for_a_gguf_model_too(trit, tmp_path):
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(VALID)
+    one_line(trit("ask", "-m", path, "--threads", 2**32 + 1, "hi"), "threads", str(2**32 + 1))
+
+
+def test_a_config_whose_sizes_multiply_past_the_limits_is_refused(trit, tmp_path):
+    """Each size within its limit, their products not: the cache of the whole context is 2^18 positions x 8 KB =
+    2^31 bytes (past int32), and the RoPE tables native code computes at load 2^18 x 1024 cells (1 GB, 8 s)."""
+    from trit.engine.tools import synthetic
+
+    folder = synthetic.write_model(tmp_path / "wide", "tiny", hidden_size=2048, intermediate_size=128,
+                                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, head_dim=1024,
+                                   vocab_size=512, max_position_embeddings=4096)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1 << 18}))
+    one_line(trit("ask", "-m", folder, "--no-log", "hi"), "config.json", "max_position_embeddings", "head_dim")
+    one_line(trit("import", folder), "config.json", "max_position_embeddings", "head_dim")
