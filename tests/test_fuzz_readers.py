@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import struct
+import tempfile
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -171,13 +172,23 @@ def json_mutant(draw, base, paths: list[tuple]) -> bytes:
 
 # ---- safetensors header -----------------------------------------------------------------------------------------
 
-def small_safetensors(path: Path) -> bytes:
+def small_safetensors() -> bytes:
     import numpy as np
 
-    write_safetensors(path, [("a.weight", "BF16", np.arange(12, dtype=np.uint16).reshape(3, 4)),
-                             ("b.weight", "U8", np.arange(8, dtype=np.uint8)),
-                             ("c.scale", "F32", np.ones(1, np.float32))])
-    return path.read_bytes()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "small.safetensors"
+        write_safetensors(path, [("a.weight", "BF16", np.arange(12, dtype=np.uint16).reshape(3, 4)),
+                                 ("b.weight", "U8", np.arange(8, dtype=np.uint8)),
+                                 ("c.scale", "F32", np.ones(1, np.float32))])
+        return path.read_bytes()
+
+
+SAFETENSORS = small_safetensors()
+
+
+def safetensors_with_header(header: dict) -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text
 
 
 def read_safetensors(path: Path) -> None:
@@ -221,15 +232,11 @@ def safetensors_from_scratch(draw) -> bytes:
     return struct.pack("<Q", length) + text + draw(st.binary(max_size=256))
 
 
-@pytest.fixture(scope="module")
-def safetensors_base(scratch) -> bytes:
-    return small_safetensors(scratch / "base.safetensors")
-
-
 @FUZZ
-@given(data=st.data())
-def test_the_safetensors_reader_reads_or_refuses_in_one_line(scratch, safetensors_base, data):
-    content = data.draw(safetensors_mutant(safetensors_base) | safetensors_from_scratch())
+@given(content=safetensors_mutant(SAFETENSORS) | safetensors_from_scratch())
+@example(content=SAFETENSORS)  # the plain file reads
+@example(content=safetensors_with_header({"\n": {"dtype": None, "shape": [], "data_offsets": [0, 0]}}))  # a line break
+def test_the_safetensors_reader_reads_or_refuses_in_one_line(scratch, content):
     path = scratch / "model.safetensors"
     path.write_bytes(content)
     read_or_refuse(lambda: read_safetensors(path), CheckpointError)
@@ -251,9 +258,9 @@ def config_from_scratch(draw) -> bytes:
 
 
 @FUZZ
-@given(data=st.data())
-def test_config_json_is_read_or_refused_in_one_line(scratch, data):
-    content = data.draw(json_mutant(DEMO_CONFIG, node_paths(DEMO_CONFIG)) | config_from_scratch())
+@given(content=json_mutant(DEMO_CONFIG, node_paths(DEMO_CONFIG)) | config_from_scratch())
+@example(content=json.dumps(DEMO_CONFIG).encode())  # the plain file reads
+def test_config_json_is_read_or_refused_in_one_line(scratch, content):
     (scratch / "config.json").write_bytes(content)
     read_or_refuse(lambda: read_config(scratch), CheckpointError)
 
@@ -292,10 +299,10 @@ def read_gguf(path: Path) -> None:
 
 
 @FUZZ
-@given(data=st.data())
-@example(data=None)  # the plain file reads
-def test_the_gguf_reader_reads_or_refuses_in_one_line(scratch, data):
-    content = VALID if data is None else data.draw(byte_mutant(VALID, GGUF_FIELDS) | gguf_from_scratch())
+@given(content=byte_mutant(VALID, GGUF_FIELDS) | gguf_from_scratch())
+@example(content=VALID)  # the plain file reads
+@example(content=gguf_file(tensors=TENSORS + [("\n", [8], 31)]))  # a line break in a tensor's name
+def test_the_gguf_reader_reads_or_refuses_in_one_line(scratch, content):
     path = scratch / "model.gguf"
     path.write_bytes(content)
     read_or_refuse(lambda: read_gguf(path), GGUFError)
@@ -335,20 +342,27 @@ def read_tokenizer(folder: Path) -> None:
     SamplingParams.from_generation_config(folder)
 
 
+PLAIN_TOKENIZER_FILES = {name: json.dumps(doc).encode() for name, doc in TOKENIZER_FILES.items()}
+
+
+@st.composite
+def tokenizer_files(draw) -> dict[str, bytes]:
+    """The three files, one or more of them mutated or made up from their own keys."""
+    files = dict(PLAIN_TOKENIZER_FILES)
+    for name in draw(st.sets(st.sampled_from(sorted(files)), min_size=1)):
+        doc = TOKENIZER_FILES[name]
+        made_up = st.recursive(JSON_VALUES, lambda inner, keys=sorted(doc): st.dictionaries(
+            st.sampled_from(keys), inner, max_size=4), max_leaves=12).map(lambda d: json.dumps(d).encode())
+        files[name] = draw(json_mutant(doc, TOKENIZER_PATHS[name]) | made_up)
+    return files
+
+
 @FUZZ
-@given(data=st.data())
-def test_the_tokenizer_files_are_read_or_refused_in_one_line(scratch, data):
+@given(files=tokenizer_files())
+@example(files=PLAIN_TOKENIZER_FILES)  # the plain files read
+def test_the_tokenizer_files_are_read_or_refused_in_one_line(scratch, files):
     folder = scratch / "tokenizer"
     folder.mkdir(exist_ok=True)
-    mutate = data.draw(st.sets(st.sampled_from(sorted(TOKENIZER_FILES)), min_size=1))
-    for name, doc in TOKENIZER_FILES.items():
-        if name in mutate:
-            content = data.draw(json_mutant(doc, TOKENIZER_PATHS[name])
-                                | st.recursive(JSON_VALUES, lambda inner: st.dictionaries(
-                                    st.sampled_from(sorted(doc)), inner, max_size=4), max_leaves=12)
-                                .map(lambda d: json.dumps(d).encode()))
-        else:
-            content = json.dumps(doc).encode()
+    for name, content in files.items():
         (folder / name).write_bytes(content)
     read_or_refuse(lambda: read_tokenizer(folder), CheckpointError, SamplingError)
-

@@ -113,6 +113,7 @@ HOSTILE_GGUFS = {
     "long-tensor-name": (gguf_file(tensors=TENSORS + [("x" * 64, [8], F32)]), "64 bytes"),
     "row-not-whole-blocks": (gguf_file(tensors=TENSORS + [(LIE, [16, 2], Q4_0)]), LIE),
     "counts-past-the-file": (gguf_file(n_kv=1 << 60), "GGUF"),
+    "line-break-in-a-name": (gguf_file(tensors=TENSORS + [("a\nb", [8], 99)]), "'a\\nb' has the unknown ggml type"),
 }
 
 

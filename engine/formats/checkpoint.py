@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trit.engine.errors import CheckpointError
+from trit.engine.errors import CheckpointError, shown
 from trit.engine.formats.regular_file import open_regular
 from trit.engine.formats.safetensors_file import SafetensorsFile
 
@@ -250,7 +250,7 @@ class Checkpoint:
         if extra:
             hint = " (an untied lm_head is not supported)" if "lm_head.weight" in extra else ""
             raise CheckpointError(
-                f"{where}: tensor {extra[0]} is not part of a model with this config.json{hint}"
+                f"{where}: tensor {shown(extra[0])} is not part of a model with this config.json{hint}"
                 + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
 
     def raw(self, name: str) -> np.ndarray:

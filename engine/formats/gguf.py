@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trit.engine.errors import CheckpointError
+from trit.engine.errors import CheckpointError, shown
 from trit.engine.formats.regular_file import open_regular
 from trit.engine.kinds import LLAMA_CPP
 
@@ -261,22 +261,21 @@ def _parse(path: Path, buf, size: int) -> GGUFInfo:
         for _ in range(n_kv):
             key = r.string()
             if key in metadata:
-                invalid(f"metadata key {key!r} appears twice")
+                invalid(f"metadata key {shown(key)} appears twice")
             vtype = r.scalar("<I")
             if key == "general.alignment" and vtype != _U32:  # ggml reads it as uint32 and aborts otherwise
                 invalid(f"general.alignment is stored as value type {vtype}, not uint32")
             metadata[key] = r.value(vtype)
         key = ""
-        names: set[str] = set()
+        names: set[bytes] = set()
         for _ in range(n_tensors):
             raw = r.raw_string()
-            name = raw.decode("utf-8", errors="replace")
+            name = shown(raw.decode("utf-8", errors="replace"), MAX_NAME)  # as messages show it
             if len(raw) >= MAX_NAME:
-                invalid(f"tensor name {name[:MAX_NAME]!r}... is {len(raw)} bytes long; ggml takes at most "
-                        f"{MAX_NAME - 1}")
-            if name in names:
+                invalid(f"tensor name {name} is {len(raw)} bytes long; ggml takes at most {MAX_NAME - 1}")
+            if raw in names:
                 invalid(f"tensor {name} appears twice")
-            names.add(name)
+            names.add(raw)
             n_dims = r.scalar("<I")
             if n_dims > MAX_DIMS:
                 invalid(f"tensor {name} has {n_dims} dimensions; ggml takes at most {MAX_DIMS}")
@@ -290,7 +289,7 @@ def _parse(path: Path, buf, size: int) -> GGUFInfo:
         raise GGUFError(f"{path}: truncated — the file ends inside its header ({size} bytes; an interrupted "
                         "download?)") from None
     except (ValueError, struct.error) as e:
-        invalid(f"metadata key {key!r}: {e}" if key else str(e))
+        invalid(f"metadata key {shown(key)}: {e}" if key else str(e))
     alignment = metadata.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         invalid(f"general.alignment {alignment!r} is not a power of 2")
