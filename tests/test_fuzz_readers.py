@@ -6,8 +6,8 @@ of memory is a failure.
 
 The seed is fixed (derandomize) and the budget small, so the file runs in well under a minute. A longer run:
 
-    ulimit -v 4000000; TRIT_FUZZ_EXAMPLES=50000 python -m pytest -p no:cacheprovider -q \\
-        --hypothesis-show-statistics tests/test_fuzz_readers.py
+    ulimit -v 4000000; TRIT_FUZZ_EXAMPLES=50000 TRIT_FUZZ_LOG=progress.txt python -m pytest \\
+        -p no:cacheprovider -q --hypothesis-show-statistics tests/test_fuzz_readers.py
 """
 
 from __future__ import annotations
@@ -60,15 +60,34 @@ def time_limit(seconds: float = CASE_SECONDS):
         signal.signal(signal.SIGALRM, previous)
 
 
+# A long run's progress (TRIT_FUZZ_LOG=file): every 1000 inputs, a line with the counts so far and the peak memory,
+# so that a run stopped early still says how far it went.
+PROGRESS = os.environ.get("TRIT_FUZZ_LOG")
+counts: dict[str, int] = {}
+
+
+def count(outcome: str) -> None:
+    counts[outcome] = counts.get(outcome, 0) + 1
+    if PROGRESS and sum(counts.values()) % 1000 == 0:
+        import resource
+
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        with open(PROGRESS, "a") as log:
+            log.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]} {counts} peak {peak_mb} MB\n")
+
+
 def read_or_refuse(read, *refusals: type[Exception]):
     """read(), which may refuse its input only with one of `refusals`, in one line."""
     with time_limit():
         try:
-            return read()
+            result = read()
         except refusals as e:
             message = str(e)
             assert message and "\n" not in message, repr(message)
+            count("refused")
             return None
+    count("read")
+    return result
 
 
 @pytest.fixture(scope="module")
