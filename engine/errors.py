@@ -30,3 +30,11 @@ def one_line(e: BaseException) -> str:
     """The first line of an exception's message (a library's multi-line error, shown in one of ours)."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def shown(name: str, limit: int = 80) -> str:
+    """A name read from a file (a tensor, a metadata key) as a message shows it: as it is, or quoted with escapes when
+    it holds a line break or another unprintable character, and cut at `limit` characters, so that it cannot break
+    the message's one line."""
+    cut = name[:limit] + "…" if len(name) > limit else name
+    return cut if cut.isprintable() else repr(cut)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trit.engine.errors import CheckpointError
+from trit.engine.errors import CheckpointError, shown
 from trit.engine.formats.regular_file import open_regular
 from trit.engine.formats.safetensors_file import SafetensorsFile
 
@@ -34,6 +34,9 @@ SCALE_RANGE = (1e-6, 1e6)  # real weight scales are near 1 (mean |W|, or its inv
 LIMITS = {"hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_hidden_layers": 1 << 10,
           "num_attention_heads": 1 << 10, "num_key_value_heads": 1 << 10, "head_dim": 1 << 10, "vocab_size": 1 << 22,
           "max_position_embeddings": 1 << 18}
+# max_position_embeddings x head_dim: the RoPE tables native code computes for every position when it loads a model
+# (256 MB here, a 128K context at head_dim 128 a quarter of it). The same numbers as trit.h's TRIT_MAX_*.
+ROPE_CELLS_LIMIT = 1 << 26
 
 
 def kv_bytes_per_token(num_hidden_layers: int, num_key_value_heads: int, head_dim: int) -> int:
@@ -139,6 +142,10 @@ class ModelConfig:
             fail(f"head_dim {head_dim} does not fit RoPE and 4-row packing")
         if heads * head_dim != hidden:
             fail(f"num_attention_heads x head_dim = {heads * head_dim} differs from hidden_size {hidden}")
+        if cfg.max_position_embeddings * head_dim > ROPE_CELLS_LIMIT:
+            fail(f"max_position_embeddings x head_dim is {cfg.max_position_embeddings} x {head_dim}, more than Trit "
+                 f"runs ({ROPE_CELLS_LIMIT}): at this head_dim, max_position_embeddings can be at most "
+                 f"{ROPE_CELLS_LIMIT // head_dim}")
         if hidden % 4 or cfg.intermediate_size % 4:
             fail("hidden_size and intermediate_size must be multiples of 4 (four ternary rows per packed byte)")
         if not (cfg.rope_theta > 0 and math.isfinite(cfg.rope_theta)):
@@ -243,7 +250,7 @@ class Checkpoint:
         if extra:
             hint = " (an untied lm_head is not supported)" if "lm_head.weight" in extra else ""
             raise CheckpointError(
-                f"{where}: tensor {extra[0]} is not part of a model with this config.json{hint}"
+                f"{where}: tensor {shown(extra[0])} is not part of a model with this config.json{hint}"
                 + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
 
     def raw(self, name: str) -> np.ndarray:

@@ -5,6 +5,7 @@ refused: llama.cpp's bitnet graph computes the FFN with SiLU where BitNet b1.58 
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -12,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from trit.engine.errors import CheckpointError
+from trit.engine.errors import CheckpointError, shown
 from trit.engine.formats.regular_file import open_regular
 from trit.engine.kinds import LLAMA_CPP
 
@@ -50,10 +49,28 @@ def bitnet_refusal(path, architecture: str) -> str:
 GGUF_MAGIC = b"GGUF"
 _SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
                    12: "<d"}
-_STRING, _ARRAY = 8, 9
+_STRING, _ARRAY, _U32 = 8, 9, 4
 _U64 = struct.Struct("<Q")
 _KEEP_ARRAY = 1024  # arrays up to this long are kept in GGUFInfo.metadata; longer ones only counted
-MAX_DIMS = 8
+
+# What ggml's own reader (gguf.cpp) accepts; a file past these fails in llama.cpp, some of them by a crash (a zero
+# dimension divides by zero there, a general.alignment not stored as uint32 aborts), so they are refused here first.
+MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_NAME = 64  # GGML_MAX_NAME: a tensor name and its NUL
+MAX_ELEMENTS = 1 << 63  # a tensor's element count must fit int64
+# The fewest bytes one metadata entry (key length, value type, a uint8) and one tensor entry (name length, n_dims,
+# type, offset) take: counts that could not fit the file are refused before anything is read for them.
+_MIN_KV_BYTES, _MIN_TENSOR_BYTES = 8 + 4 + 1, 8 + 4 + 4 + 8
+_HEADER_BYTES = 24  # magic, version, tensor count, metadata count
+
+# ggml type -> (elements per block, bytes per block), as ggml defines them (the gguf package's GGML_QUANT_SIZES):
+# Trit's own copy, so the tensor data a header announces is checked against the file without the gguf package.
+GGML_TYPE_SIZES = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
+                   9: (32, 40), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210),
+                   15: (256, 292), 16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18),
+                   21: (256, 110), 22: (256, 82), 23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8),
+                   28: (1, 8), 29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66), 39: (32, 17), 40: (64, 36),
+                   41: (128, 18)}
 
 
 @dataclass(frozen=True)
@@ -72,7 +89,7 @@ class GGUFInfo:
     metadata: dict[str, Any]
     n_tensors: int
     file_size: int
-    tensor_bytes: int | None = None  # None when the gguf package (for the types' sizes) is not installed
+    tensor_bytes: int | None = None  # the tensors' data, in bytes
     backend: str = LLAMA_CPP
 
     @property
@@ -145,10 +162,13 @@ class _Reader:
     def scalar(self, fmt: str):
         return struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt)))[0]
 
-    def string(self) -> str:
+    def raw_string(self) -> bytes:
         n = self.scalar("<Q")
         start = self.take(n)
-        return bytes(self.buf[start:start + n]).decode("utf-8", errors="replace")
+        return bytes(self.buf[start:start + n])
+
+    def string(self) -> str:
+        return self.raw_string().decode("utf-8", errors="replace")
 
     def skip_strings(self, n: int) -> None:
         """Step over n strings (a vocabulary and its merges, 300k strings, in ~30 ms)."""
@@ -178,19 +198,19 @@ class _Reader:
                     return [self.string() for _ in range(n)]
                 self.skip_strings(n)
                 return GGUFArray(n, etype)
-            if etype == _ARRAY:
-                items = [self.value(_ARRAY, keep) for _ in range(n)]
-                return items if keep else GGUFArray(n, etype)
+            if etype == _ARRAY:  # ggml's reader refuses them too; read, they would nest as deep as a file is long
+                raise ValueError("an array of arrays, which llama.cpp does not read")
             raise ValueError(f"an array of value type {etype}")
         raise ValueError(f"value type {vtype}")
 
 
-def _type_sizes() -> dict[int, tuple[int, int]] | None:
+def _type_sizes() -> dict[int, tuple[int, int]]:
+    """GGML_TYPE_SIZES, and the types only a newer gguf package knows, if it is installed."""
     try:
         from gguf import GGML_QUANT_SIZES
     except ImportError:
-        return None
-    return {int(k): v for k, v in GGML_QUANT_SIZES.items()}
+        return GGML_TYPE_SIZES
+    return {**{int(k): v for k, v in GGML_QUANT_SIZES.items()}, **GGML_TYPE_SIZES}
 
 
 def read_gguf_info(path: str | os.PathLike) -> GGUFInfo:
@@ -224,45 +244,76 @@ def _parse(path: Path, buf, size: int) -> GGUFInfo:
         if version & 0xFFFF == 0 and struct.unpack(">I", struct.pack("<I", version))[0] in (2, 3):
             raise GGUFError(f"{path}: a big-endian GGUF — llama.cpp on this machine reads little-endian files")
         raise GGUFError(f"{path}: GGUF version {version} is not supported (versions 2 and 3 are)")
+
+    def invalid(what: str):
+        raise GGUFError(f"{path}: not a valid GGUF file ({what}) — download or convert it again")
+
     n_tensors, n_kv = r.scalar("<Q"), r.scalar("<Q")
+    room = size - _HEADER_BYTES
+    if n_kv > room // _MIN_KV_BYTES or n_tensors > room // _MIN_TENSOR_BYTES:
+        raise GGUFError(f"{path}: truncated or not a valid GGUF file — its header announces {n_kv} metadata "
+                        f"entries and {n_tensors} tensors, more than its {size} bytes can hold (an interrupted "
+                        "download?)")
     metadata: dict[str, Any] = {}
     tensors: list[tuple[str, list[int], int, int]] = []
+    key = ""
     try:
         for _ in range(n_kv):
             key = r.string()
-            metadata[key] = r.value(r.scalar("<I"))
+            if key in metadata:
+                invalid(f"metadata key {shown(key)} appears twice")
+            vtype = r.scalar("<I")
+            if key == "general.alignment" and vtype != _U32:  # ggml reads it as uint32 and aborts otherwise
+                invalid(f"general.alignment is stored as value type {vtype}, not uint32")
+            metadata[key] = r.value(vtype)
+        key = ""
+        names: set[bytes] = set()
         for _ in range(n_tensors):
-            name = r.string()
+            raw = r.raw_string()
+            name = shown(raw.decode("utf-8", errors="replace"), MAX_NAME)  # as messages show it
+            if len(raw) >= MAX_NAME:
+                invalid(f"tensor name {name} is {len(raw)} bytes long; ggml takes at most {MAX_NAME - 1}")
+            if raw in names:
+                invalid(f"tensor {name} appears twice")
+            names.add(raw)
             n_dims = r.scalar("<I")
             if n_dims > MAX_DIMS:
-                raise ValueError(f"tensor {name} has {n_dims} dimensions")
-            dims = [r.scalar("<Q") for _ in range(n_dims)]
+                invalid(f"tensor {name} has {n_dims} dimensions; ggml takes at most {MAX_DIMS}")
+            dims = [r.scalar("<q") for _ in range(n_dims)]
+            if any(d <= 0 for d in dims):
+                invalid(f"tensor {name} has the dimensions {dims}")
+            if math.prod(dims) >= MAX_ELEMENTS:
+                invalid(f"tensor {name}'s dimensions {dims} multiply past 2^63 elements")
             tensors.append((name, dims, r.scalar("<I"), r.scalar("<Q")))
     except _Truncated:
-        raise GGUFError(f"{path}: truncated — the file ends inside its header ({size} bytes)") from None
+        raise GGUFError(f"{path}: truncated — the file ends inside its header ({size} bytes; an interrupted "
+                        "download?)") from None
     except (ValueError, struct.error) as e:
-        raise GGUFError(f"{path}: not a valid GGUF header ({e})") from None
+        invalid(f"metadata key {shown(key)}: {e}" if key else str(e))
     alignment = metadata.get("general.alignment", 32)
-    if not isinstance(alignment, int) or alignment <= 0:
-        raise GGUFError(f"{path}: not a valid GGUF header (general.alignment {alignment!r})")
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        invalid(f"general.alignment {alignment!r} is not a power of 2")
     data_start = -(-r.pos // alignment) * alignment
-    sizes, total = _type_sizes(), None
-    if sizes is not None:
-        total = 0
-        for name, dims, ttype, offset in tensors:
-            if ttype not in sizes:
-                arch = metadata.get("general.architecture")
-                if arch in BITNET_ARCHITECTURES:  # bitnet.cpp's own I2_S type: say what matters
-                    raise GGUFError(bitnet_refusal(path, arch))
-                raise GGUFError(f"{path}: tensor {name} has the unknown ggml type {ttype}")
-            block, type_size = sizes[ttype]
-            n = int(np.prod(dims, dtype=np.uint64)) if dims else 1
-            nbytes = n // block * type_size
-            end = data_start + offset + nbytes
-            if end > size:
-                raise GGUFError(f"{path}: truncated — tensor {name} ends at byte {end}, the file has {size} "
-                                "(an interrupted download?)")
-            total += nbytes
+    sizes, expected, total = _type_sizes(), 0, 0
+    for name, dims, ttype, offset in tensors:
+        if ttype not in sizes:
+            arch = metadata.get("general.architecture")
+            if arch in BITNET_ARCHITECTURES:  # bitnet.cpp's own I2_S type: say what matters
+                raise GGUFError(bitnet_refusal(path, arch))
+            raise GGUFError(f"{path}: tensor {name} has the unknown ggml type {ttype}")
+        block, type_size = sizes[ttype]
+        if dims and dims[0] % block:
+            invalid(f"tensor {name} has rows of {dims[0]} elements, not a multiple of its type's block of {block}")
+        nbytes = math.prod(dims) // block * type_size
+        if offset != expected:  # ggml lays the tensors out in order, each padded to the alignment
+            invalid(f"tensor {name} starts at offset {offset} of the data, where the tensor before it ends at "
+                    f"{expected}")
+        end = data_start + offset + nbytes
+        if end > size:
+            raise GGUFError(f"{path}: truncated — tensor {name} ends at byte {end}, the file has {size} "
+                            "(an interrupted download?)")
+        expected = offset + -(-nbytes // alignment) * alignment
+        total += nbytes
     return GGUFInfo(path, version, metadata, n_tensors, size, total)
 
 

@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from trit.engine.errors import CheckpointError
+from trit.engine.errors import CheckpointError, shown
 from trit.engine.formats.regular_file import open_regular
 
 # safetensors dtype name -> (numpy dtype used to hold it, bytes per element)
@@ -83,26 +83,27 @@ class SafetensorsFile:
         data_start = 8 + n
         tensors = {}
         for name, entry in header.items():
+            label = shown(name)
             try:
                 dtype, (begin, end), shape = entry["dtype"], entry["data_offsets"], tuple(entry["shape"])
             except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{self.path}: tensor {name}: malformed header entry") from None
+                raise CheckpointError(f"{self.path}: tensor {label}: malformed header entry") from None
             # JSON gives any type: offsets and dimensions must be plain non-negative integers, sized exactly (in
             # Python's integers, which neither wrap nor overflow) before numpy or native code sees them
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (begin, end, *shape)):
-                raise CheckpointError(f"{self.path}: tensor {name}: offsets and shape must be integers >= 0, not "
+                raise CheckpointError(f"{self.path}: tensor {label}: offsets and shape must be integers >= 0, not "
                                       f"{entry['data_offsets']!r:.40} and {entry['shape']!r:.40}")
             if not isinstance(dtype, str) or dtype not in DTYPES:
-                raise CheckpointError(f"{self.path}: tensor {name}: unsupported dtype {dtype!r:.40}")
+                raise CheckpointError(f"{self.path}: tensor {label}: unsupported dtype {dtype!r:.40}")
             want = DTYPES[dtype].itemsize * math.prod(shape)
             if not (begin <= end) or end - begin != want:
                 raise CheckpointError(
-                    f"{self.path}: tensor {name}: {end - begin} bytes of data for {dtype} {list(shape)} "
+                    f"{self.path}: tensor {label}: {end - begin} bytes of data for {dtype} {list(shape)} "
                     f"({want} expected)"
                 )
             if data_start + end > size:
                 raise CheckpointError(
-                    f"{self.path}: truncated: tensor {name} ends at byte {data_start + end} but the file has {size}"
+                    f"{self.path}: truncated: tensor {label} ends at byte {data_start + end} but the file has {size}"
                     " — download or copy it again"
                 )
             tensors[name] = TensorInfo(name, dtype, shape, data_start + begin, data_start + end)

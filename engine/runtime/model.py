@@ -81,16 +81,17 @@ class Model(NativeObject):
             self._keep.extend(tensors.values())
             weights.head = native.ptr(tensors["head." + head])
             weights.head_scales = native.ptr(tensors["head.scales"])
+        sizes = {name: native.c_int(getattr(cfg, name), f"config.json {name}") for name in (
+            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "vocab_size", "max_position_embeddings")}
         config = native.Config(
-            cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads,
-            cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.max_position_embeddings,
-            cfg.rope_theta, cfg.rms_norm_eps,
+            *sizes.values(), cfg.rope_theta, cfg.rms_norm_eps,
             native.SCALE_MULTIPLY if cfg.linear_class == "autobitlinear" else native.SCALE_DIVIDE,
             native.TERNARY_FORMATS[ternary])
         self._lib = native.lib()
         if threads is None and self._ternary_weights(cfg) < SMALL_MODEL_WEIGHTS:
             threads = 1  # too little work per step to share: each hand-off between cores costs more than it saves
-        self._handle = self._lib.trit_model_create(C.byref(config), C.byref(weights), int(threads or 0))
+        self._handle = self._lib.trit_model_create(C.byref(config), C.byref(weights), native.c_threads(threads or 0))
         if not self._handle:
             raise NativeError(native.last_error())
 
@@ -125,7 +126,7 @@ class Model(NativeObject):
 
     @threads.setter
     def threads(self, n: int) -> None:
-        native.check(self._lib.trit_model_set_threads(self._handle, int(n)))
+        native.check(self._lib.trit_model_set_threads(self._handle, native.c_threads(n)))
 
     @property
     def n_ctx_max(self) -> int:
@@ -152,7 +153,7 @@ class Model(NativeObject):
 
     def read_bandwidth(self, nbytes: int = 512 << 20, repetitions: int = 3) -> float:
         """This machine's read bandwidth in GB/s with the model's threads (the bus limit for decoding)."""
-        gbs = self._lib.trit_measure_read_bandwidth(self._handle, nbytes, repetitions)
+        gbs = self._lib.trit_measure_read_bandwidth(self._handle, nbytes, native.c_int(repetitions, "repetitions"))
         if gbs <= 0:
             raise NativeError(native.last_error())
         return gbs
@@ -221,7 +222,8 @@ class Context(NativeObject):
         self.model = model
         self.max_batch = max(1, min(max_batch, n_ctx))
         self._lib = model._lib
-        self._handle = self._lib.trit_context_create(model._handle, n_ctx, self.max_batch)
+        self._handle = self._lib.trit_context_create(model._handle, native.c_int(n_ctx, "n_ctx"),
+                                                     native.c_int(self.max_batch, "max_batch"))
         if not self._handle:
             raise NativeError(native.last_error())
         self.tokens: list[int] = []
@@ -270,7 +272,7 @@ class Context(NativeObject):
 
     def truncate(self, n_past: int) -> None:
         """Keep the first n_past positions of the cache."""
-        native.check(self._lib.trit_context_truncate(self._handle, int(n_past)))
+        native.check(self._lib.trit_context_truncate(self._handle, native.c_int(n_past, "n_past")))
         del self.tokens[n_past:]
 
     def _free(self, handle) -> None:

@@ -6,6 +6,7 @@ ctypes.CDLL releases the GIL for the length of every call, so a forward pass nev
 from __future__ import annotations
 
 import ctypes as C
+import operator
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from trit.engine.errors import InputError, NativeError
 
 API_VERSION = 1
 E_RANGE = -3
+MAX_THREADS = 256  # trit.h's TRIT_MAX_THREADS
+INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
 
 LOGITS_NONE, LOGITS_LAST, LOGITS_ALL = 0, 1, 2
 SCALE_MULTIPLY, SCALE_DIVIDE = 0, 1
@@ -124,6 +127,23 @@ def lib() -> C.CDLL:
 
 def last_error(handle: C.CDLL | None = None) -> str:
     return (handle or lib()).trit_last_error().decode(errors="replace")
+
+
+def c_int(value, what: str) -> int:
+    """value, checked to fit a C int before ctypes passes it: ctypes keeps only the low 32 bits, so 2^32 + 1 would
+    arrive as 1."""
+    value = operator.index(value)
+    if not INT_MIN <= value <= INT_MAX:
+        raise InputError(f"{what}: {value} is outside what the native library takes ({INT_MIN}..{INT_MAX})")
+    return value
+
+
+def c_threads(n) -> int:
+    """A thread count for the native library: 0 for every core, at most MAX_THREADS (its own message past that)."""
+    n = operator.index(n)
+    if n > MAX_THREADS:
+        raise InputError(f"threads: {n} is more than {MAX_THREADS}")
+    return c_int(n, "threads")
 
 
 def check(rc: int) -> None:

@@ -47,6 +47,21 @@ enum {
     TRIT_SCALE_DIVIDE = 1    /* "bitlinear":     y = (xq.T)/s / weight_scale */
 };
 
+/* The largest configuration trit_model_create takes; past any of them it fails with TRIT_E_INVALID before allocating
+ * anything. Far above every ternary model (Llama3-8B: hidden 4096, 32 layers, vocabulary 128256), and small enough
+ * that every size and index derived from them fits 64 bits, and every row count an int. Python checks config.json
+ * against the same numbers (engine/formats/checkpoint.py, LIMITS). */
+#define TRIT_MAX_HIDDEN (1 << 16)
+#define TRIT_MAX_INTERMEDIATE (1 << 18)
+#define TRIT_MAX_LAYERS (1 << 10)
+#define TRIT_MAX_HEADS (1 << 10) /* query heads, and kv heads */
+#define TRIT_MAX_HEAD_DIM (1 << 10)
+#define TRIT_MAX_VOCAB (1 << 22)
+#define TRIT_MAX_POSITIONS (1 << 18)
+/* max_positions x head_dim: the RoPE tables are computed for every position when the model is made (256 MB here;
+ * a 128K context at head_dim 128 is a quarter of it) */
+#define TRIT_MAX_ROPE_CELLS (1 << 26)
+
 typedef struct {
     int32_t hidden_size;
     int32_t intermediate_size;

@@ -12,8 +12,8 @@ static int tq2_code(const uint8_t *tq2, int rows, int cols, int r, int c) {
 }
 
 int trit_convert_tq2_to_t5(uint8_t *t5, const uint8_t *tq2, int rows, int cols) {
-    if (rows <= 0 || rows % 4 || cols <= 0)
-        return trit_fail(TRIT_E_INVALID, "t5: rows must be a positive multiple of 4");
+    if (rows <= 0 || rows % 4 || cols <= 0 || rows > INT32_MAX - 4)
+        return trit_fail(TRIT_E_INVALID, "t5: rows must be a positive multiple of 4 below 2^31 - 4");
     int groups = trit_t5_groups(rows);
     for (int g = 0; g < groups; g++)
         for (int c = 0; c < cols; c++) {

@@ -85,9 +85,27 @@ static int token_chunk(const trit_config *c, int cols) {
 /* ---- model ----------------------------------------------------------------------------------------------------- */
 
 static int check_config(const trit_config *c) {
-    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
-        c->head_dim <= 0 || c->vocab_size <= 0 || c->max_positions <= 0)
-        return trit_fail(TRIT_E_INVALID, "config: sizes must be positive");
+    const struct {
+        const char *name;
+        int32_t value, limit;
+    } sizes[] = {{"hidden_size", c->hidden_size, TRIT_MAX_HIDDEN},
+                 {"intermediate_size", c->intermediate_size, TRIT_MAX_INTERMEDIATE},
+                 {"n_layers", c->n_layers, TRIT_MAX_LAYERS},
+                 {"n_heads", c->n_heads, TRIT_MAX_HEADS},
+                 {"n_kv_heads", c->n_kv_heads, TRIT_MAX_HEADS},
+                 {"head_dim", c->head_dim, TRIT_MAX_HEAD_DIM},
+                 {"vocab_size", c->vocab_size, TRIT_MAX_VOCAB},
+                 {"max_positions", c->max_positions, TRIT_MAX_POSITIONS}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        if (sizes[i].value <= 0)
+            return trit_fail(TRIT_E_INVALID, "config: %s must be positive, not %d", sizes[i].name, sizes[i].value);
+        if (sizes[i].value > sizes[i].limit) /* checked first: the products below then stay far inside 32 bits */
+            return trit_fail(TRIT_E_INVALID, "config: %s is %d, more than %d", sizes[i].name, sizes[i].value,
+                             sizes[i].limit);
+    }
+    if ((int64_t)c->max_positions * c->head_dim > TRIT_MAX_ROPE_CELLS)
+        return trit_fail(TRIT_E_INVALID, "config: max_positions x head_dim is %lld, more than %d (the RoPE tables)",
+                         (long long)c->max_positions * c->head_dim, TRIT_MAX_ROPE_CELLS);
     if (c->n_heads % c->n_kv_heads) return trit_fail(TRIT_E_INVALID, "config: n_heads is not a multiple of n_kv_heads");
     if ((int64_t)c->n_heads * c->head_dim != c->hidden_size) /* int64: the product of two ints can overflow */
         return trit_fail(TRIT_E_INVALID, "config: n_heads * head_dim != hidden_size");
@@ -262,7 +280,15 @@ trit_context *trit_context_create(trit_model *m, int n_ctx, int max_batch) {
     ctx->max_batch = max_batch;
     size_t B = (size_t)max_batch, H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, KV = (size_t)kv_dim(c);
     ctx->span = trit_key_blocks(n_ctx) * TRIT_KEY_BLOCK;
-    size_t cache = (size_t)c->n_layers * ctx->span * KV;
+    /* in 64 bits: where size_t has 32, a cache past 4 GB is refused rather than allocated wrapped around */
+    uint64_t cache64 = (uint64_t)c->n_layers * (uint64_t)ctx->span * KV;
+    if (cache64 > SIZE_MAX / sizeof(uint16_t)) {
+        trit_context_free(ctx);
+        trit_fail(TRIT_E_NOMEM, "context: a cache of %d positions (%llu bytes) is more than this system addresses",
+                  n_ctx, (unsigned long long)(2 * cache64 * sizeof(uint16_t)));
+        return NULL;
+    }
+    size_t cache = (size_t)cache64;
     /* calloc of a large block maps zero pages lazily: the cache costs memory only as it fills */
     ctx->k_cache = calloc(cache, sizeof(uint16_t));
     ctx->v_cache = calloc(cache, sizeof(uint16_t));

@@ -50,10 +50,9 @@ int trit_op_attention(float *out, const float *q, const float *k, const float *v
                       int n_kv_heads, int head_dim) {
     if (n_q <= 0 || pos0 < 0 || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || head_dim <= 0)
         return trit_fail(TRIT_E_INVALID, "attention: bad sizes");
-    /* the int arithmetic below (positions rounded up to whole key blocks, row widths) must not overflow */
-    if ((int64_t)pos0 + n_q > INT_MAX - TRIT_KEY_BLOCK || (int64_t)n_heads * head_dim > INT_MAX)
-        return trit_fail(TRIT_E_INVALID, "attention: %d queries at position %d of %d x %d are too many", n_q, pos0,
-                         n_heads, head_dim);
+    if (n_heads > TRIT_MAX_HEADS || head_dim > TRIT_MAX_HEAD_DIM || n_q > TRIT_MAX_POSITIONS ||
+        pos0 > TRIT_MAX_POSITIONS - n_q) /* so that the positions and the cache's size below fit an int */
+        return trit_fail(TRIT_E_INVALID, "attention: sizes past trit.h's TRIT_MAX_*");
     const trit_kernel *kern = trit_active_kernel();
     int n_keys = pos0 + n_q, kv = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
     int span = trit_key_blocks(n_keys) * TRIT_KEY_BLOCK; /* positions a head's cache holds: whole key blocks */

@@ -680,9 +680,65 @@ static void check_boundaries(void) {
                        .scale_mode = TRIT_SCALE_MULTIPLY,
                        .ternary_format = TRIT_TERNARY_TQ2};
     trit_model *model = trit_model_create(&cfg, &weights, 1);
-    check(!model && strstr(trit_last_error(), "n_heads * head_dim"),
+    check(!model && strstr(trit_last_error(), "n_heads"),
           "boundary: a config whose n_heads * head_dim passes INT_MAX is refused (%s)", trit_last_error());
     trit_model_free(model);
+}
+
+/* ---- configurations past the limits ------------------------------------------------------------------------------ */
+
+/* trit_model_create with cfg over the tiny model's weights (layer weights repeated for as many layers as asked):
+ * must fail with TRIT_E_INVALID and a message holding `words`, before anything is allocated for the sizes. */
+static void check_refused(const tiny_model *m, trit_config cfg, const char *what, const char *words) {
+    int n_layers = cfg.n_layers > 0 && cfg.n_layers <= TRIT_MAX_LAYERS + 1 ? cfg.n_layers : M_LAYERS;
+    trit_layer_weights *layers = xmalloc(sizeof(trit_layer_weights) * (size_t)n_layers);
+    for (int l = 0; l < n_layers; l++) {
+        layers[l] = m->layers[l % M_LAYERS];
+        layers[l].q = layers[l].k = layers[l].v = layers[l].o = m->tq2[0][0];
+        layers[l].gate = layers[l].up = layers[l].down = m->tq2[0][0];
+    }
+    trit_weights weights = {m->embed, m->norms, layers, TRIT_HEAD_BF16, NULL, NULL};
+    trit_model *model = trit_model_create(&cfg, &weights, 1);
+    const char *err = model ? "it was accepted" : trit_last_error();
+    /* trit_model_create returns no code: an allocation failure says "out of memory", a refused config what is wrong */
+    check(!model && strstr(err, words) && !strstr(err, "out of memory"), "limits: %s is refused (%s)", what, err);
+    trit_model_free(model);
+    free(layers);
+}
+
+static void check_limits(void) {
+    tiny_model m;
+    make_tiny_model(&m);
+    trit_config c = m.cfg;
+    c.n_heads = c.n_kv_heads = (1 << 30) + 32, c.head_dim = 4; /* heads x head_dim = 2^32 + 128: 128 in 32 bits */
+    check_refused(&m, c, "n_heads x head_dim wrapping around 32 bits to hidden_size", "n_heads");
+    c = m.cfg;
+    c.max_positions = 0x7fffffff; /* the RoPE tables alone would be 256 GB */
+    check_refused(&m, c, "max_positions 2^31 - 1", "max_positions");
+    c = m.cfg;
+    c.max_positions = TRIT_MAX_POSITIONS, c.n_heads = c.n_kv_heads = 4, c.head_dim = TRIT_MAX_HEAD_DIM;
+    c.hidden_size = 4 * TRIT_MAX_HEAD_DIM; /* each size within its limit, their product 2^28 RoPE cells */
+    check_refused(&m, c, "max_positions x head_dim past TRIT_MAX_ROPE_CELLS", "max_positions x head_dim");
+    c = m.cfg;
+    c.hidden_size = TRIT_MAX_HIDDEN + 128, c.n_heads = (TRIT_MAX_HIDDEN + 128) / M_HD, c.n_kv_heads = 1;
+    check_refused(&m, c, "hidden_size past TRIT_MAX_HIDDEN", "hidden_size");
+    c = m.cfg;
+    c.intermediate_size = TRIT_MAX_INTERMEDIATE + 4;
+    check_refused(&m, c, "intermediate_size past TRIT_MAX_INTERMEDIATE", "intermediate_size");
+    c = m.cfg;
+    c.n_layers = TRIT_MAX_LAYERS + 1;
+    check_refused(&m, c, "n_layers past TRIT_MAX_LAYERS", "n_layers");
+    c = m.cfg;
+    c.vocab_size = TRIT_MAX_VOCAB + 1;
+    check_refused(&m, c, "vocab_size past TRIT_MAX_VOCAB", "vocab_size");
+    c = m.cfg;
+    c.head_dim = TRIT_MAX_HEAD_DIM * 2, c.n_heads = 1, c.n_kv_heads = 1, c.hidden_size = TRIT_MAX_HEAD_DIM * 2;
+    check_refused(&m, c, "head_dim past TRIT_MAX_HEAD_DIM", "head_dim");
+    free_tiny_model(&m);
+
+    float x[8] = {0};
+    int rc = trit_op_attention(x, x, x, x, 1, 0x7fffffff, 1, 1, 8); /* pos0 + n_q past int */
+    check(rc == TRIT_E_INVALID, "limits: attention at position 2^31 - 1 is refused (%s)", trit_last_error());
 }
 
 /* ---- main ------------------------------------------------------------------------------------------------------- */
@@ -734,6 +790,7 @@ int main(void) {
     check_attentions();
     check_model();
     check_boundaries();
+    check_limits();
 
     printf("tested kernels:");
     for (int i = 0; i < n_runnable; i++) printf(" %s", kname(runnable[i]));

@@ -20,7 +20,7 @@ from trit.engine.formats.checkpoint import kv_bytes_per_token
 from trit.engine.formats.gguf import GGUFError, GGUFInfo, check_gguf
 from trit.engine.kinds import LLAMA_CPP
 from trit.engine.runtime.chat import ChatSessions
-from trit.engine.runtime.native import NativeObject, as_token_array
+from trit.engine.runtime.native import NativeObject, as_token_array, c_int
 from trit.engine.runtime.sampling import SamplingParams
 
 DEFAULT_N_CTX = 4096  # the conversation window when the model allows it (as the native engine's 2B4T)
@@ -59,6 +59,7 @@ class GGUFModel(NativeObject):
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, n_ctx: int | None = None,
                  batch: int = DEFAULT_BATCH, info: GGUFInfo | None = None):
+        threads = c_int(threads, "threads") if threads else None  # before the load: ctypes would keep 32 bits of it
         self.info = info or check_gguf(path)
         self.path: Path = self.info.path
         lib = library.llama()
@@ -111,7 +112,7 @@ class GGUFModel(NativeObject):
 
     @threads.setter
     def threads(self, n: int) -> None:
-        self._threads = max(1, int(n))
+        self._threads = max(1, c_int(n, "threads"))
         for ctx in list(self._contexts):
             ctx.set_threads(self._threads)
 
