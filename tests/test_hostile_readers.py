@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import test_hostile_input
-from test_hostile_input import one_line
+from test_hostile_input import installed_models, one_line
 
 home, trit = test_hostile_input.home, test_hostile_input.trit  # its fixtures, used here by name
 
@@ -143,7 +143,7 @@ def test_a_valid_hand_written_gguf_imports(trit, tmp_path, gguf_package):
     path.write_bytes(VALID)
     r = trit("import", path)
     assert r.returncode == 0, r.stderr
-    assert [m["name"] for m in json.loads(trit("models", "--json").stdout)] == ["tiny"]
+    assert [m["name"] for m in installed_models(trit)] == ["tiny"]
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_GGUFS))
@@ -152,7 +152,7 @@ def test_a_truncated_or_lying_gguf_is_refused_at_import(trit, tmp_path, gguf_pac
     data, words = HOSTILE_GGUFS[case]
     path.write_bytes(data)
     one_line(trit("import", path), f"{case}.gguf", words)
-    assert json.loads(trit("models", "--json").stdout) == []
+    assert installed_models(trit) == []
 
 
 # ---- sizes that cross into C (item 11) --------------------------------------------------------------------------
