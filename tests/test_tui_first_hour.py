@@ -16,7 +16,7 @@ from trit.app.tui.widgets.conversation_list import ConversationList  # noqa: E40
 from trit.app.tui.widgets.prompt import PromptInput  # noqa: E402
 
 # the chat app tests' fixtures: a TRIT_HOME of its own, a tiny model as the default, two saved conversations
-home, tiny, with_tiny, stored = test_tui.home, test_tui.tiny, test_tui.with_tiny, test_tui.stored
+home, tiny, small, with_tiny, stored = test_tui.home, test_tui.tiny, test_tui.small, test_tui.with_tiny, test_tui.stored
 
 
 @pytest.mark.parametrize("width", [38, 39, 40])
@@ -307,3 +307,44 @@ async def test_page_keys_in_the_message_box_scroll_the_conversation_and_esc_clea
         assert chat.prompt.text == ""
         await pilot.press("ctrl+z")
         assert chat.prompt.text == "a draft"
+
+
+@drive
+async def test_models_are_imported_chosen_and_made_default_from_inside_the_app(home, tiny, small, monkeypatch):
+    """F4: import a second model with its progress, talk to it in this conversation, make it the default."""
+    from textual.widgets import Input, OptionList
+
+    from test_tui import configure, replies_ended, rows
+    from trit.app.settings import load_settings
+    from trit.app.tui.screens.models import ModelsScreen
+
+    configure(tiny)
+    app = TritApp()
+    async with running(app) as pilot:
+        chat = await started(pilot)
+        await type_text(pilot, "hello")
+        await pilot.press("enter")
+        await until(pilot, lambda: replies_ended(pilot) >= 1, what="the first reply")
+        await pilot.press("f4")
+        await until(pilot, lambda: isinstance(app.screen, ModelsScreen), what="the models dialog")
+        dialog = app.screen
+        assert [r.name for r in dialog.rows] == [chat.dialogue.model, "demo"]  # a folder of its own, and the demo
+        dialog.query_one("#import-path", Input).focus()
+        await type_text(pilot, str(small))
+        await pilot.press("enter")
+        await until(pilot, lambda: "bitnet-small" in [r.name for r in dialog.rows] and not dialog.transfer.busy,
+                    what=lambda: f"the import; said: {dialog.transfer.said}")
+        listing = dialog.query_one("#model-list", OptionList)
+        assert app.focused is listing and dialog.highlighted == "bitnet-small"
+        await pilot.press("ctrl+d")  # the default for new conversations
+        await pilot.pause(0.1)
+        await pilot.press("enter")  # and this conversation's model
+        await until(pilot, lambda: app.screen is chat, what="the dialog to close")
+        assert chat.dialogue.model == "bitnet-small"
+        await type_text(pilot, "again")
+        await pilot.press("enter")
+        await until(pilot, lambda: replies_ended(pilot) >= 2, what="the reply of the new model")
+        assert chat.dialogue.messages[-1].model == "bitnet-small"
+        assert rows("SELECT model FROM conversations") == [("bitnet-small",)]
+        assert "bitnet-small" in str(chat.query_one("#status").render())
+    assert load_settings().default_model == "bitnet-small"

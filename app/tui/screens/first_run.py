@@ -3,24 +3,18 @@ ships inside Trit, or a model folder already on disk. Whatever goes wrong is one
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, ProgressBar, Static
+from textual.widgets import Button, Footer, Input, Static
 
-from trit.engine.models import download, importing, registry
+from trit.engine.models import download, registry
 
 from ...paths import paths
 from ...service import demo_model
-
-
-class Abandoned(Exception):
-    """The app is closing: stop the transfer (what was downloaded is kept for next time)."""
+from ..widgets.model_transfer import ModelTransfer
 
 
 def needs_first_run(settings) -> bool:
@@ -38,22 +32,10 @@ class Choices(VerticalScroll, can_focus=False):
 
 
 class FirstRunScreen(Screen):
-    class Transfer(Message):
-        def __init__(self, done: int, total: int, filename: str):
-            super().__init__()
-            self.done, self.total, self.filename = done, total, filename
-
-    class Finished(Message):
-        def __init__(self, error: str | None, what: str = ""):
-            super().__init__()
-            self.error, self.what = error, what
-
     def __init__(self, problem: str | None = None):
         """problem: why the configured model cannot be used, when that is why this screen is shown."""
         super().__init__()
         self.problem = problem
-        self.busy = False
-        self.closing = False
         self.chosen = "download"  # the choice being carried out: it gets the focus back if it fails
         self.demo = demo_model()
 
@@ -83,28 +65,32 @@ class FirstRunScreen(Screen):
                     yield Static("A BitNet b1.58 folder in the Hugging Face format (config.json, "
                                  "model.safetensors, tokenizer.json), copied in after a check. No network.",
                                  classes="hint")
-                yield ProgressBar(id="progress", show_eta=True)
-                yield Static("", id="first-run-message", markup=False)
+                yield ModelTransfer(message_id="first-run-message")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#progress").display = False
         if self.problem:
             self.say(" ".join(self.problem.split()), error=True)
         self.query_one("#download", Button).focus()
 
+    @property
+    def transfer(self) -> ModelTransfer:
+        return self.query_one(ModelTransfer)
+
+    @property
+    def busy(self) -> bool:
+        return any(t.busy for t in self.query(ModelTransfer))  # none once the screen has gone
+
     def say(self, text: str, error: bool = False) -> None:
-        message = self.query_one("#first-run-message", Static)
-        message.update(text)
-        message.set_class(error, "error")
+        self.transfer.say(text, error)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if self.busy:
             return
         self.chosen = event.button.id
         if event.button.id == "download":
-            self.start("Downloading BitNet b1.58 2B4T…")
-            self.download()
+            self.disable_choices()
+            self.transfer.start_download()
         elif event.button.id == "import":
             self.import_folder_from_input()
         elif event.button.id == "demo":
@@ -121,79 +107,19 @@ class FirstRunScreen(Screen):
             self.say("Type the folder of a model first.", error=True)
             self.query_one("#folder", Input).focus()
             return
-        self.start(f"Importing {folder}…")
-        self.import_folder(Path(folder).expanduser())
+        self.disable_choices()
+        self.transfer.start_import(Path(folder).expanduser())
 
-    def start(self, text: str) -> None:
-        self.busy = True
+    def disable_choices(self) -> None:
         for button in self.query(Button):
             button.disabled = True
-        bar = self.query_one("#progress", ProgressBar)
-        bar.update(total=None, progress=0)
-        bar.display = True
-        self.say(text)
 
-    def progress(self):
-        last = [0.0]
-
-        def report(p) -> None:  # engine.models.registry.Progress, from the worker thread
-            if self.closing:
-                raise Abandoned()
-            now = time.monotonic()
-            if now - last[0] >= 0.1 or p.done >= p.total:
-                last[0] = now
-                self.post_message(self.Transfer(p.done, p.total, p.filename))
-
-        return report
-
-    @work(thread=True, exclusive=True, group="model-transfer", exit_on_error=False)
-    def download(self) -> None:
-        try:
-            m = download.pull(download.DEFAULT_REPO, paths().models, progress=self.progress(),
-                         log=lambda line: self.post_message(self.Transfer(-1, -1, line)))
-        except Abandoned:
-            return
-        except Exception as e:  # noqa: BLE001 — every failure is one line on this screen
-            self.post_message(self.Finished(one_line(e)))
-            return
-        self.post_message(self.Finished(None, f"{m.name} is ready"))
-
-    @work(thread=True, exclusive=True, group="model-transfer", exit_on_error=False)
-    def import_folder(self, folder: Path) -> None:
-        try:
-            m = importing.import_model(folder, paths().models, progress=self.progress())
-        except Abandoned:
-            return
-        except Exception as e:  # noqa: BLE001
-            self.post_message(self.Finished(one_line(e)))
-            return
-        self.post_message(self.Finished(None, f"{m.name} is ready"))
-
-    def on_first_run_screen_transfer(self, message: Transfer) -> None:
-        if message.done < 0:  # a line from the downloader
-            self.say(message.filename)
-            return
-        bar = self.query_one("#progress", ProgressBar)
-        bar.update(total=max(message.total, 1), progress=message.done)
-        self.say(f"{message.filename}: {message.done / 1e6:,.0f} of {message.total / 1e6:,.0f} MB")
-
-    def on_first_run_screen_finished(self, message: Finished) -> None:
-        self.busy = False
-        self.query_one("#progress").display = False
+    def on_model_transfer_finished(self, message: ModelTransfer.Finished) -> None:
         if message.error:
             for button in self.query(Button):
                 button.disabled = button.id == "demo" and self.demo is None
-            self.say(message.error, error=True)
             self.query_one(f"#{self.chosen}").focus()  # the buttons were disabled, so the focus was lost
             return
-        self.app.notify(message.what)
+        self.app.notify(f"{message.name} is ready")
         self.app.start_chat()
 
-    def on_unmount(self) -> None:
-        self.closing = True
-
-
-def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if isinstance(e, Exception) and type(e).__module__.startswith("trit.") \
-        else f"{type(e).__name__}: {text}"

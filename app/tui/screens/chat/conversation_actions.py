@@ -1,7 +1,7 @@
 """What a person does to conversations from the chat screen: start one, open one (from the list or a search hit),
-rename, delete, export, change its settings, write the last reply again, edit the last message, copy a message or a
-code block. The binding table in app/tui/actions.py names these actions ("rename" runs action_rename), so the keys,
-the command palette and the help screen reach them by those names."""
+rename, delete, export, change its settings or its model, write the last reply again, edit the last message, copy a
+message or a code block. The binding table in app/tui/actions.py names these actions ("rename" runs action_rename),
+so the keys, the command palette and the help screen reach them by those names."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from ...clipboard import copy
 from ...widgets.chat_view import MessageBox, code_blocks
 from ...widgets.conversation_list import ConversationList
 from ...widgets.prompt import PromptInput
+from ...widgets.status_line import model_label
 from ..code_picker import CodePickerScreen
 from ..confirm import ConfirmScreen
+from ..models import ModelsScreen
 from ..search import SearchScreen
 from ..settings import ConversationSettings, SettingsScreen
 from ..text_entry import TextEntryScreen
@@ -202,6 +204,28 @@ class ConversationActions:
             self.app.notify("Saved for this conversation.")
 
         self.app.push_screen(SettingsScreen(d.system, d.params, settings, d.model, d.logged), saved)
+
+    def action_models(self) -> None:
+        if self.generating:
+            self.app.notify(BUSY, severity="warning")
+            return
+        d = self.dialogue
+        if d is None:
+            return
+
+        def chosen(name: str | None) -> None:
+            if name and name != d.model:
+                d.model = name
+                if d.conversation_id is not None and d.logged:
+                    try:
+                        self.store.update_conversation(d.conversation_id, model=name)
+                    except StoreError as e:
+                        self.error(e)
+                self.app.notify(f"This conversation now talks to {model_label(name)}.")
+            self.show_status()
+            self.load_model()
+
+        self.app.push_screen(ModelsScreen(d.model, self.app.settings), chosen)
 
     async def action_regenerate(self) -> None:
         if self.generating:
