@@ -348,3 +348,27 @@ async def test_models_are_imported_chosen_and_made_default_from_inside_the_app(h
         assert rows("SELECT model FROM conversations") == [("bitnet-small",)]
         assert "bitnet-small" in str(chat.query_one("#status").render())
     assert load_settings().default_model == "bitnet-small"
+
+
+@pytest.mark.parametrize("size", [(40, 12), (80, 24)])
+@drive
+async def test_the_status_line_keeps_the_context_meter_when_narrow(stored, size):
+    app = TritApp()
+    async with app.run_test(size=size) as pilot:
+        chat = await started(pilot)
+        await chat.open_conversation(stored["rivers"])
+        await pilot.pause(0.3)
+        line = chat.query_one("#status")
+        shown = str(line.render())
+        assert "context" in shown and len(shown) <= line.content_size.width, shown
+        assert "bitnet-tiny" in shown
+
+
+def test_a_first_token_in_milliseconds_is_not_shown_as_zero_seconds():
+    from trit.app.tui.widgets.status_line import StatusLine
+
+    line = StatusLine()
+    line.show_speed(60.0, 0.004)
+    assert "first token 4 ms" in str(line.render())
+    line.show_speed(60.0, 1.5)
+    assert "first token 1.50 s" in str(line.render())
