@@ -310,11 +310,11 @@ async def test_page_keys_in_the_message_box_scroll_the_conversation_and_esc_clea
 
 
 @drive
-async def test_models_are_imported_chosen_and_made_default_from_inside_the_app(home, tiny, small, monkeypatch):
+async def test_models_are_imported_chosen_and_made_default_from_inside_the_app(home, tiny, small):
     """F4: import a second model with its progress, talk to it in this conversation, make it the default."""
+    from test_tui import configure, replies_ended, rows
     from textual.widgets import Input, OptionList
 
-    from test_tui import configure, replies_ended, rows
     from trit.app.settings import load_settings
     from trit.app.tui.screens.models import ModelsScreen
 
