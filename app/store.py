@@ -623,7 +623,7 @@ class Store:
         lines = [f"# {conversation.title or f'Conversation {conversation.id}'}", "", f"*{header}*", ""]
         if conversation.system:
             lines += ["**System**", "", conversation.system, ""]
-        labels = {"user": "**You**", "assistant": "**Assistant**", "system": "**System**"}
+        labels = {"user": "**You**", "assistant": "**Trit**", "system": "**System**"}  # as the chat app says
         for message in self.messages(cid):
             lines += [labels.get(message.role, f"**{message.role}**"), "", message.content, ""]
             note = {"cancelled": "stopped", "interrupted": "interrupted", "in_progress": "still being written"}

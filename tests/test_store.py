@@ -403,7 +403,7 @@ def test_to_markdown(store):
     assert lines[0] == "# Why is the sky blue?"
     assert lines[2] == f"*bitnet-2b · {created[:10]} {created[11:16]} UTC*"
     assert text.index("**System**") < text.index("Answer in one line.") < text.index("**You**")
-    assert text.count("**You**") == 2 and text.count("**Assistant**") == 2
+    assert text.count("**You**") == 2 and text.count("**Trit**") == 2
     assert text.count("*(stopped)*") == 1 and text.index("Shorter wavelengths scat") < text.index("*(stopped)*")
     assert text.endswith("*(stopped)*\n")
     untitled = store.create_conversation().id

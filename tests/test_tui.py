@@ -350,7 +350,8 @@ async def test_incognito_writes_nothing(with_tiny):
 
 # ---- conversations --------------------------------------------------------------------------------------------------
 @drive
-async def test_new_rename_search_export_delete(stored, home):
+async def test_new_rename_search_export_delete(stored, home, monkeypatch):
+    monkeypatch.chdir(home / "user")  # the export is offered where trit was started
     app = TritApp()
     async with running(app) as pilot:
         chat = await started(pilot)

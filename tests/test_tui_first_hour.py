@@ -372,3 +372,22 @@ def test_a_first_token_in_milliseconds_is_not_shown_as_zero_seconds():
     assert "first token 4 ms" in str(line.render())
     line.show_speed(60.0, 1.5)
     assert "first token 1.50 s" in str(line.render())
+
+
+@drive
+async def test_export_goes_where_trit_was_started_and_reads_as_the_app_shows_it(stored, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    app = TritApp()
+    async with running(app) as pilot:
+        chat = await started(pilot)
+        await chat.open_conversation(stored["rivers"])
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.2)
+        await pilot.press("enter")
+        exported = work / "rivers-of-europe.md"
+        await until(pilot, exported.exists, what="the export in the folder trit was started in")
+    text = exported.read_text()
+    assert "**Trit**" in text and "**Assistant**" not in text
+    assert text.rstrip().endswith("*(stopped)*")  # the last reply was stopped, as the app marks it

@@ -5,6 +5,7 @@ so the keys, the command palette and the help screen reach them by those names."
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -148,7 +149,9 @@ class ConversationActions:
         if d.conversation_id is None:
             self.app.notify("Nothing to export yet.")
             return
-        suggestion = unique_path(Path.home() / f"{slug(d.title) or 'conversation'}.md")
+        # where `trit` was started, as a shell user expects of a file a command writes; home if that is not writable
+        folder = Path.cwd() if os.access(Path.cwd(), os.W_OK) else Path.home()
+        suggestion = unique_path(folder / f"{slug(d.title) or 'conversation'}.md")
 
         def check(path: str) -> str | None:
             target = Path(path).expanduser()
