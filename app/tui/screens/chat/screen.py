@@ -75,7 +75,16 @@ class ChatScreen(Replying, ConversationActions, Screen):
     async def on_mount(self) -> None:
         self.refresh_list()
         self.set_interval(30, self.refresh_list)  # "5 minutes ago" keeps moving
-        await self.start_new(logged=self.store is not None)
+        last = None
+        if self.store is not None:
+            try:
+                last = self.store.last_conversation_id()
+            except StoreError:
+                pass
+        if last is not None:  # where the person left off, as oterm does; Ctrl+N starts afresh
+            await self.open_conversation(last)
+        if self.dialogue is None:
+            await self.start_new(logged=self.store is not None)
 
     def focus_prompt(self) -> None:
         self.query_one(PromptInput).focus()
