@@ -391,3 +391,14 @@ async def test_export_goes_where_trit_was_started_and_reads_as_the_app_shows_it(
     text = exported.read_text()
     assert "**Trit**" in text and "**Assistant**" not in text
     assert text.rstrip().endswith("*(stopped)*")  # the last reply was stopped, as the app marks it
+
+
+@drive
+async def test_the_app_opens_the_conversation_last_used(stored):
+    app = TritApp()
+    async with running(app) as pilot:
+        chat = await started(pilot)
+        assert chat.dialogue.conversation_id == stored["rivers"] and app.focused is chat.prompt
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.1)
+        assert chat.dialogue.conversation_id is None and not chat.chat.boxes()
