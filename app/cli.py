@@ -463,7 +463,7 @@ def chat_cmd(system, saved, model_name, temperature, top_p, max_tokens, seed, co
       trit chat
       trit chat -c                              (go on with the most recent conversation)
       trit chat -m demo -t pirate               (a prompt saved with `trit prompts save`)
-      printf 'Hello\nAnd then?\n' | trit chat -n"""
+      printf 'Hello\\nAnd then?\\n' | trit chat -n"""
     from . import repl
     from .service import Service
 
