@@ -56,12 +56,14 @@ def friendly_errors(fn):
 def cli(ctx: click.Context) -> None:
     """Trit: an offline, private assistant running BitNet b1.58 on your CPU.
 
-    `trit` alone (or `trit chat`) opens the chat app; the commands below script it. Without a model installed the
-    demo model that ships inside Trit answers; `trit pull` downloads BitNet b1.58 2B4T.
+    `trit` alone opens the chat app; `trit chat` is a conversation in the plain terminal (as `llm chat`, `ollama
+    run`); the other commands script it. Without a model installed the demo model that ships inside Trit answers;
+    `trit pull` downloads BitNet b1.58 2B4T.
 
     \b
     Examples:
       trit                                  the chat app
+      trit chat                             chat in the plain terminal, turn after turn
       trit ask "What is a ternary weight?"  one answer, streamed to stdout
       trit pull                             download BitNet b1.58 2B4T (1.2 GB)
       trit ask --help                       every option of a command, with examples"""
@@ -70,7 +72,7 @@ def cli(ctx: click.Context) -> None:
     # its mode). One umask here covers the engine's writes as well, which a library must not decide for scripts.
     os.umask(0o077)
     if ctx.invoked_subcommand is None:
-        run_chat_app(explicit=False)
+        run_chat_app()
 
 
 @cli.command("paths")
@@ -91,26 +93,8 @@ def paths_cmd() -> None:
         click.echo(f"{name:8} {value}")
 
 
-@cli.command("chat")
-@friendly_errors
-def chat_cmd() -> None:
-    """Open the chat app (what `trit` alone does): conversations, search, export, settings, in the terminal. F1 in
-    the app lists its keys.
-
-    \b
-    Examples:
-      trit chat
-      TRIT_HOME=/tmp/scratch trit chat"""
-    run_chat_app(explicit=True)
-
-
-def run_chat_app(explicit: bool) -> None:
-    from trit.engine import InputError
-
+def run_chat_app() -> None:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        if explicit:
-            raise InputError("the chat app needs a terminal (stdin and stdout are not one here); in a script, use "
-                             '`trit ask "…"`')
         click.echo(click.get_current_context().get_help())  # `trit` piped or redirected: what it can do
         return
     from .tui import run  # Textual is imported here only, so `trit ask` and scripts start without it
@@ -118,12 +102,157 @@ def run_chat_app(explicit: bool) -> None:
     click.get_current_context().exit(run())
 
 
-# ---- trit ask ------------------------------------------------------------------------------------------------------
-def read_prompt(words: tuple[str, ...]) -> tuple[str, str]:
-    """The arguments, after whatever was piped in (`cat notes.txt | trit ask "summarise"`), like llm; and the title
-    for a new conversation: the question when there is one, not the first line of the piped file. Text that is not
-    UTF-8 is refused, naming the first bad byte, rather than guessed at: the person decides how to convert it. Only
-    blanks is nothing: a usage error before anything is stored or sent."""
+# ---- trit ask and trit chat ---------------------------------------------------------------------------------------
+def conversation_options(fn):
+    """The options `trit ask` and `trit chat` share: which conversation, which model, how it samples."""
+    options = [
+        click.option("-s", "--system", help="System prompt (for a new conversation, or to change it when "
+                                            "continuing)."),
+        click.option("-t", "--saved-prompt", "saved", metavar="NAME",
+                     help="A system prompt saved with `trit prompts save NAME`, as -s takes one."),
+        click.option("-m", "--model", "model_name", metavar="NAME",
+                     help="An installed model (`trit models`), a model folder, a .gguf file, or 'demo' (default: "
+                          "the default model)."),
+        click.option("--temperature", type=click.FloatRange(min=0), help="0 is greedy (default: the model's own)."),
+        click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True),
+                     help="Nucleus sampling: draw from the likeliest tokens that make up this share of the "
+                          "probability (default: the model's own)."),
+        click.option("--max-tokens", type=click.IntRange(min=1),
+                     help="Longest reply in tokens (default: max_tokens in config.toml, 1024)."),
+        click.option("--seed", type=int, help="Same seed, same model, same prompt: same answer."),
+        click.option("-c", "--continue", "continue_last", is_flag=True,
+                     help="Continue the most recent conversation."),
+        click.option("--cid", type=int, metavar="ID", help="Continue conversation ID (see `trit history list`)."),
+        click.option("-n", "--no-log", is_flag=True,
+                     help="Keep nothing: the questions and answers are not written to history."),
+        # long only: llm has no -t for threads, and -t is a saved prompt there (a template)
+        click.option("--threads", type=click.IntRange(min=1), help="Threads (default: every core)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def system_prompt(system: str | None, saved: str | None) -> str | None:
+    """-s TEXT, or the text saved under -t NAME; None when neither was given."""
+    if system is not None and saved is not None:
+        raise click.UsageError("give either -s or -t, not both")
+    if saved is None:
+        return system
+    from .prompts import saved_prompt
+
+    return saved_prompt(saved)
+
+
+def open_store(continuing: bool, no_log: bool):
+    """(the history, or None, and why nothing of this session can be kept, or None). --no-log on a new conversation
+    opens no file at all. A history that cannot be made here now (a full disk, a read-only folder) still lets a new
+    conversation be answered: that is said after."""
+    from .store import Store, WriteError
+
+    try:
+        return (Store() if continuing or not no_log else None), None
+    except WriteError as e:
+        if continuing:
+            raise
+        return None, f"your question and its answer were not saved: {e}"
+
+
+def open_dialogue(service, *, continue_last: bool, cid: int | None, model_name: str | None, system: str | None,
+                  overrides: dict, no_log: bool, check=None):
+    """The conversation to go on with (-c, --cid), with the model, system prompt and sampling given here stored
+    as its own; or a new one. `check(dialogue)` may refuse it before anything is stored."""
+    from .store import WriteError
+
+    if not (continue_last or cid is not None):
+        dialogue = service.new(model=model_name, system=system, params=overrides, logged=not no_log)
+        if check is not None:
+            check(dialogue)
+        return dialogue
+    dialogue = service.last(logged=not no_log) if continue_last else service.open(cid, logged=not no_log)
+    if model_name:
+        dialogue.model = service.model(model_name)[0].name
+    if system is not None:
+        dialogue.system = system
+    dialogue.params.update(overrides)
+    if check is not None:
+        check(dialogue)
+    if dialogue.logged and (model_name or system is not None or overrides):
+        try:
+            service.store.update_conversation(dialogue.conversation_id, system=dialogue.system,
+                                              params=dialogue.params, model=dialogue.model)
+        except WriteError:
+            pass  # the history takes nothing now: answered all the same, and the turn says it was not kept
+    return dialogue
+
+
+def sampling_overrides(temperature, top_p, max_tokens, seed) -> dict:
+    from trit.engine import SamplingParams
+
+    overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens),
+                                   ("seed", seed)) if v is not None}
+    SamplingParams(**overrides)  # out of range (nan, a negative seed): one line now, before anything is stored
+    return overrides
+
+
+def demo_note(service, dialogue, continuing: bool, model_name: str | None) -> str | None:
+    """The line that says the demo answers only because nothing else is installed; None otherwise."""
+    from .service import DEMO_NAME
+
+    if dialogue.model == DEMO_NAME and not continuing and not model_name and not service.settings.default_model:
+        return ("trit: the demo model answered (a tiny model that ships inside Trit), since no model is installed: "
+                "`trit pull` downloads BitNet b1.58 2B4T")
+    return None
+
+
+MAX_FILE_BYTES = 16 << 20  # far beyond any context (128k tokens are under 1 MB of text): refused unread
+
+
+def read_files(files: tuple[Path, ...]) -> list[tuple[str, str]]:
+    """(the name as given, its text) of each -f file. Only regular files are opened (a named pipe would wait for a
+    writer forever); text that is not UTF-8 is refused as stdin's is, naming the file and the byte."""
+    import stat
+
+    from trit.engine import InputError
+
+    out = []
+    for path in files:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{path} is not a file (a folder, a pipe or a device): give a text file to -f")
+        if info.st_size > MAX_FILE_BYTES:
+            raise InputError(f"{path} is {human_size(info.st_size)}: far more than a model's context holds; give a "
+                             "part of it")
+        data = path.read_bytes()
+        try:
+            out.append((str(path), data.decode("utf-8")))
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path} is not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}): convert it "
+                             f"first, e.g. `iconv -f latin1 -t utf-8 {path} > {path.stem}-utf8{path.suffix}`"
+                             ) from None
+    return out
+
+
+def refuse_oversized(service, dialogue, text: str, files: list[tuple[str, str]]) -> None:
+    """Files too large for the context are refused before anything is sent or stored, each counted with the model's
+    tokenizer against what fits."""
+    from trit.engine import InputError
+
+    room = service.measure(dialogue, text)
+    if room.fits:
+        return
+    sizes = ", ".join(f"{name} is {service.count_tokens(dialogue, body)} tokens" for name, body in files)
+    raise InputError(f"{sizes} ({room.tokens} with the question); {max(room.room, 0)} fit in the {room.n_ctx}-token "
+                     f"context beside a reply of up to {room.reply_room} (--max-tokens): nothing was sent; give a "
+                     "part of it")
+
+
+def read_prompt(words: tuple[str, ...], files: list[tuple[str, str]] = ()) -> tuple[str, str]:
+    """The files given with -f, each under its name, then whatever was piped in (`cat notes.txt | trit ask
+    "summarise"`), then the arguments, like llm; and the title for a new conversation: the question when there is
+    one, not the first line of a file (the files' names when there is no question). Text that is not UTF-8 is
+    refused, naming the first bad byte, rather than guessed at: the person decides how to convert it. Only blanks
+    is nothing: a usage error before anything is stored or sent."""
     from trit.engine import InputError
 
     piped = ""
@@ -141,9 +270,11 @@ def read_prompt(words: tuple[str, ...]) -> tuple[str, str]:
     except UnicodeEncodeError as e:  # undecodable bytes in argv arrive as surrogates
         raise InputError(f"the question is not UTF-8 text (character {e.start + 1} is not): retype it or "
                          "convert it first") from None
-    if not piped and not question:
+    attached = [f"{name}:\n\n{body.rstrip()}" for name, body in files]
+    if not piped and not question and not attached:
         raise click.UsageError('nothing to ask: give the question as arguments or on stdin, e.g. trit ask "Hello"')
-    return "\n\n".join(part for part in (piped, question) if part), question if piped else ""
+    title = (question or ", ".join(name for name, _ in files)) if piped or files else ""
+    return "\n\n".join(part for part in (*attached, piped, question) if part), title
 
 
 def first_code_block(text: str) -> str | None:
@@ -212,83 +343,56 @@ def say(text: str) -> None:
 
 @cli.command()
 @click.argument("prompt", nargs=-1)
-@click.option("-s", "--system", help="System prompt (for a new conversation, or to change it when continuing).")
-@click.option("-m", "--model", "model_name", metavar="NAME",
-              help="An installed model (`trit models`), a model folder, a .gguf file, or 'demo' (default: the "
-                   "default model).")
-@click.option("--temperature", type=click.FloatRange(min=0), help="0 is greedy (default: the model's own).")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True),
-              help="Nucleus sampling: draw from the likeliest tokens that make up this share of the probability "
-                   "(default: the model's own).")
-@click.option("--max-tokens", type=click.IntRange(min=1),
-              help="Longest reply in tokens (default: max_tokens in config.toml, 1024).")
-@click.option("--seed", type=int, help="Same seed, same model, same prompt: same answer.")
-@click.option("-c", "--continue", "continue_last", is_flag=True, help="Continue the most recent conversation.")
-@click.option("--cid", type=int, metavar="ID", help="Continue conversation ID (see `trit history list`).")
+@conversation_options
+@click.option("-f", "--fragment", "files", multiple=True, metavar="FILE", type=click.Path(path_type=Path),
+              help="A text file to put in the message, under its name, before the question (again for more). One "
+                   "too large for the context is refused before anything is sent.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the reply as one JSON object when it ends: one of the messages `trit history show --json` "
                    "lists (content, model, token counts, speeds, conversation_id).")
-@click.option("-n", "--no-log", is_flag=True, help="Keep nothing: the question and answer are not written to history.")
 @click.option("-u", "--usage", "show_usage", is_flag=True, help="Then print the tokens used on stderr.")
 @click.option("-x", "--extract", is_flag=True,
               help="Print only the first fenced code block of the answer (all of it if it has none).")
-@click.option("--threads", "-t", type=click.IntRange(min=1), help="Threads (default: every core).")
 @friendly_errors
-def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, continue_last, cid, as_json, no_log,
-        show_usage, extract, threads) -> None:
-    """Answer once and exit: the answer streams to stdout; Ctrl-C stops it and keeps what was said. What is piped in
-    comes first, then the question, in one message. The options follow simonw's `llm` where they meet.
+def ask(prompt, system, saved, model_name, temperature, top_p, max_tokens, seed, continue_last, cid, no_log, threads,
+        files, as_json, show_usage, extract) -> None:
+    """Answer once and exit: the answer streams to stdout; Ctrl-C stops it and keeps what was said. Files given
+    with -f come first, each under its name, then what is piped in, then the question, in one message. The options
+    follow simonw's `llm` where they meet.
 
     \b
     Examples:
       trit ask "What is a ternary weight?"
       cat notes.txt | trit ask "Summarise this"
+      trit ask -f notes.txt -f todo.md "What is left to do?"
       trit ask -c "And in one sentence?"
+      trit ask -t pirate "Hello"                (a prompt saved with `trit prompts save`)
       trit ask -n -m demo "Something private"
       trit ask --json --seed 1 "Hi" | jq -r .content
       trit ask -x "A shell loop over *.txt" > loop.sh"""
-    from trit.engine import SamplingParams
-
-    from .service import DEMO_NAME, Service, Turn
-    from .store import Store, WriteError, title_from
+    from .service import Service, Turn
+    from .store import title_from
 
     if continue_last and cid is not None:
         raise click.UsageError("give either -c or --cid, not both")
     if extract and as_json:
         raise click.UsageError("give either -x or --json, not both")
-    text, title = read_prompt(prompt)
-    overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens),
-                                   ("seed", seed)) if v is not None}
-    SamplingParams(**overrides)  # out of range (nan, a negative seed): one line now, before anything is stored
+    system = system_prompt(system, saved)
+    attached = read_files(files)
+    text, title = read_prompt(prompt, attached)
+    overrides = sampling_overrides(temperature, top_p, max_tokens, seed)
     continuing = continue_last or cid is not None
-    unsaved = None  # why nothing of this turn can be kept: it is answered all the same, and that is said after
-    try:
-        store = Store() if continuing or not no_log else None  # --no-log on a new conversation: no file at all
-    except WriteError as e:  # no history can be made here now (a full disk, a read-only folder)
-        if continuing:
-            raise
-        store, unsaved = None, f"your question and its answer were not saved: {e}"
+    # why nothing of this turn can be kept: it is answered all the same, and that is said after
+    store, unsaved = open_store(continuing, no_log)
     service = Service(store, threads=threads)
     try:
-        if continuing:
-            dialogue = service.last(logged=not no_log) if continue_last else service.open(cid, logged=not no_log)
-            if model_name:
-                dialogue.model = service.model(model_name)[0].name
-            if system is not None:
-                dialogue.system = system
-            dialogue.params.update(overrides)
-            if dialogue.logged and (model_name or system is not None or overrides):
-                try:
-                    store.update_conversation(dialogue.conversation_id, system=dialogue.system,
-                                              params=dialogue.params, model=dialogue.model)
-                except WriteError:
-                    pass  # the history takes nothing now: answered all the same, and the turn says it was not kept
-        else:
-            dialogue = service.new(model=model_name, system=system, params=overrides, logged=not no_log)
+        dialogue = open_dialogue(service, continue_last=continue_last, cid=cid, model_name=model_name,
+                                 system=system, overrides=overrides, no_log=no_log,
+                                 check=lambda d: refuse_oversized(service, d, text, attached) if attached else None)
+        if not continuing:
             dialogue.title = title_from(title)
         # the demo answers only because nothing else is there: said once, after the answer
-        demo_by_default = dialogue.model == DEMO_NAME and not continuing and not model_name \
-            and not service.settings.default_model
+        demo_by_default = demo_note(service, dialogue, continuing, model_name)
         turn, printing, reader_gone = None, not (as_json or extract), False
         with StopSignals() as stop:
             for event in service.send(dialogue, text, stop.event):
@@ -325,8 +429,7 @@ def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, contin
             say(f"trit: tokens: {result.prompt_tokens} prompt{reused}, {result.generated_tokens} generated, "
                 f"of a {result.n_ctx}-token context")
         if demo_by_default:
-            say("trit: the demo model answered (a tiny model that ships inside Trit), since no model is installed: "
-                "`trit pull` downloads BitNet b1.58 2B4T")
+            say(demo_by_default)
         unsaved = unsaved or turn.unsaved
         if result.finish_reason == "cancelled" and not (reader_gone and stop.signum == 13):
             kept = f"; the partial answer is kept in conversation {turn.conversation_id}" \
@@ -342,6 +445,150 @@ def ask(prompt, system, model_name, temperature, top_p, max_tokens, seed, contin
         service.close()
         if store is not None:
             store.close()
+
+
+@cli.command("chat")
+@conversation_options
+@friendly_errors
+def chat_cmd(system, saved, model_name, temperature, top_p, max_tokens, seed, continue_last, cid, no_log,
+             threads) -> None:
+    """Chat in the plain terminal, turn after turn (as `llm chat` and `ollama run` do; the chat app is `trit`
+    alone). Each answer streams; the conversation is kept in the history the app shows, and the model keeps it in
+    memory, so a follow-up costs only its own tokens. Ctrl-C stops an answer and keeps it (marked stopped); Ctrl-C
+    at the prompt, Ctrl-D, `exit` or `quit` leave. `!multi` starts a message of several lines, `!end` sends it.
+    Piped in, each line is a message.
+
+    \b
+    Examples:
+      trit chat
+      trit chat -c                              (go on with the most recent conversation)
+      trit chat -m demo -t pirate               (a prompt saved with `trit prompts save`)
+      printf 'Hello\\nAnd then?\\n' | trit chat -n"""
+    from . import repl
+    from .service import Service
+
+    if continue_last and cid is not None:
+        raise click.UsageError("give either -c or --cid, not both")
+    system = system_prompt(system, saved)
+    overrides = sampling_overrides(temperature, top_p, max_tokens, seed)
+    continuing = continue_last or cid is not None
+    store, unsaved = open_store(continuing, no_log)
+    service = Service(store, threads=threads)
+    try:
+        dialogue = open_dialogue(service, continue_last=continue_last, cid=cid, model_name=model_name,
+                                 system=system, overrides=overrides, no_log=no_log)
+        if unsaved:
+            say(f"trit: {unsaved}")
+        code = repl.run(service, dialogue, demo_note(service, dialogue, continuing, model_name))
+    finally:
+        service.close()
+        if store is not None:
+            store.close()
+    sys.exit(code)
+
+
+# ---- trit prompts ---------------------------------------------------------------------------------------------------
+@cli.group()
+def prompts() -> None:
+    """System prompts saved by name, for `trit ask -t NAME` and `trit chat -t NAME` (llm's templates, Ollama's
+    SYSTEM). They are kept in prompts.toml beside config.toml, readable only by you.
+
+    \b
+    Examples:
+      trit prompts save pirate "Answer as a pirate would."
+      trit prompts save reviewer < reviewer.txt
+      trit prompts list
+      trit ask -t pirate "Where is the gold?"
+    """
+
+
+@prompts.command("save")
+@click.argument("name")
+@click.argument("text", nargs=-1)
+@friendly_errors
+def prompts_save(name, text) -> None:
+    """Save TEXT (or what is piped in) as the system prompt NAME, replacing one of that name.
+
+    \b
+    Examples:
+      trit prompts save pirate "Answer as a pirate would."
+      trit prompts save reviewer < reviewer.txt"""
+    from trit.engine import InputError
+
+    from .prompts import check_name, prompts_path, save_prompt
+
+    check_name(name)
+    body = " ".join(text)
+    if not body and not sys.stdin.isatty():
+        data = sys.stdin.buffer.read()
+        try:
+            body = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"what came on stdin is not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}): "
+                             "convert it first, e.g. `iconv -f latin1 -t utf-8 FILE | trit prompts save NAME`"
+                             ) from None
+    try:
+        body.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in argv arrive as surrogates
+        raise InputError("the prompt is not UTF-8 text: retype it or convert it first") from None
+    replaced = save_prompt(name, body)
+    click.echo(f"{'replaced' if replaced else 'saved'} {name} in {prompts_path()}", err=True)
+
+
+@prompts.command("list")
+@click.option("--json", "as_json", is_flag=True, help='Print a JSON list: [{"name": …, "text": …}, …].')
+@friendly_errors
+def prompts_list(as_json) -> None:
+    """The saved prompts: each name, and the beginning of its text.
+
+    \b
+    Examples:
+      trit prompts list
+      trit prompts list --json | jq -r '.[].name'"""
+    from .prompts import saved_prompts
+
+    saved = saved_prompts()
+    if as_json:
+        click.echo(json.dumps([{"name": k, "text": v} for k, v in saved.items()], indent=2, ensure_ascii=False))
+        return
+    if not saved:
+        click.echo('no saved prompts yet: trit prompts save NAME "You are …"', err=True)
+    width = max((len(k) for k in saved), default=0)
+    for name, text in saved.items():
+        line = one_line_of(text)
+        click.echo(f"{name:{width}}  {line[:70] + '…' if len(line) > 71 else line}")
+
+
+@prompts.command("show")
+@click.argument("name")
+@friendly_errors
+def prompts_show(name) -> None:
+    """Print the text saved as NAME.
+
+    \b
+    Examples:
+      trit prompts show pirate"""
+    from .prompts import saved_prompt
+
+    click.echo(saved_prompt(name))
+
+
+@prompts.command("rm")
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (needed when stdin is not a terminal).")
+@friendly_errors
+def prompts_rm(name, yes) -> None:
+    """Remove the saved prompt NAME (conversations that used it keep their copy). Asks first.
+
+    \b
+    Examples:
+      trit prompts rm pirate"""
+    from .prompts import remove_prompt, saved_prompt
+
+    saved_prompt(name)  # an unknown name is said before anything is asked
+    confirmed(f"Remove the saved prompt {name}", yes)
+    remove_prompt(name)
+    click.echo(f"removed {name}", err=True)
 
 
 # ---- trit history ---------------------------------------------------------------------------------------------------

@@ -132,6 +132,21 @@ class Dialogue:
         return 0
 
 
+@dataclass(frozen=True)
+class Room:
+    """How a message measures against the context, before it is sent: its own tokens, and how many a message may
+    have beside the system prompt, the chat template's framing and the reply's room (older turns are left out to
+    make room, never this message)."""
+    tokens: int
+    room: int
+    n_ctx: int
+    reply_room: int
+
+    @property
+    def fits(self) -> bool:
+        return self.tokens <= self.room
+
+
 @dataclass
 class Turn:
     """The end of one reply: the assistant message as stored, and the engine's figures for it. `unsaved` says, in
@@ -195,6 +210,23 @@ class Service:
     def params_for(self, dialogue: Dialogue, model: engine.Model):
         overrides = {**self.settings.sampling_overrides(), **dialogue.params}
         return model.default_params(**{k: v for k, v in overrides.items() if k in SAMPLING_KEYS and v is not None})
+
+    def measure(self, dialogue: Dialogue, text: str) -> Room:
+        """`text` as the next message of this conversation, counted with its model's tokenizer (the model is loaded
+        if it is not yet): a file can be refused before anything is sent or stored."""
+        from trit.engine.runtime.chat import reply_room
+
+        _, model = self.model(dialogue.model)
+        n_ctx = model.n_ctx_max  # the context ChatSessions gives every conversation
+        reply = reply_room(self.params_for(dialogue, model).max_tokens, n_ctx)
+        system = [{"role": "system", "content": dialogue.system}] if dialogue.system else []
+        frame = len(model.tokenizer.encode_chat(system + [{"role": "user", "content": ""}]))
+        whole = len(model.tokenizer.encode_chat(system + [{"role": "user", "content": text}]))
+        return Room(whole - frame, n_ctx - reply - frame, n_ctx, reply)
+
+    def count_tokens(self, dialogue: Dialogue, text: str) -> int:
+        """Tokens of `text` alone, with the conversation's model's tokenizer."""
+        return len(self.model(dialogue.model)[1].tokenizer.encode(text))
 
     def _store(self, dialogue: Dialogue, role: str, content: str, wait: float | None = None, **stats) -> Message:
         if not dialogue.logged:

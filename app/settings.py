@@ -90,15 +90,20 @@ def load_settings() -> Settings:
 
 
 def save_settings(settings: Settings) -> Path:
-    """Write config.toml atomically (a crash mid-write leaves the old file). A write that fails (a full disk, a
-    read-only folder) leaves the old file and no temporary one, and says what is full or read-only."""
+    """Write config.toml (see write_private_toml)."""
     path = config_path()
     data = {k: v for k, v in asdict(settings).items() if k != "extra" and v is not None}
-    data = {**settings.extra, **data}
+    write_private_toml(path, {**settings.extra, **data}, "the settings")
+    return path
+
+
+def write_private_toml(path: Path, data: dict, what: str) -> None:
+    """Write a TOML file atomically (a crash mid-write leaves the old file), readable by its owner only, like the
+    history: config.toml and prompts.toml hold system prompts. A write that fails leaves the old file and no
+    temporary one, and says what is full or read-only; `what` names what is left unchanged."""
     tmp = path.with_suffix(".toml.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # readable by its owner only, like the history: it holds the system prompt
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with open(fd, "w", encoding="utf-8") as f:
@@ -110,5 +115,4 @@ def save_settings(settings: Settings) -> Path:
             raise
     except OSError as e:
         why = why_unwritable(path.parent, e.errno) or e.strerror or str(e)
-        raise SettingsError(f"cannot save {path}: {why}; the settings there are unchanged") from None
-    return path
+        raise SettingsError(f"cannot save {path}: {why}; {what} there are unchanged") from None

@@ -71,6 +71,11 @@ class ChatResult:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
+def reply_room(max_tokens: int, n_ctx: int) -> int:
+    """The positions a prompt leaves free for the reply: max_tokens, but never more than half the context."""
+    return max(1, min(max_tokens, n_ctx // 2))
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -156,8 +161,7 @@ class Chat:
 
     def stream(self, messages: Sequence[Mapping], params: SamplingParams,
                cancel: Cancel | None = None) -> Iterator[Piece | ChatResult]:
-        reply_room = max(1, min(params.max_tokens, self.n_ctx // 2))
-        ids, prompt_text, dropped = self.fit(messages, reply_room)
+        ids, prompt_text, dropped = self.fit(messages, reply_room(params.max_tokens, self.n_ctx))
         self.last_prompt_tokens = len(ids)
         start = time.perf_counter()
         logits, reused, prefill_s = self.prefill(ids, cancel, prompt_text)
