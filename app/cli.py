@@ -12,17 +12,8 @@ import click
 
 from trit import __version__
 
-from .paths import paths
-
-
-def is_user_error(e: BaseException) -> bool:
-    """Errors whose message tells the user what is wrong and what to do: shown as one line."""
-    from trit.engine import EngineError
-
-    from .settings import SettingsError
-
-    store = sys.modules.get("trit.app.store")  # only commands that use the history import sqlite
-    return isinstance(e, (EngineError, SettingsError)) or (store is not None and isinstance(e, store.StoreError))
+from .paths import human_size, paths
+from .terminal import SIGPIPE_EXIT, StopSignals, is_user_error, quiet_stdout, say
 
 
 def friendly_errors(fn):
@@ -205,32 +196,11 @@ def demo_note(service, dialogue, continuing: bool, model_name: str | None) -> st
     return None
 
 
-MAX_FILE_BYTES = 16 << 20  # far beyond any context (128k tokens are under 1 MB of text): refused unread
-
-
 def read_files(files: tuple[Path, ...]) -> list[tuple[str, str]]:
-    """(the name as given, its text) of each -f file. Only regular files are opened (a named pipe would wait for a
-    writer forever); text that is not UTF-8 is refused as stdin's is, naming the file and the byte."""
-    import stat
+    """(the name as given, its text) of each -f file."""
+    from .attachments import read_text_file
 
-    from trit.engine import InputError
-
-    out = []
-    for path in files:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"{path} is not a file (a folder, a pipe or a device): give a text file to -f")
-        if info.st_size > MAX_FILE_BYTES:
-            raise InputError(f"{path} is {human_size(info.st_size)}: far more than a model's context holds; give a "
-                             "part of it")
-        data = path.read_bytes()
-        try:
-            out.append((str(path), data.decode("utf-8")))
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path} is not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}): convert it "
-                             f"first, e.g. `iconv -f latin1 -t utf-8 {path} > {path.stem}-utf8{path.suffix}`"
-                             ) from None
-    return out
+    return [(str(path), read_text_file(path)) for path in files]
 
 
 def refuse_oversized(service, dialogue, text: str, files: list[tuple[str, str]]) -> None:
@@ -270,11 +240,12 @@ def read_prompt(words: tuple[str, ...], files: list[tuple[str, str]] = ()) -> tu
     except UnicodeEncodeError as e:  # undecodable bytes in argv arrive as surrogates
         raise InputError(f"the question is not UTF-8 text (character {e.start + 1} is not): retype it or "
                          "convert it first") from None
-    attached = [f"{name}:\n\n{body.rstrip()}" for name, body in files]
-    if not piped and not question and not attached:
+    if not piped and not question and not files:
         raise click.UsageError('nothing to ask: give the question as arguments or on stdin, e.g. trit ask "Hello"')
+    from .attachments import with_files
+
     title = (question or ", ".join(name for name, _ in files)) if piped or files else ""
-    return "\n\n".join(part for part in (*attached, piped, question) if part), title
+    return with_files(list(files), piped, question), title
 
 
 def first_code_block(text: str) -> str | None:
@@ -283,62 +254,6 @@ def first_code_block(text: str) -> str | None:
 
     match = re.search(r"^[ \t]*(```+|~~~+)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", text, re.M | re.S)
     return match.group(2) if match else None
-
-
-class StopSignals:
-    """Ctrl-C, SIGTERM and SIGHUP (the terminal closed) stop the reply between two tokens, and what was said is kept,
-    marked stopped; the exit code is 128 + the signal's number. A second Ctrl-C stops at once."""
-
-    NAMES = ("SIGINT", "SIGTERM", "SIGHUP")  # SIGHUP does not exist on Windows
-
-    def __init__(self):
-        import threading
-
-        self.event = threading.Event()
-        self.signum: int | None = None
-
-    def __enter__(self):
-        import signal
-
-        self._previous = {sig: signal.signal(sig, self._handle)
-                          for sig in (getattr(signal, name, None) for name in self.NAMES) if sig is not None}
-        return self
-
-    def _handle(self, signum, frame):
-        import signal
-
-        if self.event.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = self.signum or signum
-        self.event.set()
-
-    def __exit__(self, *exc):
-        import signal
-
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signum or 2)
-
-
-def quiet_stdout() -> None:
-    """The reader of stdout is gone (a closed terminal, a pipe's end that left): what is still printed goes nowhere,
-    so the reply can still end and be stored, and Python's exit does not complain about the flush."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
-SIGPIPE_EXIT = 128 + 13  # the exit of a process that SIGPIPE ended, as `yes | head -1` leaves `yes`
-
-
-def say(text: str) -> None:
-    try:
-        click.echo(text, err=True)
-    except OSError:  # stderr is gone with the terminal
-        pass
 
 
 @cli.command()
@@ -880,13 +795,6 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
 
 
 # ---- models: trit pull, import, models, rm ---------------------------------------------------------------------------
-def human_size(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
 class TransferBar:
     """A progress bar on stderr for a pull or an import: bytes, speed and time left (tqdm). Messages printed while
     it runs go above it."""

@@ -14,8 +14,8 @@ import sys
 
 import click
 
-from .cli import SIGPIPE_EXIT, StopSignals, is_user_error, quiet_stdout, say
 from .service import Dialogue, Service, Turn
+from .terminal import SIGPIPE_EXIT, StopSignals, is_user_error, quiet_stdout, say
 
 PROMPT, MORE = "> ", "… "
 SIGPIPE = SIGPIPE_EXIT - 128  # signal.SIGPIPE, which Windows lacks
