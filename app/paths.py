@@ -59,3 +59,11 @@ def why_unwritable(folder: Path, error: int | None = None) -> str | None:
     if error in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or (free is not None and free < FULL_BELOW):
         return f"the disk holding {here} is full ({free} bytes free); free some space and try again"
     return None
+
+
+def human_size(n: int) -> str:
+    """A size on disk as people read it: 1.2 GB, 340.0 KB."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"

@@ -42,6 +42,8 @@ CHAT = [
     Action("rename", "f2", "rename", "Rename conversation", "Give this conversation another title"),
     Action("delete", "f8", "delete", "Delete conversation", "Remove this conversation from this computer"),
     Action("export", "ctrl+s", "export", "Export to Markdown", "Save this conversation as a Markdown file"),
+    Action("attach", "f5", "attach", "Attach a text file",
+           "Put a file's text in your next message, under its name; counted against the context first"),
     Action("models", "f4", "models", "Models",
            "Choose this conversation's model, the default for new ones; download or import one"),
     Action("settings", "ctrl+o", "settings", "Conversation settings",

@@ -9,11 +9,13 @@ import os
 import re
 from pathlib import Path
 
-from textual.widgets import OptionList
+from textual.widgets import OptionList, Static
 
+from ....attachments import read_text_file, with_files
 from ....settings import SAMPLING_SETTINGS
 from ....store import StoreError
 from ...clipboard import copy
+from ...reply_runner import USER_ERRORS
 from ...widgets.chat_view import MessageBox, code_blocks
 from ...widgets.conversation_list import ConversationList
 from ...widgets.prompt import PromptInput
@@ -207,6 +209,43 @@ class ConversationActions:
             self.app.notify("Saved for this conversation.")
 
         self.app.push_screen(SettingsScreen(d.system, d.params, settings, d.model, d.logged), saved)
+
+    def action_attach(self) -> None:
+        d = self.dialogue
+        if d is None:
+            return
+
+        def check(path: str) -> str | None:
+            source = Path(path).expanduser()
+            try:
+                text = read_text_file(source)
+                room = self.app_service.measure(d, with_files(self.attachments + [(source.name, text)], ""))
+            except OSError as e:
+                return f"cannot read {source}: {e.strerror or e}"
+            except USER_ERRORS as e:
+                return " ".join(str(e).split())
+            if not room.fits:
+                return (f"{source.name} is {self.app_service.count_tokens(d, text):,} tokens; with what is attached, "
+                        f"{max(room.room, 0):,} fit in the {room.n_ctx:,}-token context beside a reply: attach a part")
+            self.pending_attachment = (source.name, text)
+            return None
+
+        def attached(path: str | None) -> None:
+            if path and self.pending_attachment is not None:
+                self.show_attachments(self.attachments + [self.pending_attachment])
+            self.pending_attachment = None
+            self.focus_prompt()
+
+        self.pending_attachment = None
+        start = str(Path.cwd()) + os.sep
+        self.app.push_screen(TextEntryScreen("Attach a text file", start, "Enter attaches it to your next message "
+                                             "· Esc cancels", check), attached)
+
+    def show_attachments(self, files: list[tuple[str, str]]) -> None:
+        self.attachments = files
+        line = self.query_one("#attachments", Static)
+        line.display = bool(files)
+        line.update("Attached: " + ", ".join(name for name, _ in files) + "  ·  Esc in an empty box removes them")
 
     def action_models(self) -> None:
         if self.generating:

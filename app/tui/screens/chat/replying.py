@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 from textual.message import Message
 from textual.widgets import Markdown
 
+from ....attachments import with_files
 from ....service import Turn
 from ...reply_runner import ReplyRunner
 from ...widgets.chat_view import MessageBox, Notice, dropped_notice
@@ -56,7 +57,9 @@ class Replying:
     # ---- sending ----
     def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
         event.stop()
-        self.run_worker(self.submit(event.text), group="ui", exclusive=False)
+        text = with_files(self.attachments, event.text)  # the files F5 attached go with this message
+        self.show_attachments([])
+        self.run_worker(self.submit(text), group="ui", exclusive=False)
 
     async def submit(self, text: str) -> None:
         if self.dialogue is None:
@@ -214,6 +217,8 @@ class Replying:
             self.focus_prompt()
         elif self.prompt.has_focus and self.prompt.text:
             self.prompt.clear()  # the draft goes; Ctrl+Z brings it back
+        elif self.prompt.has_focus and self.attachments:
+            self.show_attachments([])
         else:
             self.focus_prompt()
 

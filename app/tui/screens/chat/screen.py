@@ -49,6 +49,8 @@ class ChatScreen(Replying, ConversationActions, Screen):
         self.loaded_model: str | None = None  # the model the service holds, once loaded
         self.n_ctx: int | None = None
         self.load_failed: str | None = None
+        self.attachments: list[tuple[str, str]] = []  # (name, text) of the files F5 attached to the next message
+        self.pending_attachment: tuple[str, str] | None = None  # read and counted, while the F5 dialog closes
 
     @property
     def app_service(self):
@@ -68,6 +70,7 @@ class ChatScreen(Replying, ConversationActions, Screen):
                 yield Static("", id="chat-title", markup=False)
                 yield ChatView(id="chat")
                 yield Static("", id="context-warning", markup=False)
+                yield Static("", id="attachments", markup=False)
                 yield PromptInput(id="prompt")
         yield StatusLine(id="status")
         yield Footer()
