@@ -105,9 +105,9 @@ async def test_every_part_of_the_settings_dialog_can_be_reached_and_seen(with_ti
         await pilot.pause(0.3)
         box = app.screen.query_one("#settings-box").content_region
 
-        def seen(widget) -> bool:  # some of it (the system prompt is taller than the form at 40x12), readable
-            inside = box.intersection(widget.region)
-            return inside.height > 0 and inside.width >= min(widget.region.width, 6)
+        def seen(widget) -> bool:  # its whole width, and some of its height (the system prompt is taller than the
+            inside = box.intersection(widget.region)  # form at 40x12)
+            return inside.height > 0 and inside.width == widget.region.width
 
         assert seen(app.screen.query_one("#save")) and seen(app.screen.query_one("#cancel"))
         reached = set()
@@ -309,14 +309,33 @@ async def test_page_keys_in_the_message_box_scroll_the_conversation_and_esc_clea
         assert chat.prompt.text == "a draft"
 
 
+async def models_dialog(pilot):
+    from trit.app.tui.screens.models import ModelsScreen
+
+    await pilot.press("f4")
+    await until(pilot, lambda: isinstance(pilot.app.screen, ModelsScreen), what="the models dialog")
+    return pilot.app.screen
+
+
+async def import_in(pilot, dialog, folder) -> None:
+    """Type a folder in the models dialog and wait for its import to end."""
+    from textual.widgets import Input
+
+    dialog.query_one("#import-path", Input).focus()
+    await type_text(pilot, str(folder))
+    await pilot.press("enter")
+    await until(pilot, lambda: folder.name in [r.name for r in dialog.rows] and not dialog.transfer.busy,
+                what=lambda: f"the import; said: {dialog.transfer.said}")
+
+
 @drive
 async def test_models_are_imported_chosen_and_made_default_from_inside_the_app(home, tiny, small):
     """F4: import a second model with its progress, talk to it in this conversation, make it the default."""
     from test_tui import configure, replies_ended, rows
-    from textual.widgets import Input, OptionList
+    from textual.widgets import OptionList
 
+    from trit.app.service import default_model_name
     from trit.app.settings import load_settings
-    from trit.app.tui.screens.models import ModelsScreen
 
     configure(tiny)
     app = TritApp()
@@ -325,17 +344,12 @@ async def test_models_are_imported_chosen_and_made_default_from_inside_the_app(h
         await type_text(pilot, "hello")
         await pilot.press("enter")
         await until(pilot, lambda: replies_ended(pilot) >= 1, what="the first reply")
-        await pilot.press("f4")
-        await until(pilot, lambda: isinstance(app.screen, ModelsScreen), what="the models dialog")
-        dialog = app.screen
+        dialog = await models_dialog(pilot)
         assert [r.name for r in dialog.rows] == [chat.dialogue.model, "demo"]  # a folder of its own, and the demo
-        dialog.query_one("#import-path", Input).focus()
-        await type_text(pilot, str(small))
-        await pilot.press("enter")
-        await until(pilot, lambda: "bitnet-small" in [r.name for r in dialog.rows] and not dialog.transfer.busy,
-                    what=lambda: f"the import; said: {dialog.transfer.said}")
+        await import_in(pilot, dialog, small)
         listing = dialog.query_one("#model-list", OptionList)
         assert app.focused is listing and dialog.highlighted == "bitnet-small"
+        assert default_model_name(app.settings) == str(tiny)  # a default the user chose stays
         await pilot.press("ctrl+d")  # the default for new conversations
         await pilot.pause(0.1)
         await pilot.press("enter")  # and this conversation's model
@@ -402,3 +416,73 @@ async def test_the_app_opens_the_conversation_last_used(stored):
         await pilot.press("ctrl+n")
         await pilot.pause(0.1)
         assert chat.dialogue.conversation_id is None and not chat.chat.boxes()
+
+
+@drive
+async def test_a_model_installed_from_the_app_replaces_the_demo_as_the_default(home, small):
+    """The first run chose the demo; importing a real model in F4 makes it the default, as `trit import` does."""
+    from test_tui import configure
+
+    from trit.app.settings import load_settings
+
+    configure("demo")
+    app = TritApp()
+    async with running(app) as pilot:
+        await started(pilot)
+        await import_in(pilot, await models_dialog(pilot), small)
+        assert any("New conversations now use bitnet-small" in n for n in notifications(app))
+    assert load_settings().default_model == "bitnet-small"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (40, 12)])
+@drive
+async def test_the_models_dialog_shows_its_list_on_a_small_terminal(with_tiny, size):
+    app = TritApp()
+    async with app.run_test(size=size) as pilot:
+        await started(pilot)
+        dialog = await models_dialog(pilot)
+        await pilot.pause(0.2)
+        box = dialog.query_one("#models-box").content_region
+        listing = dialog.query_one("#model-list")
+        assert box.intersection(listing.region).height >= 2 and app.focused is listing
+
+
+@drive
+async def test_a_text_file_is_attached_to_the_next_message_and_counted_first(with_tiny, tmp_path):
+    from test_tui import replies_ended
+    from textual.widgets import Input
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("The Danube flows through Vienna.\n")
+    huge = tmp_path / "huge.txt"
+    huge.write_text("ternary " * 20000)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"caf\xe9\n")
+    app = TritApp()
+    async with running(app) as pilot:
+        chat = await started(pilot)
+
+        async def attach(path) -> str:
+            await pilot.press("f5")
+            await pilot.pause(0.2)
+            entry = app.screen.query_one("#entry", Input)
+            entry.value = str(path)
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            refused = app.screen is not chat and str(app.screen.query_one("#entry-error").render())
+            if refused:
+                await pilot.press("escape")
+                await pilot.pause(0.1)
+            return refused
+
+        assert "huge.txt is" in await attach(huge) and "tokens" in await attach(huge)
+        assert "not UTF-8" in await attach(latin)
+        assert "cannot read" in await attach(tmp_path / "missing.txt")
+        assert not await attach(notes)
+        assert "notes.txt" in str(chat.query_one("#attachments").render())
+        await type_text(pilot, "Summarise")
+        await pilot.press("enter")
+        await until(pilot, lambda: replies_ended(pilot) >= 1, what="the reply")
+        sent = chat.dialogue.messages[-2]
+        assert sent.role == "user" and sent.content == "notes.txt:\n\nThe Danube flows through Vienna.\n\nSummarise"
+        assert not chat.attachments and not chat.query_one("#attachments").display

@@ -18,7 +18,8 @@ from textual.widgets.option_list import Option
 from trit.engine.models import registry
 
 from ...paths import paths
-from ...service import DEMO_NAME, default_model_name, demo_model
+from ...service import DEMO_NAME, adopt_installed, default_model_name, demo_model
+from ...settings import SettingsError, load_settings
 from ..widgets.model_transfer import ModelTransfer
 from ..widgets.status_line import model_label
 
@@ -51,6 +52,7 @@ class ModelsScreen(ModalScreen[str | None]):
         super().__init__(classes="dialog")
         self.current, self.settings = current, settings
         self.rows: list[ModelRow] = []
+        self.default_before = ""  # the default when a transfer began: the demo gives way to what it installs
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box", id="models-box"):
@@ -111,6 +113,7 @@ class ModelsScreen(ModalScreen[str | None]):
     # ---- installing ----
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "download" and not self.transfer.busy:
+            self.default_before = default_model_name(self.settings)
             self.transfer.start_download()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -118,6 +121,7 @@ class ModelsScreen(ModalScreen[str | None]):
         source = event.value.strip()
         if not source or self.transfer.busy:
             return
+        self.default_before = default_model_name(self.settings)
         self.transfer.start_import(Path(source).expanduser())
 
     @property
@@ -128,9 +132,23 @@ class ModelsScreen(ModalScreen[str | None]):
         if message.error:
             return  # said in one line under the list
         self.transfer.say(f"{message.name} is ready: Enter on it to use it here.")
+        self.adopt(message.name)
         self.query_one("#import-path", Input).value = ""
         self.show_rows(highlight=message.name)
         self.query_one("#model-list", OptionList).focus()
+
+    def adopt(self, name: str) -> None:
+        """As `trit import` and `trit pull` do: someone on the demo gets the real model as the default."""
+        if not self.app.settings_writable:  # an unreadable config.toml is never written over
+            return
+        try:
+            changed = adopt_installed(name, self.default_before) is not None
+        except SettingsError as e:
+            self.app.notify(str(e), severity="error")
+            return
+        if changed:
+            self.settings.default_model = load_settings().default_model  # as adopt_installed left config.toml
+            self.app.notify(f"New conversations now use {model_label(name)} (Ctrl+D in F4 picks another).")
 
     def action_close(self) -> None:
         if self.transfer.busy:  # leaving stops the transfer; what was downloaded is kept for next time
