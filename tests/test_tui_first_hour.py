@@ -486,3 +486,22 @@ async def test_a_text_file_is_attached_to_the_next_message_and_counted_first(wit
         sent = chat.dialogue.messages[-2]
         assert sent.role == "user" and sent.content == "notes.txt:\n\nThe Danube flows through Vienna.\n\nSummarise"
         assert not chat.attachments and not chat.query_one("#attachments").display
+
+
+@drive
+async def test_a_saved_prompt_is_chosen_in_the_conversation_settings(with_tiny):
+    from textual.widgets import Select
+
+    from trit.app.prompts import save_prompt
+
+    save_prompt("pirate", "Answer as a pirate would.")
+    app = TritApp()
+    async with running(app) as pilot:
+        chat = await started(pilot)
+        await pilot.press("ctrl+o")
+        await pilot.pause(0.2)
+        app.screen.query_one("#saved-prompt", Select).value = "pirate"
+        await pilot.pause(0.1)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: app.screen is chat, what="the dialog to close")
+        assert chat.dialogue.system == "Answer as a pirate would."

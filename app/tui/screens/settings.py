@@ -9,9 +9,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Static, TextArea
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
-from ...settings import Settings
+from ...prompts import saved_prompts
+from ...settings import Settings, SettingsError
 from ..widgets.status_line import model_label
 
 # field, label, type, what it does; the ranges are SamplingParams' own
@@ -39,6 +40,10 @@ class SettingsScreen(ModalScreen[ConversationSettings | None]):
     def __init__(self, system: str, params: dict, defaults: Settings, model: str, logged: bool):
         super().__init__(classes="dialog")
         self.system, self.params, self.defaults, self.model, self.logged = system, params, defaults, model, logged
+        try:
+            self.saved = saved_prompts()
+        except SettingsError:  # a damaged prompts.toml: `trit prompts list` says what is wrong; the dialog works
+            self.saved = {}
 
     def default_text(self, name: str) -> str:
         value = getattr(self.defaults, name, None)
@@ -54,6 +59,9 @@ class SettingsScreen(ModalScreen[ConversationSettings | None]):
                          classes="dialog-hint", markup=False)
             with VerticalScroll(id="settings-form"):
                 yield Label("System prompt: what the model is told before the conversation", id="system-label")
+                if self.saved:  # `trit prompts save NAME TEXT` keeps them; choosing one fills the box below
+                    yield Select([(name, name) for name in self.saved], prompt="a saved prompt…", id="saved-prompt",
+                                 compact=True)
                 yield TextArea(self.system, id="system", soft_wrap=True, show_line_numbers=False,
                                tab_behavior="focus", compact=True,
                                placeholder="none" if not self.defaults.system_prompt else "")
@@ -74,6 +82,10 @@ class SettingsScreen(ModalScreen[ConversationSettings | None]):
 
     def on_mount(self) -> None:
         self.query_one("#system", TextArea).focus()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "saved-prompt" and isinstance(event.value, str):
+            self.query_one("#system", TextArea).text = self.saved[event.value]
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "save":
