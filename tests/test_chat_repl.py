@@ -290,8 +290,19 @@ def test_in_a_terminal_ctrl_c_stops_the_answer_keeps_it_and_a_second_ctrl_c_leav
         os.write(fd, b"\x03")  # Ctrl-C: the terminal sends SIGINT
         read_until(fd, b"stopped", 30, seen, after=start)
         read_until(fd, b"\n> ", 30, seen, after=seen.find(b"stopped", start))  # and the conversation goes on
-        os.write(fd, b"\x03")
-        code = wait_exit(pid, fd, seen)
+        # A SIGINT that lands after the prompt is drawn but before CPython's readline waits for a key is noticed only
+        # at the next key (its select() is not interrupted): a person never types that fast, a test can. So: a pause
+        # as a person's, and the Ctrl-C again if that moment was still missed on a loaded machine.
+        for _ in range(3):
+            time.sleep(0.5)
+            os.write(fd, b"\x03")
+            try:
+                code = wait_exit(pid, fd, seen, timeout=5)
+                break
+            except AssertionError:
+                continue
+        else:
+            code = wait_exit(pid, fd, seen)
     finally:
         try:
             os.kill(pid, signal.SIGKILL)
