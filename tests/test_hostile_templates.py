@@ -18,7 +18,7 @@ from datetime import timedelta
 
 import pytest
 import test_hostile_input
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_hostile_input import conversations, one_line
 
@@ -194,6 +194,8 @@ HOSTILE = {
                                 "{% endset %}", "characters"),
     "center": ("{{ 'a' | center(10**11) }}", "center"),
     "ljust": ("{{ 'a'.ljust(10**11) }}", "ljust"),
+    "bytes.center": ("{{ 'a'.encode().center(10**11) }}", "center"),
+    "bytes %": ("{{ 'a%99999999999s'.encode() % ('b'.encode(),) }}", "format"),
     "format width": ("{{ '{:>99999999999}'.format('a') }}", "format"),
     "nested format width": ("{{ '{:{}}'.format('a', 10**11) }}", "format"),
     "percent width": ("{{ '%99999999999s' % 'a' }}", "format"),
@@ -295,7 +297,8 @@ def test_a_refusal_is_an_input_error_in_one_line():
 
 @pytest.mark.parametrize("template, why", [("{{ " + "(" * 100000 + "1" + ")" * 100000 + " }}", "nested too deep"),
                                            ("{% if 1 %}" * 200 + "{% endif %}" * 200, "indentation"),
-                                           ("{% for m in messages %}", "for")])
+                                           ("{% for m in messages %}", "for")],
+                         ids=["nested parentheses", "nested ifs", "unclosed for"])
 def test_a_template_that_cannot_compile_is_the_caller_s_error_in_one_line(template, why):
     with pytest.raises(CheckpointError) as e:
         ChatTemplate(template, {}, source="T.json", error=CheckpointError)
@@ -388,6 +391,16 @@ def test_real_templates_render_as_transformers_renders_them(name, chat):
             assert ours.render(CHATS[chat], prompt) == theirs
 
 
+@pytest.mark.parametrize("template", ["{{ messages | tojson(indent=4) }}", "{{ messages | pprint }}"])
+def test_a_long_conversation_printed_indented_is_not_refused(template):
+    """The bound on tojson(indent=…) and pprint counts each line's indent, not the whole text times a guess."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    chat = [{"role": "user", "content": "word " * 2000}] * 5
+    ours = ChatTemplate(template, {}, source="T", error=CheckpointError)
+    assert ours.render(chat) == render_jinja_template([chat], chat_template=template)[0][0]
+
+
 @pytest.mark.parametrize("name", list(REAL_TEMPLATES))
 def test_real_templates_pass_the_import_check(name):
     ChatTemplate(_real_template(name), VARIABLES, source=name, error=CheckpointError).check_renders()
@@ -396,7 +409,7 @@ def test_real_templates_pass_the_import_check(name):
 # ---------------------------------------------------------------------------------------------------------------
 # fuzz: random templates from jinja fragments, random messages; a string or one line, nothing else, no hang
 
-FUZZ_EXAMPLES = int(os.environ.get("TRIT_FUZZ_EXAMPLES", "300"))
+FUZZ_EXAMPLES = int(os.environ.get("TRIT_FUZZ_EXAMPLES", "200"))
 FUZZ_LIMITS = Limits(steps=20_000, seconds=1.0, chars=200_000)  # smaller than a real render's, so examples are quick
 
 _NUMBERS = st.sampled_from(["0", "1", "2", "-1", "3", "64", "100000", "10**9", "10**12", "2**64", "1.5", "0.0"])
@@ -407,7 +420,8 @@ _STRINGS = st.sampled_from(["''", "'a'", "'%s'", "'{}'", "'{:>9}'", "'<|eot_id|>
 
 
 def _expressions():
-    atoms = st.one_of(_NUMBERS, _NAMES, _STRINGS, st.just("[]"), st.just("{}"), st.just("none"))
+    atoms = st.one_of(_NUMBERS, _NAMES, _STRINGS, st.sampled_from(
+        ["[]", "{}", "none", "range(100000)", "('ab' * 100000)", "(messages * 1000)", "lipsum(100)"]))
 
     def grow(e):
         binary = st.tuples(e, st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "~", "==", "and", "or", "in"]),
@@ -453,7 +467,9 @@ def _templates():
             block.map(lambda b: f"{{% generation %}}{b}{{% endgeneration %}}"),
             block)
 
-    return st.recursive(simple, grow, max_leaves=10)
+    # names the fragments use, defined first so that not every template stops at an undefined one
+    prelude = "{% set v = 'x' %}{% set w = [1, 'two'] %}{% set ns = namespace(a='y') %}{% set m = messages[0] %}"
+    return st.recursive(simple, grow, max_leaves=10).map(lambda body: prelude + body)
 
 
 _MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool", ""]),
@@ -468,9 +484,14 @@ def test_fuzz_a_template_renders_or_is_one_line(template, messages, prompt):
         chat = ChatTemplate(template, VARIABLES, source="T.json", error=CheckpointError, limits=FUZZ_LIMITS)
     except CheckpointError as e:
         assert str(e).startswith("T.json: the chat template does not compile (") and "\n" not in str(e)
+        event("does not compile")
         return
     try:
         assert isinstance(chat.render(messages, prompt), str)
+        event("renders")
     except InputError as e:
         assert "\n" not in str(e) and (str(e).startswith("T.json: the chat template ") or not isinstance(
             e, ChatTemplateError) and str(e).startswith("the chat template refused these messages: "))
+        # the kind of failure, for --hypothesis-show-statistics: "fails (TypeError", "runs past", "makes more", …
+        event(" ".join(str(e).removeprefix("T.json: the chat template ").split()[:2])
+              if isinstance(e, ChatTemplateError) else "refuses the messages")

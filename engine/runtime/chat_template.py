@@ -22,9 +22,10 @@ import json
 import re
 import string
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from trit.engine.errors import InputError, one_line
 
@@ -200,6 +201,8 @@ def _render_budget() -> _Budget:
 def _measure(value: Any, limit: int) -> int:
     """About how many characters value takes as text: strings their length, containers the sum of their items
     (each shared item counted at each place, as printing it would). Stops counting past limit."""
+    if isinstance(value, str):  # most calls, cheaply
+        return len(value)
     from jinja2.utils import Namespace
 
     sizes: dict[int, int] = {}
@@ -221,6 +224,9 @@ def _measure(value: Any, limit: int) -> int:
         sizes[key] = limit + 1  # a value that contains itself is endless as text
         if depth > 200:
             raise RecursionError
+        if isinstance(v, (list, tuple)) and set(map(type, v)) <= {str}:  # words, lines: at C speed
+            sizes[key] = 2 + 2 * len(v) + sum(map(len, v))
+            return sizes[key]
         items = (x for kv in v.items() for x in kv) if isinstance(v, Mapping) else v
         total = 2
         for x in items:
@@ -248,8 +254,27 @@ def _largest_number(spec: str) -> int:
     return max((int(d) for d in _FORMAT_NUMBER.findall(spec[:1000])), default=0)
 
 
+def _pretty_size(value: Any, indent: int, limit: int) -> int:
+    """At most how long value printed one item a line is, each line indented by `indent` per level (tojson with
+    indent, pprint); escapes up to 6 characters for one. Stops counting past limit."""
+    total, todo = 0, [(value, 0)]
+    while todo and total <= limit:
+        v, depth = todo.pop()
+        size = 0
+        if isinstance(v, Mapping):
+            todo += [(x, depth + 1) for kv in v.items() for x in kv]
+        elif isinstance(v, (list, tuple)):
+            todo += [(x, depth + 1) for x in v]
+        else:
+            size = 6 * _measure(v, limit)
+        total += 4 + depth * indent + size
+    return total
+
+
 def _check_percent(b: _Budget, fmt: Any, args: Any) -> None:
     """`fmt % args` and the format filter: each conversion prints at most an argument, padded to its width."""
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("latin-1")
     if not isinstance(fmt, str):
         return
     specs = re.findall(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?", fmt)
@@ -258,8 +283,12 @@ def _check_percent(b: _Budget, fmt: Any, args: Any) -> None:
     widths = [int(w) for spec in specs for w in spec if w.isdigit()]
     if any(w == "*" for spec in specs for w in spec):
         widths += [a for a in (args if isinstance(args, tuple) else (args,)) if _is_int(a)]
-    per = _measure(args, b.chars) + max(widths, default=0)
-    b.check_size(len(fmt) + len(specs) * per, "a % format")
+    padding = len(specs) * max(widths, default=0)
+    if isinstance(args, Mapping):  # '%(a)s%(a)s…': any one value, as often as there are conversions
+        printed = len(specs) * max((_measure(v, b.chars) for v in args.values()), default=0)
+    else:  # each argument once; %r may print escapes, up to 6 characters for one
+        printed = 6 * _measure(args, b.chars)
+    b.check_size(len(fmt) + padding + printed, "a % format")
 
 
 def _check_format(b: _Budget, fmt: str, args: tuple, kwargs: Mapping) -> None:
@@ -276,8 +305,11 @@ def _check_format(b: _Budget, fmt: str, args: tuple, kwargs: Mapping) -> None:
     b.check_size(len(fmt) + fields * (_measure((args, kwargs), b.chars) + width), "a str.format")
 
 
-def _check_str_method(b: _Budget, s: str, name: str, args: tuple, kwargs: Mapping) -> None:
-    """The str methods whose result can be far longer than the string and their arguments."""
+def _check_str_method(b: _Budget, s: str | bytes, name: str, args: tuple, kwargs: Mapping) -> None:
+    """The str (and bytes) methods whose result can be far longer than the string and their arguments."""
+    if isinstance(s, bytes):  # the same methods, measured as text of the same length
+        s = s.decode("latin-1")
+        args = tuple(a.decode("latin-1") if isinstance(a, bytes) else a for a in args)
     if name in ("ljust", "rjust", "center", "zfill"):
         width = args[0] if args else kwargs.get("width", 0)
         if _is_int(width):
@@ -301,7 +333,9 @@ def _check_replace(b: _Budget, s: str, old: str, new: str, count: Any) -> None:
 
 
 def _check_binop(b: _Budget, op: str, left: Any, right: Any) -> None:
-    if op == "*":
+    if op == "+" and isinstance(left, str) and isinstance(right, str):  # most calls, cheaply
+        b.check_size(len(left) + len(right), "a + concatenation")
+    elif op == "*":
         if _is_int(left) and _is_int(right):
             b.check_int(left.bit_length() + right.bit_length())
         elif isinstance(left, _SEQUENCES) and _is_int(right) or isinstance(right, _SEQUENCES) and _is_int(left):
@@ -362,13 +396,13 @@ def _filter_precheck(b: _Budget, name: str, a: Mapping[str, Any]) -> None:
     elif name == "tojson":
         indent = a.get("indent")
         w = indent if _is_int(indent) else len(indent) if isinstance(indent, str) else 0
-        b.check_size(text_len * (8 + 200 * max(w, 0)) if w <= b.chars else b.chars + 1, "the tojson filter")
+        b.check_size(_pretty_size(a.get("x"), max(w, 0), b.chars), "the tojson filter")
     elif name == "sum":
         start = a.get("start", 0)
         if not isinstance(start, (int, float)):  # list + list in a loop: quadratic
             raise _OverBudget("sums something other than numbers (the sum filter with a start that is not a number)")
     elif name == "pprint":
-        b.check_size(text_len * 4, "the pprint filter")
+        b.check_size(_pretty_size(value, 1, b.chars), "the pprint filter")
 
 
 _PRECHECKED = frozenset({"center", "indent", "batch", "slice", "format", "replace", "wordwrap", "tojson", "sum",
@@ -591,7 +625,7 @@ def _jinja_environment():
             b.tick()
             target = getattr(obj, "__wrapped__", obj)  # the sandbox's wrapper of str.format
             owner = getattr(target, "__self__", None)
-            if isinstance(owner, str):
+            if isinstance(owner, (str, bytes)):
                 name = getattr(target, "__name__", "")
                 if name == "join" and args:  # its argument may be a generator (map, select): listed, measured
                     args = (list(args[0]), *args[1:])
