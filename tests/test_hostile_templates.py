@@ -211,6 +211,8 @@ HOSTILE = {
     "batch": ("{{ [1] | batch(10**10, 'x') | list }}", "batch"),
     "slice": ("{{ [1] | slice(10**10) | list }}", "slice"),
     "tojson indent": ("{{ [[1, [2]]] | tojson(indent=10**10) }}", "tojson"),
+    "tojson indent of a number": ("{{ 1 | tojson(indent=10**10) }}", "tojson"),  # json makes the indent first
+    "tojson separators": ("{{ ([1] * 100000) | tojson(separators=('x' * 100000, ':')) }}", "tojson"),
     "sum of lists": ("{{ ([[1]] * 100000) | sum(start=[]) }}", "sum"),
     "expandtabs": ("{{ ('\\t' * 1000000).expandtabs(1000000) }}", "expandtabs"),
     "translate": ("{{ ('a' * 1000000).translate({97: 'b' * 1000000}) }}", "translate"),

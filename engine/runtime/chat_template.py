@@ -254,9 +254,10 @@ def _largest_number(spec: str) -> int:
     return max((int(d) for d in _FORMAT_NUMBER.findall(spec[:1000])), default=0)
 
 
-def _pretty_size(value: Any, indent: int, limit: int) -> int:
+def _pretty_size(value: Any, indent: int, limit: int, separators: int = 0) -> int:
     """At most how long value printed one item a line is, each line indented by `indent` per level (tojson with
-    indent, pprint); escapes up to 6 characters for one. Stops counting past limit."""
+    indent, pprint) and followed by `separators` characters; escapes up to 6 characters for one. Stops counting
+    past limit."""
     total, todo = 0, [(value, 0)]
     while todo and total <= limit:
         v, depth = todo.pop()
@@ -267,7 +268,7 @@ def _pretty_size(value: Any, indent: int, limit: int) -> int:
             todo += [(x, depth + 1) for x in v]
         else:
             size = 6 * _measure(v, limit)
-        total += 4 + depth * indent + size
+        total += 4 + separators + depth * indent + size
     return total
 
 
@@ -395,8 +396,10 @@ def _filter_precheck(b: _Budget, name: str, a: Mapping[str, Any]) -> None:
         b.check_size(text_len * (1 + (len(wrap) if isinstance(wrap, str) else 1)), "the wordwrap filter")
     elif name == "tojson":
         indent = a.get("indent")
-        w = indent if _is_int(indent) else len(indent) if isinstance(indent, str) else 0
-        b.check_size(_pretty_size(a.get("x"), max(w, 0), b.chars), "the tojson filter")
+        w = max(indent if _is_int(indent) else len(indent) if isinstance(indent, str) else 0, 0)
+        b.check_size(w, "the tojson filter's indent")  # json.dumps makes the indent string first
+        separators = _measure(a.get("separators"), b.chars) if a.get("separators") is not None else 0
+        b.check_size(_pretty_size(a.get("x"), w, b.chars, separators), "the tojson filter")
     elif name == "sum":
         start = a.get("start", 0)
         if not isinstance(start, (int, float)):  # list + list in a loop: quadratic
