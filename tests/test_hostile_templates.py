@@ -20,7 +20,7 @@ import pytest
 import test_hostile_input
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_hostile_input import conversations, one_line
+from test_hostile_input import conversations, installed_models, one_line
 
 from trit.assets import DEMO_MODEL
 from trit.engine.errors import CheckpointError, InputError
@@ -81,12 +81,6 @@ def timed(trit, *args):
     return r
 
 
-def installed(trit) -> list:
-    r = trit("models", "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # trit import refuses them, naming the file
 
@@ -96,13 +90,13 @@ def test_import_refuses_a_template_that_fails_naming_the_file(trit, tmp_path, pr
     template, word = PROBES[probe]
     folder = demo_copy(tmp_path, template)
     one_line(timed(trit, "import", folder), f"{folder / 'tokenizer_config.json'}", "chat template", word)
-    assert installed(trit) == []
+    assert installed_models(trit) == []
 
 
 def test_import_refuses_a_failing_chat_template_jinja(trit, tmp_path):
     folder = demo_copy(tmp_path, PROBES["nested loops"][0], "chat_template.jinja")
     one_line(timed(trit, "import", folder), f"{folder / 'chat_template.jinja'}", "chat template", "steps")
-    assert installed(trit) == []
+    assert installed_models(trit) == []
 
 
 @needs_gguf
@@ -111,7 +105,7 @@ def test_import_refuses_a_gguf_whose_template_fails(trit, tmp_path, probe):
     template, word = PROBES[probe]
     path = write_gguf(tmp_path / "sources" / "bad.gguf", template)
     one_line(timed(trit, "import", path), str(path), "chat template", word)
-    assert installed(trit) == []
+    assert installed_models(trit) == []
 
 
 NO_SYSTEM_ROLE = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
@@ -123,7 +117,7 @@ def test_import_accepts_a_template_that_refuses_only_the_system_role(trit, tmp_p
     """Gemma's does that: a refusal of one conversation shape is not a broken template."""
     r = timed(trit, "import", demo_copy(tmp_path, NO_SYSTEM_ROLE))
     assert r.returncode == 0, r.stderr
-    assert [m["name"] for m in installed(trit)] == ["bad-template"]
+    assert [m["name"] for m in installed_models(trit)] == ["bad-template"]
 
 
 @needs_gguf
@@ -135,7 +129,7 @@ def test_import_accepts_a_gguf_whose_template_refuses_only_the_system_role(trit,
 def test_import_refuses_a_template_that_refuses_every_conversation(trit, tmp_path):
     folder = demo_copy(tmp_path, "{{ raise_exception('no, never') }}")
     one_line(timed(trit, "import", folder), "tokenizer_config.json", "refuses every test conversation", "no, never")
-    assert installed(trit) == []
+    assert installed_models(trit) == []
 
 
 # ---------------------------------------------------------------------------------------------------------------
