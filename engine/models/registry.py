@@ -31,6 +31,7 @@ from trit.engine.formats.gguf import GGUFError, GGUFInfo, check_gguf
 from trit.engine.formats.regular_file import open_regular
 from trit.engine.kinds import BITNET, LLAMA_CPP
 from trit.engine.locate import load
+from trit.engine.runtime.chat_template import ChatTemplate, ChatTemplateError
 from trit.engine.runtime.sampling import SamplingParams
 from trit.engine.runtime.tokenizer import CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
 
@@ -257,7 +258,10 @@ def check_folder(folder: str | os.PathLike, derive: bool = True) -> None:
     (every packed byte scanned for ternary codes). Raises CheckpointError. With derive=True the weights this CPU runs
     best are then derived into the folder (trit/), so that happens once at install rather than at the first chat."""
     folder = Path(folder)
-    Tokenizer.from_folder(folder)
+    try:  # a template that fails on a plain conversation would fail every reply: refused once, here
+        Tokenizer.from_folder(folder).check_chat_template()
+    except ChatTemplateError as e:
+        raise CheckpointError(str(e)) from None
     try:
         SamplingParams.from_generation_config(folder)
     except SamplingError as e:  # a value every reply would refuse: refused once, here
@@ -370,11 +374,32 @@ def write_all(out, data: bytes, filename: str, kept: Path | None) -> None:
         raise
 
 
+def check_gguf_chat_template(info: GGUFInfo) -> None:
+    """GGUFError when the GGUF's tokenizer.chat_template fails on the test conversations (ChatTemplate.check_renders).
+    Without llama.cpp the special tokens' text is known only for a short vocabulary (the header reader keeps up to
+    1024 tokens); otherwise it stands in as a placeholder, which a template prints but does not depend on."""
+    template = info.chat_template
+    if template is None:
+        return
+    tokens = info.metadata.get("tokenizer.ggml.tokens")
+
+    def token(key: str, placeholder: str) -> str:
+        i = info.metadata.get(f"tokenizer.ggml.{key}")
+        return tokens[i] if isinstance(tokens, list) and isinstance(i, int) and 0 <= i < len(tokens) else placeholder
+
+    variables = {"bos_token": token("bos_token_id", "<s>"), "eos_token": token("eos_token_id", "</s>")}
+    try:
+        ChatTemplate(template, variables, source=str(info.path), error=GGUFError).check_renders()
+    except ChatTemplateError as e:
+        raise GGUFError(str(e)) from None
+
+
 def check_gguf_file(path: Path, shown: str) -> GGUFInfo:
     """check_gguf (one line: not GGUF, truncated, BitNet, not a chat model) naming the file `shown`, and only a
-    whole model: one part of a split GGUF is not installed."""
+    whole model: one part of a split GGUF is not installed. Its chat template must render test conversations."""
     try:
         info = check_gguf(path)
+        check_gguf_chat_template(info)
     except GGUFError as e:
         raise GGUFError(str(e).replace(str(path), shown)) from None
     count = info.metadata.get("split.count")

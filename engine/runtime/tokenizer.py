@@ -107,10 +107,16 @@ class BaseTokenizer:
         self._source = source
 
     def _set_chat_template(self, template: str | None, fallback: str, variables: Mapping[str, str | None],
-                           error: type[Exception]) -> None:
+                           error: type[Exception], source: str | None = None) -> None:
+        """source: the file the template came from, named in its errors (default: the tokenizer's source)."""
         self.has_chat_template = template is not None
         self.chat_template: str = template if template is not None else fallback
-        self._template = ChatTemplate(self.chat_template, variables, source=self._source, error=error)
+        self._template = ChatTemplate(self.chat_template, variables, source=source or self._source, error=error)
+
+    def check_chat_template(self) -> None:
+        """Render test conversations as `trit import` does: ChatTemplateError (one line naming the template's file)
+        when the template fails, goes over its budget, or refuses every conversation shape."""
+        self._template.check_renders()
 
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
         ids = [int(i) for i in ids]
@@ -160,7 +166,7 @@ class Tokenizer(BaseTokenizer):
     def __init__(self, backend, *, bos_token: str | None = None, eos_token: str | None = None,
                  special_tokens: Mapping[str, str] | None = None, chat_template: str | None = None,
                  eos_token_ids: Iterable[int] = (), bos_token_id: int | None = None, byte_level: bool = True,
-                 source: str = "tokenizer"):
+                 source: str = "tokenizer", chat_template_file: str | None = None):
         super().__init__(backend.get_vocab_size(with_added_tokens=True), byte_level=byte_level, source=source)
         self._tok = backend
         self._special_ids = frozenset(i for i, t in backend.get_added_tokens_decoder().items() if t.special)
@@ -193,7 +199,7 @@ class Tokenizer(BaseTokenizer):
         for key, value in (("bos_token", bos_token), ("eos_token", eos_token)):
             if value is not None:
                 variables.setdefault(key, value)
-        self._set_chat_template(chat_template, DEFAULT_CHAT_TEMPLATE, variables, CheckpointError)
+        self._set_chat_template(chat_template, DEFAULT_CHAT_TEMPLATE, variables, CheckpointError, chat_template_file)
 
     def _check_id(self, i: int, what: str) -> int:
         if not 0 <= i < self.vocab_size:
@@ -224,9 +230,10 @@ class Tokenizer(BaseTokenizer):
 
         special = {k: _token_content(tcfg.get(k)) for k in _SPECIAL_TOKEN_KEYS}
 
-        template = None
+        template, template_file = None, None
         jinja_path = folder / CHAT_TEMPLATE_FILE
         if jinja_path.is_file():
+            template_file = str(jinja_path)
             try:
                 template = jinja_path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
@@ -239,6 +246,7 @@ class Tokenizer(BaseTokenizer):
             if t is not None and not isinstance(t, str):
                 raise CheckpointError(f"{cfg_path}: chat_template must be a string")
             template = t or None
+            template_file = str(cfg_path) if template is not None else None
 
         eos_key, eos_src = ("eos_token_id", folder / GENERATION_CONFIG_FILE)
         eos_value = gen.get(eos_key)
@@ -257,7 +265,7 @@ class Tokenizer(BaseTokenizer):
 
         return cls(backend, bos_token=special["bos_token"], eos_token=special["eos_token"], special_tokens=special,
                    chat_template=template, eos_token_ids=eos_ids, bos_token_id=bos_id, byte_level=byte_level,
-                   source=str(folder))
+                   source=str(folder), chat_template_file=template_file)
 
     # -- ids <-> text ---------------------------------------------------------------------------------------------
 
