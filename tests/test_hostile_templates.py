@@ -199,6 +199,8 @@ HOSTILE = {
     "squaring": ("{% set ns = namespace(n=3) %}{% for i in range(64) %}{% set ns.n = ns.n * ns.n %}{% endfor %}",
                  "integer"),
     "replace": ("{{ ('a' * 1000000).replace('', 'b' * 1000000) }}", "replace"),
+    "replace filter on a list": ("{{ (['a' * 1000] * 1000) | replace('a', 'b' * 1000000) }}", "replace"),
+    "format filter on a list": ("{{ (['%99999999999s'] * 3) | format('x') }}", "format"),
     "str.join": ("{{ ('x' * 3000000).join(['a', 'b', 'c']) }}", "join"),
     "join filter": ("{% set b = 'x' * 3000000 %}{{ [b, b, b, b] | join }}", "join"),
     "indent": ("{{ ('\\n' * 1000000) | indent('x' * 1000, blank=True) }}", "indent"),

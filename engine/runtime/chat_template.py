@@ -388,9 +388,9 @@ def _filter_precheck(b: _Budget, name: str, a: Mapping[str, Any]) -> None:
         b.check_size(a["slices"], "the slice filter")
         b.tick(max(a["slices"], 0))
     elif name == "format":
-        _check_percent(b, value, tuple(a.get("args", ())) or dict(a.get("kwargs", {})))
-    elif name == "replace" and all(isinstance(a.get(k), str) for k in ("s", "old", "new")):
-        _check_replace(b, a["s"], a["old"], a["new"], a.get("count"))
+        _check_percent(b, _as_text(b, value), tuple(a.get("args", ())) or dict(a.get("kwargs", {})))
+    elif name == "replace":
+        _check_replace(b, *(_as_text(b, a.get(k)) for k in ("s", "old", "new")), a.get("count"))
     elif name == "wordwrap":
         wrap = a.get("wrapstring")
         b.check_size(text_len * (1 + (len(wrap) if isinstance(wrap, str) else 1)), "the wordwrap filter")
@@ -406,6 +406,14 @@ def _filter_precheck(b: _Budget, name: str, a: Mapping[str, Any]) -> None:
             raise _OverBudget("sums something other than numbers (the sum filter with a start that is not a number)")
     elif name == "pprint":
         b.check_size(_pretty_size(value, 1, b.chars), "the pprint filter")
+
+
+def _as_text(b: _Budget, value: Any) -> str:
+    """value as the format and replace filters print it before they work on it (a list: its repr)."""
+    if isinstance(value, str):
+        return value
+    b.check_size(_measure(value, b.chars), "a value printed")
+    return str(value)
 
 
 _PRECHECKED = frozenset({"center", "indent", "batch", "slice", "format", "replace", "wordwrap", "tojson", "sum",
