@@ -268,6 +268,17 @@ def wait_exit(pid: int, fd: int, seen: bytearray, timeout: float = 60) -> int:
                 pass
 
 
+def end_terminal(pid: int, fd: int) -> None:
+    """Kill what still runs in the pseudo-terminal (nothing, when the test went well) and close it."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+    if fd >= 0:
+        os.close(fd)
+
+
 pty_only = pytest.mark.skipif(os.name != "posix", reason="pseudo-terminals are POSIX")
 
 
@@ -304,12 +315,7 @@ def test_in_a_terminal_ctrl_c_stops_the_answer_keeps_it_and_a_second_ctrl_c_leav
         else:
             code = wait_exit(pid, fd, seen)
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+        end_terminal(pid, fd)
     assert code == 130, bytes(seen)
     assert b"Traceback" not in seen, bytes(seen)
     (c,) = history(trit)
@@ -332,12 +338,7 @@ def test_in_a_terminal_two_turns_then_leave(home, tmp_path, trit, leave, code):
         os.write(fd, leave)
         status = wait_exit(pid, fd, seen)
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+        end_terminal(pid, fd)
     assert status == code, bytes(seen)
     assert b"Traceback" not in seen and b"does not fit the context" in seen, bytes(seen)
     (c,) = history(trit)
@@ -361,12 +362,7 @@ def test_in_a_terminal_with_answers_to_a_file_a_line_that_is_not_utf8_is_refused
         os.write(fd, b"\x04")
         status = wait_exit(pid, fd, seen)
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+        end_terminal(pid, fd)
     assert status == 0 and b"Traceback" not in seen, bytes(seen)
     assert b"not UTF-8 text (byte 3 is 0xe9)" in seen, bytes(seen)
     (c,) = history(trit)

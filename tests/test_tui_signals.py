@@ -12,6 +12,7 @@ import time
 
 import pytest
 from network_guard import offline_env
+from test_chat_repl import end_terminal, read_until
 from test_cli import trit_command
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="pseudo-terminals and SIGHUP are POSIX")
@@ -20,24 +21,6 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="pseudo-terminals and
 @pytest.fixture
 def home(tmp_path):
     return tmp_path / "home"
-
-
-def read_until(fd: int, wanted: bytes, timeout: float) -> bytes:
-    """What the app drew until `wanted` appeared; fails with the screen so far if it does not in time."""
-    seen = b""
-    end = time.monotonic() + timeout
-    while wanted not in seen:
-        left = end - time.monotonic()
-        assert left > 0, f"{wanted!r} not drawn in {timeout} s; last drawn: {seen[-2000:]!r}"
-        if select.select([fd], [], [], min(left, 0.5))[0]:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # the app left and the terminal closed
-                break
-            if not chunk:
-                break
-            seen += chunk
-    return seen
 
 
 def stop_app_mid_reply(home, make_model, tmp_path, signum: int, close_terminal: bool) -> tuple[int, dict]:
@@ -57,9 +40,10 @@ def stop_app_mid_reply(home, make_model, tmp_path, signum: int, close_terminal: 
         argv = trit_command()
         os.execvpe(argv[0], argv, env)
     try:
-        read_until(fd, b"Enter sends", 60)  # the message box, ready
+        seen = bytearray()
+        read_until(fd, b"Enter sends", 60, seen)  # the message box, ready
         os.write(fd, b"Write at length.\r")
-        read_until(fd, b"Esc stops", 60)  # the message box says so while a reply is written
+        read_until(fd, b"Esc stops", 60, seen)  # the message box says so while a reply is written
         time.sleep(2)  # some text written
         if close_terminal:
             os.close(fd)
@@ -79,13 +63,7 @@ def stop_app_mid_reply(home, make_model, tmp_path, signum: int, close_terminal: 
             else:
                 time.sleep(0.05)
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        if fd >= 0:
-            os.close(fd)
+        end_terminal(pid, fd)
     r = subprocess.run(trit_command() + ["history", "show", "1", "--json"], capture_output=True, text=True,
                        env=offline_env({**os.environ, "TRIT_HOME": str(home)}), timeout=60)
     assert r.returncode == 0, r.stderr
