@@ -16,17 +16,11 @@ import pytest
 import test_hostile_input
 from network_guard import offline_env
 from test_cli import trit_command
-from test_hostile_input import one_line
+from test_hostile_input import conversations, one_line
 
 home, trit = test_hostile_input.home, test_hostile_input.trit  # the fixtures: TRIT_HOME, the installed trit in it
 
 DEMO = ("-m", "demo", "--seed", "1", "--max-tokens", "6")
-
-
-def history(trit) -> list:
-    r = trit("history", "list", "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def shown(trit, cid) -> dict:
@@ -63,7 +57,8 @@ def test_ask_t_and_chat_t_use_the_saved_prompt_as_the_system_prompt(trit):
     assert r.returncode == 0, r.stderr
     r = trit("chat", *DEMO, "-t", "pirate", stdin=b"hello\n")
     assert r.returncode == 0, r.stderr
-    assert [shown(trit, c["id"])["conversation"]["system"] for c in history(trit)] == ["Answer as a pirate would."] * 2
+    systems = [shown(trit, c["id"])["conversation"]["system"] for c in conversations(trit)]
+    assert systems == ["Answer as a pirate would."] * 2
 
 
 def test_threads_is_long_only_as_llm_has_no_t_for_it(trit):
@@ -79,7 +74,7 @@ def test_an_unknown_prompt_name_is_one_line_listing_the_names(trit):
     for command in (("ask", "hi"), ("chat",)):
         one_line(trit(*command, *DEMO, "-t", "pirat"), "'pirat'", "formal, terse")
     one_line(trit("prompts", "show", "pirat"), "formal, terse")
-    assert history(trit) == []
+    assert conversations(trit) == []
 
 
 @pytest.mark.parametrize("args, words", [(("save", "../x", "text"), "name"), (("save", "x", " "), "empty"),
@@ -110,7 +105,7 @@ def test_files_come_before_the_question_each_with_its_name(trit, tmp_path):
     (tmp_path / "moon.md").write_text("# Moon\nFull on Friday.\n")
     r = trit("ask", *DEMO, "-f", "tides.txt", "--fragment", "moon.md", "When", "to", "sail?")
     assert r.returncode == 0, r.stderr
-    (c,) = history(trit)
+    (c,) = conversations(trit)
     assert c["title"] == "When to sail?"
     assert shown(trit, c["id"])["messages"][0]["content"] == \
         "tides.txt:\n\nHigh water at 6:12.\n\nmoon.md:\n\n# Moon\nFull on Friday.\n\nWhen to sail?"
@@ -120,7 +115,7 @@ def test_a_file_alone_is_a_question(trit, tmp_path):
     (tmp_path / "q.txt").write_text("What is a ternary weight?\n")
     r = trit("ask", *DEMO, "-f", "q.txt")
     assert r.returncode == 0, r.stderr
-    assert history(trit)[0]["title"] == "q.txt"
+    assert conversations(trit)[0]["title"] == "q.txt"
 
 
 def test_a_file_that_is_not_utf8_is_refused_naming_it_and_the_byte(trit, tmp_path):
@@ -128,7 +123,7 @@ def test_a_file_that_is_not_utf8_is_refused_naming_it_and_the_byte(trit, tmp_pat
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
     one_line(trit("ask", *DEMO, "-f", "good.txt", "-f", "latin1.txt", "hi"), "latin1.txt", "not UTF-8", "byte 3",
              "0xe9")
-    assert history(trit) == []
+    assert conversations(trit) == []
 
 
 @pytest.mark.parametrize("what", ["folder", "fifo", "missing"])
@@ -144,7 +139,7 @@ def test_a_file_that_cannot_be_read_as_text_is_one_line(trit, tmp_path, what):
     assert r.returncode in (1, 2) and "thing" in r.stderr.decode(), r.stderr
     assert len(r.stderr.decode().strip().splitlines()) == 1
     no_traceback(r)
-    assert history(trit) == []
+    assert conversations(trit) == []
 
 
 def test_a_file_too_large_for_the_context_is_refused_before_anything_is_sent_or_stored(trit, tmp_path):
@@ -162,7 +157,7 @@ def test_a_file_too_large_for_the_context_is_refused_before_anything_is_sent_or_
                         f"{tokens} tokens", "4096")
         fit = int(re.search(r"(\d+) fit", line).group(1))
         assert 4096 - 6 - 40 < fit < 4096 - 6  # the reply's room (--max-tokens) and the template's frame are kept
-    assert history(trit) == [before["conversation"] | {"message_count": 2}]
+    assert conversations(trit) == [before["conversation"] | {"message_count": 2}]
     assert shown(trit, 1) == before
 
 
@@ -170,7 +165,7 @@ def test_a_file_too_large_for_the_context_is_refused_before_anything_is_sent_or_
 def test_chat_piped_keeps_one_conversation_and_a_follow_up_costs_only_its_new_tokens(trit):
     r = trit("chat", *DEMO, stdin=b"Who is Mr Darcy?\nAnd his friend?\n")
     assert r.returncode == 0, r.stderr
-    (c,) = history(trit)
+    (c,) = conversations(trit)
     messages = shown(trit, c["id"])["messages"]
     assert [(m["role"], m["content"]) for m in messages[::2]] == [("user", "Who is Mr Darcy?"),
                                                                   ("user", "And his friend?")]
@@ -186,19 +181,19 @@ def test_chat_continues_with_c_and_cid_and_no_log_keeps_nothing(trit):
     assert trit("ask", *DEMO, "second").returncode == 0
     assert trit("chat", *DEMO, "-c", stdin=b"more of the second\n").returncode == 0
     assert trit("chat", *DEMO, "--cid", "1", stdin=b"more of the first\n").returncode == 0
-    before = history(trit)
+    before = conversations(trit)
     assert [c["message_count"] for c in before] == [4, 4]
     r = trit("chat", *DEMO, "-n", "-c", stdin=b"private\n")
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
     r = trit("chat", *DEMO, "-n", stdin=b"private too\n")
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
-    assert history(trit) == before
+    assert conversations(trit) == before
 
 
 def test_chat_multi_line_input_between_multi_and_end(trit):
     r = trit("chat", *DEMO, stdin=b"!multi\nfirst line\n\nthird line\n!end\nexit\nnot sent\n")
     assert r.returncode == 0, r.stderr
-    (c,) = history(trit)
+    (c,) = conversations(trit)
     assert [m["content"] for m in shown(trit, c["id"])["messages"] if m["role"] == "user"] == \
         ["first line\n\nthird line"]
 
@@ -211,14 +206,14 @@ def test_chat_refuses_a_line_that_is_not_utf8_or_too_long_in_one_line_and_carrie
     assert len(errors) == 2, r.stderr
     assert "not UTF-8" in errors[0] and "byte 3" in errors[0] and "0xe9" in errors[0]
     assert "does not fit the context" in errors[1]
-    (c,) = history(trit)
+    (c,) = conversations(trit)
     assert [m["content"] for m in shown(trit, c["id"])["messages"] if m["role"] == "user"] == ["hello"]
 
 
 def test_chat_with_nothing_piped_in_leaves_and_stores_nothing(trit):
     r = trit("chat", *DEMO)
     assert r.returncode == 0, r.stderr
-    assert history(trit) == []
+    assert conversations(trit) == []
 
 
 # ---- trit chat in a terminal -----------------------------------------------------------------------------------------
@@ -318,7 +313,7 @@ def test_in_a_terminal_ctrl_c_stops_the_answer_keeps_it_and_a_second_ctrl_c_leav
         end_terminal(pid, fd)
     assert code == 130, bytes(seen)
     assert b"Traceback" not in seen, bytes(seen)
-    (c,) = history(trit)
+    (c,) = conversations(trit)
     reply = shown(trit, c["id"])["messages"][-1]
     assert reply["finish_reason"] == "cancelled" and 0 < reply["generated_tokens"] < 3000, reply
 
@@ -341,7 +336,7 @@ def test_in_a_terminal_two_turns_then_leave(home, tmp_path, trit, leave, code):
         end_terminal(pid, fd)
     assert status == code, bytes(seen)
     assert b"Traceback" not in seen and b"does not fit the context" in seen, bytes(seen)
-    (c,) = history(trit)
+    (c,) = conversations(trit)
     messages = shown(trit, c["id"])["messages"]
     assert [m["content"] for m in messages if m["role"] == "user"] == ["Who is Mr Darcy?", "And his friend?"]
     assert messages[3]["reused_tokens"] > 0
@@ -365,7 +360,7 @@ def test_in_a_terminal_with_answers_to_a_file_a_line_that_is_not_utf8_is_refused
         end_terminal(pid, fd)
     assert status == 0 and b"Traceback" not in seen, bytes(seen)
     assert b"not UTF-8 text (byte 3 is 0xe9)" in seen, bytes(seen)
-    (c,) = history(trit)
+    (c,) = conversations(trit)
     messages = shown(trit, c["id"])["messages"]
     assert [m["content"] for m in messages if m["role"] == "user"] == ["Who is Mr Darcy?"]
     assert messages[1]["content"] in (tmp_path / "answers.txt").read_text()

@@ -19,6 +19,7 @@ import pytest
 import test_hostile_input
 from network_guard import offline_env
 from test_ask import stop_mid_answer
+from test_chat_repl import shown as conversation_json
 from test_cli import trit_command
 from test_hostile_input import one_line
 
@@ -105,17 +106,13 @@ def ask_json(trit, *args) -> dict:
     return json.loads(r.stdout)
 
 
-def history(trit, cid) -> dict:
-    r = trit("history", "show", cid, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def seed_history(trit) -> tuple[int, dict]:
     """One conversation of two turns with the demo model, and what `history show --json` says of it."""
     cid = ask_json(trit, "-m", "demo", "Tell me about lighthouses")["conversation_id"]
     ask_json(trit, "-c", "And glaciers?")
-    return cid, history(trit, cid)
+    return cid, conversation_json(trit, cid)
 
 
 # ---- item 12: a read-only data folder, a full disk ----
@@ -157,7 +154,7 @@ def test_writes_in_a_read_only_data_folder_say_so_and_change_nothing(trit, names
     one_line(ns("history", "rm", "--all", "--yes"), "read-only", "history.db")
     one_line(ns("models", "--default", "demo"), "read-only", "config.toml")
 
-    assert history(trit, cid) == before
+    assert conversation_json(trit, cid) == before
     assert (home / "config" / "config.toml").read_bytes() == config
     assert not list(home.rglob("*.tmp"))
 
@@ -234,7 +231,7 @@ def test_a_turn_killed_mid_answer_shows_as_interrupted_and_can_be_continued(make
     assert r.returncode == 0, r.stderr
     follow_up = json.loads(r.stdout)
     assert follow_up["prompt_tokens"] > stored["generated_tokens"]  # the model read the partial answer
-    roles = [(m["role"], m["finish_reason"]) for m in history(trit, 1)["messages"]]
+    roles = [(m["role"], m["finish_reason"]) for m in conversation_json(trit, 1)["messages"]]
     assert roles == [("user", None), ("assistant", "interrupted"), ("user", None), ("assistant", "length")]
 
 
@@ -328,6 +325,6 @@ def test_an_answer_waits_for_another_process_holding_the_write_lock(make_model, 
         if holder is not None:
             holder.kill()
     assert proc.returncode == 0, err.decode()
-    stored = history(trit, 1)["messages"][-1]
+    stored = conversation_json(trit, 1)["messages"][-1]
     assert stored["finish_reason"] in ("length", "stop") and stored["generated_tokens"] > 0
     assert stored["content"] and (first + rest).decode().strip() == stored["content"].strip()
