@@ -1016,6 +1016,40 @@ def models_cmd(make_default, check, as_json) -> None:
         sys.exit(1)
 
 
+# ---- trit serve ---------------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("-m", "--model", "model_name", metavar="NAME",
+              help="An installed model, a model folder, a .gguf file, or 'demo' (default: the default model).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on. Anything but loopback needs an API key.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(min=0, max=65535))
+@click.option("--api-key", metavar="KEY", envvar="TRIT_API_KEY", show_envvar=True,
+              help="Require `Authorization: Bearer KEY` (TRIT_API_KEY keeps it out of `ps`).")
+@click.option("--cors", multiple=True, metavar="ORIGIN",
+              help="A web origin whose pages may call the server (e.g. http://localhost:3000); repeatable. Without "
+                   "it, any request from a web page is refused.")
+@click.option("--log", "keep_log", is_flag=True, help="Keep the conversations in the history (default: nothing kept).")
+@click.option("--verbose", is_flag=True, help="Show each request's last message in the log lines on stderr.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads (default: every core).")
+@friendly_errors
+def serve(model_name, host, port, api_key, cors, keep_log, verbose, threads) -> None:
+    """Serve the model to other tools over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health) on
+    this machine. Requests from web pages and other hosts are refused unless allowed; nothing is written to the
+    history unless --log. One line per request on stderr; Ctrl-C stops.
+
+    \b
+    Examples:
+      trit serve
+      trit serve -m demo --port 8081
+      TRIT_API_KEY=secret trit serve --host 0.0.0.0
+      curl -s localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "demo", "messages": [{"role": "user", "content": "Hi"}]}'"""
+    from .server import ServeOptions
+    from .server import serve as run
+
+    sys.exit(run(ServeOptions(model_name, host, port, api_key or None, tuple(cors), keep_log, verbose, threads)))
+
+
 @cli.command("rm")
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when stdin is not a terminal).")
