@@ -453,6 +453,35 @@ def test_two_concurrent_clients_are_both_answered(slow_server):
     assert results[0].id != results[1].id
 
 
+def test_past_the_queue_bound_a_request_gets_503_with_retry_after(slow_server):
+    """32 replies waiting (one running): the next is told to come back, and the queue drains when they leave."""
+    served, name = slow_server
+    body = json.dumps(long_body(name, stream=True)).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n" \
+           b"Content-Length: %d\r\n\r\n" % (served.port, len(body))
+    socks = []
+    try:
+        for _ in range(32):
+            socks.append(socket.create_connection(("127.0.0.1", served.port), timeout=60))
+            socks[-1].sendall(head + body)
+        deadline = time.monotonic() + 30
+        while request(served.port, "GET", "/health")[2]["waiting"] < 32:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        status, headers, error = request(served.port, "POST", "/v1/chat/completions", long_body(name))
+        assert status == 503 and headers["retry-after"] == "1", error
+        assert error["error"]["code"] == "service_unavailable" and "busy" in error["error"]["message"]
+    finally:
+        for sock in socks:
+            sock.close()
+    deadline = time.monotonic() + 30
+    while request(served.port, "GET", "/health")[2]["waiting"]:
+        assert time.monotonic() < deadline, "the queue did not drain"
+        time.sleep(0.05)
+    r = served.client().chat.completions.create(model=name, messages=HI, max_tokens=4, temperature=0)
+    assert r.choices[0].finish_reason == "length"
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_cancels_the_replies_in_flight_and_exits_cleanly(make_model, tmp_path, signum, code):
     model = make_model("small", seed=1)
