@@ -235,7 +235,7 @@ def test_llm_cli_talks_to_it(server, tmp_path):
     user.mkdir()
     (user / "extra-openai-models.yaml").write_text(
         f"- model_id: trit-demo\n  model_name: demo\n  api_base: \"{server.url}\"\n")
-    env = offline_env({**os.environ, "LLM_USER_PATH": str(user), "OPENAI_API_KEY": "unused"})
+    env = offline_env({**{k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}, "LLM_USER_PATH": str(user)})
     for stream in ([], ["--no-stream"]):
         r = subprocess.run([sys.executable, "-m", "llm", "-m", "trit-demo", *stream, "-o", "max_tokens", "8",
                             "-o", "temperature", "0", "Hello there"], capture_output=True, text=True, env=env,
@@ -315,6 +315,22 @@ def test_an_oversized_body_is_refused_with_and_without_content_length(server):
 def test_nothing_is_written_to_the_history_without_log(server):
     server.client().chat.completions.create(model="demo", messages=HI, max_tokens=4)
     assert not (server.home / "data" / "history.db").exists() or listed(server.home) == []
+
+
+def test_the_log_has_one_line_per_request_and_no_prompt_text_unless_verbose(server, tmp_path):
+    since = len(server.lines)
+    server.client().chat.completions.create(model="demo", messages=[{"role": "user", "content": "tide tables"}],
+                                            max_tokens=4)
+    line = server.wait_log(lambda line: "/v1/chat/completions 200" in line, since)
+    assert line.startswith("trit serve: POST /v1/chat/completions 200 prompt=") and "generated=" in line
+    assert line.endswith("s") and not any("tide tables" in line for line in server.lines)
+    verbose = Served(tmp_path / "home", tmp_path, "--model", "demo", "--verbose")
+    try:
+        verbose.client().chat.completions.create(model="demo", messages=[{"role": "user", "content": "tide tables"}],
+                                                 max_tokens=4)
+        assert "tide tables" in verbose.wait_log(lambda line: "/v1/chat/completions 200" in line)
+    finally:
+        verbose.stop()
 
 
 def listed(folder: Path) -> list:

@@ -96,8 +96,12 @@ def serve(options: ServeOptions) -> int:
         if server is not None:
             server.should_exit = True
 
-    worker = EngineWorker(lambda: (name, engine.load(choice.path, threads=options.threads)), MAX_QUEUED,
-                          ServedHistory() if options.log else None, on_failure=failed)
+    def load():
+        model = engine.load(choice.path, threads=options.threads)
+        say(f"trit serve: {name} is ready")
+        return name, model
+
+    worker = EngineWorker(load, MAX_QUEUED, ServedHistory() if options.log else None, on_failure=failed)
     app = AccessLog(Guard(build_app(worker, options.verbose), host=options.host, port=port,
                           api_key=options.api_key, cors=options.cors), options.verbose)
 
