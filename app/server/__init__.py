@@ -62,7 +62,6 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise EngineError(f"cannot listen on {host}:{port}: {e.strerror or e} — is another server there? "
                           "Give another --port") from None
-    sock.set_inheritable(True)
     return sock
 
 
