@@ -261,7 +261,6 @@ def test_a_foreign_host_header_is_refused(server, host):
     assert status == 403
     line = server.wait_log(lambda line: " 403 " in line and "/v1/chat/completions" in line, since)
     assert "generated=" not in line
-    assert not any("generated=" in line for line in server.lines[since:])  # no reply ran
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}"])
