@@ -525,10 +525,25 @@ def rss(pid: int) -> int:
 
 
 def test_load_eight_clients_twenty_requests_each(server, record_property):
-    """All answered, none lost or mixed up (each reply is checked against its own request), and no leak."""
+    """All answered, none lost or mixed up: each request asks its own question, greedy, and must get the answer that
+    question got alone; and no leak."""
     warm = server.client()
-    for i in range(10):
-        warm.chat.completions.create(model="demo", messages=[{"role": "user", "content": f"warm {i}"}], max_tokens=8)
+
+    def ask(api, tag: str, stream: bool) -> tuple[str, int]:
+        """(the answer's text, its prompt tokens), checking the reply's shape."""
+        messages = [{"role": "user", "content": tag}]
+        if not stream:
+            r = api.chat.completions.create(model="demo", messages=messages, max_tokens=8, temperature=0)
+            assert r.object == "chat.completion" and r.usage.completion_tokens <= 8
+            return r.choices[0].message.content, r.usage.prompt_tokens
+        chunks = list(api.chat.completions.create(model="demo", messages=messages, max_tokens=8, temperature=0,
+                                                  stream=True, stream_options={"include_usage": True}))
+        assert len({ch.id for ch in chunks}) == 1 and chunks[-1].usage.completion_tokens <= 8
+        return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices), chunks[-1].usage.prompt_tokens
+
+    tags = {(c, i): f"client {c} asks question {i} about {['tides', 'bells', 'lamps', 'ships'][i % 4]}"
+            for c in range(8) for i in range(20)}
+    alone = {key: ask(warm, tag, False) for key, tag in tags.items()}  # also the warm-up
     before = rss(server.proc.pid)
     latencies, failures = [], []
 
@@ -537,28 +552,11 @@ def test_load_eight_clients_twenty_requests_each(server, record_property):
         for i in range(20):
             t = time.perf_counter()
             try:
-                tag = f"client {c} request {i}"
-                if i % 2:
-                    chunks = list(api.chat.completions.create(
-                        model="demo", messages=[{"role": "user", "content": tag}], max_tokens=8, stream=True,
-                        seed=i, stream_options={"include_usage": True}))
-                    assert len({ch.id for ch in chunks}) == 1 and chunks[-1].usage.completion_tokens <= 8
-                else:
-                    r = api.chat.completions.create(model="demo", messages=[{"role": "user", "content": tag}],
-                                                    max_tokens=8, seed=i)
-                    assert r.object == "chat.completion" and r.usage.completion_tokens <= 8
-                    assert r.usage.prompt_tokens == prompt_tokens[tag]
+                assert ask(api, tags[c, i], stream=bool(i % 2)) == alone[c, i]
             except Exception as e:  # noqa: BLE001 (counted, then asserted on)
                 failures.append(f"{c}/{i}: {e!r}")
             latencies.append(time.perf_counter() - t)
 
-    counter = warm  # the prompt of every tag, counted once, so a reply given to another request shows
-    prompt_tokens = {}
-    for c in range(8):
-        for i in range(0, 20, 2):
-            tag = f"client {c} request {i}"
-            prompt_tokens[tag] = counter.chat.completions.create(
-                model="demo", messages=[{"role": "user", "content": tag}], max_tokens=1).usage.prompt_tokens
     threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
     start = time.perf_counter()
     for t in threads:
@@ -576,3 +574,65 @@ def test_load_eight_clients_twenty_requests_each(server, record_property):
           f"server RSS {before >> 20} MB -> {after >> 20} MB")
     assert failures == [] and len(latencies) == 160
     assert after - before < 64 << 20
+
+
+# ---- while the model loads ------------------------------------------------------------------------------------------
+def test_until_the_model_has_loaded_requests_get_503_with_retry_after():
+    """The socket is bound before the model loads: meanwhile /health and chat requests are told to come back. The
+    server's own app and engine thread, in this process; only the loading is held back (the demo loads too fast to
+    catch otherwise), then the real demo model loads."""
+    import asyncio
+
+    from trit import engine
+    from trit.app.server.api import AccessLog, build_app
+    from trit.app.server.security import Guard
+    from trit.app.server.worker import EngineWorker
+    from trit.assets import DEMO_MODEL
+
+    go = threading.Event()
+
+    def load():
+        go.wait(30)
+        return "demo", engine.load(DEMO_MODEL)
+
+    worker = EngineWorker(load)
+    app = AccessLog(Guard(build_app(worker), host="127.0.0.1", port=8080))
+
+    async def call(method: str, path: str, body: bytes = b""):
+        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+                 "headers": [(b"host", b"127.0.0.1:8080"), (b"content-type", b"application/json")],
+                 "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 1),
+                 "root_path": "", "asgi": {"version": "3.0", "spec_version": "2.3"}}
+        sent, received = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return received.pop(0) if received else await asyncio.sleep(3600)
+
+        async def send(message):
+            sent.append(message)
+
+        await app(scope, receive, send)
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        headers = {k.decode(): v.decode() for k, v in start["headers"]}
+        return start["status"], headers, json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+    body = json.dumps(chat_body()).encode()
+    worker.start()
+    try:
+        for method, path, data in (("GET", "/health", b""), ("POST", "/v1/chat/completions", body)):
+            status, headers, error = asyncio.run(call(method, path, data))
+            assert status == 503 and headers["retry-after"] == "1", error
+            assert error["error"]["code"] == "service_unavailable" and "loading" in error["error"]["message"]
+        go.set()
+        deadline = time.monotonic() + 30
+        while worker.state == "loading" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert asyncio.run(call("GET", "/health"))[0] == 200
+        status, _, reply = asyncio.run(call("POST", "/v1/chat/completions", body))
+        assert status == 200 and reply["choices"][0]["message"]["content"] is not None
+    finally:
+        go.set()
+        worker.cancel_all()
+        worker.join(30)
+        if worker.model is not None:
+            worker.model.close()
