@@ -17,6 +17,7 @@ import ipaddress
 import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,8 +91,7 @@ def serve(options: ServeOptions) -> int:
     server: uvicorn.Server | None = None
     caught: list[int] = []
 
-    def failed(message: str) -> None:
-        say(f"trit serve: the model could not load: {message}")
+    def failed(message: str) -> None:  # said once the server has stopped
         if server is not None:
             server.should_exit = True
 
@@ -111,7 +111,8 @@ def serve(options: ServeOptions) -> int:
                 if caught and signum == signal.SIGINT:
                     self.force_exit = True  # a second Ctrl-C: at once
                 caught.append(signum)
-                worker.cancel_all()
+                # not here: the handler may have interrupted this very thread inside the worker's lock
+                threading.Thread(target=worker.cancel_all, daemon=True).start()
                 self.should_exit = True
 
             names = ("SIGINT", "SIGTERM", "SIGHUP")
