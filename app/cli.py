@@ -1022,7 +1022,8 @@ def models_cmd(make_default, check, as_json) -> None:
               help="An installed model, a model folder, a .gguf file, or 'demo' (default: the default model).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="The address to listen on. Anything but loopback needs an API key.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(min=0, max=65535))
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(min=0, max=65535),
+              help="The TCP port to listen on (0: any free one, said on stderr).")
 @click.option("--api-key", metavar="KEY", envvar="TRIT_API_KEY", show_envvar=True,
               help="Require `Authorization: Bearer KEY` (TRIT_API_KEY keeps it out of `ps`).")
 @click.option("--cors", multiple=True, metavar="ORIGIN",
