@@ -576,6 +576,30 @@ def test_load_eight_clients_twenty_requests_each(server, record_property):
     assert after - before < 64 << 20
 
 
+# ---- trit ask --server --------------------------------------------------------------------------------------------
+def test_ask_server_answers_as_the_api_does_and_keeps_nothing_here(server, trit, home):  # noqa: F811
+    api = server.client().chat.completions.create(model="demo", messages=HI, max_tokens=12, temperature=0)
+    r = trit("ask", "--server", server.url, "--max-tokens", "12", "--temperature", "0", "Hello there")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode() == api.choices[0].message.content + "\n"
+    r = subprocess.run(trit_command() + ["ask", "--json", "-u", "--max-tokens", "12", "--temperature", "0",
+                                         "Hello there"], capture_output=True, timeout=120,
+                       env=offline_env({**os.environ, "TRIT_HOME": str(home), "TRIT_SERVER": server.url}))
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(r.stdout)
+    assert answer["content"] == api.choices[0].message.content and answer["model"] == "demo"
+    assert answer["reused_tokens"] > 0 and "reused by the server" in r.stderr.decode()
+    assert not (home / "data" / "history.db").exists()
+
+
+def test_ask_server_mistakes_are_one_line(server, trit):  # noqa: F811
+    one_line(trit("ask", "--server", f"http://127.0.0.1:{free_port()}/v1", "Hi"), "cannot reach", "trit serve")
+    one_line(trit("ask", "--server", server.url, "--model", "llama3", "Hi"), "404", "demo")
+    one_line(trit("ask", "--server", server.url, "--max-tokens", "9999", "Hi"), "400", "context")
+    r = trit("ask", "--server", server.url, "-c", "Hi")
+    assert r.returncode == 2 and b"--server" in r.stderr
+
+
 # ---- while the model loads ------------------------------------------------------------------------------------------
 def test_until_the_model_has_loaded_requests_get_503_with_retry_after():
     """The socket is bound before the model loads: meanwhile /health and chat requests are told to come back. The
