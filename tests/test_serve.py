@@ -199,6 +199,25 @@ def test_openai_errors_are_the_packages_own_exceptions(server, kwargs, error, pa
         assert "demo" in body["message"]  # says what is served
 
 
+@pytest.mark.parametrize("body, words", [
+    (b"[" * 200_000 + b"]" * 200_000, "nested"),
+    (b'{"model": "demo", "messages": "caf\xe9"}', "JSON"),
+    (b'[1, 2]', "object"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "temperature"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e400}', "max_tokens"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"9" * 4000 + b"}",
+     "max_tokens"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "seed": ' + b"9" * 300 + b"}", "seed"),
+    (b'{"model": "demo", "messages": {"role": "user"}}', "messages"),
+    (b'{"model": ["demo"], "messages": []}', "model"),
+], ids=["deep", "latin1", "list", "nan", "inf", "huge-int", "huge-seed", "messages-object", "model-list"])
+def test_hostile_bodies_are_a_400_naming_what_is_wrong(server, body, words):
+    """Issue 17's bar for the API: one clear message, the right status, the server unharmed."""
+    status, _, reply = request(server.port, "POST", "/v1/chat/completions", body)
+    assert status == 400 and words in reply["error"]["message"], reply
+    assert request(server.port, "GET", "/health")[0] == 200
+
+
 def test_a_long_conversation_is_refused_never_cut_short(server):
     """Today's Chat.fit drops the oldest turns; through the API that would answer a conversation the client did not
     send. The whole conversation fits or it is a 400."""

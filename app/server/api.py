@@ -61,14 +61,14 @@ def _number(body: dict, name: str, low: float, high: float):
     return value
 
 
-def _integer(body: dict, name: str, low: int):
+def _integer(body: dict, name: str, low: int, high: int = 2**63 - 1):
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(400, f"{name} must be an integer, got {json.dumps(value)[:40]}", param=name)
-    if value < low:
-        raise ApiError(400, f"{name} must be at least {low}, got {value}", param=name)
+    if not low <= value <= high:  # an int64, as OpenAI's API takes
+        raise ApiError(400, f"{name} must be between {low} and {high}", param=name)
     return value
 
 
@@ -278,8 +278,10 @@ def build_app(worker: EngineWorker, verbose: bool = False) -> Starlette:
             name = served()
             try:
                 body = json.loads(await request.body())
-            except (ValueError, UnicodeDecodeError) as e:
+            except ValueError as e:  # UnicodeDecodeError too
                 raise ApiError(400, f"the body is not valid JSON: {e}") from None
+            except RecursionError:  # a small body can nest arrays deeper than the parser's stack
+                raise ApiError(400, "the body's JSON is nested too deeply to read") from None
             messages, overrides, stream, include_usage = parse_request(body, name)
             log.prompt = messages[-1]["content"]
             job = Job(messages, overrides, asyncio.get_running_loop(), on_result=log.engine_done)
