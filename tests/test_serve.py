@@ -210,7 +210,9 @@ def test_openai_errors_are_the_packages_own_exceptions(server, kwargs, error, pa
     (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "seed": ' + b"9" * 300 + b"}", "seed"),
     (b'{"model": "demo", "messages": {"role": "user"}}', "messages"),
     (b'{"model": ["demo"], "messages": []}', "model"),
-], ids=["deep", "latin1", "list", "nan", "inf", "huge-int", "huge-seed", "messages-object", "model-list"])
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "top_p": ' + b"9" * 400 + b"}", "top_p"),
+], ids=["deep", "latin1", "list", "nan", "inf", "huge-int", "huge-seed", "messages-object", "model-list",
+        "huge-top-p"])
 def test_hostile_bodies_are_a_400_naming_what_is_wrong(server, body, words):
     """Issue 17's bar for the API: one clear message, the right status, the server unharmed."""
     status, _, reply = request(server.port, "POST", "/v1/chat/completions", body)

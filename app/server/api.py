@@ -54,10 +54,11 @@ def _number(body: dict, name: str, low: float, high: float):
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            isinstance(value, float) and not math.isfinite(value):  # an int of any size compares, never converts
         raise ApiError(400, f"{name} must be a number, got {json.dumps(value)[:40]}", param=name)
     if not low <= value <= high:
-        raise ApiError(400, f"{name} must be between {low:g} and {high:g}, got {value}", param=name)
+        raise ApiError(400, f"{name} must be between {low:g} and {high:g}, got {str(value)[:40]}", param=name)
     return value
 
 
