@@ -124,7 +124,7 @@ def serve(options: ServeOptions) -> int:
                     signal.signal(sig, handler)
 
     config = uvicorn.Config(app, http=H11Protocol, loop="asyncio", lifespan="off", ws="none", log_config=None,
-                            log_level="warning", access_log=False, server_header=False,
+                            log_level="warning", access_log=False, server_header=False, proxy_headers=False,
                             timeout_graceful_shutdown=GRACE_S)
     server = Server(config)
     shown = f"[{options.host}]" if ":" in options.host and not options.host.startswith("[") else options.host
