@@ -268,9 +268,12 @@ def first_code_block(text: str) -> str | None:
 @click.option("-u", "--usage", "show_usage", is_flag=True, help="Then print the tokens used on stderr.")
 @click.option("-x", "--extract", is_flag=True,
               help="Print only the first fenced code block of the answer (all of it if it has none).")
+@click.option("--server", metavar="URL", envvar="TRIT_SERVER", show_envvar=True,
+              help="Ask a running `trit serve` at URL (e.g. http://127.0.0.1:8080/v1) instead of loading the model "
+                   "here; TRIT_API_KEY is its key. Nothing is kept here: the server's --log decides.")
 @friendly_errors
 def ask(prompt, system, saved, model_name, temperature, top_p, max_tokens, seed, continue_last, cid, no_log, threads,
-        files, as_json, show_usage, extract) -> None:
+        files, as_json, show_usage, extract, server) -> None:
     """Answer once and exit: the answer streams to stdout; Ctrl-C stops it and keeps what was said. Files given
     with -f come first, each under its name, then what is piped in, then the question, in one message. The options
     follow simonw's `llm` where they meet.
@@ -284,7 +287,8 @@ def ask(prompt, system, saved, model_name, temperature, top_p, max_tokens, seed,
       trit ask -t pirate "Hello"                (a prompt saved with `trit prompts save`)
       trit ask -n -m demo "Something private"
       trit ask --json --seed 1 "Hi" | jq -r .content
-      trit ask -x "A shell loop over *.txt" > loop.sh"""
+      trit ask -x "A shell loop over *.txt" > loop.sh
+      trit ask --server http://127.0.0.1:8080/v1 "Hi"   (a running `trit serve` answers)"""
     from .service import Service, Turn
     from .store import title_from
 
@@ -297,6 +301,10 @@ def ask(prompt, system, saved, model_name, temperature, top_p, max_tokens, seed,
     text, title = read_prompt(prompt, attached)
     overrides = sampling_overrides(temperature, top_p, max_tokens, seed)
     continuing = continue_last or cid is not None
+    if server:
+        if continuing:
+            raise click.UsageError("--server asks one question: -c and --cid continue a conversation kept here")
+        return ask_server(server, system, text, overrides, model_name, as_json, show_usage, extract)
     # why nothing of this turn can be kept: it is answered all the same, and that is said after
     store, unsaved = open_store(continuing, no_log)
     service = Service(store, threads=threads)
@@ -360,6 +368,39 @@ def ask(prompt, system, saved, model_name, temperature, top_p, max_tokens, seed,
         service.close()
         if store is not None:
             store.close()
+
+
+def ask_server(url: str, system: str | None, text: str, overrides: dict, model_name: str | None, as_json: bool,
+               show_usage: bool, extract: bool) -> None:
+    """`trit ask --server URL`: the question to a running `trit serve`, the answer printed as `trit ask` prints it."""
+    from .server.client import ServerReply
+    from .settings import load_settings
+
+    system = load_settings().system_prompt if system is None else system
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    reply = ServerReply(url, messages, overrides, os.environ.get("TRIT_API_KEY") or None, model_name)
+    pieces = []
+    for piece in reply.stream():
+        pieces.append(piece)
+        if not (as_json or extract):
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+    answer, usage = "".join(pieces), reply.usage
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    if as_json:
+        click.echo(json.dumps({"role": "assistant", "content": answer, "model": reply.served, "server": url,
+                               "finish_reason": reply.finish_reason, "prompt_tokens": usage.get("prompt_tokens"),
+                               "reused_tokens": cached, "generated_tokens": usage.get("completion_tokens")},
+                              indent=2, ensure_ascii=False))
+    elif extract:
+        shown = first_code_block(answer) or answer
+        if shown:
+            click.echo(shown, nl=not shown.endswith("\n"))
+    elif answer and not answer.endswith("\n"):
+        click.echo()
+    if show_usage:
+        reused = f" ({cached} reused by the server)" if cached else ""
+        say(f"trit: tokens: {usage.get('prompt_tokens')} prompt{reused}, {usage.get('completion_tokens')} generated")
 
 
 @cli.command("chat")
@@ -1014,6 +1055,41 @@ def models_cmd(make_default, check, as_json) -> None:
                        "that ships inside Trit answers", err=True)
     if damaged:
         sys.exit(1)
+
+
+# ---- trit serve ---------------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("-m", "--model", "model_name", metavar="NAME",
+              help="An installed model, a model folder, a .gguf file, or 'demo' (default: the default model).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on. Anything but loopback needs an API key.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(min=0, max=65535),
+              help="The TCP port to listen on (0: any free one, said on stderr).")
+@click.option("--api-key", metavar="KEY", envvar="TRIT_API_KEY", show_envvar=True,
+              help="Require `Authorization: Bearer KEY` (TRIT_API_KEY keeps it out of `ps`).")
+@click.option("--cors", multiple=True, metavar="ORIGIN",
+              help="A web origin whose pages may call the server (e.g. http://localhost:3000); repeatable. Without "
+                   "it, any request from a web page is refused.")
+@click.option("--log", "keep_log", is_flag=True, help="Keep the conversations in the history (default: nothing kept).")
+@click.option("--verbose", is_flag=True, help="Show each request's last message in the log lines on stderr.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads (default: every core).")
+@friendly_errors
+def serve(model_name, host, port, api_key, cors, keep_log, verbose, threads) -> None:
+    """Serve the model to other tools over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health) on
+    this machine. Requests from web pages and other hosts are refused unless allowed; nothing is written to the
+    history unless --log. One line per request on stderr; Ctrl-C stops.
+
+    \b
+    Examples:
+      trit serve
+      trit serve -m demo --port 8081
+      TRIT_API_KEY=secret trit serve --host 0.0.0.0
+      curl -s localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "demo", "messages": [{"role": "user", "content": "Hi"}]}'"""
+    from .server import ServeOptions
+    from .server import serve as run
+
+    sys.exit(run(ServeOptions(model_name, host, port, api_key or None, tuple(cors), keep_log, verbose, threads)))
 
 
 @cli.command("rm")

@@ -186,17 +186,18 @@ class Model(NativeObject):
 
         return SamplingParams.from_generation_config(self.path, **overrides)
 
-    def chat(self, messages, params=None, cancel=None):
+    def chat(self, messages, params=None, cancel=None, keep_all=False):
         """Continue a conversation: yields engine.runtime.chat.Piece (text as it comes) and, last, a ChatResult.
 
         messages: [{"role": "system" | "user" | "assistant", "content": str}, ...]. params: SamplingParams
         (default: the folder's generation_config.json). cancel: anything with is_set(), e.g. threading.Event.
-        The KV caches of recent conversations are kept, so a follow-up prefills only its new tokens."""
+        The KV caches of recent conversations are kept, so a follow-up prefills only its new tokens. keep_all: never
+        leave the oldest turns out to make room (errors.ContextLengthError instead)."""
         from trit.engine.runtime.chat import ChatSessions
 
         if self._sessions is None:
             self._sessions = ChatSessions(self, self.tokenizer)
-        return self._sessions.stream(messages, params or self.default_params(), cancel)
+        return self._sessions.stream(messages, params or self.default_params(), cancel, keep_all)
 
     def close(self) -> None:
         if self._sessions is not None:
