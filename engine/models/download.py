@@ -27,8 +27,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from trit.engine.errors import CheckpointError, EngineError
-from trit.engine.formats.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from trit.engine.formats.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from trit.engine.formats.gguf import BITNET_ARCHITECTURES, GGUFError, bitnet_refusal, gguf_architecture
+from trit.engine.models.catalogue import family_of
 from trit.engine.models.registry import (
     GGUF_SUFFIX,
     HASH_CHUNK,
@@ -476,7 +477,12 @@ def _pull_locked(hub: _Hub, repo: str, commit: str, files: list[RemoteFile], nam
     done = sum(on_disk.values())
     check_space(models_dir, total - done, f"{repo} ({format_bytes(total)})")
 
+    announced = False
     for f in files:
+        if not announced and f.name != CONFIG_FILE:  # the real size, once the repository is known to be one Trit runs
+            announced = True
+            log(f"{repo} at {commit[:7]}: {format_bytes(total)} to download"
+                + (f", {format_bytes(done)} of it already here" if done else ""))
         if finished(f):
             continue
         part = staging / (f.dest + ".incomplete")
@@ -519,12 +525,16 @@ def _pull_locked(hub: _Hub, repo: str, commit: str, files: list[RemoteFile], nam
         os.replace(part, staging / f.dest)
         state["done"][f.dest] = {"size": f.size, "sha256": sha256}
         write_json_atomic(state_path, state)
-        if f.name == CONFIG_FILE and not gguf:  # refuse a repository that is no BitNet checkpoint before its weights
+        if f.name == CONFIG_FILE and not gguf:  # refuse a repository of a family Trit does not run before its weights
             try:
-                ModelConfig.from_dict(json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8")))
-            except (CheckpointError, ValueError) as e:
+                config = json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8"))
+                if not isinstance(config, dict):
+                    raise CheckpointError(f"{CONFIG_FILE}: expected a JSON object, found {type(config).__name__}")
+                family_of(config, CONFIG_FILE)
+            except (CheckpointError, ValueError, RecursionError) as e:
                 shutil.rmtree(staging, ignore_errors=True)
-                raise HubError(f"{repo} is not a model Trit can run: {e}") from None
+                raise HubError(f"{repo} is not a model Trit can run: {e} — `trit pull --list` shows the models it "
+                               "runs") from None
 
     info = None
     if gguf:  # llama.cpp is not needed to install: its header is checked here, the model is loaded at the first chat
