@@ -932,9 +932,9 @@ def pull(repo, file, revision, name, show_list) -> None:
         raise click.UsageError("--file needs the repository: trit pull OWNER/REPO --file FILE.gguf")
     command = "trit pull" + "".join(f" {flag}{value}" for flag, value in (
         ("", repo), ("--file ", file), ("--revision ", revision), ("--name ", name)) if value)
-    repo, entry = catalogue.resolve(repo) if repo else (download.DEFAULT_REPO, catalogue.for_repo(download.DEFAULT_REPO))
+    repo, entry = catalogue.resolve(repo or download.DEFAULT_REPO)
     if entry is not None and not file:  # what it costs, before the hub is asked anything
-        say(f"trit: {entry.name} is {entry.repo}: {entry.family}, {catalogue.format_parameters(entry.parameters)} "
+        say(f"{entry.name}: {entry.repo} — {entry.family}, {catalogue.format_parameters(entry.parameters)} "
             f"parameters, about {human_size(entry.download_bytes)}")
     was = default_before_install()
     bar = TransferBar(name or (registry.gguf_name(file) if file else download.default_name(repo)))

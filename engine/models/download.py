@@ -477,12 +477,7 @@ def _pull_locked(hub: _Hub, repo: str, commit: str, files: list[RemoteFile], nam
     done = sum(on_disk.values())
     check_space(models_dir, total - done, f"{repo} ({format_bytes(total)})")
 
-    announced = False
     for f in files:
-        if not announced and f.name != CONFIG_FILE:  # the real size, once the repository is known to be one Trit runs
-            announced = True
-            log(f"{repo} at {commit[:7]}: {format_bytes(total)} to download"
-                + (f", {format_bytes(done)} of it already here" if done else ""))
         if finished(f):
             continue
         part = staging / (f.dest + ".incomplete")
