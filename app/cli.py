@@ -888,8 +888,8 @@ def show_catalogue(as_json: bool) -> None:
                                for e in catalogue.CATALOGUE], indent=2))
         return
     print_table(catalogue_rows(sources))
-    click.echo("download sizes are computed from each model's shapes; `trit pull NAME` says the exact size before it "
-               "downloads", err=True)
+    click.echo("download sizes are computed from each model's shapes; a pull shows the hub's exact size as it starts",
+               err=True)
 
 
 @cli.command()

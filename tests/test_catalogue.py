@@ -13,20 +13,25 @@ import subprocess
 
 import numpy as np
 import pytest
-import test_hostile_input
+import test_tui
 from hub_server import HubServer
 from network_guard import offline_env
 from test_cli import trit_command
 from test_hostile_input import one_line
+from test_tui import drive, frozen_app, running, started, steady, until
 from tqdm import tqdm
 
+from trit.app.service import ModelChoice
+from trit.app.tui.app import TritApp
+from trit.app.tui.screens.first_run import FirstRunScreen
 from trit.engine.errors import CheckpointError
 from trit.engine.formats.checkpoint import CONFIG_FILE, WEIGHTS_FILE, widen_to_f32
 from trit.engine.formats.safetensors_file import SafetensorsFile, write_safetensors
 from trit.engine.models import catalogue, download, registry
 from trit.engine.tools import synthetic
 
-home = test_hostile_input.home  # the fixture: TRIT_HOME
+# the chat app tests' fixtures: TRIT_HOME and HOME of their own, a tiny model as the default
+home, tiny, with_tiny = test_tui.home, test_tui.tiny, test_tui.with_tiny
 FALCON = catalogue.find("falcon-e-1b")
 # 28 layers of ternary q, k, v, o, gate, up, down packed 4 to a byte, and the bf16 embedding and untied head
 FALCON_E_3B_BYTES = 28 * (2560 * 2560 * 2 + 2560 * 256 * 2 + 2560 * 10240 * 3) // 4 + 32768 * 2560 * 2 * 2
@@ -40,11 +45,11 @@ def hub():
 
 
 @pytest.fixture
-def trit(hub, home, tmp_path):
-    """The installed trit with TRIT_HOME, the offline guard and HF_ENDPOINT the stand-in hub."""
+def trit(hub, tmp_path):
+    """The installed trit with a TRIT_HOME of its own, the offline guard and HF_ENDPOINT the stand-in hub."""
 
     def run(*args):
-        env = offline_env({**os.environ, "TRIT_HOME": str(home), "HF_ENDPOINT": hub.url})
+        env = offline_env({**os.environ, "TRIT_HOME": str(tmp_path / "home"), "HF_ENDPOINT": hub.url})
         r = subprocess.run(trit_command() + [str(a) for a in args], capture_output=True, cwd=tmp_path, timeout=300,
                            env=env)
         r.err = r.stderr.decode("utf-8", "replace")
@@ -214,3 +219,133 @@ def test_pull_list_shows_every_model_with_its_size_and_downloads_nothing(hub, tr
     assert trit("pull", "--list").out.splitlines()[1].split()[-1] == "installed"
     r = trit("pull", "--list", "falcon-e-3b")
     assert r.returncode == 2 and "--list downloads nothing" in r.err
+
+
+
+# ---- the chat app: the first-run screen and the F4 models dialog, keyboard only ------------------------------------
+
+
+@pytest.fixture
+def app_hub(hub, tiny_model, tmp_path, home, monkeypatch):
+    """The stand-in hub serving the 2B4T (the tiny model) and Falcon-E-1B (tiny, in its format), as HF_ENDPOINT."""
+    hub.add_repo(download.DEFAULT_REPO, tiny_model)
+    falcon_e_folder(tiny_model, tmp_path / "falcon")
+    hub.add_repo(FALCON.repo, tmp_path / "falcon")
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    return hub
+
+
+def runs_falcon_e(tmp_path) -> bool:
+    return family_or_none(json.loads((tmp_path / "falcon" / CONFIG_FILE).read_text())) is not None
+
+
+def family_or_none(config: dict) -> str | None:
+    try:
+        return catalogue.family_of(config)
+    except CheckpointError:
+        return None
+
+
+@drive
+async def test_the_first_run_screen_offers_the_catalogue_and_downloads_the_one_chosen(app_hub, tmp_path):
+    from textual.widgets import Button, Select
+
+    app = TritApp()
+    async with running(app) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, FirstRunScreen), what="the first-run screen")
+        screen = app.screen
+        button, picker = screen.query_one("#download", Button), screen.query_one("#catalogue", Select)
+        hint = screen.query_one("#download-hint")
+        assert app.focused is button and str(button.label) == "Download bitnet-2b"
+        assert str(hint.render()).startswith("About 1.2 GB from Hugging Face (microsoft/bitnet-b1.58-2B-4T), once")
+        await pilot.press("shift+tab")  # to the catalogue, above the button
+        assert app.focused is picker
+        await pilot.press("enter")  # open it
+        await pilot.pause(0.2)
+        await pilot.press("down", "enter")  # the second: falcon-e-1b
+        await until(pilot, lambda: picker.value == "falcon-e-1b", what="falcon-e-1b chosen")
+        assert str(button.label) == "Download falcon-e-1b"
+        assert str(hint.render()).startswith(f"About 664.8 MB from Hugging Face ({FALCON.repo}), once")
+        assert "(Falcon-E, TII Falcon-LLM 2.0 licence)" in str(hint.render())
+        await pilot.press("tab", "enter")  # on to the button: download it
+        message = screen.query_one("#first-run-message")
+        await until(pilot, lambda: app.screen is not screen or message.has_class("error"),
+                    what=lambda: str(message.render()))
+        if not runs_falcon_e(tmp_path):  # refused after its config.json, in one line (the engine: branch families)
+            said = str(message.render())
+            assert "\n" not in said and f"{FALCON.repo} is not a model Trit can run: config.json:" in said
+            assert WEIGHTS_FILE not in file_requests(app_hub)
+            await until(pilot, lambda: not button.disabled and not picker.disabled, what="the choices back")
+            assert app.focused is button
+            await pilot.press("shift+tab", "enter")
+            await pilot.pause(0.2)
+            await pilot.press("up", "enter")  # back to bitnet-2b
+            await until(pilot, lambda: picker.value == "bitnet-2b", what="bitnet-2b chosen")
+            await pilot.press("tab", "enter")
+            chat = await started(pilot)
+            assert "bitnet-b1.58-2B-4T" in str(chat.query_one("#status").render())
+        else:
+            chat = await started(pilot)
+            assert "Falcon-E-1B-Instruct" in str(chat.query_one("#status").render())
+
+
+@drive
+async def test_the_models_dialog_lists_the_catalogue_under_the_installed_and_downloads_one(app_hub, with_tiny):
+    from textual.widgets import OptionList
+
+    from trit.app.tui.screens.models import ModelsScreen
+
+    tiny_model = with_tiny
+    app = TritApp()
+    async with running(app) as pilot:
+        await started(pilot)
+        await pilot.press("f4")
+        await until(pilot, lambda: isinstance(app.screen, ModelsScreen), what="the models dialog")
+        dialog = app.screen
+        listing = dialog.query_one("#model-list", OptionList)
+        ids = [listing.get_option_at_index(i).id for i in range(listing.option_count)]
+        assert ids == [str(tiny_model), "demo"] + [f"pull:{e.name}" for e in catalogue.CATALOGUE]
+        assert "1.2 GB to download · BitNet b1.58" in str(listing.get_option("pull:bitnet-2b").prompt)
+        while listing.get_option_at_index(listing.highlighted).id != "pull:bitnet-2b":
+            await pilot.press("down")
+        assert dialog.highlighted is None  # not a model to use or make the default yet
+        await pilot.press("ctrl+d")  # so this does nothing
+        await pilot.press("enter")  # downloads it
+        await until(pilot, lambda: dialog.transfer.busy or "ready" in dialog.transfer.said,
+                    what=lambda: dialog.transfer.said)
+        await until(pilot, lambda: not dialog.transfer.busy, what=lambda: dialog.transfer.said)
+        assert dialog.transfer.said == "bitnet-b1.58-2B-4T is ready: Enter on it to use it here."
+        ids = [listing.get_option_at_index(i).id for i in range(listing.option_count)]
+        assert ids[:3] == [str(tiny_model), "bitnet-b1.58-2B-4T", "demo"] and "pull:bitnet-2b" not in ids
+        assert dialog.highlighted == "bitnet-b1.58-2B-4T" and app.focused is listing
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, ModelsScreen), what="the dialog to close")
+
+
+# ---- snapshots at 80x24 and 40x12 -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(80, 24), (40, 12)])
+def test_snapshot_first_run_catalogue(home, tiny, monkeypatch, snap_compare, size):
+    """falcon-e-3b chosen on the first-run screen: the button and the hint say what it downloads."""
+    monkeypatch.setattr("trit.app.tui.screens.first_run.demo_model",
+                        lambda: ModelChoice("demo", tiny, demo=True))  # as an installation that ships it
+
+    async def run_before(pilot):
+        await until(pilot, lambda: isinstance(pilot.app.screen, FirstRunScreen))
+        await pilot.press("shift+tab", "enter", "down", "down", "enter")
+        await steady(pilot)
+
+    assert snap_compare(frozen_app(), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (40, 12)])
+def test_snapshot_models_dialog_catalogue(with_tiny, snap_compare, size):
+    """F4: the installed models, then the catalogue's with their download sizes, the cursor on the first of them."""
+
+    async def run_before(pilot):
+        await started(pilot)
+        await pilot.press("f4", "down", "down")
+        await steady(pilot)
+
+    assert snap_compare(frozen_app(), terminal_size=size, run_before=run_before)
