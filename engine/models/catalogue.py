@@ -118,11 +118,15 @@ def for_repo(repo: str) -> CatalogueEntry | None:
     return next((e for e in CATALOGUE if e.repo.lower() == wanted), None)
 
 
-def family_of(config: dict, source: str = "config.json") -> str:
+def family_of(config: dict, source: str = CONFIG_FILE) -> str:
     """Which family of model a config.json is, as the engine runs it; CheckpointError naming what is missing or
-    unsupported otherwise. Today the engine runs one family, so this is its config check; it becomes
-    engine.formats.checkpoint.family_of once the engine runs the others (issue 19)."""
+    unsupported otherwise. Every field the engine reads is checked too, so a pull refuses a config.json the engine
+    would refuse before any weights are downloaded."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, found {type(config).__name__}")
     ModelConfig.from_dict(config, source)
+    # the engine runs one family today; once it runs the others (issue 19, branch families) this line becomes
+    # `return checkpoint.family_of(config, source)`
     return "bitnet"
 
 

@@ -522,10 +522,7 @@ def _pull_locked(hub: _Hub, repo: str, commit: str, files: list[RemoteFile], nam
         write_json_atomic(state_path, state)
         if f.name == CONFIG_FILE and not gguf:  # refuse a repository of a family Trit does not run before its weights
             try:
-                config = json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8"))
-                if not isinstance(config, dict):
-                    raise CheckpointError(f"{CONFIG_FILE}: expected a JSON object, found {type(config).__name__}")
-                family_of(config, CONFIG_FILE)
+                family_of(json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8")), CONFIG_FILE)
             except (CheckpointError, ValueError, RecursionError) as e:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise HubError(f"{repo} is not a model Trit can run: {e} — `trit pull --list` shows the models it "
