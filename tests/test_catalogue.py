@@ -255,7 +255,7 @@ async def test_the_first_run_screen_offers_the_catalogue_and_downloads_the_one_c
         await until(pilot, lambda: isinstance(app.screen, FirstRunScreen), what="the first-run screen")
         screen = app.screen
         button, picker = screen.query_one("#download", Button), screen.query_one("#catalogue", Select)
-        hint = screen.query_one("#download-hint")
+        hint, message = screen.query_one("#download-hint"), screen.query_one("#first-run-message")
         assert app.focused is button and str(button.label) == "Download bitnet-2b"
         assert str(hint.render()).startswith("About 1.2 GB from Hugging Face (microsoft/bitnet-b1.58-2B-4T), once")
         await pilot.press("shift+tab")  # to the catalogue, above the button
@@ -268,7 +268,6 @@ async def test_the_first_run_screen_offers_the_catalogue_and_downloads_the_one_c
         assert str(hint.render()).startswith(f"About 664.8 MB from Hugging Face ({FALCON.repo}), once")
         assert "(Falcon-E, TII Falcon-LLM 2.0 licence)" in str(hint.render())
         await pilot.press("tab", "enter")  # on to the button: download it
-        message = screen.query_one("#first-run-message")
         await until(pilot, lambda: app.screen is not screen or message.has_class("error"),
                     what=lambda: str(message.render()))
         if not runs_falcon_e(tmp_path):  # refused after its config.json, in one line (the engine: branch families)
