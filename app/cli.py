@@ -57,6 +57,7 @@ def cli(ctx: click.Context) -> None:
       trit chat                             chat in the plain terminal, turn after turn
       trit ask "What is a ternary weight?"  one answer, streamed to stdout
       trit pull                             download BitNet b1.58 2B4T (1.2 GB)
+      trit pull --list                      the other models it downloads by name
       trit ask --help                       every option of a command, with examples"""
     # Every file and folder Trit makes is its user's alone: conversations, system prompts, models, partial downloads,
     # derived weights, caches, and exports too (they hold the same conversations; a file that already exists keeps
@@ -1074,9 +1075,9 @@ def models_cmd(make_default, check, available, as_json) -> None:
                          demo["family"], "ternary", "built-in", "-", "-"))
         print_table(rows)
         if not models:
-            click.echo("no models installed — `trit pull` downloads BitNet b1.58 2B4T (1.2 GB), `trit import PATH` "
-                       "installs one from this machine (a model folder or a .gguf file); until then the demo model "
-                       "that ships inside Trit answers", err=True)
+            click.echo("no models installed — `trit pull` downloads BitNet b1.58 2B4T (1.2 GB), `trit pull --list` "
+                       "shows the others, `trit import PATH` installs one from this machine (a model folder or a .gguf "
+                       "file); until then the demo model that ships inside Trit answers", err=True)
     if damaged:
         sys.exit(1)
 
