@@ -29,7 +29,7 @@ from urllib.parse import quote
 from trit.engine.errors import CheckpointError, EngineError
 from trit.engine.formats.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from trit.engine.formats.gguf import BITNET_ARCHITECTURES, GGUFError, bitnet_refusal, gguf_architecture
-from trit.engine.models.catalogue import family_of
+from trit.engine.models.catalogue import family_of, for_repo
 from trit.engine.models.registry import (
     GGUF_SUFFIX,
     HASH_CHUNK,
@@ -550,6 +550,9 @@ def _pull_locked(hub: _Hub, repo: str, commit: str, files: list[RemoteFile], nam
                 family_of(json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8")), CONFIG_FILE)
             except (CheckpointError, ValueError, RecursionError) as e:
                 shutil.rmtree(staging, ignore_errors=True)
+                if for_repo(repo) is not None:  # listed in the catalogue: the engine of a later Trit runs it
+                    raise HubError(f"{repo} is in Trit's catalogue, but this version does not run it yet: {e}"
+                                   ) from None
                 raise HubError(f"{repo} is not a model Trit can run: {e} — `trit pull --list` shows the models it "
                                "runs") from None
         if f.name == SHARDED_INDEX_FILE:  # every shard it names must be one being downloaded, before the shards
