@@ -241,6 +241,16 @@ def test_a_repository_trit_does_not_run_is_refused_before_its_weights(hub, trit,
     assert installed(trit) == []
 
 
+def test_a_config_json_of_megabytes_is_refused_before_anything_is_downloaded(hub, trit, tiny_model):
+    """The listing says each file's size: a config.json is a few KB, so one of 2 MiB (a hostile or broken repository)
+    is refused from the listing, as a hub could list one of gigabytes."""
+    files = {p.name: p.read_bytes() for p in tiny_model.iterdir() if p.is_file()}
+    files[CONFIG_FILE] = files[CONFIG_FILE].rstrip() + b" " * (2 << 20) + b"\n"
+    hub.add_repo("someone/big-config", files=files)
+    one_line(trit("pull", "someone/big-config"), "someone/big-config", "config.json is 2.1 MB")
+    assert file_requests(hub) == [] and installed(trit) == []
+
+
 def test_a_name_that_is_not_in_the_catalogue_is_one_line_and_asks_nothing(hub, trit):
     one_line(trit("pull", "falcon-e-5b"), "'falcon-e-5b'", "`trit pull --list`", "OWNER/REPO")
     assert hub.requests == []

@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from trit.engine.errors import CheckpointError, EngineError
-from trit.engine.formats.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from trit.engine.formats.checkpoint import CONFIG_FILE, GENERATION_CONFIG_FILE, WEIGHTS_FILE
 from trit.engine.formats.gguf import BITNET_ARCHITECTURES, GGUFError, bitnet_refusal, gguf_architecture
 from trit.engine.models.catalogue import family_of, for_repo
 from trit.engine.models.registry import (
@@ -63,6 +63,10 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 # name engine.formats.checkpoint reads them by).
 SHARDED_INDEX_FILE = "model.safetensors.index.json"
 _SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+# Files read whole as JSON, with what the largest real one takes many times over (a config.json is 1-2 KB, the index
+# of a 10B model's shards some 100 KB): a repository listing more is refused before anything is downloaded, rather
+# than fetching gigabytes of it and then reading them into memory.
+JSON_FILE_LIMITS = {CONFIG_FILE: 1 << 20, GENERATION_CONFIG_FILE: 1 << 20, SHARDED_INDEX_FILE: 16 << 20}
 GGUF_PEEK_BYTES = 64 << 10  # a GGUF's architecture is in its first few KB: a BitNet one is refused after this much
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 RETRY_DELAYS = (1.0, 2.0, 4.0)  # seconds before each retry of a broken connection or a 5xx answer
@@ -443,6 +447,10 @@ def pull(repo: str, models_dir: str | os.PathLike, revision: str | None = None, 
         if gguf is None:
             files = hub.remote_files(repo, commit, siblings, checkpoint_files(listing))
             _check_listing(repo, files, listing, commit)
+            for f in files:
+                if f.size > JSON_FILE_LIMITS.get(f.name, f.size):
+                    raise HubError(f"{repo}: {f.name} is {format_bytes(f.size)} where one is a few KB; refusing the "
+                                   "repository before downloading anything")
             name = name or default_name(repo)
         else:
             local = gguf.rsplit("/", 1)[-1]
