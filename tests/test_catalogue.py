@@ -196,13 +196,26 @@ def test_a_sharded_repository_is_pulled_with_its_index_and_every_shard(hub, trit
          "tokenizer_config.json", "trit", "trit-model.json"])
 
 
-def test_a_sharded_repository_whose_index_names_a_missing_shard_is_refused_before_the_shards(hub, trit, tiny_model,
-                                                                                              tmp_path):
-    sharded_folder(tiny_model, tmp_path / "sharded")
-    (tmp_path / "sharded" / "model-00002-of-00002.safetensors").unlink()
-    hub.add_repo("someone/sharded", tmp_path / "sharded")
-    one_line(trit("pull", "someone/sharded"), "someone/sharded", "model.safetensors.index.json",
-             "model-00002-of-00002.safetensors")
+BAD_INDEXES = {
+    "a shard missing": (lambda index: index, ["names model-00002-of-00002.safetensors, not in the repository"]),
+    "no weight_map": (lambda index: {"metadata": index["metadata"]}, ["has no weight_map"]),
+    "lists for names": (lambda index: {"weight_map": {k: [v] for k, v in index["weight_map"].items()}},
+                        ["has no weight_map"]),
+    "not an object": (lambda index: [index], ["has no weight_map"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INDEXES))
+def test_a_sharded_repository_with_a_bad_index_is_refused_before_the_shards(hub, trit, tiny_model, tmp_path, case):
+    change, words = BAD_INDEXES[case]
+    folder = tmp_path / "sharded"
+    sharded_folder(tiny_model, folder)
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps(change(json.loads(index.read_text()))))
+    if case == "a shard missing":
+        (folder / "model-00002-of-00002.safetensors").unlink()
+    hub.add_repo("someone/sharded", folder)
+    one_line(trit("pull", "someone/sharded"), "someone/sharded: model.safetensors.index.json ", *words)
     assert not any(f.endswith(".safetensors") for f in file_requests(hub))
     assert installed(trit) == []
 

@@ -319,10 +319,9 @@ def _read_at_most(r, limit: int) -> bytes | None:
 def _shards_absent(index, shards: set[str]) -> str | None:
     """What is wrong with a shard index whose shards are `shards`, or None."""
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
         return "has no weight_map of tensor names to shard files"
-    named = {v for v in weight_map.values()}
-    absent = sorted(str(v)[:100] for v in named - shards)
+    absent = sorted(v[:100] for v in set(weight_map.values()) - shards)
     return f"names {_few(absent)}, not in the repository" if absent else None
 
 
