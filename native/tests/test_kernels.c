@@ -479,6 +479,10 @@ static void check_attentions(void) {
     check_attention(19, 0, 20, 5, 128, 1.0f);
     check_attention(23, 33, 6, 2, 64, 3.0f);
     check_attention(33, 5, 2, 2, 64, 1.0f);
+    /* Falcon3's head_dim 256 (12 heads on 4 KV heads), decoding and prefill; and a multiple of 32 past 128 */
+    check_attention(3, 45, 12, 4, 256, 1.0f);
+    check_attention(20, 7, 4, 2, 256, 2.0f);
+    check_attention(2, 33, 2, 1, 160, 1.0f);
 }
 
 /* ---- a tiny model, end to end ------------------------------------------------------------------------------------ */
@@ -588,7 +592,8 @@ static int run_tiny_model(tiny_model *m, int format, int head_type, float *logit
         layers[l].q = w[0], layers[l].k = w[1], layers[l].v = w[2], layers[l].o = w[3];
         layers[l].gate = w[4], layers[l].up = w[5], layers[l].down = w[6];
     }
-    trit_weights weights = {m->embed, m->norms + M_LAYERS * (3 * M_HIDDEN + M_INTER), layers, head_type, NULL, NULL};
+    trit_weights weights = {m->embed, m->norms + M_LAYERS * (3 * M_HIDDEN + M_INTER), layers, head_type, NULL, NULL,
+                            NULL};
     if (head_type == TRIT_HEAD_Q8) weights.head = m->q8, weights.head_scales = m->q8_scales;
     if (head_type == TRIT_HEAD_Q4) weights.head = m->q4, weights.head_scales = m->q4_scales;
     trit_model *model = trit_model_create(&cfg, &weights, 2); /* two threads: each takes a share of the rows */
@@ -666,7 +671,7 @@ static void check_boundaries(void) {
     uint8_t byte = 0;
     trit_layer_weights layer = {buf,   &byte, &byte, &byte, &byte, buf,  buf,  &byte, &byte,
                                 &byte, buf,   1.0f,  1.0f,  1.0f,  1.0f, 1.0f, 1.0f,  1.0f};
-    trit_weights weights = {(uint16_t *)buf, buf, &layer, TRIT_HEAD_BF16, NULL, NULL};
+    trit_weights weights = {(uint16_t *)buf, buf, &layer, TRIT_HEAD_BF16, NULL, NULL, NULL};
     trit_config cfg = {.hidden_size = 1 << 16,
                        .intermediate_size = 4,
                        .n_layers = 1,
@@ -697,7 +702,7 @@ static void check_refused(const tiny_model *m, trit_config cfg, const char *what
         layers[l].q = layers[l].k = layers[l].v = layers[l].o = m->tq2[0][0];
         layers[l].gate = layers[l].up = layers[l].down = m->tq2[0][0];
     }
-    trit_weights weights = {m->embed, m->norms, layers, TRIT_HEAD_BF16, NULL, NULL};
+    trit_weights weights = {m->embed, m->norms, layers, TRIT_HEAD_BF16, NULL, NULL, NULL};
     trit_model *model = trit_model_create(&cfg, &weights, 1);
     const char *err = model ? "it was accepted" : trit_last_error();
     /* trit_model_create returns no code: an allocation failure says "out of memory", a refused config what is wrong */
