@@ -16,6 +16,7 @@ from test_hostile_input import one_line
 from trit import engine
 from trit.engine.errors import CheckpointError
 from trit.engine.formats.checkpoint import (
+    FAMILY_1BITLLM,
     FAMILY_BITNET,
     FAMILY_LLAMA,
     OUTPUT_HEAD,
@@ -39,6 +40,8 @@ LLAMA_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
 def test_family_of_the_supported_configs():
     assert family_of(BITNET_CONFIG) == FAMILY_BITNET
     assert family_of(LLAMA_CONFIG) == FAMILY_LLAMA
+    assert family_of({"architectures": ["BitnetForCausalLM"], "model_type": "llama", "weight_bits": 1,
+                      "input_bits": 8}) == FAMILY_1BITLLM
 
 
 @pytest.mark.parametrize("config, words", [
@@ -46,7 +49,9 @@ def test_family_of_the_supported_configs():
     ({**LLAMA_CONFIG, "quantization_config": {"quant_method": "gptq"}}, ["quantization_config", "'bitnet'"]),
     ({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}, ["model_type is 'mistral'",
                                                                            "MistralForCausalLM"]),
-    ({"architectures": ["BitnetForCausalLM"], "model_type": "llama"}, ["BitnetForCausalLM", "1bitLLM"]),
+    ({"architectures": ["BitnetForCausalLM"], "model_type": "llama", "quantization_config": {"quant_method": "gptq"}},
+     ["BitnetForCausalLM", "1bitLLM", "quantization_config"]),
+    ({"architectures": ["BitnetForCausalLM"], "model_type": "llama", "weight_bits": 2}, ["weight_bits is 2"]),
     ({}, ["model_type is None"]),
     ({"model_type": "llama", "architectures": "LlamaForCausalLM"}, ["architectures must be a list"]),
 ])
@@ -65,8 +70,11 @@ N_POSITIONS = 80
 CORR_MIN, TOP1_MIN = 0.99, 0.9
 # preset -> transformers class: one tiny checkpoint per family and head kind. falcon3-tiny keeps Falcon3's head_dim 256
 # and a context above 4096; falcon-e-tiny head_dim 128 with 2 query heads per KV head; llama3-tiny head_dim 64.
+# 1bitllm-tiny: float16 masters, which transformers' BitNetForCausalLM quantises at every forward in its "online"
+# mode exactly as 1bitLLM's own BitLinear does (see as_transformers_bitnet).
 FAMILY_PRESETS = {"tiny": "BitNetForCausalLM", "falcon-e-tiny": "LlamaForCausalLM",
-                  "falcon3-tiny": "LlamaForCausalLM", "llama3-tiny": "LlamaForCausalLM"}
+                  "falcon3-tiny": "LlamaForCausalLM", "llama3-tiny": "LlamaForCausalLM",
+                  "1bitllm-tiny": "BitNetForCausalLM"}
 FP16_KV = "trit_fp16_kv"
 
 
@@ -91,6 +99,29 @@ def register_fp16_kv_attention() -> None:
     AttentionMaskInterface.register(FP16_KV, eager_mask)  # the causal mask eager attention expects
 
 
+def as_transformers_bitnet(folder, dest):
+    """A 1bitLLM folder (its own BitnetForCausalLM, not in transformers) as transformers' BitNetForCausalLM: the same
+    float16 tensors, its two sub-norms under BitNet's names, and quantization_mode "online" — AutoBitLinear then
+    quantises the weights at every forward with s = 1 / mean |W|, T = round(W s) clipped, T / s, and the activations
+    per token to int8: 1bitLLM's BitLinear, operation for operation. hidden_act stays silu."""
+    if dest.exists():
+        return dest
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns(WEIGHTS_FILE, "trit"))
+    online = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
+    edit_config(dest, lambda c: (c.update(architectures=["BitNetForCausalLM"], model_type="bitnet",
+                                          quantization_config=online), c.pop("input_bits"), c.pop("weight_bits")))
+    f = SafetensorsFile(folder / WEIGHTS_FILE)
+    renamed = {"self_attn.inner_attn_ln": "self_attn.attn_sub_norm", "mlp.ffn_layernorm": "mlp.ffn_sub_norm"}
+
+    def bitnet_name(name):
+        for old, new in renamed.items():
+            name = name.replace(old, new)
+        return name
+
+    write_safetensors(dest / WEIGHTS_FILE, [(bitnet_name(n), i.dtype, f.array(n)) for n, i in f.tensors.items()])
+    return dest
+
+
 def load_transformers(folder):
     """(model, loading info): transformers' class for the folder's config.json (BitNetForCausalLM, or
     LlamaForCausalLM with the bitnet quantizer), every float in float32, its KV rounded through fp16."""
@@ -99,6 +130,8 @@ def load_transformers(folder):
     from hf_reference import quiet_eager
     from transformers import AutoModelForCausalLM
 
+    if Checkpoint(folder).config.family == FAMILY_1BITLLM:
+        folder = as_transformers_bitnet(folder, folder.parent / (folder.name + "-as-transformers-bitnet"))
     register_fp16_kv_attention()
     with quiet_eager():
         model, info = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True,
@@ -158,6 +191,25 @@ def test_engine_and_reference_match_transformers(family_model, transformers_logi
 
 def fails_thresholds(logits, theirs) -> bool:
     return mean_correlation(logits, theirs) < CORR_MIN or top1_agreement(logits, theirs) < TOP1_MIN
+
+
+def test_1bitllm_relu2_for_silu_fails_the_thresholds(family_model, transformers_logits):
+    """bitnet.cpp's 2026-07 routing of the 1bitLLM models to BitNet's relu² graph, as a negative control."""
+    folder = family_model("1bitllm-tiny")
+    ids = token_ids(1024)
+    assert fails_thresholds(R.forward(folder, ids, kv_f16=True, activation="relu2"), transformers_logits(folder, ids))
+
+
+def test_1bitllm_masters_are_quantised_once(family_model, tmp_path):
+    folder = copy_model(family_model("1bitllm-tiny"), tmp_path / "1bitllm")
+    first = engine.load(folder, head="bf16", threads=1).logits(token_ids(1024, 8))
+    derived_file = folder / "trit" / "ternary-absmean.safetensors"
+    stamp = derived_file.stat().st_mtime_ns
+    again = engine.load(folder, head="bf16", threads=1).logits(token_ids(1024, 8))
+    assert derived_file.stat().st_mtime_ns == stamp and np.array_equal(first, again)
+    ternary = Checkpoint(folder)
+    assert ternary.file.tensors["model.layers.0.mlp.up_proj.weight"].dtype == "U8"
+    assert ternary.config.linear_class == "bitlinear"
 
 
 @pytest.mark.parametrize("preset", ["falcon3-tiny", "llama3-tiny"])

@@ -15,7 +15,7 @@ import numpy as np
 
 from trit.engine.errors import CheckpointError, shown
 from trit.engine.formats.regular_file import open_regular
-from trit.engine.formats.safetensors_file import SafetensorsFile
+from trit.engine.formats.safetensors_file import SafetensorsFile, TensorInfo
 
 WEIGHTS_FILE = "model.safetensors"
 SHARDED_INDEX_FILE = "model.safetensors.index.json"  # a weight_map of tensor name -> shard file, beside the shards
@@ -36,9 +36,16 @@ SCALE_RANGE = (1e-6, 1e6)  # real weight scales are near 1 (mean |W|, or its inv
 FAMILY_BITNET = "bitnet"  # BitNetForCausalLM (microsoft/bitnet-b1.58-2B-4T): sub-norms, relu² gate
 FAMILY_LLAMA = "llama"    # LlamaForCausalLM + quantization_config bitnet (Falcon-E, Falcon3-1.58bit, Llama3-8B-1.58):
                           # SiLU gate, no sub-norms
-FAMILIES = {FAMILY_BITNET: "BitNet b1.58", FAMILY_LLAMA: "Llama ternary"}  # family -> what `trit models` shows
-HIDDEN_ACT = {FAMILY_BITNET: "relu2", FAMILY_LLAMA: "silu"}
-SUPPORTED = "BitNetForCausalLM, or LlamaForCausalLM with quantization_config.quant_method 'bitnet'"
+FAMILY_1BITLLM = "1bitllm"  # 1bitLLM's BitnetForCausalLM (bitnet_b1_58-large, -3B): sub-norms, SiLU gate, float
+                            # master weights, quantised to ternary at load (absmean) and kept in trit/
+FAMILIES = {FAMILY_BITNET: "BitNet b1.58", FAMILY_LLAMA: "Llama ternary",  # family -> what `trit models` shows
+            FAMILY_1BITLLM: "BitNet b1.58 (1bitLLM)"}
+HIDDEN_ACT = {FAMILY_BITNET: "relu2", FAMILY_LLAMA: "silu", FAMILY_1BITLLM: "silu"}
+# The norms before o_proj and down_proj, by family (the Llama block has none)
+SUB_NORM_NAMES = {FAMILY_BITNET: ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm"), FAMILY_LLAMA: (),
+                  FAMILY_1BITLLM: ("self_attn.inner_attn_ln", "mlp.ffn_layernorm")}
+SUPPORTED = ("BitNetForCausalLM, LlamaForCausalLM with quantization_config.quant_method 'bitnet', or 1bitLLM's "
+             "BitnetForCausalLM")
 
 
 def family_of(config: dict, source: str = CONFIG_FILE) -> str:
@@ -55,9 +62,14 @@ def family_of(config: dict, source: str = CONFIG_FILE) -> str:
         fail(f"architectures must be a list of names, not {archs!r:.60}")
     archs = archs or []
     model_type = config.get("model_type")
-    if "BitnetForCausalLM" in archs:  # 1bitLLM's own class: float master weights, not packed ternary ones
-        fail("architectures is BitnetForCausalLM (1bitLLM's float master weights): not supported yet; "
-             f"Trit runs {SUPPORTED}")
+    if "BitnetForCausalLM" in archs:  # 1bitLLM's own class (model_type llama): float master weights
+        if config.get("quantization_config") is not None:
+            fail("architectures is BitnetForCausalLM with a quantization_config: 1bitLLM's checkpoints hold float "
+                 "master weights, and this one is neither")
+        for key, bits in (("weight_bits", 1), ("input_bits", 8)):
+            if config.get(key, bits) != bits:
+                fail(f"{key} is {config.get(key)!r}; BitNet b1.58 quantises with {key} {bits}")
+        return FAMILY_1BITLLM
     if model_type == "bitnet":
         if archs and "BitNetForCausalLM" not in archs:
             fail(f"architectures is {', '.join(archs)}: model_type 'bitnet' expects BitNetForCausalLM")
@@ -118,7 +130,10 @@ class ModelConfig:
             raise CheckpointError(f"{source}: {msg}")
 
         family = family_of(d, source)
-        q = d.get("quantization_config")
+        # 1bitLLM's master weights are quantised here with the inverse of mean |W| as weight_scale, so its
+        # projections divide by it ("bitlinear"), as its own BitLinear does
+        q = d.get("quantization_config") if family != FAMILY_1BITLLM else {
+            "quant_method": "bitnet", "linear_class": "bitlinear"}
         if not isinstance(q, dict):
             fail("no quantization_config: this is not a packed BitNet checkpoint (the bf16 master weights are not "
                  "supported)")
@@ -211,7 +226,17 @@ class ModelConfig:
 
     @property
     def has_sub_norms(self) -> bool:
-        return self.family == FAMILY_BITNET
+        return bool(SUB_NORM_NAMES[self.family])
+
+    @property
+    def sub_norm_names(self) -> tuple[str, ...]:
+        """The norms before o_proj and down_proj as this family names them; () for the Llama block."""
+        return SUB_NORM_NAMES[self.family]
+
+    @property
+    def float_masters(self) -> bool:
+        """The projections are stored as float master weights, quantised to ternary at load."""
+        return self.family == FAMILY_1BITLLM
 
     def kv_bytes_per_token(self) -> int:
         return kv_bytes_per_token(self.num_hidden_layers, self.num_key_value_heads, self.head_dim)
@@ -226,9 +251,10 @@ class ModelConfig:
         }
         norm_sizes = {"input_layernorm": h, "post_attention_layernorm": h}
         if self.has_sub_norms:
-            norm_sizes.update({"self_attn.attn_sub_norm": q_out, "mlp.ffn_sub_norm": i})
+            attn_norm, ffn_norm = self.sub_norm_names
+            norm_sizes.update({attn_norm: q_out, ffn_norm: i})
         out = {
-            "model.embed_tokens.weight": ((self.vocab_size, h), ("BF16",)),
+            "model.embed_tokens.weight": ((self.vocab_size, h), FLOAT_DTYPES if self.float_masters else ("BF16",)),
             "model.norm.weight": ((h,), FLOAT_DTYPES),
         }
         if not self.tie_word_embeddings:
@@ -236,6 +262,9 @@ class ModelConfig:
         for layer in range(self.num_hidden_layers):
             p = f"model.layers.{layer}."
             for name, (rows, cols) in proj_shapes.items():
+                if self.float_masters:
+                    out[p + name + ".weight"] = ((rows, cols), FLOAT_DTYPES)
+                    continue
                 out[p + name + ".weight"] = ((rows // 4, cols), ("U8",))
                 out[p + name + ".weight_scale"] = ((1,), FLOAT_DTYPES)
             for name, n in norm_sizes.items():
@@ -319,6 +348,26 @@ class ShardedSafetensors:
         self._where[name].release(name)
 
 
+class TernaryOverlay:
+    """A checkpoint of float master weights seen as a packed one: its projections (and their weight scales) come
+    from the ternary tensors derived from them (engine/formats/derived.py, absmean_ternary), everything else from
+    the checkpoint's own file."""
+
+    def __init__(self, masters, ternary: dict[str, np.ndarray]):
+        self._masters, self._ternary = masters, ternary
+        self.path = masters.path
+        self.tensors = {n: i for n, i in masters.tensors.items() if n not in ternary}
+        for name, a in ternary.items():
+            self.tensors[name] = TensorInfo(name, "U8" if a.dtype == np.uint8 else "F32", a.shape, 0, a.nbytes)
+
+    def array(self, name: str) -> np.ndarray:
+        return self._ternary[name] if name in self._ternary else self._masters.array(name)
+
+    def release(self, name: str) -> None:
+        if name not in self._ternary:
+            self._masters.release(name)
+
+
 class Checkpoint:
     """A checked, memory-mapped packed checkpoint. Packed weights and the embedding stay in the map;
     norms and scales (a few KB) are widened to float32 once."""
@@ -334,12 +383,14 @@ class Checkpoint:
             self.file = ShardedSafetensors(index_path)
         else:
             self.file = SafetensorsFile(weights_path)
+        # the files the tensors are in: model.safetensors, or the shards in name order
+        self.weight_files: list[Path] = self.file.files if isinstance(self.file, ShardedSafetensors) else \
+            [self.file.path]
         self._check_tensors()
+        if self.config.float_masters:
+            from trit.engine.formats import derived  # derived reads checkpoints: imported when first needed
 
-    @property
-    def weight_files(self) -> list[Path]:
-        """The files the tensors are in: model.safetensors, or the shards in name order."""
-        return self.file.files if isinstance(self.file, ShardedSafetensors) else [self.file.path]
+            self.file = TernaryOverlay(self.file, derived.absmean_ternary(self))
 
     def _check_tensors(self) -> None:
         expected = self.config.expected_tensors()

@@ -154,25 +154,58 @@ def _load_or_derive(checkpoint: Checkpoint, filename: str, shapes: dict, derive)
     return {name: f.array(name) for name in tensors}
 
 
+def absmean_ternary(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
+    """Float master weights (1bitLLM) quantised as their BitLinear does at every forward: s = 1 / mean |W| (at least
+    1e-5 in the mean), T = clip(round(W * s), -1, 1), rounding half to even as torch does; the projection is then
+    T / s. Written packed, with s as weight_scale (divided by: "bitlinear"), into trit/ once."""
+    from trit.engine.formats.packing import pack_ternary
+
+    names = checkpoint.packed_names()
+
+    def derive() -> dict[str, np.ndarray]:
+        out = {}
+        for name in names:
+            w = checkpoint.f32(name)
+            scale = np.float32(1) / np.maximum(np.mean(np.abs(w), dtype=np.float32), np.float32(1e-5))
+            out[name] = pack_ternary(np.clip(np.rint(w * scale), -1, 1).astype(np.int8))
+            out[name + "_scale"] = np.array([scale], np.float32)
+        return out
+
+    shapes = {}
+    for name in names:
+        rows, cols = checkpoint.file.tensors[name].shape
+        shapes[name], shapes[name + "_scale"] = (rows // 4, cols), (1,)
+    return _load_or_derive(checkpoint, "ternary-absmean.safetensors", shapes, derive)
+
+
+def embedding_bf16(checkpoint: Checkpoint) -> np.ndarray:
+    """The input embedding as bf16 bit patterns, the form native code reads: as stored, or (f16/f32 masters) rounded
+    to bf16 once into trit/."""
+    return _bf16(checkpoint, "model.embed_tokens.weight", "embedding-bf16.safetensors")
+
+
+def _bf16(checkpoint: Checkpoint, name: str, filename: str) -> np.ndarray:
+    if checkpoint.file.tensors[name].dtype == "BF16":
+        return checkpoint.raw(name)
+
+    def derive() -> dict[str, np.ndarray]:
+        stored, dtype = checkpoint.raw(name), checkpoint.file.tensors[name].dtype
+        out = np.empty(stored.shape, np.uint16)
+        for r in range(0, stored.shape[0], ROWS_PER_CHUNK):
+            u = widen_to_f32(stored[r:r + ROWS_PER_CHUNK], dtype).view(np.uint32)
+            out[r:r + ROWS_PER_CHUNK] = (u + (np.uint32(0x7FFF) + ((u >> 16) & 1))) >> 16  # nearest, ties to even
+        return {"bf16": out}
+
+    return _load_or_derive(checkpoint, filename, {"bf16": checkpoint.file.tensors[name].shape}, derive)["bf16"]
+
+
 def output_bf16(checkpoint: Checkpoint) -> np.ndarray:
     """The output head's exact rows as bf16 bit patterns [vocab, hidden]: the tied embedding, or lm_head.weight as
     stored when bf16. An f16 or f32 lm_head is rounded to bf16 once (derived, like the compact heads): native code
     reads one 16-bit head format, and bf16 keeps every logit within 2^-9 of its size."""
     if checkpoint.config.tie_word_embeddings:
-        return checkpoint.raw("model.embed_tokens.weight")
-    if checkpoint.file.tensors[OUTPUT_HEAD].dtype == "BF16":
-        return checkpoint.raw(OUTPUT_HEAD)
-
-    def derive() -> dict[str, np.ndarray]:
-        stored, dtype = checkpoint.raw(OUTPUT_HEAD), checkpoint.file.tensors[OUTPUT_HEAD].dtype
-        out = np.empty(stored.shape, np.uint16)
-        for r in range(0, stored.shape[0], ROWS_PER_CHUNK):
-            u = widen_to_f32(stored[r:r + ROWS_PER_CHUNK], dtype).view(np.uint32)
-            out[r:r + ROWS_PER_CHUNK] = (u + (np.uint32(0x7FFF) + ((u >> 16) & 1))) >> 16  # nearest, ties to even
-        return {"output.bf16": out}
-
-    return _load_or_derive(checkpoint, "output-bf16.safetensors",
-                           {"output.bf16": checkpoint.file.tensors[OUTPUT_HEAD].shape}, derive)["output.bf16"]
+        return embedding_bf16(checkpoint)
+    return _bf16(checkpoint, OUTPUT_HEAD, "output-bf16.safetensors")
 
 
 def head(checkpoint: Checkpoint, kind: str) -> dict[str, np.ndarray]:

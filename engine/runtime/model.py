@@ -65,14 +65,15 @@ class Model(NativeObject):
             L.input_norm = f32(p + "input_layernorm.weight")
             L.post_attn_norm = f32(p + "post_attention_layernorm.weight")
             if cfg.has_sub_norms:  # the Llama block has none: NULL, and native code reads o's and down's input as is
-                L.attn_sub_norm = f32(p + "self_attn.attn_sub_norm.weight")
-                L.ffn_sub_norm = f32(p + "mlp.ffn_sub_norm.weight")
+                attn_norm, ffn_norm = cfg.sub_norm_names
+                L.attn_sub_norm = f32(p + attn_norm + ".weight")
+                L.ffn_sub_norm = f32(p + ffn_norm + ".weight")
             for short, full in (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
                                 ("o", "self_attn.o_proj"), ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
                                 ("down", "mlp.down_proj")):
                 setattr(L, short, packed(p + full + ".weight"))
                 setattr(L, short + "_scale", checkpoint.scale(p + full + ".weight_scale"))
-        embed = checkpoint.raw("model.embed_tokens.weight")
+        embed = derived.embedding_bf16(checkpoint)
         self._embedding_by_rows = head != "bf16"  # else the head reads all of it every token anyway
         self._keep.append(embed)
         weights = native.Weights(C.cast(native.ptr(embed), native._u16p), f32("model.norm.weight"), layers,

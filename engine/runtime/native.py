@@ -32,7 +32,7 @@ class Config(C.Structure):
 
 
 TERNARY_FORMATS = {"tq2": 0, "t5": 1}
-BLOCKS = {"bitnet": 0, "llama": 1}  # engine.formats.checkpoint's FAMILY_* -> trit.h's TRIT_BLOCK_*
+BLOCKS = {"bitnet": 0, "llama": 1, "1bitllm": 2}  # engine.formats.checkpoint's FAMILY_* -> trit.h's TRIT_BLOCK_*
 
 
 _f32p, _u8p, _u16p = C.POINTER(C.c_float), C.POINTER(C.c_uint8), C.POINTER(C.c_uint16)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trit.engine.formats.checkpoint import LINEAR_CLASSES, OUTPUT_HEAD, Checkpoint, widen_to_f32
+from trit.engine.formats.checkpoint import HIDDEN_ACT, LINEAR_CLASSES, OUTPUT_HEAD, Checkpoint, widen_to_f32
 from trit.engine.formats.packing import unpack_ternary
 
 F32 = np.float32
@@ -173,7 +173,7 @@ def layer(ckpt: Checkpoint, i: int, x: np.ndarray, positions: np.ndarray,
     family's ("relu2" or "silu"); kv_f16 rounds keys (after RoPE) and values to fp16, as a KV cache in fp16 does."""
     c = ckpt.config
     lc = linear_class or c.linear_class
-    act = ACTIVATIONS[activation or ("relu2" if c.has_sub_norms else "silu")]
+    act = ACTIVATIONS[activation or HIDDEN_ACT[c.family]]
     eps = c.rms_norm_eps
     p = f"model.layers.{i}."
     n = x.shape[0]
@@ -192,14 +192,14 @@ def layer(ckpt: Checkpoint, i: int, x: np.ndarray, positions: np.ndarray,
         k, v = through_f16(k), through_f16(v)
     a = attention(q, k, v, pos0=int(positions[0])).reshape(n, c.num_attention_heads * c.head_dim)
     if c.has_sub_norms:
-        a = rmsnorm(a, ckpt.f32(p + "self_attn.attn_sub_norm.weight"), eps)
+        a = rmsnorm(a, ckpt.f32(p + c.sub_norm_names[0] + ".weight"), eps)
     h = x + proj("self_attn.o_proj", a)
 
     # feed-forward block
     n2 = rmsnorm(h, ckpt.f32(p + "post_attention_layernorm.weight"), eps)
     g = act(proj("mlp.gate_proj", n2), proj("mlp.up_proj", n2))
     if c.has_sub_norms:
-        g = rmsnorm(g, ckpt.f32(p + "mlp.ffn_sub_norm.weight"), eps)
+        g = rmsnorm(g, ckpt.f32(p + c.sub_norm_names[1] + ".weight"), eps)
     return h + proj("mlp.down_proj", g)
 
 
@@ -222,14 +222,14 @@ def forward(checkpoint: Checkpoint | str | Path, token_ids, *, return_hidden: bo
     if linear_class is not None and linear_class not in LINEAR_CLASSES:
         raise ValueError(f"linear_class must be one of {LINEAR_CLASSES}, not {linear_class!r}")
     positions = np.arange(ids.size)
-    E = ckpt.raw("model.embed_tokens.weight")
+    E = ckpt.f32("model.embed_tokens.weight")  # exact from bf16, f16 (1bitLLM's masters) or f32
 
-    x = embed(E, ids)
+    x = E[ids]
     for i in range(c.num_hidden_layers):
         x = layer(ckpt, i, x, positions, linear_class, activation=activation, kv_f16=kv_f16)
     hidden = rmsnorm(x, ckpt.f32("model.norm.weight"), c.rms_norm_eps)
     if c.tie_word_embeddings if tied is None else tied:
-        logits = output_head(hidden, E)
+        logits = hidden @ E.T
     else:  # the untied head as stored (bf16, f16 or f32), widened exactly
         logits = hidden @ ckpt.f32(OUTPUT_HEAD).T
     return (logits, hidden) if return_hidden else logits

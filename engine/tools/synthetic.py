@@ -29,14 +29,15 @@ import numpy as np
 
 from trit.engine.formats.checkpoint import (
     CONFIG_FILE,
+    FAMILY_1BITLLM,
     FAMILY_BITNET,
     FAMILY_LLAMA,
     LINEAR_CLASSES,
     OUTPUT_HEAD,
     PROJECTIONS,
-    SUB_NORMS,
     WEIGHTS_FILE,
     ModelConfig,
+    widen_to_f32,
 )
 from trit.engine.formats.packing import pack_ternary
 from trit.engine.formats.safetensors_file import write_safetensors
@@ -89,6 +90,21 @@ LLAMA_PRESETS: dict[str, dict] = {
                         rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
 }
 PRESETS.update(LLAMA_PRESETS)
+
+# 1bitLLM's reproductions of the BitNet b1.58 paper (bitnet_b1_58-large, -3B): Llama 2's 32002-token vocabulary,
+# 2048 positions, float16 master weights (shapes from their config.json as published; check before relying on them).
+ONEBITLLM_PRESETS: dict[str, dict] = {
+    "bitnet-b1.58-large": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                               num_key_value_heads=16, vocab_size=32002, max_position_embeddings=2048,
+                               rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "bitnet-b1.58-3b": dict(hidden_size=3200, intermediate_size=8640, num_hidden_layers=26, num_attention_heads=32,
+                            num_key_value_heads=32, vocab_size=32002, max_position_embeddings=2048,
+                            rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "1bitllm-tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=1024, max_position_embeddings=2048,
+                         rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+}
+PRESETS.update(ONEBITLLM_PRESETS)
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -145,6 +161,8 @@ def special_token_ids(vocab_size: int) -> dict[str, int]:
 
 
 def preset_family(preset: str) -> str:
+    if preset in ONEBITLLM_PRESETS:
+        return FAMILY_1BITLLM
     return FAMILY_LLAMA if preset in LLAMA_PRESETS else FAMILY_BITNET
 
 
@@ -172,6 +190,28 @@ def make_config(preset: str = "tiny", *, linear_class: str | None = None, **over
     # byte-for-byte copy). rope_theta stays top-level: transformers 5 folds it into rope_parameters on load.
     # eos is end_of_text, as transformers' BitNetConfig default; generation_config.json adds <|eot_id|>, so a
     # reader must take its stop ids from there, as it must for the real model.
+    if family == FAMILY_1BITLLM:
+        # 1bitLLM's config.json: a LlamaConfig naming its own BitnetForCausalLM, with the bit widths of its BitLinear
+        # and no quantization_config (the weights are float)
+        cfg = {
+            "architectures": ["BitnetForCausalLM"],
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "bos_token_id": ids["bos"],
+            "eos_token_id": ids["end_of_text"],
+            "hidden_act": "silu",
+            "initializer_range": 0.02,
+            "input_bits": 8,
+            "model_type": "llama",
+            "pretraining_tp": 1,
+            "rope_scaling": None,
+            "torch_dtype": "float16",
+            "use_cache": True,
+            "weight_bits": 1,
+            **shape,
+        }
+        ModelConfig.from_dict(cfg, f"preset {preset!r} with {overrides}")
+        return dict(sorted(cfg.items()))
     if family == FAMILY_LLAMA:
         # The keys of a transformers LlamaConfig with the bitnet quantizer, as the Falcon3-1.58bit repositories write
         # them (from their published config.json, not a byte-for-byte copy).
@@ -311,13 +351,13 @@ def _output_head(seed: int, vocab: int, hidden: int, dtype: str) -> np.ndarray:
 def generate_tensors(config: dict, seed: int = 0, head_dtype: str = "BF16") -> Iterator[tuple[str, str, np.ndarray]]:
     """(name, safetensors dtype, array) for every tensor of the model, in file order."""
     cfg = ModelConfig.from_dict(config)
+    if cfg.float_masters:  # 1bitLLM stores every tensor in float16
+        yield from _float_master_tensors(cfg, seed)
+        return
     yield "model.embed_tokens.weight", "BF16", _embedding(seed, cfg.vocab_size, cfg.hidden_size)
-    norm_sizes = {"input_layernorm": cfg.hidden_size, "post_attention_layernorm": cfg.hidden_size,
-                  "self_attn.attn_sub_norm": cfg.num_attention_heads * cfg.head_dim,
-                  "mlp.ffn_sub_norm": cfg.intermediate_size}
-    if not cfg.has_sub_norms:
-        for name in SUB_NORMS:
-            del norm_sizes[name]
+    norm_sizes = {"input_layernorm": cfg.hidden_size, "post_attention_layernorm": cfg.hidden_size}
+    if cfg.has_sub_norms:
+        norm_sizes.update(zip(cfg.sub_norm_names, (cfg.num_attention_heads * cfg.head_dim, cfg.intermediate_size)))
     shapes = projection_shapes(cfg)
     for layer in range(cfg.num_hidden_layers):
         p = f"model.layers.{layer}."
@@ -332,6 +372,28 @@ def generate_tensors(config: dict, seed: int = 0, head_dtype: str = "BF16") -> I
     yield "model.norm.weight", "BF16", _norm_weight(_rng(seed, "model.norm.weight"), cfg.hidden_size)
     if not cfg.tie_word_embeddings:
         yield OUTPUT_HEAD, head_dtype, _output_head(seed, cfg.vocab_size, cfg.hidden_size, head_dtype)
+
+
+def _float_master_tensors(cfg: ModelConfig, seed: int) -> Iterator[tuple[str, str, np.ndarray]]:
+    """1bitLLM's float16 tensors. A projection's weights are normal with mean |W| = the gain that keeps the output's
+    rms near the input's once quantised (T / s with s = 1 / mean |W|: about 69% of T is non-zero)."""
+    f16 = lambda bits: widen_to_f32(bits, "BF16").astype(np.float16)  # noqa: E731 (the same values as bf16 ones)
+    yield "model.embed_tokens.weight", "F16", f16(_embedding(seed, cfg.vocab_size, cfg.hidden_size))
+    attn_norm, ffn_norm = cfg.sub_norm_names
+    norm_sizes = {"input_layernorm": cfg.hidden_size, "post_attention_layernorm": cfg.hidden_size,
+                  attn_norm: cfg.num_attention_heads * cfg.head_dim, ffn_norm: cfg.intermediate_size}
+    for layer in range(cfg.num_hidden_layers):
+        p = f"model.layers.{layer}."
+        for name, n in norm_sizes.items():
+            yield p + name + ".weight", "F16", f16(_norm_weight(_rng(seed, p + name + ".weight"), n))
+        for name, (rows, cols) in projection_shapes(cfg).items():
+            full = p + name + ".weight"
+            std = 1.0 / math.sqrt(cols * 0.69) / math.sqrt(2 / math.pi)  # mean |W| of a normal is std * sqrt(2/pi)
+            w = _rng(seed, full).standard_normal((rows, cols), dtype=np.float32) * np.float32(std)
+            yield full, "F16", w.astype(np.float16)
+    yield "model.norm.weight", "F16", f16(_norm_weight(_rng(seed, "model.norm.weight"), cfg.hidden_size))
+    if not cfg.tie_word_embeddings:
+        yield OUTPUT_HEAD, "F16", _output_head(seed, cfg.vocab_size, cfg.hidden_size, "F16")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -49,8 +49,9 @@ enum {
 
 /* The decoder block (config.json's family, engine/formats/checkpoint.py). Both run every projection as a BitLinear.
  * TRIT_BLOCK_BITNET: BitNetForCausalLM: RMSNorm before o and down (attn_sub_norm, ffn_sub_norm), relu(gate)^2 * up.
- * TRIT_BLOCK_LLAMA:  LlamaForCausalLM with the bitnet quantizer: no sub-norms, silu(gate) * up. */
-enum { TRIT_BLOCK_BITNET = 0, TRIT_BLOCK_LLAMA = 1 };
+ * TRIT_BLOCK_LLAMA:  LlamaForCausalLM with the bitnet quantizer: no sub-norms, silu(gate) * up.
+ * TRIT_BLOCK_1BITLLM: 1bitLLM's BitnetForCausalLM: the sub-norms, and silu(gate) * up. */
+enum { TRIT_BLOCK_BITNET = 0, TRIT_BLOCK_LLAMA = 1, TRIT_BLOCK_1BITLLM = 2 };
 
 /* The largest configuration trit_model_create takes; past any of them it fails with TRIT_E_INVALID before allocating
  * anything. Far above every ternary model (Llama3-8B: hidden 4096, 32 layers, vocabulary 128256), and small enough

@@ -5,7 +5,8 @@
  *   out = h + down( ffn_sub_norm( relu(gate(n2))^2 * up(n2) ) )                        n2 = post_attn_norm(h)
  * where every projection is a BitLinear: y = (quantize(x) . T) / s, times or divided by the weight scale.
  * The Llama block (TRIT_BLOCK_LLAMA: Falcon-E, Falcon3-1.58bit, Llama3-8B-1.58) is the same without the two sub-norms,
- * and with silu(gate(n2)) * up(n2) for relu(gate(n2))^2 * up(n2).
+ * and with silu(gate(n2)) * up(n2) for relu(gate(n2))^2 * up(n2); 1bitLLM's (TRIT_BLOCK_1BITLLM) keeps the sub-norms
+ * and gates with silu.
  * After the last layer: final_norm, then logits against the output head (the embedding when tied).
  *
  * Each step is one job for the thread pool; inside a job, threads take pieces of the rows as they go (matmuls, the
@@ -119,7 +120,7 @@ static int check_config(const trit_config *c) {
         return trit_fail(TRIT_E_INVALID, "config: unknown scale_mode %d", c->scale_mode);
     if (c->ternary_format != TRIT_TERNARY_TQ2 && c->ternary_format != TRIT_TERNARY_T5)
         return trit_fail(TRIT_E_INVALID, "config: unknown ternary_format %d", c->ternary_format);
-    if (c->block != TRIT_BLOCK_BITNET && c->block != TRIT_BLOCK_LLAMA)
+    if (c->block != TRIT_BLOCK_BITNET && c->block != TRIT_BLOCK_LLAMA && c->block != TRIT_BLOCK_1BITLLM)
         return trit_fail(TRIT_E_INVALID, "config: unknown block %d", c->block);
     return TRIT_OK;
 }
@@ -156,7 +157,7 @@ trit_model *trit_model_create(const trit_config *config, const trit_weights *wei
         trit_fail(TRIT_E_INVALID, "model: the derived head is missing or does not fit hidden_size");
         return NULL;
     }
-    int sub_norms = config->block == TRIT_BLOCK_BITNET;
+    int sub_norms = config->block != TRIT_BLOCK_LLAMA;
     for (int l = 0; l < config->n_layers; l++) {
         const trit_layer_weights *L = &weights->layers[l];
         if (!L->input_norm || !L->q || !L->k || !L->v || !L->o || !L->post_attn_norm || !L->gate || !L->up ||
@@ -437,7 +438,7 @@ static void matmul_piece(const matmul_job *j, const thread_scratch *in, int c0, 
             int r0 = g0 + q * stride, r1 = g1 + q * stride < p->rows ? g1 + q * stride : p->rows;
             if (r1 <= r0) continue;
             if (gated)
-                (c->block == TRIT_BLOCK_LLAMA ? kern->silu_sums : kern->relu2_sums)(
+                (c->block == TRIT_BLOCK_BITNET ? kern->relu2_sums : kern->silu_sums)(
                     out + r0, acc + r0, f, up->acc + (size_t)t * up->rows + r0,
                     divide ? 1.0f / (s * up->scale) : up->scale / s, r1 - r0);
             else
