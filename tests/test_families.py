@@ -368,3 +368,18 @@ def test_trit_refuses_a_16_bit_llama_folder_in_one_line(family_model, tmp_path, 
     edit_config(folder, lambda c: c.pop("quantization_config"))
     one_line(trit("bench", folder, "--pp", "4", "--tg", "2", "-r", "1"), "config.json", "quantization_config",
              "16-bit")
+
+
+@pytest.mark.parametrize("eos, stops", [(lambda ids: ids["eot"], {"eot"}),
+                                        (lambda ids: [ids["end_of_text"], ids["eot"]], {"end_of_text", "eot"})])
+def test_stop_ids_from_generation_config_as_an_int_or_a_list(family_model, tmp_path, eos, stops):
+    """Llama 3-style repositories end a turn with <|eot_id|> and list it in generation_config.json, as one id or
+    several: the stop ids are those, plus tokenizer_config's eos_token."""
+    from trit.engine.tools.synthetic import GENERATION_CONFIG_FILE, special_token_ids
+
+    folder = copy_model(family_model("llama3-tiny"), tmp_path / "llama3")
+    ids = special_token_ids(1024)
+    generation = json.loads((folder / GENERATION_CONFIG_FILE).read_text())
+    generation["eos_token_id"] = eos(ids)
+    (folder / GENERATION_CONFIG_FILE).write_text(json.dumps(generation))
+    assert engine.load(folder, threads=1).tokenizer.stop_ids == {ids[name] for name in stops | {"eot"}}
