@@ -26,7 +26,6 @@ LINEAR_CLASSES = ("autobitlinear", "bitlinear")
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 LAYER_NORMS = ("input_layernorm", "post_attention_layernorm", "self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
-SUB_NORMS = ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")  # BitNet's norms before o_proj and down_proj
 OUTPUT_HEAD = "lm_head.weight"  # an untied head, in the 16-bit dtype the repository stores
 FLOAT_DTYPES = ("BF16", "F16", "F32")
 SCALE_RANGE = (1e-6, 1e6)  # real weight scales are near 1 (mean |W|, or its inverse); 3.4e38 makes every logit NaN
