@@ -23,6 +23,7 @@ from trit.engine.formats.checkpoint import (
     SHARDED_INDEX_FILE,
     WEIGHTS_FILE,
     Checkpoint,
+    ModelConfig,
     family_of,
 )
 from trit.engine.formats.safetensors_file import SafetensorsFile, write_safetensors
@@ -383,3 +384,21 @@ def test_stop_ids_from_generation_config_as_an_int_or_a_list(family_model, tmp_p
     generation["eos_token_id"] = eos(ids)
     (folder / GENERATION_CONFIG_FILE).write_text(json.dumps(generation))
     assert engine.load(folder, threads=1).tokenizer.stop_ids == {ids[name] for name in stops | {"eot"}}
+
+
+@pytest.mark.parametrize("preset, family, head_dim, vocab", [
+    ("falcon-e-1b", FAMILY_LLAMA, 128, 32768), ("falcon-e-3b", FAMILY_LLAMA, 256, 32768),
+    ("falcon3-1b-1.58", FAMILY_LLAMA, 256, 131072), ("falcon3-3b-1.58", FAMILY_LLAMA, 256, 131072),
+    ("falcon3-7b-1.58", FAMILY_LLAMA, 256, 131072), ("falcon3-10b-1.58", FAMILY_LLAMA, 256, 131072),
+    ("llama3-8b-1.58", FAMILY_LLAMA, 128, 128256), ("bitnet-b1.58-large", FAMILY_1BITLLM, 96, 32002),
+    ("bitnet-b1.58-3b", FAMILY_1BITLLM, 100, 32002), ("2b4t", FAMILY_BITNET, 128, 128256),
+])
+def test_the_real_shapes_are_configs_their_family_accepts(preset, family, head_dim, vocab):
+    """Every real repository's shape (the presets `trit bench --synthetic` takes) within the engine's limits: head_dim
+    up to 256, vocabularies past 131k, contexts past 4096."""
+    from trit.engine.tools.synthetic import make_config
+
+    cfg = ModelConfig.from_dict(make_config(preset))
+    assert (cfg.family, cfg.head_dim, cfg.vocab_size) == (family, head_dim, vocab)
+    assert cfg.tie_word_embeddings == (family == FAMILY_BITNET)
+    assert "lm_head.weight" in cfg.expected_tensors() or cfg.tie_word_embeddings
