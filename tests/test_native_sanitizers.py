@@ -25,6 +25,7 @@ INSTALL = "apt-get install cmake gcc"
 # models and inputs at the native boundary, the demo model. Not the demo model's held-out perplexity (the transformers
 # half of it alone takes half a minute and it runs no native path the rest does not).
 ENGINE_TESTS = ["test_native_ops.py", "test_model.py", "test_chat.py", "test_derived.py", "test_bad_input.py",
+                "test_families.py",
                 "test_demo_model.py"]
 NOT_PERPLEXITY = "not reproduces_transformers and not far_below"
 

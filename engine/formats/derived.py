@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from trit.engine.errors import CheckpointError
-from trit.engine.formats.checkpoint import WEIGHTS_FILE, Checkpoint, widen_to_f32
+from trit.engine.formats.checkpoint import OUTPUT_HEAD, Checkpoint, widen_to_f32
 from trit.engine.formats.safetensors_file import SafetensorsFile, write_safetensors
 from trit.engine.runtime import native
 
@@ -32,16 +32,17 @@ ROWS_PER_CHUNK = 8192  # bounds the float32 temporary while deriving (8192 x 256
 
 
 def fingerprint(checkpoint: Checkpoint) -> str:
-    """Size of model.safetensors, plus a CRC of its header and of 64 pages spread across it: cheap to compute,
-    and it changes when the checkpoint does."""
-    path = checkpoint.folder / WEIGHTS_FILE
-    size = path.stat().st_size
-    crc = 0
-    with open(path, "rb") as f:
-        for offset in np.linspace(0, max(size - 4096, 0), 64).astype(np.int64):
-            f.seek(int(offset))
-            crc = zlib.crc32(f.read(4096), crc)
-    return f"{size}:{crc:08x}"
+    """Size of model.safetensors (of every shard), plus a CRC of its header and of 64 pages spread across it: cheap
+    to compute, and it changes when the checkpoint does."""
+    sizes, crc = [], 0
+    for path in checkpoint.weight_files:
+        size = path.stat().st_size
+        sizes.append(str(size))
+        with open(path, "rb") as f:
+            for offset in np.linspace(0, max(size - 4096, 0), 64).astype(np.int64):
+                f.seek(int(offset))
+                crc = zlib.crc32(f.read(4096), crc)
+    return f"{'+'.join(sizes)}:{crc:08x}"
 
 
 def quantize_q8(rows_f32: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +114,7 @@ def derive_t5(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
 
 
 DTYPE_NAMES = {np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.float32): "F32",
-               np.dtype(np.float16): "F16"}
+               np.dtype(np.float16): "F16", np.dtype(np.uint16): "BF16"}  # bf16 is kept as its bit patterns
 
 
 def _head_shapes(kind: str, vocab: int, hidden: int) -> dict[str, tuple[int, ...]]:
@@ -153,11 +154,67 @@ def _load_or_derive(checkpoint: Checkpoint, filename: str, shapes: dict, derive)
     return {name: f.array(name) for name in tensors}
 
 
+def absmean_ternary(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
+    """Float master weights (1bitLLM) quantised as their BitLinear does at every forward: s = 1 / mean |W| (at least
+    1e-5 in the mean), T = clip(round(W * s), -1, 1), rounding half to even as torch does; the projection is then
+    T / s. Written packed, with s as weight_scale (divided by: "bitlinear"), into trit/ once."""
+    from trit.engine.formats.packing import pack_ternary
+
+    names = checkpoint.packed_names()
+
+    def derive() -> dict[str, np.ndarray]:
+        out = {}
+        for name in names:
+            w = checkpoint.f32(name)
+            scale = np.float32(1) / np.maximum(np.mean(np.abs(w), dtype=np.float32), np.float32(1e-5))
+            out[name] = pack_ternary(np.clip(np.rint(w * scale), -1, 1).astype(np.int8))
+            out[name + "_scale"] = np.array([scale], np.float32)
+        return out
+
+    shapes = {}
+    for name in names:
+        rows, cols = checkpoint.file.tensors[name].shape
+        shapes[name], shapes[name + "_scale"] = (rows // 4, cols), (1,)
+    return _load_or_derive(checkpoint, "ternary-absmean.safetensors", shapes, derive)
+
+
+def embedding_bf16(checkpoint: Checkpoint) -> np.ndarray:
+    """The input embedding as bf16 bit patterns, the form native code reads: as stored, or (f16/f32 masters) rounded
+    to bf16 once into trit/."""
+    return _bf16(checkpoint, "model.embed_tokens.weight", "embedding-bf16.safetensors")
+
+
+def _bf16(checkpoint: Checkpoint, name: str, filename: str) -> np.ndarray:
+    if checkpoint.file.tensors[name].dtype == "BF16":
+        return checkpoint.raw(name)
+
+    def derive() -> dict[str, np.ndarray]:
+        stored, dtype = checkpoint.raw(name), checkpoint.file.tensors[name].dtype
+        out = np.empty(stored.shape, np.uint16)
+        for r in range(0, stored.shape[0], ROWS_PER_CHUNK):
+            u = widen_to_f32(stored[r:r + ROWS_PER_CHUNK], dtype).view(np.uint32)
+            out[r:r + ROWS_PER_CHUNK] = (u + (np.uint32(0x7FFF) + ((u >> 16) & 1))) >> 16  # nearest, ties to even
+        return {"bf16": out}
+
+    return _load_or_derive(checkpoint, filename, {"bf16": checkpoint.file.tensors[name].shape}, derive)["bf16"]
+
+
+def output_bf16(checkpoint: Checkpoint) -> np.ndarray:
+    """The output head's exact rows as bf16 bit patterns [vocab, hidden]: the tied embedding, or lm_head.weight as
+    stored when bf16. An f16 or f32 lm_head is rounded to bf16 once (derived, like the compact heads): native code
+    reads one 16-bit head format, and bf16 keeps every logit within 2^-9 of its size."""
+    if checkpoint.config.tie_word_embeddings:
+        return embedding_bf16(checkpoint)
+    return _bf16(checkpoint, OUTPUT_HEAD, "output-bf16.safetensors")
+
+
 def head(checkpoint: Checkpoint, kind: str) -> dict[str, np.ndarray]:
-    """The derived head tensors ("head.q8"/"head.q4" and "head.scales") of a checkpoint."""
-    embed = checkpoint.raw("model.embed_tokens.weight")
-    return _load_or_derive(checkpoint, f"head-{kind}.safetensors", _head_shapes(kind, *embed.shape),
-                           lambda: derive_head(embed, kind))
+    """The derived head tensors ("head.q8"/"head.q4" and "head.scales") of a checkpoint: from the tied embedding, or
+    from the untied lm_head."""
+    rows = output_bf16(checkpoint)
+    name = "head" if checkpoint.config.tie_word_embeddings else "output-head"  # a tied file never passes as untied
+    return _load_or_derive(checkpoint, f"{name}-{kind}.safetensors", _head_shapes(kind, *rows.shape),
+                           lambda: derive_head(rows, kind))
 
 
 def ternary_t5(checkpoint: Checkpoint) -> dict[str, np.ndarray]:

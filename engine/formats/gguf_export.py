@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from trit.engine.errors import CheckpointError, EngineError
-from trit.engine.formats.checkpoint import PROJECTIONS, Checkpoint
+from trit.engine.formats.checkpoint import FAMILIES, FAMILY_BITNET, PROJECTIONS, Checkpoint
 from trit.engine.formats.derived import DERIVED_DIR, fingerprint
 from trit.engine.formats.packing import unpack_codes
 
@@ -248,6 +248,9 @@ def _plan(checkpoint: Checkpoint, qtype: str) -> list[tuple[str, tuple[int, ...]
 def check_shape(checkpoint: Checkpoint) -> None:
     """llama.cpp's bitnet loader wants q and o square and the TQ block to divide every row."""
     cfg = checkpoint.config
+    if cfg.family != FAMILY_BITNET:  # its llama graph would need other tensor names and an output tensor
+        raise GGUFExportError(f"only BitNet b1.58 (BitNetForCausalLM) models are exported to GGUF here, not "
+                              f"{FAMILIES[cfg.family]} ones")
     if cfg.num_attention_heads * cfg.head_dim != cfg.hidden_size:
         raise GGUFExportError("llama.cpp's bitnet graph needs heads x head_dim == hidden_size")
     for n in (cfg.hidden_size, cfg.intermediate_size):

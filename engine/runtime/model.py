@@ -64,18 +64,24 @@ class Model(NativeObject):
             p, L = f"model.layers.{i}.", layers[i]
             L.input_norm = f32(p + "input_layernorm.weight")
             L.post_attn_norm = f32(p + "post_attention_layernorm.weight")
-            L.attn_sub_norm = f32(p + "self_attn.attn_sub_norm.weight")
-            L.ffn_sub_norm = f32(p + "mlp.ffn_sub_norm.weight")
+            if cfg.has_sub_norms:  # the Llama block has none: NULL, and native code reads o's and down's input as is
+                attn_norm, ffn_norm = cfg.sub_norm_names
+                L.attn_sub_norm = f32(p + attn_norm + ".weight")
+                L.ffn_sub_norm = f32(p + ffn_norm + ".weight")
             for short, full in (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
                                 ("o", "self_attn.o_proj"), ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
                                 ("down", "mlp.down_proj")):
                 setattr(L, short, packed(p + full + ".weight"))
                 setattr(L, short + "_scale", checkpoint.scale(p + full + ".weight_scale"))
-        embed = checkpoint.raw("model.embed_tokens.weight")
+        embed = derived.embedding_bf16(checkpoint)
         self._embedding_by_rows = head != "bf16"  # else the head reads all of it every token anyway
         self._keep.append(embed)
         weights = native.Weights(C.cast(native.ptr(embed), native._u16p), f32("model.norm.weight"), layers,
-                                 native.HEAD_TYPES[head], None, None)
+                                 native.HEAD_TYPES[head], None, None, None)
+        if not cfg.tie_word_embeddings:  # the untied head's exact rows: the bf16 head, and what a compact one rescores
+            output = derived.output_bf16(checkpoint)
+            self._keep.append(output)
+            weights.output = C.cast(native.ptr(output), native._u16p)
         if head != "bf16":
             tensors = derived.head(checkpoint, head)
             self._keep.extend(tensors.values())
@@ -87,7 +93,7 @@ class Model(NativeObject):
         config = native.Config(
             *sizes.values(), cfg.rope_theta, cfg.rms_norm_eps,
             native.SCALE_MULTIPLY if cfg.linear_class == "autobitlinear" else native.SCALE_DIVIDE,
-            native.TERNARY_FORMATS[ternary])
+            native.TERNARY_FORMATS[ternary], native.BLOCKS[cfg.family])
         self._lib = native.lib()
         if threads is None and self._ternary_weights(cfg) < SMALL_MODEL_WEIGHTS:
             threads = 1  # too little work per step to share: each hand-off between cores costs more than it saves
@@ -147,7 +153,7 @@ class Model(NativeObject):
                 "q4": c.vocab_size * (h // 2 + h // 32 * 2)}[self.head]
         if self.head != "bf16":
             head += self.threads * 32 * h * 2
-        norms = (c.num_hidden_layers * (3 * h + i) + h) * 4
+        norms = (c.num_hidden_layers * ((3 * h + i) if c.has_sub_norms else 2 * h) + h) * 4
         kv_cache = c.kv_bytes_per_token() * (position + 1)
         return c.num_hidden_layers * ternary + head + h * 2 + norms + kv_cache
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from trit.engine.errors import InputError, NativeError
 
-API_VERSION = 1
+API_VERSION = 2
 E_RANGE = -3
 MAX_THREADS = 256  # trit.h's TRIT_MAX_THREADS
 INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
@@ -28,10 +28,11 @@ class Config(C.Structure):
     _fields_ = [(name, C.c_int32) for name in (
         "hidden_size", "intermediate_size", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size",
         "max_positions")] + [("rope_theta", C.c_float), ("rms_eps", C.c_float), ("scale_mode", C.c_int32),
-                             ("ternary_format", C.c_int32)]
+                             ("ternary_format", C.c_int32), ("block", C.c_int32)]
 
 
 TERNARY_FORMATS = {"tq2": 0, "t5": 1}
+BLOCKS = {"bitnet": 0, "llama": 1, "1bitllm": 2}  # engine.formats.checkpoint's FAMILY_* -> trit.h's TRIT_BLOCK_*
 
 
 _f32p, _u8p, _u16p = C.POINTER(C.c_float), C.POINTER(C.c_uint8), C.POINTER(C.c_uint16)
@@ -47,7 +48,7 @@ class LayerWeights(C.Structure):
 
 class Weights(C.Structure):
     _fields_ = [("embed", _u16p), ("final_norm", _f32p), ("layers", C.POINTER(LayerWeights)),
-                ("head_type", C.c_int32), ("head", C.c_void_p), ("head_scales", C.c_void_p)]
+                ("head_type", C.c_int32), ("head", C.c_void_p), ("head_scales", C.c_void_p), ("output", _u16p)]
 
 
 HEAD_TYPES = {"bf16": 0, "q8": 1, "q4": 2}
@@ -97,6 +98,7 @@ def _bind(lib: C.CDLL) -> C.CDLL:
     fn("trit_op_rope", None, P, C.c_int, C.c_int, C.c_int, C.c_float)
     fn("trit_op_attention", C.c_int, P, P, P, P, C.c_int, C.c_int, C.c_int, C.c_int, C.c_int)
     fn("trit_op_relu2_sums", None, P, P, C.c_float, P, C.c_float, C.c_int)
+    fn("trit_op_silu_sums", None, P, P, C.c_float, P, C.c_float, C.c_int)
     fn("trit_op_to_f16", None, P, P, C.c_int)
     fn("trit_op_output_head", C.c_int, C.c_int, P, P, P, P, C.c_int, C.c_int)
     return lib
@@ -253,6 +255,14 @@ def op_relu2_sums(gate, fg: float, up, fu: float) -> np.ndarray:
     gate, up = np.ascontiguousarray(gate, np.int32), np.ascontiguousarray(up, np.int32)
     out = np.empty(gate.shape, np.float32)
     lib().trit_op_relu2_sums(ptr(out), ptr(gate), fg, ptr(up), fu, gate.size)
+    return out
+
+
+def op_silu_sums(gate, fg: float, up, fu: float) -> np.ndarray:
+    """silu(gate * fg) * (up * fu) in float32 from the gate and up projections' int32 sums (the Llama block)."""
+    gate, up = np.ascontiguousarray(gate, np.int32), np.ascontiguousarray(up, np.int32)
+    out = np.empty(gate.shape, np.float32)
+    lib().trit_op_silu_sums(ptr(out), ptr(gate), fg, ptr(up), fu, gate.size)
     return out
 
 

@@ -14,6 +14,14 @@ One decoder layer (see shared BITNET.md):
     out = h + down_proj(ffn_sub_norm(relu(gate_proj(n2))**2 * up_proj(n2)))
 
 and the model: embed -> layers -> model.norm -> logits = normed @ embed_tokens^T (tied head).
+
+The Llama block (transformers' LlamaDecoderLayer with the bitnet quantizer: Falcon-E, Falcon3-1.58bit,
+Llama3-8B-1.58) is the same without the two sub-norms and with SiLU gating:
+
+    h   = x + o_proj(attention(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1)))
+    out = h + down_proj(silu(gate_proj(n2)) * up_proj(n2))
+
+and its head may be untied: logits = normed @ lm_head^T.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trit.engine.formats.checkpoint import LINEAR_CLASSES, Checkpoint, widen_to_f32
+from trit.engine.formats.checkpoint import HIDDEN_ACT, LINEAR_CLASSES, OUTPUT_HEAD, Checkpoint, widen_to_f32
 from trit.engine.formats.packing import unpack_ternary
 
 F32 = np.float32
@@ -132,6 +140,21 @@ def relu2_gate(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return r * r * np.asarray(up, F32)
 
 
+def silu_gate(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up, silu(g) = g * sigmoid(g)."""
+    g = np.asarray(gate, F32)
+    with np.errstate(over="ignore"):  # exp(-g) is inf for g < -88: the quotient is then -0, as in torch
+        return g / (F32(1) + np.exp(-g)) * np.asarray(up, F32)
+
+
+ACTIVATIONS = {"relu2": relu2_gate, "silu": silu_gate}
+
+
+def through_f16(x: np.ndarray) -> np.ndarray:
+    """x rounded to fp16 and back: what a KV cache stored in fp16 (the engine's, llama.cpp's) gives attention."""
+    return np.asarray(x, F32).astype(np.float16).astype(F32)
+
+
 def embed(embed_bf16: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
     """Rows of the bf16 embedding (uint16 bit patterns) for the tokens, widened to float32."""
     return widen_to_f32(np.asarray(embed_bf16)[np.asarray(token_ids)], "BF16")
@@ -145,10 +168,12 @@ def output_head(x: np.ndarray, embed_bf16: np.ndarray) -> np.ndarray:
 # --- the model ------------------------------------------------------------------------------------------------------
 
 def layer(ckpt: Checkpoint, i: int, x: np.ndarray, positions: np.ndarray,
-          linear_class: str | None = None) -> np.ndarray:
-    """Decoder layer i on hidden states x [n, hidden] of a fresh context at `positions` [n]."""
+          linear_class: str | None = None, *, activation: str | None = None, kv_f16: bool = False) -> np.ndarray:
+    """Decoder layer i on hidden states x [n, hidden] of a fresh context at `positions` [n]. activation overrides the
+    family's ("relu2" or "silu"); kv_f16 rounds keys (after RoPE) and values to fp16, as a KV cache in fp16 does."""
     c = ckpt.config
     lc = linear_class or c.linear_class
+    act = ACTIVATIONS[activation or HIDDEN_ACT[c.family]]
     eps = c.rms_norm_eps
     p = f"model.layers.{i}."
     n = x.shape[0]
@@ -163,23 +188,29 @@ def layer(ckpt: Checkpoint, i: int, x: np.ndarray, positions: np.ndarray,
     v = proj("self_attn.v_proj", n1).reshape(n, c.num_key_value_heads, c.head_dim)
     q = rope(q, positions, c.rope_theta)
     k = rope(k, positions, c.rope_theta)
+    if kv_f16:
+        k, v = through_f16(k), through_f16(v)
     a = attention(q, k, v, pos0=int(positions[0])).reshape(n, c.num_attention_heads * c.head_dim)
-    a = rmsnorm(a, ckpt.f32(p + "self_attn.attn_sub_norm.weight"), eps)
+    if c.has_sub_norms:
+        a = rmsnorm(a, ckpt.f32(p + c.sub_norm_names[0] + ".weight"), eps)
     h = x + proj("self_attn.o_proj", a)
 
     # feed-forward block
     n2 = rmsnorm(h, ckpt.f32(p + "post_attention_layernorm.weight"), eps)
-    g = relu2_gate(proj("mlp.gate_proj", n2), proj("mlp.up_proj", n2))
-    g = rmsnorm(g, ckpt.f32(p + "mlp.ffn_sub_norm.weight"), eps)
+    g = act(proj("mlp.gate_proj", n2), proj("mlp.up_proj", n2))
+    if c.has_sub_norms:
+        g = rmsnorm(g, ckpt.f32(p + c.sub_norm_names[1] + ".weight"), eps)
     return h + proj("mlp.down_proj", g)
 
 
 def forward(checkpoint: Checkpoint | str | Path, token_ids, *, return_hidden: bool = False,
-            linear_class: str | None = None):
+            linear_class: str | None = None, activation: str | None = None, tied: bool | None = None,
+            kv_f16: bool = False):
     """Logits float32 [n, vocab] for token_ids [n] in a fresh context (positions 0 .. n-1).
 
     With return_hidden=True, returns (logits, hidden) where hidden [n, hidden_size] are the final normed states.
-    linear_class overrides the checkpoint's weight-scale direction (only for tests proving a wrong one is caught).
+    linear_class, activation and tied override the checkpoint's weight-scale direction, FFN activation and head (only
+    for tests proving a wrong one is caught); kv_f16 stores keys and values in fp16, as the engine's cache does.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
     c = ckpt.config
@@ -191,11 +222,14 @@ def forward(checkpoint: Checkpoint | str | Path, token_ids, *, return_hidden: bo
     if linear_class is not None and linear_class not in LINEAR_CLASSES:
         raise ValueError(f"linear_class must be one of {LINEAR_CLASSES}, not {linear_class!r}")
     positions = np.arange(ids.size)
-    E = ckpt.raw("model.embed_tokens.weight")
+    E = ckpt.f32("model.embed_tokens.weight")  # exact from bf16, f16 (1bitLLM's masters) or f32
 
-    x = embed(E, ids)
+    x = E[ids]
     for i in range(c.num_hidden_layers):
-        x = layer(ckpt, i, x, positions, linear_class)
+        x = layer(ckpt, i, x, positions, linear_class, activation=activation, kv_f16=kv_f16)
     hidden = rmsnorm(x, ckpt.f32("model.norm.weight"), c.rms_norm_eps)
-    logits = output_head(hidden, E)
+    if c.tie_word_embeddings if tied is None else tied:
+        logits = hidden @ E.T
+    else:  # the untied head as stored (bf16, f16 or f32), widened exactly
+        logits = hidden @ ckpt.f32(OUTPUT_HEAD).T
     return (logits, hidden) if return_hidden else logits

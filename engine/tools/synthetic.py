@@ -1,4 +1,4 @@
-"""Random BitNet b1.58 models of any shape, written in the exact Hugging Face packed format.
+"""Random ternary models of any shape and family, written in the exact Hugging Face packed format.
 
 The real checkpoint is 1.2 GB behind a download; tests, benchmarks and the native kernel need models now, of any
 shape, that transformers' `BitNetForCausalLM` loads as it loads the real one. A folder written here holds
@@ -6,7 +6,11 @@ config.json, model.safetensors (ternary projections packed 4 rows per byte, bf16
 byte-level BPE tokenizer (tokenizer.json + tokenizer_config.json with the BitNet chat template) and
 generation_config.json. Everything is deterministic: the same arguments give the same bytes.
 
-    python -m trit.engine.tools.synthetic OUT_DIR [--preset tiny|small|2b4t] [--seed N] [--linear-class bitlinear]
+The Llama-block presets (falcon-e-*, falcon3-*, llama3-8b-1.58 and their -tiny variants) write what transformers'
+`LlamaForCausalLM` loads with the bitnet quantizer: the same packed projections, no sub-norms, and an untied
+lm_head where the real repository has one.
+
+    python -m trit.engine.tools.synthetic OUT_DIR [--preset tiny|small|2b4t|falcon-e-3b|...] [--seed N]
 """
 
 from __future__ import annotations
@@ -25,11 +29,15 @@ import numpy as np
 
 from trit.engine.formats.checkpoint import (
     CONFIG_FILE,
-    LAYER_NORMS,
+    FAMILY_1BITLLM,
+    FAMILY_BITNET,
+    FAMILY_LLAMA,
     LINEAR_CLASSES,
+    OUTPUT_HEAD,
     PROJECTIONS,
     WEIGHTS_FILE,
     ModelConfig,
+    widen_to_f32,
 )
 from trit.engine.formats.packing import pack_ternary
 from trit.engine.formats.safetensors_file import write_safetensors
@@ -47,6 +55,56 @@ PRESETS: dict[str, dict] = {
                  num_key_value_heads=5, vocab_size=128256, max_position_embeddings=4096,
                  rope_theta=500000.0, rms_norm_eps=1e-5),
 }
+
+# The Llama-block families, with the real repositories' shapes. The Falcon3 and Llama3 ones follow their published
+# config.json (Falcon3: head_dim 256, rope_theta 1000042, vocabulary 131072; Llama3-8B: Llama 3's); the Falcon-E
+# ones were not read from the real files (no network here) and are sized to the repositories' download sizes
+# (about 0.6 and 1.0 GB): check them against the real config.json before relying on them.
+_FALCON3 = dict(num_attention_heads=12, num_key_value_heads=4, head_dim=256, vocab_size=131072,
+                max_position_embeddings=32768, rope_theta=1000042.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
+LLAMA_PRESETS: dict[str, dict] = {
+    "falcon-e-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16,
+                        num_key_value_heads=2, head_dim=128, vocab_size=32768, max_position_embeddings=32768,
+                        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "falcon-e-3b": dict(hidden_size=3072, intermediate_size=9216, num_hidden_layers=32, num_attention_heads=12,
+                        num_key_value_heads=4, head_dim=256, vocab_size=32768, max_position_embeddings=32768,
+                        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "falcon3-1b-1.58": {**_FALCON3, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 18,
+                        "num_attention_heads": 8, "max_position_embeddings": 8192},
+    "falcon3-3b-1.58": {**_FALCON3, "hidden_size": 3072, "intermediate_size": 9216, "num_hidden_layers": 22},
+    "falcon3-7b-1.58": {**_FALCON3, "hidden_size": 3072, "intermediate_size": 23040, "num_hidden_layers": 28},
+    "falcon3-10b-1.58": {**_FALCON3, "hidden_size": 3072, "intermediate_size": 23040, "num_hidden_layers": 40},
+    "llama3-8b-1.58": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                           num_key_value_heads=8, head_dim=128, vocab_size=128256, max_position_embeddings=8192,
+                           rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    # For tests: each real shape's head_dim, GQA ratio and head kind, at a size that runs in a second. The Falcon3 one
+    # keeps head_dim 256 and a context above 4096.
+    "falcon-e-tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=1, head_dim=128, vocab_size=1024, max_position_embeddings=4096,
+                          rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "falcon3-tiny": {**_FALCON3, "hidden_size": 512, "intermediate_size": 512, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 1024,
+                     "max_position_embeddings": 8192},
+    "llama3-tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=64, vocab_size=1024, max_position_embeddings=4096,
+                        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+}
+PRESETS.update(LLAMA_PRESETS)
+
+# 1bitLLM's reproductions of the BitNet b1.58 paper (bitnet_b1_58-large, -3B): Llama 2's 32002-token vocabulary,
+# 2048 positions, float16 master weights (shapes from their config.json as published; check before relying on them).
+ONEBITLLM_PRESETS: dict[str, dict] = {
+    "bitnet-b1.58-large": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                               num_key_value_heads=16, vocab_size=32002, max_position_embeddings=2048,
+                               rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "bitnet-b1.58-3b": dict(hidden_size=3200, intermediate_size=8640, num_hidden_layers=26, num_attention_heads=32,
+                            num_key_value_heads=32, vocab_size=32002, max_position_embeddings=2048,
+                            rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "1bitllm-tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=1024, max_position_embeddings=2048,
+                         rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+}
+PRESETS.update(ONEBITLLM_PRESETS)
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -102,10 +160,21 @@ def special_token_ids(vocab_size: int) -> dict[str, int]:
     return {"bos": base, "end_of_text": base + 1, "eot": base + 9}
 
 
-def make_config(preset: str = "tiny", *, linear_class: str = "autobitlinear", **overrides) -> dict:
-    """The config.json dict write_model would write, checked by engine.formats.checkpoint.ModelConfig."""
+def preset_family(preset: str) -> str:
+    if preset in ONEBITLLM_PRESETS:
+        return FAMILY_1BITLLM
+    return FAMILY_LLAMA if preset in LLAMA_PRESETS else FAMILY_BITNET
+
+
+def make_config(preset: str = "tiny", *, linear_class: str | None = None, **overrides) -> dict:
+    """The config.json dict write_model would write, checked by engine.formats.checkpoint.ModelConfig.
+    linear_class: the family's own by default — "autobitlinear" as the 2B4T stores it, "bitlinear" (transformers'
+    default, the weight scale divides) for the Llama-block repositories."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    family = preset_family(preset)
+    if linear_class is None:
+        linear_class = "bitlinear" if family == FAMILY_LLAMA else "autobitlinear"
     if linear_class not in LINEAR_CLASSES:
         raise ValueError(f"linear_class must be one of {', '.join(LINEAR_CLASSES)}, not {linear_class!r}")
     unknown = sorted(set(overrides) - _OVERRIDABLE)
@@ -121,6 +190,51 @@ def make_config(preset: str = "tiny", *, linear_class: str = "autobitlinear", **
     # byte-for-byte copy). rope_theta stays top-level: transformers 5 folds it into rope_parameters on load.
     # eos is end_of_text, as transformers' BitNetConfig default; generation_config.json adds <|eot_id|>, so a
     # reader must take its stop ids from there, as it must for the real model.
+    if family == FAMILY_1BITLLM:
+        # 1bitLLM's config.json: a LlamaConfig naming its own BitnetForCausalLM, with the bit widths of its BitLinear
+        # and no quantization_config (the weights are float)
+        cfg = {
+            "architectures": ["BitnetForCausalLM"],
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "bos_token_id": ids["bos"],
+            "eos_token_id": ids["end_of_text"],
+            "hidden_act": "silu",
+            "initializer_range": 0.02,
+            "input_bits": 8,
+            "model_type": "llama",
+            "pretraining_tp": 1,
+            "rope_scaling": None,
+            "torch_dtype": "float16",
+            "use_cache": True,
+            "weight_bits": 1,
+            **shape,
+        }
+        ModelConfig.from_dict(cfg, f"preset {preset!r} with {overrides}")
+        return dict(sorted(cfg.items()))
+    if family == FAMILY_LLAMA:
+        # The keys of a transformers LlamaConfig with the bitnet quantizer, as the Falcon3-1.58bit repositories write
+        # them (from their published config.json, not a byte-for-byte copy).
+        cfg = {
+            "architectures": ["LlamaForCausalLM"],
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "bos_token_id": ids["bos"],
+            "eos_token_id": ids["end_of_text"],
+            "hidden_act": "silu",
+            "initializer_range": 0.02,
+            "mlp_bias": False,
+            "model_type": "llama",
+            "pretraining_tp": 1,
+            "rope_scaling": None,
+            "torch_dtype": "bfloat16",
+            "use_cache": True,
+            "quantization_config": {"quant_method": "bitnet", "linear_class": linear_class,
+                                    "quantization_mode": "offline", "modules_to_not_convert": None},
+            **shape,
+        }
+        ModelConfig.from_dict(cfg, f"preset {preset!r} with {overrides}")
+        return dict(sorted(cfg.items()))
     cfg = {
         "architectures": ["BitNetForCausalLM"],
         "attention_bias": False,
@@ -143,7 +257,8 @@ def make_config(preset: str = "tiny", *, linear_class: str = "autobitlinear", **
 
 # Shape keys plus the plain scalars of config.json. Token ids, model_type, tying and the quantisation block are
 # derived (from vocab_size and linear_class) so the tokenizer and generation_config.json always agree with them.
-_OVERRIDABLE = set(PRESETS["tiny"]) | {"head_dim", "attention_dropout", "initializer_range", "use_cache", "torch_dtype"}
+_OVERRIDABLE = set(PRESETS["tiny"]) | {"head_dim", "attention_dropout", "initializer_range", "use_cache", "torch_dtype",
+                                       "tie_word_embeddings"}
 
 
 def generation_config(vocab_size: int) -> dict:
@@ -222,17 +337,31 @@ def projection_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
             "self_attn.o_proj": (h, q), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h), "mlp.down_proj": (h, i)}
 
 
-def generate_tensors(config: dict, seed: int = 0) -> Iterator[tuple[str, str, np.ndarray]]:
+HEAD_DTYPES = ("BF16", "F16", "F32")  # how an untied lm_head can be stored
+
+
+def _output_head(seed: int, vocab: int, hidden: int, dtype: str) -> np.ndarray:
+    """An untied head: its own random rows (not the embedding's), of the embedding's spread, so tying it by mistake
+    changes every logit."""
+    rng = _rng(seed, OUTPUT_HEAD)
+    rows = rng.standard_normal((vocab, hidden), dtype=np.float32) * np.float32(embedding_std(hidden))
+    return {"BF16": f32_to_bf16_bits, "F16": lambda a: a.astype(np.float16), "F32": lambda a: a}[dtype](rows)
+
+
+def generate_tensors(config: dict, seed: int = 0, head_dtype: str = "BF16") -> Iterator[tuple[str, str, np.ndarray]]:
     """(name, safetensors dtype, array) for every tensor of the model, in file order."""
     cfg = ModelConfig.from_dict(config)
+    if cfg.float_masters:  # 1bitLLM stores every tensor in float16
+        yield from _float_master_tensors(cfg, seed)
+        return
     yield "model.embed_tokens.weight", "BF16", _embedding(seed, cfg.vocab_size, cfg.hidden_size)
-    norm_sizes = {"input_layernorm": cfg.hidden_size, "post_attention_layernorm": cfg.hidden_size,
-                  "self_attn.attn_sub_norm": cfg.num_attention_heads * cfg.head_dim,
-                  "mlp.ffn_sub_norm": cfg.intermediate_size}
+    norm_sizes = {"input_layernorm": cfg.hidden_size, "post_attention_layernorm": cfg.hidden_size}
+    if cfg.has_sub_norms:
+        norm_sizes.update(zip(cfg.sub_norm_names, (cfg.num_attention_heads * cfg.head_dim, cfg.intermediate_size)))
     shapes = projection_shapes(cfg)
     for layer in range(cfg.num_hidden_layers):
         p = f"model.layers.{layer}."
-        for name in LAYER_NORMS:
+        for name in norm_sizes:
             yield p + name + ".weight", "BF16", _norm_weight(_rng(seed, p + name + ".weight"), norm_sizes[name])
         for name in PROJECTIONS:
             rows, cols = shapes[name]
@@ -241,6 +370,30 @@ def generate_tensors(config: dict, seed: int = 0) -> Iterator[tuple[str, str, np
             scale = np.array([weight_scale(cols, cfg.linear_class)], np.float32)
             yield full + "_scale", "BF16", f32_to_bf16_bits(scale)
     yield "model.norm.weight", "BF16", _norm_weight(_rng(seed, "model.norm.weight"), cfg.hidden_size)
+    if not cfg.tie_word_embeddings:
+        yield OUTPUT_HEAD, head_dtype, _output_head(seed, cfg.vocab_size, cfg.hidden_size, head_dtype)
+
+
+def _float_master_tensors(cfg: ModelConfig, seed: int) -> Iterator[tuple[str, str, np.ndarray]]:
+    """1bitLLM's float16 tensors. A projection's weights are normal with mean |W| = the gain that keeps the output's
+    rms near the input's once quantised (T / s with s = 1 / mean |W|: about 69% of T is non-zero)."""
+    f16 = lambda bits: widen_to_f32(bits, "BF16").astype(np.float16)  # noqa: E731 (the same values as bf16 ones)
+    yield "model.embed_tokens.weight", "F16", f16(_embedding(seed, cfg.vocab_size, cfg.hidden_size))
+    attn_norm, ffn_norm = cfg.sub_norm_names
+    norm_sizes = {"input_layernorm": cfg.hidden_size, "post_attention_layernorm": cfg.hidden_size,
+                  attn_norm: cfg.num_attention_heads * cfg.head_dim, ffn_norm: cfg.intermediate_size}
+    for layer in range(cfg.num_hidden_layers):
+        p = f"model.layers.{layer}."
+        for name, n in norm_sizes.items():
+            yield p + name + ".weight", "F16", f16(_norm_weight(_rng(seed, p + name + ".weight"), n))
+        for name, (rows, cols) in projection_shapes(cfg).items():
+            full = p + name + ".weight"
+            std = 1.0 / math.sqrt(cols * 0.69) / math.sqrt(2 / math.pi)  # mean |W| of a normal is std * sqrt(2/pi)
+            w = _rng(seed, full).standard_normal((rows, cols), dtype=np.float32) * np.float32(std)
+            yield full, "F16", w.astype(np.float16)
+    yield "model.norm.weight", "F16", f16(_norm_weight(_rng(seed, "model.norm.weight"), cfg.hidden_size))
+    if not cfg.tie_word_embeddings:
+        yield OUTPUT_HEAD, "F16", _output_head(seed, cfg.vocab_size, cfg.hidden_size, "F16")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -425,10 +578,12 @@ def _write_json(path: Path, obj) -> None:
 
 
 def write_model(folder: str | os.PathLike, preset: str = "tiny", *, seed: int = 0,
-                linear_class: str = "autobitlinear", overwrite: bool = False, **overrides) -> Path:
+                linear_class: str | None = None, overwrite: bool = False, head_dtype: str = "BF16",
+                **overrides) -> Path:
     """Write a random packed BitNet b1.58 model into `folder` and return its path.
 
-    overrides are config.json keys (hidden_size, num_hidden_layers, vocab_size, rope_theta, ...). Everything is
+    overrides are config.json keys (hidden_size, num_hidden_layers, vocab_size, rope_theta, ...). head_dtype: how an
+    untied lm_head is stored (HEAD_DTYPES). Everything is
     written into a hidden sibling folder first and renamed into place at the end, so an interrupted write never
     leaves a complete-looking model. An existing non-empty folder is replaced only with overwrite=True.
     """
@@ -447,7 +602,9 @@ def write_model(folder: str | os.PathLike, preset: str = "tiny", *, seed: int = 
                                                                    config["max_position_embeddings"]))
         _write_json(tmp / GENERATION_CONFIG_FILE, generation_config(config["vocab_size"]))
         meta = {"format": "pt", "generator": "trit engine.tools.synthetic", "preset": preset, "seed": str(seed)}
-        write_safetensors(tmp / WEIGHTS_FILE, generate_tensors(config, seed), metadata=meta)
+        if head_dtype not in HEAD_DTYPES:
+            raise ValueError(f"head_dtype must be one of {', '.join(HEAD_DTYPES)}, not {head_dtype!r}")
+        write_safetensors(tmp / WEIGHTS_FILE, generate_tensors(config, seed, head_dtype), metadata=meta)
         _write_json(tmp / CONFIG_FILE, config)  # last: a folder with config.json is taken as complete
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         if folder.is_dir():
@@ -468,7 +625,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("folder")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--linear-class", default="autobitlinear", choices=LINEAR_CLASSES)
+    ap.add_argument("--linear-class", default=None, choices=LINEAR_CLASSES,
+                    help="the weight scale's direction (default: the preset family's own)")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config.json key (value parsed as JSON), e.g. --set num_hidden_layers=3")

@@ -31,7 +31,7 @@ extern "C" {
 #define TRIT_API __attribute__((visibility("default")))
 #endif
 
-#define TRIT_API_VERSION 1
+#define TRIT_API_VERSION 2 /* 2: trit_config.block, trit_weights.output (issue 19) */
 
 enum {
     TRIT_OK = 0,
@@ -46,6 +46,12 @@ enum {
     TRIT_SCALE_MULTIPLY = 0, /* "autobitlinear": y = (xq.T)/s * weight_scale */
     TRIT_SCALE_DIVIDE = 1    /* "bitlinear":     y = (xq.T)/s / weight_scale */
 };
+
+/* The decoder block (config.json's family, engine/formats/checkpoint.py). Both run every projection as a BitLinear.
+ * TRIT_BLOCK_BITNET: BitNetForCausalLM: RMSNorm before o and down (attn_sub_norm, ffn_sub_norm), relu(gate)^2 * up.
+ * TRIT_BLOCK_LLAMA:  LlamaForCausalLM with the bitnet quantizer: no sub-norms, silu(gate) * up.
+ * TRIT_BLOCK_1BITLLM: 1bitLLM's BitnetForCausalLM: the sub-norms, and silu(gate) * up. */
+enum { TRIT_BLOCK_BITNET = 0, TRIT_BLOCK_LLAMA = 1, TRIT_BLOCK_1BITLLM = 2 };
 
 /* The largest configuration trit_model_create takes; past any of them it fails with TRIT_E_INVALID before allocating
  * anything. Far above every ternary model (Llama3-8B: hidden 4096, 32 layers, vocabulary 128256), and small enough
@@ -75,6 +81,7 @@ typedef struct {
     float rms_eps;
     int32_t scale_mode;     /* TRIT_SCALE_* */
     int32_t ternary_format; /* TRIT_TERNARY_*: how the layer weights' q..down are stored */
+    int32_t block;          /* TRIT_BLOCK_* */
 } trit_config;
 
 /* One decoder layer. Norm weights are float32 (small; the loader widens bf16 once). */
@@ -82,11 +89,11 @@ typedef struct {
     const float *input_norm; /* [hidden] */
     /* packed: q [n_heads*hd/4][hidden], k,v [n_kv*hd/4][hidden], o [hidden/4][n_heads*hd] */
     const uint8_t *q, *k, *v, *o;
-    const float *attn_sub_norm;  /* [hidden] */
+    const float *attn_sub_norm;  /* [hidden]; NULL in a TRIT_BLOCK_LLAMA model, which has none */
     const float *post_attn_norm; /* [hidden] */
     const uint8_t *gate, *up;    /* packed [intermediate/4][hidden] */
     const uint8_t *down;         /* packed [hidden/4][intermediate] */
-    const float *ffn_sub_norm;   /* [intermediate] */
+    const float *ffn_sub_norm;   /* [intermediate]; NULL in a TRIT_BLOCK_LLAMA model */
     float q_scale, k_scale, v_scale, o_scale, gate_scale, up_scale, down_scale;
 } trit_layer_weights;
 
@@ -97,11 +104,12 @@ typedef struct {
  *   rows past `rows` (padding) hold weight 0. */
 enum { TRIT_TERNARY_TQ2 = 0, TRIT_TERNARY_T5 = 1 };
 
-/* The output head: the tied embedding itself, or a copy in fewer bits derived from it once (engine/derived.py).
+/* The output head: the tied embedding itself (or the untied bf16 `output` matrix), or a copy in fewer bits derived from
+ * it once (engine/derived.py).
  * With a compact head, trit_eval recomputes each thread's 32 highest logits from the exact bf16 rows, so the
  * likeliest tokens always carry exact logits; only the tail is approximate. */
 enum {
-    TRIT_HEAD_BF16 = 0, /* head = embed */
+    TRIT_HEAD_BF16 = 0, /* head = output, or embed when output is NULL */
     TRIT_HEAD_Q8 = 1,   /* head: int8 [vocab][hidden]; head_scales: float [vocab]; row r = scale[r] * q[r] */
     TRIT_HEAD_Q4 = 2    /* head: uint8 [vocab][hidden/2], each 64 columns in 32 bytes: byte i holds column i in its low
                            nibble and column i+32 in its high nibble; head_scales: fp16 [vocab][hidden/32], one per 32
@@ -117,6 +125,7 @@ typedef struct {
     int32_t head_type;                /* TRIT_HEAD_* */
     const void *head;                 /* NULL for TRIT_HEAD_BF16 */
     const void *head_scales;          /* float for TRIT_HEAD_Q8, fp16 for TRIT_HEAD_Q4 */
+    const uint16_t *output;           /* bf16 [vocab][hidden]: an untied head's exact rows; NULL when tied to embed */
 } trit_weights;
 
 typedef struct trit_model trit_model;
@@ -187,6 +196,8 @@ TRIT_API int trit_op_attention(float *out, const float *q, const float *k, const
                                int n_heads, int n_kv_heads, int head_dim);
 /* The gated FFN activation from the gate and up matmuls' int32 sums: out = relu(gate * fg)^2 * (up * fu). */
 TRIT_API void trit_op_relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n);
+/* The Llama FFN activation: out = silu(gate * fg) * (up * fu), silu(g) = g / (1 + exp(-g)). */
+TRIT_API void trit_op_silu_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n);
 /* out = acc * f, or out += acc * f when add is set (a projection's sums to floats). */
 TRIT_API void trit_op_scale_sums(float *out, const int32_t *acc, float f, int n, int add);
 /* fp32 to fp16 bits, rounded to nearest even (the KV cache). */

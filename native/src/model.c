@@ -4,7 +4,10 @@
  *   h   = x + o( attn_sub_norm( attention( rope(q(n1)), rope(k(n1)), v(n1) ) ) )     n1 = input_norm(x)
  *   out = h + down( ffn_sub_norm( relu(gate(n2))^2 * up(n2) ) )                        n2 = post_attn_norm(h)
  * where every projection is a BitLinear: y = (quantize(x) . T) / s, times or divided by the weight scale.
- * After the last layer: final_norm, then logits against the (tied) embedding matrix.
+ * The Llama block (TRIT_BLOCK_LLAMA: Falcon-E, Falcon3-1.58bit, Llama3-8B-1.58) is the same without the two sub-norms,
+ * and with silu(gate(n2)) * up(n2) for relu(gate(n2))^2 * up(n2); 1bitLLM's (TRIT_BLOCK_1BITLLM) keeps the sub-norms
+ * and gates with silu.
+ * After the last layer: final_norm, then logits against the output head (the embedding when tied).
  *
  * Each step is one job for the thread pool; inside a job, threads take pieces of the rows as they go (matmuls, the
  * head: see trit_share) or a fixed share of tokens or heads.
@@ -117,6 +120,8 @@ static int check_config(const trit_config *c) {
         return trit_fail(TRIT_E_INVALID, "config: unknown scale_mode %d", c->scale_mode);
     if (c->ternary_format != TRIT_TERNARY_TQ2 && c->ternary_format != TRIT_TERNARY_T5)
         return trit_fail(TRIT_E_INVALID, "config: unknown ternary_format %d", c->ternary_format);
+    if (c->block != TRIT_BLOCK_BITNET && c->block != TRIT_BLOCK_LLAMA && c->block != TRIT_BLOCK_1BITLLM)
+        return trit_fail(TRIT_E_INVALID, "config: unknown block %d", c->block);
     return TRIT_OK;
 }
 
@@ -152,10 +157,11 @@ trit_model *trit_model_create(const trit_config *config, const trit_weights *wei
         trit_fail(TRIT_E_INVALID, "model: the derived head is missing or does not fit hidden_size");
         return NULL;
     }
+    int sub_norms = config->block != TRIT_BLOCK_LLAMA;
     for (int l = 0; l < config->n_layers; l++) {
         const trit_layer_weights *L = &weights->layers[l];
-        if (!L->input_norm || !L->q || !L->k || !L->v || !L->o || !L->attn_sub_norm || !L->post_attn_norm || !L->gate ||
-            !L->up || !L->down || !L->ffn_sub_norm) {
+        if (!L->input_norm || !L->q || !L->k || !L->v || !L->o || !L->post_attn_norm || !L->gate || !L->up ||
+            !L->down || (sub_norms && (!L->attn_sub_norm || !L->ffn_sub_norm))) {
             trit_fail(TRIT_E_INVALID, "model: layer %d is missing a weight", l);
             return NULL;
         }
@@ -177,6 +183,8 @@ trit_model *trit_model_create(const trit_config *config, const trit_weights *wei
         return NULL;
     }
     memcpy(m->layers, weights->layers, sizeof(trit_layer_weights) * (size_t)config->n_layers);
+    for (int l = 0; l < config->n_layers && !sub_norms; l++) /* NULL: the projection reads its input unnormed */
+        m->layers[l].attn_sub_norm = m->layers[l].ffn_sub_norm = NULL;
     m->w.layers = m->layers;
     for (int p = 0; p < config->max_positions; p++)
         trit_rope_angles(m->rope_cos + (size_t)p * half, m->rope_sin + (size_t)p * half, config->head_dim, p,
@@ -363,8 +371,9 @@ typedef enum {
     PROJECT_GATED, /* the gate/up pair: relu(gate)^2 * up into the gate's output */
 } projection_mode;
 
-/* What a projection reads: RMSNorm(x) with `norm`, x the residual stream or the attention output, or the FFN
- * product relu(gate)^2 * up, which the gate/up job leaves in the gate half of the FFN buffer. */
+/* What a projection reads: RMSNorm(x) with `norm` (x itself when norm is NULL: the Llama block's o and down), x the
+ * residual stream or the attention output, or the FFN product relu(gate)^2 * up (or silu(gate) * up), which the
+ * gate/up job leaves in the gate half of the FFN buffer. */
 typedef struct {
     const batch *b;
     projection_mode mode;
@@ -391,8 +400,12 @@ static const thread_scratch *prepare_input(const matmul_job *j, int ith, int nth
     thread_scratch *own = &ctx->threads[ith], *in = batch ? &ctx->threads[0] : own;
     if (batch) trit_split(n, ith, nth, &t0, &t1);
     for (int t = t0; t < t1; t++) {
-        j->b->kern->rmsnorm(own->row, j->x + (size_t)t * j->cols, j->norm, j->cols, c->rms_eps);
-        in->xs[t] = j->b->kern->quantize(in->xq + (size_t)t * j->cols, &in->xsum[t], own->row, j->cols);
+        const float *x = j->x + (size_t)t * j->cols;
+        if (j->norm) {
+            j->b->kern->rmsnorm(own->row, x, j->norm, j->cols, c->rms_eps);
+            x = own->row;
+        }
+        in->xs[t] = j->b->kern->quantize(in->xq + (size_t)t * j->cols, &in->xsum[t], x, j->cols);
     }
     if (batch) trit_pool_barrier(ctx->m->pool);
     return in;
@@ -425,8 +438,9 @@ static void matmul_piece(const matmul_job *j, const thread_scratch *in, int c0, 
             int r0 = g0 + q * stride, r1 = g1 + q * stride < p->rows ? g1 + q * stride : p->rows;
             if (r1 <= r0) continue;
             if (gated)
-                kern->relu2_sums(out + r0, acc + r0, f, up->acc + (size_t)t * up->rows + r0,
-                                 divide ? 1.0f / (s * up->scale) : up->scale / s, r1 - r0);
+                (c->block == TRIT_BLOCK_BITNET ? kern->relu2_sums : kern->silu_sums)(
+                    out + r0, acc + r0, f, up->acc + (size_t)t * up->rows + r0,
+                    divide ? 1.0f / (s * up->scale) : up->scale / s, r1 - r0);
             else
                 kern->scale_sums(out + r0, acc + r0, f, r1 - r0, add);
         }
@@ -484,7 +498,8 @@ static void project_add(const batch *b, const float *x, const float *norm, int c
     run_projections(b, PROJECT_ADD, x, norm, cols, 1, p);
 }
 
-/* gate.out = relu(W_gate . n)^2 * (W_up . n), n = RMSNorm(x): the FFN's two projections of one input in one pass. */
+/* gate.out = relu(W_gate . n)^2 * (W_up . n) (silu(W_gate . n) * (W_up . n) in the Llama block), n = RMSNorm(x):
+ * the FFN's two projections of one input in one pass. */
 static void project_gated(const batch *b, const float *x, const float *norm, int cols, const projection gate_up[2]) {
     run_projections(b, PROJECT_GATED, x, norm, cols, 2, gate_up);
 }
@@ -630,7 +645,8 @@ static void run_head(void *arg, int ith, int nth) {
     const trit_config *c = &m->cfg;
     thread_scratch *ts = j->b->ctx->threads;
     int r0, r1, n = j->b->n - j->first, compact = m->w.head_type != TRIT_HEAD_BF16;
-    const void *head = compact ? m->w.head : (const void *)m->w.embed;
+    const uint16_t *exact = m->w.output ? m->w.output : m->w.embed; /* the untied head, or the tied embedding */
+    const void *head = compact ? m->w.head : (const void *)exact;
     const float *x = j->b->ctx->xn + (size_t)j->first * c->hidden_size;
     for (int t = 0; t < n; t++) ts[ith].n_best[t] = 0;
     while (trit_share_claim(&j->share, nth, &r0, &r1)) {
@@ -650,7 +666,7 @@ static void run_head(void *arg, int ith, int nth) {
         for (int i = 0; i < nth; i++)
             for (int k = 0; k < ts[i].n_best[t]; k++) consider(best, &n_best, ts[i].best[(size_t)t * RESCORE + k]);
         for (int k = (t * RESCORE + ith) % nth; k < n_best; k += nth)
-            j->b->kern->bf16_matmul(j->logits + (size_t)t * c->vocab_size, 0, m->w.embed, c->hidden_size,
+            j->b->kern->bf16_matmul(j->logits + (size_t)t * c->vocab_size, 0, exact, c->hidden_size,
                                     x + (size_t)t * c->hidden_size, 1, best[k].index, best[k].index + 1);
     }
 }

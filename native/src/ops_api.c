@@ -80,6 +80,10 @@ int trit_op_attention(float *out, const float *q, const float *k, const float *v
     return TRIT_OK;
 }
 
+void trit_op_silu_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n) {
+    trit_active_kernel()->silu_sums(out, gate, fg, up, fu, n);
+}
+
 void trit_op_relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n) {
     trit_active_kernel()->relu2_sums(out, gate, fg, up, fu, n);
 }

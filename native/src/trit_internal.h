@@ -48,6 +48,8 @@ typedef struct {
      * in one pass: out[i] = relu(gate[i] * fg)^2 * (up[i] * fu). Bit-identical in every kernel. */
     void (*scale_sums)(float *out, const int32_t *acc, float f, int n, int add);
     void (*relu2_sums)(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n);
+    /* The Llama block's pair: out[i] = silu(gate[i] * fg) * (up[i] * fu). */
+    void (*silu_sums)(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n);
     /* trit_rmsnorm, vectorised: the same floats up to the order of the sum of squares. */
     void (*rmsnorm)(float *out, const float *x, const float *weight, int n, float eps);
     /* dst[i] = trit_f32_to_f16(src[i]), bit for bit (the KV cache). */

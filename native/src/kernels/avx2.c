@@ -389,10 +389,11 @@ static inline __attribute__((always_inline)) void pv_rows2(float *o0, float *o1,
 }
 
 /* As in the AVX-512 kernel: the heads of a group share every key and value read; 16 registers allow 2 heads of a
- * block of 32 keys at a time for the scores and 32 dimensions of 2 heads at a time for the values. */
+ * block of 32 keys at a time for the scores and 32 dimensions of 2 heads at a time for the values. Neither loop keeps
+ * a whole head in registers, so any multiple of 32 runs here: Falcon3's head_dim 256 had taken the scalar path. */
 static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
                    int head_dim, int group, float *scores) {
-    if (head_dim % 32 || head_dim > 128) {
+    if (head_dim % 32) {
         trit_kernel_scalar.attend(out, q, keys, values, kv_stride, n_keys, head_dim, group, scores);
         return;
     }

@@ -45,6 +45,7 @@ static trit_kernel complete(const trit_kernel *own) {
     FILL(attend_tokens);
     FILL(scale_sums);
     FILL(relu2_sums);
+    FILL(silu_sums);
     FILL(rmsnorm);
     FILL(to_f16);
     FILL(axpy_f16);

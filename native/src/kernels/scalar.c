@@ -1,4 +1,6 @@
 /* The scalar kernel: the readable definition every SIMD kernel is tested against. */
+#include <math.h>
+
 #include "trit_internal.h"
 
 /* Each packed byte holds four weights of four rows a quarter of the matrix apart; code = w + 1. */
@@ -125,6 +127,15 @@ static void relu2_sums(float *out, const int32_t *gate, float fg, const int32_t 
     }
 }
 
+/* silu in float as torch computes it: g * sigmoid(g), sigmoid(g) = 1 / (1 + exp(-g)). One definition for every
+ * kernel: the FFN activation costs little next to the matmuls around it. */
+static void silu_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n) {
+    for (int i = 0; i < n; i++) {
+        float g = (float)gate[i] * fg;
+        out[i] = g / (1.0f + expf(-g)) * ((float)up[i] * fu);
+    }
+}
+
 static void to_f16(uint16_t *dst, const float *src, int n) {
     for (int i = 0; i < n; i++) dst[i] = trit_f32_to_f16(src[i]);
 }
@@ -144,6 +155,7 @@ const trit_kernel trit_kernel_scalar = {
     .attend_tokens = attend_tokens,
     .scale_sums = scale_sums,
     .relu2_sums = relu2_sums,
+    .silu_sums = silu_sums,
     .rmsnorm = trit_rmsnorm,
     .to_f16 = to_f16,
     .axpy_f16 = axpy_f16,
