@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trit.engine.errors import CheckpointError, EngineError
+from trit.engine.formats import checkpoint
 from trit.engine.formats.checkpoint import CONFIG_FILE, ModelConfig, read_json
 
 
@@ -125,9 +126,7 @@ def family_of(config: dict, source: str = CONFIG_FILE) -> str:
     if not isinstance(config, dict):
         raise CheckpointError(f"{source}: expected a JSON object, found {type(config).__name__}")
     ModelConfig.from_dict(config, source)
-    # the engine runs one family today; once it runs the others (issue 19, branch families) this line becomes
-    # `return checkpoint.family_of(config, source)`
-    return "bitnet"
+    return checkpoint.family_of(config, source)
 
 
 def family_of_folder(folder: str | Path) -> str:
