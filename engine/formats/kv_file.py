@@ -4,7 +4,7 @@ instead of prefilling the whole conversation again.
     header  b"TRIT-KV\\n", version u32, stamp length u32, the stamp (JSON: whatever can change the cached numbers)
     rows    one per position, as trit_context_read_kv gives them (fp16 keys and values of every layer and kv head)
     meta    JSON: {"tokens": [the exact token ids], "text": what they spell, "crc": CRC-32 of the rows}
-    footer  meta offset u64, meta length u64, b"TRIT-END"
+    footer  meta offset u64, meta length u64, CRC-32 of the meta u32, b"TRIT-END"
 
 The rows follow the header, so a follow-up turn cuts off the old meta and footer, appends its new rows and writes a
 new meta: it writes what is new (77 KB a token for the 2B4T), not the whole cache. A file whose stamp is not exactly
@@ -27,7 +27,7 @@ import numpy as np
 MAGIC, END = b"TRIT-KV\n", b"TRIT-END"
 VERSION = 1
 HEAD = struct.Struct("<8sII")     # magic, version, stamp length
-FOOT = struct.Struct("<QQ8s")     # meta offset, meta length, END
+FOOT = struct.Struct("<QQI8s")    # meta offset, meta length, meta CRC, END
 MAX_STAMP = 1 << 16
 MAX_META = 64 << 20  # token ids and the text of a whole context, with room to spare
 CHUNK_ROWS = 256  # rows read or written at a time: a few MB for the 2B4T, however long the conversation
@@ -72,11 +72,14 @@ def peek(path: Path, stamp: dict, n_ctx: int) -> Saved | None:
             if size < len(expected) + FOOT.size or f.read(len(expected)) != expected:
                 return None  # another format, version or model
             f.seek(size - FOOT.size)
-            meta_at, meta_len, end = FOOT.unpack(f.read(FOOT.size))
+            meta_at, meta_len, meta_crc, end = FOOT.unpack(f.read(FOOT.size))
             if end != END or meta_len > MAX_META or meta_at + meta_len + FOOT.size != size:
                 return None
             f.seek(meta_at)
-            meta = json.loads(f.read(meta_len).decode("utf-8"))
+            data = f.read(meta_len)
+            if zlib.crc32(data) != meta_crc:
+                return None
+            meta = json.loads(data.decode("utf-8"))
     except (OSError, ValueError, struct.error):  # unreadable, or not UTF-8 / JSON (ValueError covers both)
         return None
     if not isinstance(meta, dict) or set(meta) != {"tokens", "text", "crc"}:
@@ -116,7 +119,10 @@ def load(path: Path, context, stamp: dict) -> Saved | None:
     if crc != saved.crc:
         context.truncate(0)
         return None
-    os.utime(path)  # recently used: the budget's eviction keeps it longest
+    try:
+        os.utime(path)  # recently used: the budget's eviction keeps it longest
+    except OSError:
+        pass  # a read-only folder: the cache is used all the same
     return saved
 
 
@@ -158,5 +164,5 @@ def _write_rows(f, context, tokens: list[int], text: str, first: int, crc: int) 
     meta = json.dumps({"tokens": tokens, "text": text, "crc": crc}).encode()  # ASCII: any str survives
     meta_at = f.tell()
     f.write(meta)
-    f.write(FOOT.pack(meta_at, len(meta), END))
+    f.write(FOOT.pack(meta_at, len(meta), zlib.crc32(meta), END))
     return f.tell() - start
