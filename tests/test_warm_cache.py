@@ -355,3 +355,31 @@ def test_a_mutated_cache_file_is_refused_or_gives_back_exactly_what_was_saved(sa
             assert ctx.n_past == 0
         else:
             assert got.tokens == ids and got.text == "forty tokens" and np.array_equal(ctx.read_kv(0, 40), rows)
+
+
+def test_the_chat_app_reopening_a_conversation_starts_warm_and_incognito_writes_nothing(home, monkeypatch):
+    """The chat app answers through Service, as `trit ask` does: a conversation opened in a new session (a new
+    Service and model, as after restarting the app) continues from its saved cache; an incognito one (Ctrl+T,
+    Dialogue.logged False) leaves no file."""
+    monkeypatch.setenv("TRIT_HOME", str(home))
+    from trit.app.service import Service, Turn
+    from trit.app.store import Store
+
+    def turn(service, dialogue, text) -> Turn:
+        return [e for e in service.send(dialogue, text) if isinstance(e, Turn)][-1]
+
+    with Store() as store:
+        service = Service(store, threads=2)
+        incognito = service.new(model="demo", params={"temperature": 0, "max_tokens": 12}, logged=False)
+        turn(service, incognito, QUESTION)
+        assert kv_files(home) == []
+        dialogue = service.new(model="demo", params={"temperature": 0, "max_tokens": 12})
+        turn(service, dialogue, QUESTION)
+        service.close()
+        assert kv_files(home) == [f"{dialogue.conversation_id}.kv"]
+
+        reopened = Service(store, threads=2)
+        again = reopened.open(dialogue.conversation_id)
+        second = turn(reopened, again, FOLLOW_UP)
+        assert second.result.reused_tokens > 0 and second.cache_note is None
+        reopened.close()
