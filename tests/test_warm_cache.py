@@ -13,8 +13,10 @@ import subprocess
 import zlib
 from pathlib import Path
 
+import gguf_models
 import numpy as np
 import pytest
+import test_gguf_import
 import test_hostile_input
 import test_hostile_storage
 from hypothesis import HealthCheck, given, settings
@@ -245,6 +247,16 @@ def test_the_budget_evicts_the_least_recently_used_and_keeps_the_newest(trit, ho
     assert sum((home / "cache" / "kv" / n).stat().st_size for n in kv_files(home)) <= 3 << 20
 
 
+@test_gguf_import.needs_llama_cpp
+def test_a_gguf_model_answers_and_continues_with_no_cache_on_disk(trit, home, tmp_path):
+    """llama.cpp's contexts are not saved: its conversations go on as before, prefilled again by each process."""
+    model = gguf_models.write_llama(tmp_path / "tiny.gguf", seed=3)
+    first = ask(trit, "-m", model, "hi")
+    second = ask(trit, "-c", "and again")
+    assert second["conversation_id"] == first["conversation_id"] and second["prompt_tokens"] > first["prompt_tokens"]
+    assert second["reused_tokens"] == 0 and kv_files(home) == []
+
+
 def test_a_negative_budget_in_config_toml_names_the_file_and_field(trit, home):
     config = home / "config" / "config.toml"
     config.parent.mkdir(parents=True)
@@ -257,6 +269,9 @@ def test_a_budget_of_zero_keeps_no_cache(trit, home):
     (home / "config" / "config.toml").write_text("kv_cache_mb = 0\n")
     ask(trit, "-m", "demo", QUESTION)
     assert kv_files(home) == []
+    (home / "config" / "config.toml").write_text("kv_cache_mb = 1\n")  # a small conversation fits one MB
+    cid = ask(trit, "-m", "demo", QUESTION)["conversation_id"]
+    assert kv_files(home) == [f"{cid}.kv"]
 
 
 def test_a_read_only_cache_folder_does_not_fail_the_answer(trit, namespace, home):
