@@ -13,10 +13,8 @@ import subprocess
 import zlib
 from pathlib import Path
 
-import gguf_models
 import numpy as np
 import pytest
-import test_gguf_import
 import test_hostile_input
 import test_hostile_storage
 from hypothesis import HealthCheck, given, settings
@@ -247,9 +245,12 @@ def test_the_budget_evicts_the_least_recently_used_and_keeps_the_newest(trit, ho
     assert sum((home / "cache" / "kv" / n).stat().st_size for n in kv_files(home)) <= 3 << 20
 
 
-@test_gguf_import.needs_llama_cpp
 def test_a_gguf_model_answers_and_continues_with_no_cache_on_disk(trit, home, tmp_path):
     """llama.cpp's contexts are not saved: its conversations go on as before, prefilled again by each process."""
+    pytest.importorskip("gguf", reason="the gguf package writes the test model (pip install \"trit[gguf]\")")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install \"trit[gguf]\")")
+    import gguf_models
+
     model = gguf_models.write_llama(tmp_path / "tiny.gguf", seed=3)
     first = ask(trit, "-m", model, "hi")
     second = ask(trit, "-c", "and again")
