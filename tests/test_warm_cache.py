@@ -182,13 +182,16 @@ def test_the_chat_apps_delete_goes_through_the_store_that_deletes_the_cache(home
     assert not saved.parent.exists() or list(saved.parent.iterdir()) == []
 
 
-def test_a_cache_from_another_model_is_ignored_and_replaced(trit, home, make_model):
+def test_a_cache_from_another_model_is_ignored_and_replaced(trit, home, make_model, tmp_path):
     other = make_model("tiny", seed=3)
     first = ask(trit, "-m", "demo", QUESTION)
     saved = home / "cache" / "kv" / f"{first['conversation_id']}.kv"
     demo_stamp = saved.read_bytes()[:200]
+    shutil.copytree(home, tmp_path / "cold")
+    shutil.rmtree(tmp_path / "cold" / "cache" / "kv")
     second = ask(trit, "-c", "-m", other, FOLLOW_UP)  # the same conversation goes on with another model
     assert second["reused_tokens"] == 0 and second["generated_tokens"] > 0
+    assert second["content"] == ask(trit_in(tmp_path / "cold", tmp_path), "-c", "-m", other, FOLLOW_UP)["content"]
     assert saved.read_bytes()[:200] != demo_stamp  # replaced by the new model's
     third = ask(trit, "-c", "-m", other, "And Jane?")
     assert third["reused_tokens"] > 0
@@ -338,6 +341,38 @@ def test_a_follow_up_appends_only_its_new_positions(saved_file, tmp_path):
     with model.context(64) as ctx:
         assert kv_file.load(path, ctx, stamp).tokens == ids + [1, 2, 3]
         assert np.array_equal(ctx.read_kv(0, 43), again)
+
+
+def test_a_turn_that_keeps_only_part_of_the_saved_tokens_cuts_the_file_there_and_appends(saved_file, tmp_path):
+    """The last reply re-tokenized, or a message edited: the positions before the first different token stay on
+    disk and only the rest is written. A damaged file is written anew instead, never extended."""
+    kv_file = kv_format()
+    model, data, stamp, ids, rows = saved_file
+    path = tmp_path / "1.kv"
+    path.write_bytes(data)
+    inode = path.stat().st_ino
+    with model.context(64) as ctx:
+        kv_file.load(path, ctx, stamp)
+        ctx.truncate(30)
+        ctx.eval([5, 6, 7, 8], logits=None)
+        assert kv_file.save(path, ctx, "thirty tokens and four", stamp) < 5 * ctx.kv_row_bytes + 1024
+        assert path.stat().st_ino == inode
+        want = ctx.read_kv(0, 34)
+    with model.context(64) as ctx:
+        assert kv_file.load(path, ctx, stamp).tokens == ids[:30] + [5, 6, 7, 8]
+        assert np.array_equal(ctx.read_kv(0, 34), want)
+        damaged = bytearray(path.read_bytes())
+        damaged[len(damaged) // 3] ^= 1  # a row before the cut
+        path.write_bytes(bytes(damaged))
+        inode = path.stat().st_ino
+        ctx.truncate(20)
+        ctx.eval([9], logits=None)
+        kv_file.save(path, ctx, "twenty tokens and one", stamp)
+        assert path.stat().st_ino != inode  # written anew
+        want = ctx.read_kv(0, 21)
+    with model.context(64) as ctx:
+        assert kv_file.load(path, ctx, stamp).tokens == ids[:20] + [9]
+        assert np.array_equal(ctx.read_kv(0, 21), want)
 
 
 @settings(max_examples=200, derandomize=True, deadline=None, database=None,

@@ -128,17 +128,24 @@ def load(path: Path, context, stamp: dict) -> Saved | None:
 
 def save(path: Path, context, text: str, stamp: dict) -> int:
     """Write the context's cache and `text` (what its tokens spell, "" when not known) to `path`, readable by its
-    owner only. Extends the file in place when it holds a prefix of these tokens, else writes it anew and renames it
-    over the old one. Returns the bytes written. Raises OSError (a full disk, a read-only folder)."""
+    owner only. When the file holds a prefix of these tokens (a follow-up), or shares one with them (the last reply
+    came back re-tokenized, a message was edited), it is cut there and the rest appended; else it is written anew
+    and renamed over the old one. Returns the bytes written. Raises OSError (a full disk, a read-only folder)."""
     tokens = list(context.tokens)
     if not tokens:
         raise ValueError("the context holds no tokens to save")
     old = peek(path, stamp, context.n_ctx)
-    if old is not None and old.row_bytes == context.kv_row_bytes and tokens[:len(old.tokens)] == old.tokens:
+    keep = 0
+    if old is not None and old.row_bytes == context.kv_row_bytes:
+        keep = next((i for i, (a, b) in enumerate(zip(old.tokens, tokens)) if a != b), min(len(old.tokens),
+                                                                                           len(tokens)))
+    if keep:
         with open(path, "r+b") as f:
-            f.truncate(old.rows_at + len(old.tokens) * old.row_bytes)  # the old meta and footer: no valid end
-            f.seek(0, os.SEEK_END)
-            return _write_rows(f, context, tokens, text, len(old.tokens), old.crc)
+            crc = old.crc if keep == len(old.tokens) else _prefix_crc(f, old, keep)
+            if crc is not None:
+                f.truncate(old.rows_at + keep * old.row_bytes)  # the old meta and footer go: no valid end until done
+                f.seek(0, os.SEEK_END)
+                return _write_rows(f, context, tokens, text, keep, crc)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
@@ -152,6 +159,20 @@ def save(path: Path, context, text: str, stamp: dict) -> int:
         tmp.unlink(missing_ok=True)
         raise
     return written
+
+
+def _prefix_crc(f, saved: Saved, keep: int) -> int | None:
+    """The CRC of the first `keep` rows, if every row checks out against the saved CRC (else None: write anew).
+    Appending to a prefix whose CRC is continued needs no check: a damaged row still fails the final CRC."""
+    f.seek(saved.rows_at)
+    crc = prefix = 0
+    for first in range(0, len(saved.tokens), CHUNK_ROWS):
+        count = min(CHUNK_ROWS, len(saved.tokens) - first)
+        data = f.read(count * saved.row_bytes)
+        if first < keep:
+            prefix = zlib.crc32(data[:(min(keep - first, count)) * saved.row_bytes], prefix)
+        crc = zlib.crc32(data, crc)
+    return prefix if crc == saved.crc else None
 
 
 def _write_rows(f, context, tokens: list[int], text: str, first: int, crc: int) -> int:
