@@ -434,3 +434,17 @@ def test_the_chat_app_reopening_a_conversation_starts_warm_and_incognito_writes_
         second = turn(reopened, again, FOLLOW_UP)
         assert second.result.reused_tokens > 0 and second.cache_note is None
         reopened.close()
+
+
+def test_bench_conversation_warm_measures_the_last_turn_in_a_new_process_with_and_without_the_saved_cache(trit,
+                                                                                                          home):
+    r = trit("bench", "--synthetic", "tiny", "--conversation", "--warm", "--threads", 2, "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    w = json.loads(r.stdout)
+    assert [s["positions"] for s in w["saves"]] == sorted(s["positions"] for s in w["saves"]) and len(w["saves"]) == 4
+    assert all(s["seconds"] >= 0 and s["file_bytes"] > 0 for s in w["saves"])
+    assert w["warm"]["turn"] == w["cold"]["turn"] == 5
+    assert w["warm"]["reused_tokens"] > 0.8 * w["warm"]["prompt_tokens"] and w["cold"]["reused_tokens"] == 0
+    assert not list((home / "cache").rglob("*.kv*"))  # the benchmark's own file is gone
+    r = trit("bench", "--synthetic", "tiny", "--warm")
+    assert r.returncode == 2 and b"--warm goes with --conversation" in r.stderr
