@@ -57,6 +57,7 @@ def cli(ctx: click.Context) -> None:
       trit chat                             chat in the plain terminal, turn after turn
       trit ask "What is a ternary weight?"  one answer, streamed to stdout
       trit pull                             download BitNet b1.58 2B4T (1.2 GB)
+      trit pull --list                      the other models it downloads by name
       trit ask --help                       every option of a command, with examples"""
     # Every file and folder Trit makes is its user's alone: conversations, system prompts, models, partial downloads,
     # derived weights, caches, and exports too (they hold the same conversations; a file that already exists keeps
@@ -268,9 +269,12 @@ def first_code_block(text: str) -> str | None:
 @click.option("-u", "--usage", "show_usage", is_flag=True, help="Then print the tokens used on stderr.")
 @click.option("-x", "--extract", is_flag=True,
               help="Print only the first fenced code block of the answer (all of it if it has none).")
+@click.option("--server", metavar="URL", envvar="TRIT_SERVER", show_envvar=True,
+              help="Ask a running `trit serve` at URL (e.g. http://127.0.0.1:8080/v1) instead of loading the model "
+                   "here; TRIT_API_KEY is its key. Nothing is kept here: the server's --log decides.")
 @friendly_errors
 def ask(prompt, system, saved, model_name, temperature, top_p, max_tokens, seed, continue_last, cid, no_log, threads,
-        files, as_json, show_usage, extract) -> None:
+        files, as_json, show_usage, extract, server) -> None:
     """Answer once and exit: the answer streams to stdout; Ctrl-C stops it and keeps what was said. Files given
     with -f come first, each under its name, then what is piped in, then the question, in one message. The options
     follow simonw's `llm` where they meet.
@@ -284,7 +288,8 @@ def ask(prompt, system, saved, model_name, temperature, top_p, max_tokens, seed,
       trit ask -t pirate "Hello"                (a prompt saved with `trit prompts save`)
       trit ask -n -m demo "Something private"
       trit ask --json --seed 1 "Hi" | jq -r .content
-      trit ask -x "A shell loop over *.txt" > loop.sh"""
+      trit ask -x "A shell loop over *.txt" > loop.sh
+      trit ask --server http://127.0.0.1:8080/v1 "Hi"   (a running `trit serve` answers)"""
     from .service import Service, Turn
     from .store import title_from
 
@@ -297,6 +302,10 @@ def ask(prompt, system, saved, model_name, temperature, top_p, max_tokens, seed,
     text, title = read_prompt(prompt, attached)
     overrides = sampling_overrides(temperature, top_p, max_tokens, seed)
     continuing = continue_last or cid is not None
+    if server:
+        if continuing:
+            raise click.UsageError("--server asks one question: -c and --cid continue a conversation kept here")
+        return ask_server(server, system, text, overrides, model_name, as_json, show_usage, extract)
     # why nothing of this turn can be kept: it is answered all the same, and that is said after
     store, unsaved = open_store(continuing, no_log)
     service = Service(store, threads=threads)
@@ -362,6 +371,39 @@ def ask(prompt, system, saved, model_name, temperature, top_p, max_tokens, seed,
         service.close()
         if store is not None:
             store.close()
+
+
+def ask_server(url: str, system: str | None, text: str, overrides: dict, model_name: str | None, as_json: bool,
+               show_usage: bool, extract: bool) -> None:
+    """`trit ask --server URL`: the question to a running `trit serve`, the answer printed as `trit ask` prints it."""
+    from .server.client import ServerReply
+    from .settings import load_settings
+
+    system = load_settings().system_prompt if system is None else system
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    reply = ServerReply(url, messages, overrides, os.environ.get("TRIT_API_KEY") or None, model_name)
+    pieces = []
+    for piece in reply.stream():
+        pieces.append(piece)
+        if not (as_json or extract):
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+    answer, usage = "".join(pieces), reply.usage
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    if as_json:
+        click.echo(json.dumps({"role": "assistant", "content": answer, "model": reply.served, "server": url,
+                               "finish_reason": reply.finish_reason, "prompt_tokens": usage.get("prompt_tokens"),
+                               "reused_tokens": cached, "generated_tokens": usage.get("completion_tokens")},
+                              indent=2, ensure_ascii=False))
+    elif extract:
+        shown = first_code_block(answer) or answer
+        if shown:
+            click.echo(shown, nl=not shown.endswith("\n"))
+    elif answer and not answer.endswith("\n"):
+        click.echo()
+    if show_usage:
+        reused = f" ({cached} reused by the server)" if cached else ""
+        say(f"trit: tokens: {usage.get('prompt_tokens')} prompt{reused}, {usage.get('completion_tokens')} generated")
 
 
 @cli.command("chat")
@@ -892,36 +934,82 @@ def adopt_installed(name: str, was: str | None) -> None:
         click.echo(line)
 
 
+def catalogue_rows(installed_sources: set[str]) -> list[tuple[str, ...]]:
+    from trit.engine.models import catalogue
+
+    return [("NAME", "PARAMS", "DOWNLOAD", "CONTEXT", "FAMILY", "LICENCE", "REPO", "")] + [
+        (e.name, catalogue.format_parameters(e.parameters), human_size(e.download_bytes), f"{e.context // 1024}K",
+         e.family, e.licence, e.repo, "installed" if f"hf:{e.repo}" in installed_sources else "")
+        for e in catalogue.CATALOGUE]
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+def show_catalogue(as_json: bool) -> None:
+    """The models Trit pulls by name, with what each one costs, and whether it is installed already."""
+    from trit.engine.models import catalogue, registry
+
+    try:
+        sources = {m.source for m in registry.installed(paths().models)}
+    except OSError:  # the catalogue is worth showing even when the models folder cannot be read
+        sources = set()
+    if as_json:
+        click.echo(json.dumps([{**e.to_dict(), "installed": f"hf:{e.repo}" in sources}
+                               for e in catalogue.CATALOGUE], indent=2))
+        return
+    print_table(catalogue_rows(sources))
+    click.echo("download sizes are computed from each model's shapes; a pull shows the hub's exact size as it starts",
+               err=True)
+
+
 @cli.command()
-@click.argument("repo", metavar="[REPO]", required=False)
+@click.argument("repo", metavar="[NAME | REPO]", required=False)
 @click.option("--file", "file", metavar="FILE.gguf",
               help="One GGUF file of the repository to install (its path in the repository).")
 @click.option("--revision", metavar="REV", help="A branch, tag or commit of the repository (default: main).")
 @click.option("--name", help="The name to install it under (default: the repository's name; for a GGUF file, its "
                              "name without .gguf, lower-cased).")
+@click.option("--list", "show_list", is_flag=True,
+              help="List the models Trit pulls by name, with their download size, and download nothing.")
 @friendly_errors
-def pull(repo, file, revision, name) -> None:
-    """Download a model from the Hugging Face Hub (default: microsoft/bitnet-b1.58-2B-4T).
+def pull(repo, file, revision, name, show_list) -> None:
+    """Download a model from the Hugging Face Hub (default: microsoft/bitnet-b1.58-2B-4T), by its name in Trit's
+    catalogue (`trit pull --list`) or by its repository.
 
     \b
       trit pull                           BitNet b1.58 2B4T (Trit's own engine)
+      trit pull --list                    the models Trit knows by name, with sizes
+      trit pull falcon-e-3b               one of them: tiiuae/Falcon-E-3B-Instruct
       trit pull OWNER/REPO                a BitNet checkpoint, or the repo's one GGUF
       trit pull OWNER/REPO --file F.gguf  one GGUF file of the repo (llama.cpp)
       trit pull OWNER/REPO --revision v2 --name mine
 
     GGUF models (Llama, Qwen, Gemma, …) run through llama.cpp: pip install "trit[gguf]".
 
-    Only the files Trit needs are fetched, each checked against the sha256 the hub publishes; the model is ready
-    only when all of them match. An interrupted pull continues where it stopped when run again. HF_ENDPOINT selects
-    another hub, HF_TOKEN authenticates. This is the only command that uses the network. When the demo was the
-    default model, the model pulled becomes it."""
-    from trit.engine.models import download, registry
+    A repository of a family Trit does not run is refused after its config.json, before any weights. Only the
+    files Trit needs are fetched, each checked against the sha256 the hub publishes; the model is ready only when
+    all of them match. An interrupted pull continues where it stopped when run again. HF_ENDPOINT selects another
+    hub, HF_TOKEN authenticates. This is the only command that uses the network. When the demo was the default
+    model, the model pulled becomes it."""
+    from trit.engine.models import catalogue, download, registry
 
+    if show_list:
+        if repo or file or revision or name:
+            raise click.UsageError("--list downloads nothing: give it no model, --file, --revision or --name")
+        show_catalogue(as_json=False)
+        return
     if file and not repo:
         raise click.UsageError("--file needs the repository: trit pull OWNER/REPO --file FILE.gguf")
     command = "trit pull" + "".join(f" {flag}{value}" for flag, value in (
         ("", repo), ("--file ", file), ("--revision ", revision), ("--name ", name)) if value)
-    repo = repo or download.DEFAULT_REPO
+    repo, entry = catalogue.resolve(repo or download.DEFAULT_REPO)
+    if entry is not None and not file:  # what it costs, before the hub is asked anything
+        say(f"{entry.name}: {entry.repo} — {entry.family}, {catalogue.format_parameters(entry.parameters)} "
+            f"parameters, about {human_size(entry.download_bytes)}")
     was = default_before_install()
     bar = TransferBar(name or (registry.gguf_name(file) if file else download.default_name(repo)))
     try:
@@ -973,26 +1061,41 @@ def demo_row(default: str) -> dict | None:
     if demo is None:
         return None
     size = sum(f.stat().st_size for f in demo.path.rglob("*") if f.is_file())
+    from trit.engine.models.catalogue import family_of_folder
+
     return {"name": DEMO_NAME, "path": str(demo.path), "size_bytes": size, "source": "built-in", "revision": None,
-            "verified": None, "backend": "bitnet", "architecture": None, "file_type": None, "context_length": None,
-            "installed": None, "builtin": True, "default": default == DEMO_NAME}
+            "verified": None, "backend": "bitnet", "family": family_of_folder(demo.path), "architecture": None,
+            "file_type": None, "context_length": None, "installed": None, "builtin": True,
+            "default": default == DEMO_NAME}
+
+
+def model_family(m) -> str:
+    """An installed model's family: what its config.json is (bitnet, …), or a GGUF's architecture."""
+    from trit.engine.kinds import BITNET
+    from trit.engine.models.catalogue import family_of_folder
+
+    return family_of_folder(m.path) if m.backend == BITNET else (m.architecture or "?")
 
 
 @cli.command("models")
 @click.option("--default", "make_default", metavar="NAME",
               help="Make NAME (an installed model, or 'demo') the model Trit uses without -m.")
 @click.option("--verify", "check", is_flag=True, help="Hash every file again and compare with what was installed.")
+@click.option("--available", is_flag=True, help="List the models `trit pull NAME` downloads instead (as "
+                                                 "`trit pull --list`).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON list, one object per model with \"default\" (the one `trit ask` uses) and "
-                   "\"builtin\" (the demo).")
+              help="Print a JSON list, one object per model with \"family\", \"default\" (the one `trit ask` uses) "
+                   "and \"builtin\" (the demo).")
 @friendly_errors
-def models_cmd(make_default, check, as_json) -> None:
+def models_cmd(make_default, check, available, as_json) -> None:
     """List the models: the installed ones, then the demo that ships inside Trit. The one `trit` and `trit ask` use
-    without -m is marked with *: the one chosen with --default, else the newest installed, else the demo.
+    without -m is marked with *: the one chosen with --default, else the newest installed, else the demo. FAMILY
+    is the kind of model: bitnet for BitNet b1.58, or a GGUF's architecture.
 
     \b
     Examples:
       trit models
+      trit models --available             the models `trit pull NAME` downloads
       trit models --default bitnet-b1.58-2B-4T
       trit models --json | jq -r '.[] | select(.default) | .name'
       trit models --verify"""
@@ -1002,6 +1105,11 @@ def models_cmd(make_default, check, as_json) -> None:
     from .service import DEMO_NAME, default_model_name, demo_model
     from .settings import load_settings, save_settings
 
+    if available:
+        if make_default or check:
+            raise click.UsageError("--available lists the catalogue: it goes with --json only")
+        show_catalogue(as_json)
+        return
     folder = paths().models
     if make_default:
         try:
@@ -1025,27 +1133,61 @@ def models_cmd(make_default, check, as_json) -> None:
     models = registry.installed(folder)
     default = default_model_name(load_settings())
     demo = demo_row(default) if DEMO_NAME not in {m.name for m in models} else None  # an installed "demo" wins
+    families = {m.name: model_family(m) for m in models}
     if as_json:
-        click.echo(json.dumps([{**m.to_dict(), "builtin": False, "default": m.name == default} for m in models]
-                              + ([demo] if demo else []), indent=2))
+        click.echo(json.dumps([{**m.to_dict(), "family": families[m.name], "builtin": False,
+                                "default": m.name == default} for m in models] + ([demo] if demo else []), indent=2))
     else:
         # QUANT: how the weights are stored — BitNet's ternary, or the GGUF's file type (Q4_K_M, …)
-        rows = [("", "NAME", "SIZE", "BACKEND", "QUANT", "SOURCE", "REVISION", "VERIFIED")] + [
-            ("*" if m.name == default else "", m.name, human_size(m.size_bytes), m.backend,
+        rows = [("", "NAME", "SIZE", "BACKEND", "FAMILY", "QUANT", "SOURCE", "REVISION", "VERIFIED")] + [
+            ("*" if m.name == default else "", m.name, human_size(m.size_bytes), m.backend, families[m.name],
              m.file_type or ("ternary" if m.backend == BITNET else "-"), m.source, m.short_revision or "-",
              "yes" if m.verified else "NO") for m in models]
         if demo:
             rows.append(("*" if demo["default"] else "", DEMO_NAME, human_size(demo["size_bytes"]), BITNET,
-                         "ternary", "built-in", "-", "-"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+                         demo["family"], "ternary", "built-in", "-", "-"))
+        print_table(rows)
         if not models:
-            click.echo("no models installed — `trit pull` downloads BitNet b1.58 2B4T (1.2 GB), `trit import PATH` "
-                       "installs one from this machine (a model folder or a .gguf file); until then the demo model "
-                       "that ships inside Trit answers", err=True)
+            click.echo("no models installed — `trit pull` downloads BitNet b1.58 2B4T (1.2 GB), `trit pull --list` "
+                       "shows the others, `trit import PATH` installs one from this machine (a model folder or a .gguf "
+                       "file); until then the demo model that ships inside Trit answers", err=True)
     if damaged:
         sys.exit(1)
+
+
+# ---- trit serve ---------------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("-m", "--model", "model_name", metavar="NAME",
+              help="An installed model, a model folder, a .gguf file, or 'demo' (default: the default model).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on. Anything but loopback needs an API key.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(min=0, max=65535),
+              help="The TCP port to listen on (0: any free one, said on stderr).")
+@click.option("--api-key", metavar="KEY", envvar="TRIT_API_KEY", show_envvar=True,
+              help="Require `Authorization: Bearer KEY` (TRIT_API_KEY keeps it out of `ps`).")
+@click.option("--cors", multiple=True, metavar="ORIGIN",
+              help="A web origin whose pages may call the server (e.g. http://localhost:3000); repeatable. Without "
+                   "it, any request from a web page is refused.")
+@click.option("--log", "keep_log", is_flag=True, help="Keep the conversations in the history (default: nothing kept).")
+@click.option("--verbose", is_flag=True, help="Show each request's last message in the log lines on stderr.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads (default: every core).")
+@friendly_errors
+def serve(model_name, host, port, api_key, cors, keep_log, verbose, threads) -> None:
+    """Serve the model to other tools over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health) on
+    this machine. Requests from web pages and other hosts are refused unless allowed; nothing is written to the
+    history unless --log. One line per request on stderr; Ctrl-C stops.
+
+    \b
+    Examples:
+      trit serve
+      trit serve -m demo --port 8081
+      TRIT_API_KEY=secret trit serve --host 0.0.0.0
+      curl -s localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "demo", "messages": [{"role": "user", "content": "Hi"}]}'"""
+    from .server import ServeOptions
+    from .server import serve as run
+
+    sys.exit(run(ServeOptions(model_name, host, port, api_key or None, tuple(cors), keep_log, verbose, threads)))
 
 
 @cli.command("rm")

@@ -13,6 +13,10 @@ class InputError(EngineError):
     """A request the model cannot run: token ids outside the vocabulary, positions past the context."""
 
 
+class ContextLengthError(InputError):
+    """The conversation with room for the reply does not fit the context, and dropping older turns was not allowed."""
+
+
 class SamplingError(InputError, ValueError):
     """A sampling setting outside its range (a flag, config.toml, generation_config.json). Also a ValueError, as a
     dataclass's validation is."""

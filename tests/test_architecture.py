@@ -177,18 +177,31 @@ def test_the_engine_knows_no_terminal_ui_and_no_history_database():
     assert found == set()
 
 
+# `trit serve` binds its listening socket and lists this machine's own addresses (the Host check): it may import
+# socket, and nothing else of the network, and opens no connection.
+LISTENERS = {"trit.app.server", "trit.app.server.security"}
+# `trit ask --server URL`: the one client outside the downloads, to the server the person named, with http.client.
+SERVER_CLIENT = "trit.app.server.client"
+
+
 def test_only_models_reach_the_network():
     """The download code is the only network code: nothing else imports an HTTP client."""
     clients = ("httpx", "httpx2", "huggingface_hub", "urllib.request", "requests", "http.client", "socket")
-    users = set()
+    users, listening = set(), set()
     for name, path in MODULES.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            if any(m == c or m.startswith(c + ".") for m in mods for c in clients):
+            used = {c for m in mods for c in clients if m == c or m.startswith(c + ".")}
+            if name in LISTENERS and used <= {"socket"}:
+                listening.update(used and {name})
+            elif name == SERVER_CLIENT and used <= {"http.client"}:
+                listening.update(used and {name})
+            elif used:
                 users.add(name)
     assert users and all(u.startswith("trit.engine.models.") for u in users), sorted(users)
+    assert listening == LISTENERS | {SERVER_CLIENT}, sorted(listening)
 
 
 UNIX_ONLY = {"resource", "fcntl", "termios", "tty", "pty", "grp", "syslog", "posix_ipc", "crypt", "nis", "spwd"}

@@ -135,11 +135,11 @@ def test_models_shows_the_backend_and_quantization_and_rm_removes_a_gguf(trit, g
     assert r.exit_code == 0 and f"{NAME} is ready (llama.cpp, llama F32)" in r.stdout
     assert trit("import", tiny_model, "--name", "bitnet-tiny").exit_code == 0
     header, *rows = trit("models").stdout.splitlines()
-    assert header.split() == ["NAME", "SIZE", "BACKEND", "QUANT", "SOURCE", "REVISION", "VERIFIED"]
+    assert header.split() == ["NAME", "SIZE", "BACKEND", "FAMILY", "QUANT", "SOURCE", "REVISION", "VERIFIED"]
     cells = {r.split()[0] if not r.startswith("*") else r.split()[1]: r.split() for r in rows}  # size: 2 cells
-    assert cells[NAME][3:5] + cells[NAME][-2:] == ["llama.cpp", "F32", "-", "yes"]
+    assert cells[NAME][3:6] + cells[NAME][-2:] == ["llama.cpp", "llama", "F32", "-", "yes"]
     assert f"local:{gguf_file.resolve()}" in rows[0]
-    assert cells["bitnet-tiny"][0] == "*" and cells["bitnet-tiny"][4:6] == ["bitnet", "ternary"]  # the newest
+    assert cells["bitnet-tiny"][0] == "*" and cells["bitnet-tiny"][4:7] == ["bitnet", "bitnet", "ternary"]  # newest
     listed = {m["name"]: m for m in json.loads(trit("models", "--json").stdout)}
     assert {k: listed[NAME][k] for k in ("backend", "architecture", "file_type", "context_length", "verified")} == {
         "backend": "llama.cpp", "architecture": "llama", "file_type": "F32", "context_length": 512, "verified": True}

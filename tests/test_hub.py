@@ -410,10 +410,10 @@ def test_cli_pull_models_default_rm(server, trit, tmp_path):
     r = trit("models")
     header, row, demo = r.stdout.splitlines()
     assert demo.split()[0] == "demo"  # the demo that ships inside Trit, after the installed models
-    assert header.split() == ["NAME", "SIZE", "BACKEND", "QUANT", "SOURCE", "REVISION", "VERIFIED"]
+    assert header.split() == ["NAME", "SIZE", "BACKEND", "FAMILY", "QUANT", "SOURCE", "REVISION", "VERIFIED"]
     size = human_size(registry.locate(models, NAME).size_bytes)
-    assert row.split() == ["*", NAME, *size.split(), "bitnet", "ternary", f"hf:{REPO}", server.repos[REPO].commit[:7],
-                           "yes"]
+    assert row.split() == ["*", NAME, *size.split(), "bitnet", "bitnet", "ternary", f"hf:{REPO}",
+                           server.repos[REPO].commit[:7], "yes"]
 
     importing.import_model(models / NAME, models, name="second")
     assert trit("models", "--default", NAME).exit_code == 0

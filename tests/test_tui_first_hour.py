@@ -129,10 +129,10 @@ async def first_run(pilot):
 
 def usable(app, widget) -> bool:
     """Something a key does something on, in sight."""
-    from textual.widgets import Button, Input
+    from textual.widgets import Button, Input, Select
 
     screen = app.screen.region
-    return isinstance(widget, (Button, Input)) and screen.intersection(widget.region).height > 0
+    return isinstance(widget, (Button, Input, Select)) and screen.intersection(widget.region).height > 0
 
 
 @pytest.mark.parametrize("size", [(80, 24), (40, 12)])

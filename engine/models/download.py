@@ -27,8 +27,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from trit.engine.errors import CheckpointError, EngineError
-from trit.engine.formats.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from trit.engine.formats.checkpoint import CONFIG_FILE, GENERATION_CONFIG_FILE, WEIGHTS_FILE
 from trit.engine.formats.gguf import BITNET_ARCHITECTURES, GGUFError, bitnet_refusal, gguf_architecture
+from trit.engine.models.catalogue import family_of, for_repo
 from trit.engine.models.registry import (
     GGUF_SUFFIX,
     HASH_CHUNK,
@@ -58,6 +59,14 @@ from trit.engine.models.registry import (
 
 DEFAULT_REPO = "microsoft/bitnet-b1.58-2B-4T"
 DEFAULT_ENDPOINT = "https://huggingface.co"
+# A checkpoint larger than transformers' max_shard_size comes as shards and an index of which tensor is in which (the
+# name engine.formats.checkpoint reads them by).
+SHARDED_INDEX_FILE = "model.safetensors.index.json"
+_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+# Files read whole as JSON, with what the largest real one takes many times over (a config.json is 1-2 KB, the index
+# of a 10B model's shards some 100 KB): a repository listing more is refused before anything is downloaded, rather
+# than fetching gigabytes of it and then reading them into memory.
+JSON_FILE_LIMITS = {CONFIG_FILE: 1 << 20, GENERATION_CONFIG_FILE: 1 << 20, SHARDED_INDEX_FILE: 16 << 20}
 GGUF_PEEK_BYTES = 64 << 10  # a GGUF's architecture is in its first few KB: a BitNet one is refused after this much
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 RETRY_DELAYS = (1.0, 2.0, 4.0)  # seconds before each retry of a broken connection or a 5xx answer
@@ -307,6 +316,15 @@ def _read_at_most(r, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _shards_absent(index, shards: set[str]) -> str | None:
+    """What is wrong with a shard index whose shards are `shards`, or None."""
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        return "has no weight_map of tensor names to shard files"
+    absent = sorted(v[:100] for v in set(weight_map.values()) - shards)
+    return f"names {_few(absent)}, not in the repository" if absent else None
+
+
 def _check_length(r, f: RemoteFile, have: int) -> None:
     """Refuse, before reading it, an answer whose Content-Length is more than what is left of the size the model info
     lists: trusting it, the client would wait for bytes that never come (60 s, then again on each retry)."""
@@ -330,14 +348,25 @@ def _matches(f: RemoteFile, sha256: str, sha1: str) -> bool:
     return (f.sha256 == sha256) if f.sha256 else (f.git_sha1 == sha1)
 
 
+def checkpoint_files(listing: list[str]) -> list[str]:
+    """The files of a checkpoint to download, small ones first: MODEL_FILES, or with sharded weights their index
+    then every shard in place of model.safetensors."""
+    if WEIGHTS_FILE in listing or SHARDED_INDEX_FILE not in listing:
+        return list(MODEL_FILES)
+    return [n for n in MODEL_FILES if n != WEIGHTS_FILE] + [SHARDED_INDEX_FILE] + sorted(
+        n for n in listing if _SHARD.fullmatch(n))
+
+
 def _check_listing(repo: str, files: list[RemoteFile], listing: list[str], commit: str) -> None:
     have = {f.name for f in files}
+    if SHARDED_INDEX_FILE in have and any(_SHARD.fullmatch(n) for n in have):
+        have.add(WEIGHTS_FILE)  # the shards stand for it
     missing = [f for f in REQUIRED_FILES if f not in have]
     if not missing:
         return
     if WEIGHTS_FILE in missing and any(re.fullmatch(r"model-\d+-of-\d+\.safetensors", n) for n in listing):
-        raise HubError(f"{repo} has sharded weights; Trit runs a single {WEIGHTS_FILE} in the packed BitNet b1.58 "
-                       f"format, like {DEFAULT_REPO}")
+        raise HubError(f"{repo} has sharded weights without {SHARDED_INDEX_FILE} to say which tensor is in which "
+                       f"shard; Trit runs a single {WEIGHTS_FILE}, or shards with their index")
     if any(n.lower().endswith(GGUF_SUFFIX) for n in listing):
         raise HubError(f"{repo} holds no GGUF model file (only {', '.join(_gguf_files(listing, every=True)[:3])}) "
                        f"and no BitNet checkpoint in the packed Hugging Face format, like {DEFAULT_REPO}")
@@ -415,8 +444,12 @@ def pull(repo: str, models_dir: str | os.PathLike, revision: str | None = None, 
         listing = sorted(siblings)
         gguf = _gguf_to_pull(repo, commit, listing, file)
         if gguf is None:
-            files = hub.remote_files(repo, commit, siblings, MODEL_FILES)
+            files = hub.remote_files(repo, commit, siblings, checkpoint_files(listing))
             _check_listing(repo, files, listing, commit)
+            for f in files:
+                if f.size > JSON_FILE_LIMITS.get(f.name, f.size):
+                    raise HubError(f"{repo}: {f.name} is {format_bytes(f.size)} where one is a few KB; refusing the "
+                                   "repository before downloading anything")
             name = name or default_name(repo)
         else:
             local = gguf.rsplit("/", 1)[-1]
@@ -519,12 +552,25 @@ def _pull_locked(hub: _Hub, repo: str, commit: str, files: list[RemoteFile], nam
         os.replace(part, staging / f.dest)
         state["done"][f.dest] = {"size": f.size, "sha256": sha256}
         write_json_atomic(state_path, state)
-        if f.name == CONFIG_FILE and not gguf:  # refuse a repository that is no BitNet checkpoint before its weights
+        if f.name == CONFIG_FILE and not gguf:  # refuse a repository of a family Trit does not run before its weights
             try:
-                ModelConfig.from_dict(json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8")))
-            except (CheckpointError, ValueError) as e:
+                family_of(json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8")), CONFIG_FILE)
+            except (CheckpointError, ValueError, RecursionError) as e:
                 shutil.rmtree(staging, ignore_errors=True)
-                raise HubError(f"{repo} is not a model Trit can run: {e}") from None
+                if for_repo(repo) is not None:  # listed in the catalogue: the engine of a later Trit runs it
+                    raise HubError(f"{repo} is in Trit's catalogue, but this version does not run it yet: {e}"
+                                   ) from None
+                raise HubError(f"{repo} is not a model Trit can run: {e} — `trit pull --list` shows the models it "
+                               "runs") from None
+        if f.name == SHARDED_INDEX_FILE:  # every shard it names must be one being downloaded, before the shards
+            wanted_shards = {g.name for g in files if _SHARD.fullmatch(g.name)}
+            try:
+                absent = _shards_absent(json.loads((staging / f.dest).read_text(encoding="utf-8")), wanted_shards)
+            except (ValueError, RecursionError) as e:
+                absent = f"is not valid JSON ({' '.join(str(e).split())})"
+            if absent:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise HubError(f"{repo}: {SHARDED_INDEX_FILE} {absent}; the repository is incomplete")
 
     info = None
     if gguf:  # llama.cpp is not needed to install: its header is checked here, the model is loaded at the first chat

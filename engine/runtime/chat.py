@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Protocol, Sequence
 
-from trit.engine.errors import EngineError, InputError
+from trit.engine.errors import ContextLengthError, EngineError, InputError
 from trit.engine.runtime.sampling import Sampler, SamplingParams, StopStrings
 from trit.engine.runtime.tokenizer import BaseTokenizer
 
@@ -133,9 +133,11 @@ class Chat:
             lo, hi = (mid, hi) if spells_prefix(mid) else (lo, mid - 1)
         return lo
 
-    def fit(self, messages: Sequence[Mapping], reply_room: int) -> tuple[list[int], str, int]:
+    def fit(self, messages: Sequence[Mapping], reply_room: int,
+            keep_all: bool = False) -> tuple[list[int], str, int]:
         """Prompt ids with room for the reply, the text they spell, and how many of the oldest turns were dropped
-        to make it fit (never the system prompt)."""
+        to make it fit (never the system prompt). keep_all: drop none, raise ContextLengthError instead (an API
+        caller decides what to leave out, never the engine behind its back)."""
         messages = list(messages)
         system = [m for m in messages[:1] if m.get("role") == "system"]
         turns = messages[len(system):]
@@ -144,6 +146,9 @@ class Chat:
             ids, text = self.prompt(system + turns)
             if len(ids) + reply_room <= self.n_ctx:
                 return ids, text, dropped
+            if keep_all:
+                raise ContextLengthError(f"the conversation is {len(ids)} tokens long and does not fit the context of "
+                                         f"{self.n_ctx} with room for a reply of {reply_room}: shorten it")
             if len(turns) <= 1:
                 raise InputError(f"the message is {len(ids)} tokens long and does not fit the context of {self.n_ctx} "
                                  f"with room for a reply of {reply_room}: shorten it")
@@ -196,11 +201,12 @@ class Chat:
         kv_file.save(path, self.context, self._text, kv_file.stamp(self.model))
 
     def stream(self, messages: Sequence[Mapping], params: SamplingParams,
-               cancel: Cancel | None = None, saved: Path | None = None) -> Iterator[Piece | ChatResult]:
+               cancel: Cancel | None = None, keep_all: bool = False,
+               saved: Path | None = None) -> Iterator[Piece | ChatResult]:
         start = time.perf_counter()  # a cache loaded from disk counts in the time to the first token
         if saved is not None:
             self.restore(messages, saved)
-        ids, prompt_text, dropped = self.fit(messages, reply_room(params.max_tokens, self.n_ctx))
+        ids, prompt_text, dropped = self.fit(messages, reply_room(params.max_tokens, self.n_ctx), keep_all)
         self.last_prompt_tokens = len(ids)
         logits, reused, prefill_s = self.prefill(ids, cancel, prompt_text)
         result = ChatResult("", "cancelled", len(ids), reused, 0, dropped,
@@ -306,11 +312,12 @@ class ChatSessions:
         return chosen
 
     def stream(self, messages: Sequence[Mapping], params: SamplingParams,
-               cancel: Cancel | None = None, saved: Path | None = None) -> Iterator[Piece | ChatResult]:
+               cancel: Cancel | None = None, keep_all: bool = False,
+               saved: Path | None = None) -> Iterator[Piece | ChatResult]:
         if not self._lock.acquire(timeout=60):
             raise EngineError("the model is still busy with another reply")
         try:
-            yield from self.pick(messages).stream(messages, params, cancel, saved)
+            yield from self.pick(messages).stream(messages, params, cancel, keep_all, saved=saved)
         finally:
             self._lock.release()
 

@@ -186,18 +186,19 @@ class Model(NativeObject):
 
         return SamplingParams.from_generation_config(self.path, **overrides)
 
-    def chat(self, messages, params=None, cancel=None, saved=None):
+    def chat(self, messages, params=None, cancel=None, keep_all=False, saved=None):
         """Continue a conversation: yields engine.runtime.chat.Piece (text as it comes) and, last, a ChatResult.
 
         messages: [{"role": "system" | "user" | "assistant", "content": str}, ...]. params: SamplingParams
         (default: the folder's generation_config.json). cancel: anything with is_set(), e.g. threading.Event.
-        The KV caches of recent conversations are kept, so a follow-up prefills only its new tokens. saved: a file
-        that keeps this conversation's cache between processes (loaded when it helps, extended after the turn)."""
+        The KV caches of recent conversations are kept, so a follow-up prefills only its new tokens. keep_all: never
+        leave the oldest turns out to make room (errors.ContextLengthError instead). saved: a file that keeps this
+        conversation's cache between processes (loaded when it helps, extended after the turn)."""
         from trit.engine.runtime.chat import ChatSessions
 
         if self._sessions is None:
             self._sessions = ChatSessions(self, self.tokenizer)
-        return self._sessions.stream(messages, params or self.default_params(), cancel, saved)
+        return self._sessions.stream(messages, params or self.default_params(), cancel, keep_all, saved=saved)
 
     def close(self) -> None:
         if self._sessions is not None:

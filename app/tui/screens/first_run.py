@@ -1,5 +1,6 @@
-"""The first start with no model on this computer: say what Trit needs, and offer the download, the demo model that
-ships inside Trit, or a model folder already on disk. Whatever goes wrong is one line here, never a traceback."""
+"""The first start with no model on this computer: say what Trit needs, and offer a download from the catalogue
+(BitNet b1.58 2B4T unless another is chosen, each with its size), the demo model that ships inside Trit, or a model
+folder already on disk. Whatever goes wrong is one line here, never a traceback."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Static
+from textual.widgets import Button, Footer, Input, Select, Static
 
-from trit.engine.models import download, registry
+from trit.engine.models import catalogue, download, registry
+from trit.engine.models.registry import format_bytes
 
 from ...paths import paths
 from ...service import demo_model
@@ -31,12 +33,27 @@ class Choices(VerticalScroll, can_focus=False):
     container looks like nothing at all."""
 
 
+def option_label(entry: catalogue.CatalogueEntry) -> str:
+    return f"{entry.name}  {format_bytes(entry.download_bytes)}"  # the family is in the hint: rows fit 40 columns
+
+
+def download_label(entry: catalogue.CatalogueEntry) -> str:
+    return f"Download {entry.name}"  # its size is in the list above and the hint below: the button fits 40 columns
+
+
+def download_hint(entry: catalogue.CatalogueEntry) -> str:
+    return (f"About {format_bytes(entry.download_bytes)} from Hugging Face ({entry.repo}), once: {entry.description} "
+            f"({entry.family}, {entry.licence} licence). Every file is checked, and an interrupted download continues "
+            "where it stopped. The only time Trit uses the network.")
+
+
 class FirstRunScreen(Screen):
     def __init__(self, problem: str | None = None):
         """problem: why the configured model cannot be used, when that is why this screen is shown."""
         super().__init__()
         self.problem = problem
         self.chosen = "download"  # the choice being carried out: it gets the focus back if it fails
+        self.entry = catalogue.for_repo(download.DEFAULT_REPO)  # what the download button fetches
         self.demo = demo_model()
 
     def compose(self) -> ComposeResult:
@@ -48,11 +65,11 @@ class FirstRunScreen(Screen):
                                               if self.problem else "There is no model here yet — choose one to "
                                               "start."), classes="welcome-text")
                 with Vertical(classes="choice"):
-                    yield Button("Download BitNet b1.58 2B4T", id="download", variant="primary")
-                    yield Static(f"1.2 GB from Hugging Face ({download.DEFAULT_REPO}), once. Every file is checked, "
-                                 "and an "
-                                 "interrupted download continues where it stopped. The only time Trit uses the "
-                                 "network.", classes="hint")
+                    # the list before the button: Tab from the button still goes on to the next choice
+                    yield Select([(option_label(e), e.name) for e in catalogue.CATALOGUE], value=self.entry.name,
+                                 allow_blank=False, id="catalogue")
+                    yield Button(download_label(self.entry), id="download", variant="primary")
+                    yield Static(download_hint(self.entry), id="download-hint", classes="hint", markup=False)
                 with Vertical(classes="choice"):
                     yield Button("Use the demo model", id="demo", disabled=self.demo is None)
                     yield Static("A tiny model inside Trit, to try the app right away. Its answers are not useful."
@@ -90,11 +107,21 @@ class FirstRunScreen(Screen):
         self.chosen = event.button.id
         if event.button.id == "download":
             self.disable_choices()
-            self.transfer.start_download()
+            self.transfer.start_download(self.entry)
         elif event.button.id == "import":
             self.import_folder_from_input()
         elif event.button.id == "demo":
             self.app.choose_default_model("demo")
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        entry = catalogue.find(str(event.value))
+        if entry is None or entry is self.entry:
+            return
+        self.entry = entry
+        button = self.query_one("#download", Button)
+        button.label = download_label(entry)
+        button.refresh(layout=True)  # its width follows the new label
+        self.query_one("#download-hint", Static).update(download_hint(entry))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if not self.busy:
@@ -111,13 +138,13 @@ class FirstRunScreen(Screen):
         self.transfer.start_import(Path(folder).expanduser())
 
     def disable_choices(self) -> None:
-        for button in self.query(Button):
-            button.disabled = True
+        for widget in self.query("Button, #catalogue"):
+            widget.disabled = True
 
     def on_model_transfer_finished(self, message: ModelTransfer.Finished) -> None:
         if message.error:
-            for button in self.query(Button):
-                button.disabled = button.id == "demo" and self.demo is None
+            for widget in self.query("Button, #catalogue"):
+                widget.disabled = widget.id == "demo" and self.demo is None
             self.query_one(f"#{self.chosen}").focus()  # the buttons were disabled, so the focus was lost
             return
         self.app.notify(f"{message.name} is ready")

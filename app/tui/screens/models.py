@@ -1,6 +1,7 @@
 """The models on this computer, from inside the chat: choose the one this conversation talks to, make one the
-default for new conversations, download BitNet b1.58 2B4T or import a folder or GGUF file, with the same progress
-as the first-run screen. Dismissed with the chosen model's name, or None."""
+default for new conversations, download one of the catalogue (listed under the installed ones, with its size) or
+import a folder or GGUF file, with the same progress as the first-run screen. Dismissed with the chosen model's name,
+or None."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from trit.engine.models import registry
+from trit.engine.models import catalogue, registry
 
 from ...paths import paths
 from ...service import DEMO_NAME, adopt_installed, default_model_name, demo_model
@@ -42,7 +43,29 @@ def model_rows(current: str) -> list[ModelRow]:
     return rows
 
 
+PULL = "pull:"  # the option id of a catalogue entry: never an installed model's name, which has no ':'
+
+
+def available(rows: list[ModelRow]) -> list[catalogue.CatalogueEntry]:
+    """The catalogue's models not installed yet (by the repository they came from)."""
+    try:
+        sources = {m.source for m in registry.installed(paths().models)}
+    except Exception:  # noqa: BLE001 — an unreadable models folder: show the whole catalogue
+        sources = set()
+    names = {r.name for r in rows}
+    return [e for e in catalogue.CATALOGUE if f"hf:{e.repo}" not in sources and e.name not in names]
+
+
+def available_label(entry: catalogue.CatalogueEntry) -> Text:
+    label = Text(no_wrap=True, overflow="ellipsis")
+    label.append("↓ ", style="dim")
+    label.append(entry.name)
+    label.append(f"  {registry.format_bytes(entry.download_bytes)} to download · {entry.family}", style="dim")
+    return label
+
+
 class ModelsScreen(ModalScreen[str | None]):
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (16, "-tall")]  # a short terminal: the rows go to the list
     BINDINGS = [
         Binding("escape", "close", "Close", id="models_close"),
         Binding("ctrl+d", "make_default", "Make default", id="models_default"),
@@ -57,8 +80,8 @@ class ModelsScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box", id="models-box"):
             yield Static("Models", classes="dialog-title")
-            yield Static("Enter: this conversation uses it · Ctrl+D: the default for new ones · Esc closes",
-                         classes="dialog-hint", markup=False)
+            yield Static("Enter: this conversation uses it (↓: downloads it) · Ctrl+D: the default for new ones · "
+                         "Esc closes", classes="dialog-hint", markup=False)
             yield OptionList(id="model-list")
             with Horizontal(id="models-install"):
                 yield Button("Download BitNet b1.58 2B4T", id="download", compact=True)
@@ -88,6 +111,8 @@ class ModelsScreen(ModalScreen[str | None]):
             if row.name == default:
                 label.append("  default", style="italic")
             listing.add_option(Option(label, id=row.name))
+        for entry in available(self.rows):
+            listing.add_option(Option(available_label(entry), id=PULL + entry.name))
         names = [r.name for r in self.rows]
         listing.highlighted = names.index(highlight) if highlight in names else (0 if names else None)
 
@@ -99,7 +124,11 @@ class ModelsScreen(ModalScreen[str | None]):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
-        self.dismiss(event.option.id)
+        if not event.option.id.startswith(PULL):
+            self.dismiss(event.option.id)
+        elif not self.transfer.busy:
+            self.default_before = default_model_name(self.settings)
+            self.transfer.start_download(catalogue.find(event.option.id.removeprefix(PULL)))
 
     def action_make_default(self) -> None:
         name = self.highlighted

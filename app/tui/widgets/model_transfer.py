@@ -13,7 +13,9 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import ProgressBar, Static
 
-from trit.engine.models import download, importing
+from trit.engine.models import catalogue, download, importing
+from trit.engine.models.catalogue import CatalogueEntry
+from trit.engine.models.registry import format_bytes
 
 from ...paths import paths
 
@@ -63,9 +65,11 @@ class ModelTransfer(Vertical):
     def said(self) -> str:
         return str(self.query_one(".transfer-message", Static).render())
 
-    def start_download(self, repo: str = download.DEFAULT_REPO) -> None:
-        self._begin("Downloading BitNet b1.58 2B4T…" if repo == download.DEFAULT_REPO else f"Downloading {repo}…")
-        self._download(repo)
+    def start_download(self, entry: CatalogueEntry | None = None) -> None:
+        """Download a model of the catalogue (default: BitNet b1.58 2B4T)."""
+        entry = entry or catalogue.for_repo(download.DEFAULT_REPO)
+        self._begin(f"Downloading {entry.name} ({entry.repo}, about {format_bytes(entry.download_bytes)})…")
+        self._download(entry.repo)
 
     def start_import(self, source: Path) -> None:
         self._begin(f"Importing {source}…")

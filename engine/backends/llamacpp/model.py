@@ -162,13 +162,13 @@ class GGUFModel(NativeObject):
             values[name] = value
         return SamplingParams(**values).replace(**overrides)
 
-    def chat(self, messages, params=None, cancel=None):
+    def chat(self, messages, params=None, cancel=None, keep_all=False):
         """Continue a conversation: yields runtime.chat.Piece (text as it comes) and, last, a ChatResult — the same
         runtime.chat.ChatSessions as the native engine, on llama.cpp contexts."""
         self._check_open()
         if self._sessions is None:
             self._sessions = ChatSessions(self, self.tokenizer, self.n_ctx_max)
-        return self._sessions.stream(messages, params or self.default_params(), cancel)
+        return self._sessions.stream(messages, params or self.default_params(), cancel, keep_all)
 
     def close(self) -> None:
         if self._sessions is not None:
