@@ -361,6 +361,8 @@ def ask(prompt, system, saved, model_name, temperature, top_p, max_tokens, seed,
             say(f"trit: stopped{kept}")
         if unsaved:  # the answer was shown (or printed as JSON); a script must still learn it was not kept
             say(f"trit: {unsaved}")
+        elif turn.cache_note:  # only the next turn is slower: said, and not an error
+            say(f"trit: {turn.cache_note}")
         if result.finish_reason == "cancelled":
             sys.exit(stop.exit_code)
         if unsaved:
@@ -771,12 +773,15 @@ def model_path(name: str) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--conversation", is_flag=True,
               help="Instead: time to first token of each turn of a 5-turn conversation of ~3000 tokens.")
+@click.option("--warm", is_flag=True,
+              help="With --conversation: the last turn in a new process, with the cache the earlier turns saved to "
+                   "disk (as `trit ask -c` finds it) and without; and the time each save took.")
 @click.option("--vs", "versus", type=click.Choice(["llama.cpp"]),
               help="Then run llama.cpp (llama-cpp-python) on the same weights as GGUF TQ2_0 and TQ1_0; print the "
                    "ratios.")
 @friendly_errors
 def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, repetitions, as_json,
-          conversation=False, versus=None) -> None:
+          conversation=False, warm=False, versus=None) -> None:
     """Measure prompt processing (ppN) and generation (tgN) speed in tokens/s, against the memory bus. MODEL is an
     installed model's name, 'demo', a model folder or a .gguf file.
 
@@ -785,14 +790,20 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
       trit bench demo
       trit bench --synthetic 2b4t --threads 2
       trit bench bitnet-b1.58-2B-4T --json
-      trit bench --synthetic 2b4t --conversation"""
+      trit bench --synthetic 2b4t --conversation
+      trit bench --synthetic 2b4t --conversation --warm"""
     from trit.engine.tools import bench as engine_bench
 
     if (model is None) == (preset is None):
         raise click.UsageError("give a model (a name from `trit models`, 'demo' or a folder) or --synthetic PRESET")
     if long_context and long_context <= n_gen:
         raise click.UsageError("--ctx must be larger than --tg")
+    if warm and not conversation:
+        raise click.UsageError("--warm goes with --conversation")
     folder = synthetic_folder(preset, 0) if preset else model_path(model)
+    if warm:
+        bench_warm(folder, threads, head, ternary, as_json)
+        return
     if conversation:
         c = engine_bench.run_conversation(folder, threads=threads, head=head, ternary=ternary)
         if as_json:
@@ -834,6 +845,27 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
     click.echo(f"peak RSS {r.peak_rss_mb:.0f} MB")
     if vs:
         click.echo("\n" + bench_llamacpp.format_table(r, vs))
+
+
+def bench_warm(folder: Path, threads, head, ternary, as_json: bool) -> None:
+    from trit.engine.tools import bench as engine_bench
+
+    cache_file = paths().cache / "bench" / "conversation.kv"
+    try:
+        w = engine_bench.run_warm_conversation(folder, cache_file, threads=threads, head=head, ternary=ternary)
+    finally:
+        cache_file.unlink(missing_ok=True)
+    if as_json:
+        click.echo(json.dumps(w.to_dict(), indent=2))
+        return
+    click.echo(f"model    {w.model}\nkernel   {w.kernel}, {w.threads} threads")
+    for i, s in enumerate(w.saves, 1):
+        click.echo(f"turn {i} saved: {s['positions']} positions, {s['bytes_written'] / 1e6:.1f} MB written in "
+                   f"{s['seconds']:.3f} s (file {s['file_bytes'] / 1e6:.1f} MB)")
+    for name, t in (("with the saved cache", w.warm), ("without", w.cold)):
+        click.echo(f"turn {t.turn} in a new process, {name}: first token after {t.time_to_first_token_s:.2f} s "
+                   f"({t.prompt_tokens} prompt tokens, {t.reused_tokens} reused)")
+    click.echo(f"reading the saved cache: {w.load_s:.2f} s")
 
 
 # ---- models: trit pull, import, models, rm ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Iterator
 
 from trit import engine
 from trit.engine import ChatResult, Piece, SamplingParams
+from trit.engine.kinds import BITNET
 
 from .paths import paths
 from .settings import Settings, load_settings
@@ -156,6 +157,7 @@ class Turn:
     result: ChatResult
     conversation_id: int | None
     unsaved: str | None = None
+    cache_note: str | None = None  # why the conversation's KV cache was not kept on disk: the answer stands
 
     def to_dict(self) -> dict:
         return self.message.to_dict()
@@ -275,8 +277,10 @@ class Service:
         pieces: list[str] = []
         draft = self._begin_reply(dialogue, choice)
         saved_at = time.monotonic()
+        warm = self._warm_path(dialogue, model)
         try:
-            for event in model.chat(dialogue.engine_messages(), params, cancel):
+            for event in model.chat(dialogue.engine_messages(), params, cancel,
+                                    **({"saved": warm} if warm is not None else {})):
                 if isinstance(event, Piece):
                     # what was shown before this piece: everything saved has reached the screen
                     if draft is not None and (len(pieces) == 1 or time.monotonic() - saved_at >= SAVE_EVERY_S):
@@ -307,7 +311,30 @@ class Service:
             unsaved = f"the answer was not saved: {e}"
             message = self._reply_message(dialogue, choice, result)
             dialogue.messages.append(message)
-        yield Turn(message, result, dialogue.conversation_id, unsaved)
+        yield Turn(message, result, dialogue.conversation_id, unsaved, self._kept_warm(warm, result))
+
+    def _warm_path(self, dialogue: Dialogue, model: engine.Model) -> Path | None:
+        """Where this conversation's KV cache is kept between processes; None when it is not kept: nothing of the
+        conversation is (--no-log, incognito, a history that cannot take it now), the budget is 0, or the model runs
+        on llama.cpp (whose caches are not saved)."""
+        warm = self.store.warm if self.store is not None else None
+        if (warm is None or not dialogue.logged or dialogue.conversation_id is None or self._unsaved is not None
+                or model.backend != BITNET or self.settings.kv_cache_mb <= 0):
+            return None
+        return warm.path(dialogue.conversation_id)
+
+    def _kept_warm(self, path: Path | None, result: ChatResult) -> str | None:
+        """After the engine saved the cache to `path`: the oldest caches past the budget go. One line when the cache
+        could not be saved or the folder cannot be tidied, else None."""
+        if path is None:
+            return None
+        if result.cache_error is not None:
+            return self.store.warm.note(result.cache_error)
+        try:
+            self.store.warm.evict(self.settings.kv_cache_mb, keep=path)
+        except OSError as e:
+            return self.store.warm.note(e)
+        return None
 
     def _begin_reply(self, dialogue: Dialogue, choice: ModelChoice) -> Message | None:
         """The reply's row, marked as being written, or None when nothing is logged or the history cannot take it

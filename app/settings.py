@@ -37,6 +37,7 @@ class Settings:
     max_tokens: int = 1024
     seed: int | None = None  # None = a different reply each time; a number gives the same reply to the same words
     theme: str = "textual-dark"
+    kv_cache_mb: int = 2048  # disk for conversations' saved KV caches (ask -c starts warm); 0 keeps none
     keys: dict[str, str] = field(default_factory=dict)  # binding id -> keys, e.g. {"new_chat": "ctrl+n"}
     extra: dict = field(default_factory=dict, repr=False)  # keys this version does not know
 
@@ -84,6 +85,9 @@ def load_settings() -> Settings:
     known = {f.name for f in fields(Settings)} - {"extra"}
     values = {name: _check(name, data[name], getattr(defaults, name)) for name in known if name in data}
     _check_sampling(path, {k: v for k, v in values.items() if k in SAMPLING_SETTINGS})
+    if values.get("kv_cache_mb", 0) < 0:
+        raise SettingsError(f"{path}: kv_cache_mb = {values['kv_cache_mb']} must be 0 (keep none) or more; fix or "
+                            "delete that line")
     if "keys" in values and not all(isinstance(v, str) for v in values["keys"].values()):
         raise SettingsError(f"{path}: every entry under [keys] must be a string such as \"ctrl+n\"")
     return Settings(**values, extra={k: v for k, v in data.items() if k not in known})

@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 from sqlite_utils import Database
 
 from .paths import paths, why_unwritable
+from .warm_cache import WarmCache
 
 DEFAULT_FILE = "history.db"
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another Trit process before giving up
@@ -286,6 +287,8 @@ def _guarded(method):
 class Store:
     def __init__(self, path: str | Path | None = None, *, timeout: float = BUSY_TIMEOUT_S):
         self.path = Path(path).expanduser() if path is not None else paths().data / DEFAULT_FILE
+        # the saved KV caches of this history's conversations (the user's history only: ids are per file)
+        self.warm = WarmCache() if path is None else None
         self.timeout = timeout
         self._wait = timeout  # how long the write under way waits for the lock, for its message
         self.read_only: str | None = None  # why this history can be read but not written, when it cannot
@@ -483,11 +486,24 @@ class Store:
         with _write(self.db):
             self._require(cid)
             self.db.execute("DELETE FROM conversations WHERE id = ?", [cid])  # messages go by ON DELETE CASCADE
+        self._forget_warm(cid)
 
     @_guarded
     def delete_all(self) -> int:
         with _write(self.db):
-            return self.db.execute("DELETE FROM conversations").rowcount  # messages go by ON DELETE CASCADE
+            n = self.db.execute("DELETE FROM conversations").rowcount  # messages go by ON DELETE CASCADE
+        self._forget_warm(None)
+        return n
+
+    def _forget_warm(self, cid: int | None) -> None:
+        """The saved KV cache holds the conversation's text too: it goes with it (every one with cid None)."""
+        if self.warm is None:
+            return
+        try:
+            self.warm.forget(cid)
+        except OSError as e:
+            what = f"conversation {cid} is" if cid is not None else "the conversations are"
+            raise StoreError(f"{what} deleted, but {e.strerror}") from None
 
     # ---- messages ----
 

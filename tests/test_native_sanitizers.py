@@ -22,11 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTALL = "apt-get install cmake gcc"
 # The engine tests that run the most native code: each operation with every kernel, whole forward passes against
 # transformers, the KV cache, threads, derived weights (T5, compact heads), chat's cache reuse and cancel, malformed
-# models and inputs at the native boundary, the demo model. Not the demo model's held-out perplexity (the transformers
-# half of it alone takes half a minute and it runs no native path the rest does not).
+# models and inputs at the native boundary, the demo model, a cache saved and restored (also from damaged files). Not
+# the demo model's held-out perplexity (the transformers half of it alone takes half a minute and it runs no native
+# path the rest does not).
 ENGINE_TESTS = ["test_native_ops.py", "test_model.py", "test_chat.py", "test_derived.py", "test_bad_input.py",
                 "test_families.py",
-                "test_demo_model.py"]
+                "test_demo_model.py"] + [
+    f"test_warm_cache.py::{t}" for t in ("test_a_turn_in_a_new_process_with_the_saved_cache_gives_the_logits_of_a_"
+                                         "fresh_prefill", "test_a_follow_up_appends_only_its_new_positions",
+                                         "test_a_mutated_cache_file_is_refused_or_gives_back_exactly_what_was_saved")]
 NOT_PERPLEXITY = "not reproduces_transformers and not far_below"
 
 

@@ -11,6 +11,10 @@ prefilled: tokenizing the whole prompt again would split the reply's first word 
 lose the reuse. When the cache's text is not known, the longest common token prefix is reused. A cancel is noticed
 between prefill chunks and between decoded tokens, and leaves the cache consistent (it holds exactly the tokens
 evaluated).
+
+stream(..., saved=PATH) keeps the cache on disk between processes (engine/formats/kv_file.py): before the turn the
+file is loaded when it holds more of the conversation than the context does, tokens and text both (without the text
+the next turn's reuse would be lost); after it, the file is extended with the turn's new positions.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Protocol, Sequence
 
 from trit.engine.errors import ContextLengthError, EngineError, InputError
@@ -65,9 +70,10 @@ class ChatResult:
     time_to_first_token_s: float = 0.0
     n_ctx: int = 0  # the context window; prompt_tokens + generated_tokens of it are in use
     token_ids: list[int] = field(default_factory=list, repr=False)
+    cache_error: OSError | None = field(default=None, repr=False)  # why the cache could not be saved (stream's saved)
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "token_ids"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("token_ids", "cache_error")}
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
@@ -110,13 +116,15 @@ class Chat:
         ids = self.tokenizer.encode_chat(messages)
         return ids, rendered if self.tokenizer.decode(ids, skip_special=False) == rendered else ""
 
-    def _reusable_tokens(self, rendered: str) -> int:
+    def _reusable_tokens(self, rendered: str, cached: Sequence[int] | None = None, text: str | None = None) -> int:
         """How many cached tokens spell a prefix of the new prompt's text: all of them for a follow-up; fewer when
-        the conversation changed, or when the template trimmed the whitespace a reply ended with."""
-        cached = self.context.tokens
-        if not self._text or not cached:
+        the conversation changed, or when the template trimmed the whitespace a reply ended with. cached and text:
+        another cache's (a saved one), instead of the context's."""
+        if cached is None:
+            cached, text = self.context.tokens, self._text
+        if not text or not cached:
             return 0
-        if rendered.startswith(self._text):
+        if rendered.startswith(text):
             return len(cached)
         spells_prefix = lambda k: rendered.startswith(self.tokenizer.decode(cached[:k], skip_special=False))  # noqa: E731
         lo, hi = 0, len(cached)  # the largest k whose text is a prefix (prefixes of a prefix are prefixes)
@@ -164,17 +172,48 @@ class Chat:
         self._text = text
         return logits, reused, time.perf_counter() - t
 
+    def restore(self, messages: Sequence[Mapping], path: Path) -> int:
+        """Load the cache saved at `path` when it holds more of this conversation's prompt than the context does;
+        returns the positions restored (0: the file was missing, not this model's, damaged, or no better)."""
+        if not hasattr(self.context, "write_kv"):  # llama.cpp's contexts are not saved
+            return 0
+        from trit.engine.formats import kv_file
+
+        stamp = kv_file.stamp(self.model)
+        saved = kv_file.peek(path, stamp, self.n_ctx)
+        if saved is None or self.tokenizer.decode(saved.tokens, skip_special=False) != saved.text:
+            return 0
+        rendered = self.tokenizer.render_chat(messages)
+        if self._reusable_tokens(rendered, saved.tokens, saved.text) <= self._reusable_tokens(rendered):
+            return 0
+        self._text = ""  # the context is replaced: its text is known again only if the whole file loads
+        if kv_file.load(path, self.context, stamp) is None:
+            return 0
+        self._text = saved.text
+        return len(saved.tokens)
+
+    def save(self, path: Path) -> None:
+        """Write the cache and its text to `path` (extending what is there when it can). Raises OSError."""
+        if not hasattr(self.context, "read_kv") or not self._text or not self.context.tokens:
+            return  # nothing whose text is known: a file from an earlier turn stays as valid as it was
+        from trit.engine.formats import kv_file
+
+        kv_file.save(path, self.context, self._text, kv_file.stamp(self.model))
+
     def stream(self, messages: Sequence[Mapping], params: SamplingParams,
-               cancel: Cancel | None = None, keep_all: bool = False) -> Iterator[Piece | ChatResult]:
+               cancel: Cancel | None = None, keep_all: bool = False,
+               saved: Path | None = None) -> Iterator[Piece | ChatResult]:
+        start = time.perf_counter()  # a cache loaded from disk counts in the time to the first token
+        if saved is not None:
+            self.restore(messages, saved)
         ids, prompt_text, dropped = self.fit(messages, reply_room(params.max_tokens, self.n_ctx), keep_all)
         self.last_prompt_tokens = len(ids)
-        start = time.perf_counter()
         logits, reused, prefill_s = self.prefill(ids, cancel, prompt_text)
         result = ChatResult("", "cancelled", len(ids), reused, 0, dropped,
                             prefill_tok_s=(len(ids) - reused) / prefill_s if prefill_s > 0 else 0.0,
                             n_ctx=self.n_ctx)
         if logits is None:
-            yield result
+            yield self._saved(result, saved)
             return
         sampler = Sampler(params, self.model.config.vocab_size)
         decoder, stops = self.tokenizer.detokenizer(), StopStrings(params.stop)
@@ -215,7 +254,16 @@ class Chat:
         seconds = time.perf_counter() - decode_start
         result.text, result.generated_tokens, result.token_ids = "".join(text), len(generated), generated
         result.decode_tok_s = len(generated) / seconds if seconds > 0 else 0.0
-        yield result
+        yield self._saved(result, saved)
+
+    def _saved(self, result: ChatResult, path: Path | None) -> ChatResult:
+        """The result, once the cache is saved to `path` (if given); a failure to save is in result.cache_error."""
+        if path is not None:
+            try:
+                self.save(path)
+            except OSError as e:
+                result.cache_error = e
+        return result
 
 
 DEFAULT_CACHE_BUDGET = 1 << 30  # bytes of KV cache kept for recent conversations (three full 2B4T windows)
@@ -264,11 +312,12 @@ class ChatSessions:
         return chosen
 
     def stream(self, messages: Sequence[Mapping], params: SamplingParams,
-               cancel: Cancel | None = None, keep_all: bool = False) -> Iterator[Piece | ChatResult]:
+               cancel: Cancel | None = None, keep_all: bool = False,
+               saved: Path | None = None) -> Iterator[Piece | ChatResult]:
         if not self._lock.acquire(timeout=60):
             raise EngineError("the model is still busy with another reply")
         try:
-            yield from self.pick(messages).stream(messages, params, cancel, keep_all)
+            yield from self.pick(messages).stream(messages, params, cancel, keep_all, saved=saved)
         finally:
             self._lock.release()
 

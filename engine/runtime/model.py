@@ -192,18 +192,19 @@ class Model(NativeObject):
 
         return SamplingParams.from_generation_config(self.path, **overrides)
 
-    def chat(self, messages, params=None, cancel=None, keep_all=False):
+    def chat(self, messages, params=None, cancel=None, keep_all=False, saved=None):
         """Continue a conversation: yields engine.runtime.chat.Piece (text as it comes) and, last, a ChatResult.
 
         messages: [{"role": "system" | "user" | "assistant", "content": str}, ...]. params: SamplingParams
         (default: the folder's generation_config.json). cancel: anything with is_set(), e.g. threading.Event.
         The KV caches of recent conversations are kept, so a follow-up prefills only its new tokens. keep_all: never
-        leave the oldest turns out to make room (errors.ContextLengthError instead)."""
+        leave the oldest turns out to make room (errors.ContextLengthError instead). saved: a file that keeps this
+        conversation's cache between processes (loaded when it helps, extended after the turn)."""
         from trit.engine.runtime.chat import ChatSessions
 
         if self._sessions is None:
             self._sessions = ChatSessions(self, self.tokenizer)
-        return self._sessions.stream(messages, params or self.default_params(), cancel, keep_all)
+        return self._sessions.stream(messages, params or self.default_params(), cancel, keep_all, saved=saved)
 
     def close(self) -> None:
         if self._sessions is not None:
@@ -281,6 +282,29 @@ class Context(NativeObject):
         """Keep the first n_past positions of the cache."""
         native.check(self._lib.trit_context_truncate(self._handle, native.c_int(n_past, "n_past")))
         del self.tokens[n_past:]
+
+    @property
+    def kv_row_bytes(self) -> int:
+        """Bytes of one position's keys and values as read_kv gives them (trit.h: trit_context_read_kv)."""
+        return self._lib.trit_context_kv_row_bytes(self._handle)
+
+    def read_kv(self, first: int, n: int) -> np.ndarray:
+        """The cache of positions [first, first + n): uint16 (fp16 bits) [n, kv_row_bytes / 2]."""
+        rows = np.empty((max(n, 0), self.kv_row_bytes // 2), np.uint16)
+        native.check(self._lib.trit_context_read_kv(self._handle, native.c_int(first, "first"),
+                                                    native.c_int(n, "n"), native.ptr(rows)))
+        return rows
+
+    def write_kv(self, first: int, token_ids, rows: np.ndarray) -> None:
+        """Put back the cache of positions [first, first + len(token_ids)) as read_kv gave it, with the tokens it
+        holds; every later position is forgotten. first must not pass n_past."""
+        ids = as_token_array(token_ids, self.model.config.vocab_size)
+        rows = np.ascontiguousarray(rows, np.uint16)
+        if rows.size != len(ids) * (self.kv_row_bytes // 2):
+            raise InputError(f"{rows.size} cache values are not the rows of {len(ids)} positions")
+        native.check(self._lib.trit_context_write_kv(self._handle, native.c_int(first, "first"), len(ids),
+                                                     native.ptr(rows) if rows.size else None))
+        self.tokens[first:] = ids.tolist()
 
     def _free(self, handle) -> None:
         self._lib.trit_context_free(handle)

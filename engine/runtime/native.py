@@ -15,7 +15,7 @@ import numpy as np
 
 from trit.engine.errors import InputError, NativeError
 
-API_VERSION = 2
+API_VERSION = 3
 E_RANGE = -3
 MAX_THREADS = 256  # trit.h's TRIT_MAX_THREADS
 INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
@@ -91,6 +91,9 @@ def _bind(lib: C.CDLL) -> C.CDLL:
     fn("trit_context_n_past", C.c_int, P)
     fn("trit_context_n_ctx", C.c_int, P)
     fn("trit_context_truncate", C.c_int, P, C.c_int)
+    fn("trit_context_kv_row_bytes", C.c_int64, P)
+    fn("trit_context_read_kv", C.c_int, P, C.c_int, C.c_int, P)
+    fn("trit_context_write_kv", C.c_int, P, C.c_int, C.c_int, P)
     fn("trit_eval", C.c_int, P, P, C.c_int, P, C.c_int)
     fn("trit_op_rmsnorm", None, P, P, P, C.c_int, C.c_float)
     fn("trit_op_quantize", C.c_float, P, P, C.c_int)

@@ -211,3 +211,69 @@ def run_conversation(folder: str | Path, *, threads: int | None = None, head: st
     r = ConversationBench(str(folder), native.active_kernel(), model.threads, turns, cold_s)
     model.close()
     return r
+
+
+@dataclass
+class WarmBench:
+    model: str
+    kernel: str
+    threads: int
+    saves: list[dict]  # after each of turns 1..4: positions in the file, bytes written, seconds
+    warm: ConversationTurn  # the last turn in a fresh model (a new process) with the saved cache
+    cold: ConversationTurn  # the same turn with nothing saved
+    load_s: float  # of warm's time to first token: reading the file into the context
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_warm_conversation(folder: str | Path, cache_file: Path, *, threads: int | None = None,
+                          head: str = DEFAULT_HEAD, ternary: str = "auto", document_tokens: int = 2300,
+                          reply_tokens: int = 96, seed: int = 0) -> WarmBench:
+    """run_conversation's dialogue, its cache saved to `cache_file` after each of the first four turns (as `trit ask`
+    and `trit ask -c` do); then the fifth turn as a new process meets it — a model loaded anew — with the saved cache,
+    and without it. The file is in the OS's page cache, as it is right after the previous turn wrote it."""
+    from trit.engine.formats import kv_file
+    from trit.engine.runtime.chat import Chat
+
+    def turn(chat, messages, params, saved=None):
+        r = list(chat.stream(messages, params, saved=saved))[-1]
+        return r, ConversationTurn(len(messages) // 2, r.prompt_tokens, r.reused_tokens,
+                                   r.prompt_tokens - r.reused_tokens, r.generated_tokens, r.time_to_first_token_s,
+                                   r.prefill_tok_s, r.decode_tok_s)
+
+    cache_file.unlink(missing_ok=True)
+    model = load(folder, threads=threads, head=head, ternary=ternary)
+    tokenizer = model.tokenizer
+    document = DOCUMENT * max(1, document_tokens // len(tokenizer.encode(DOCUMENT)))
+    messages = [{"role": "system", "content": "You are a careful assistant."},
+                {"role": "user", "content": document + "\n\nWhat does this record say?"}]
+    params = model.default_params(seed=seed, max_tokens=reply_tokens)
+    stop_ids, tokenizer.stop_ids = tokenizer.stop_ids, frozenset()  # every turn replies in full (run_conversation)
+    saves = []
+    try:
+        chat = Chat(model, tokenizer)
+        for question in FOLLOW_UPS:  # turns 1 to 4, each saved; the last question is turn 5
+            result, _ = turn(chat, messages, params)
+            before = cache_file.stat().st_size if cache_file.exists() else 0
+            t = time.perf_counter()
+            chat.save(cache_file)
+            saves.append({"positions": len(chat.context.tokens), "bytes_written": cache_file.stat().st_size - before,
+                          "file_bytes": cache_file.stat().st_size, "seconds": round(time.perf_counter() - t, 4)})
+            messages += [{"role": "assistant", "content": result.text}, {"role": "user", "content": question}]
+        chat.context.close()
+        model.close()
+        model = load(folder, threads=threads, head=head, ternary=ternary)
+        model._tokenizer, tokenizer.stop_ids = tokenizer, frozenset()
+        stamp = kv_file.stamp(model)
+        with model.context() as ctx:  # the file's read alone, for the share of the first token's wait it takes
+            t = time.perf_counter()
+            kv_file.load(cache_file, ctx, stamp)
+            load_s = time.perf_counter() - t
+        _, warm = turn(Chat(model, tokenizer), messages, params, saved=cache_file)
+        _, cold = turn(Chat(model, tokenizer), messages, params)
+    finally:
+        tokenizer.stop_ids = stop_ids
+    r = WarmBench(str(folder), native.active_kernel(), model.threads, saves, warm, cold, load_s)
+    model.close()
+    return r

@@ -31,7 +31,8 @@ extern "C" {
 #define TRIT_API __attribute__((visibility("default")))
 #endif
 
-#define TRIT_API_VERSION 2 /* 2: trit_config.block, trit_weights.output (issue 19) */
+#define TRIT_API_VERSION                                                                                               \
+    3 /* 2: trit_config.block, trit_weights.output (issue 19); 3: trit_context_read_kv/write_kv (issue 18) */
 
 enum {
     TRIT_OK = 0,
@@ -172,6 +173,15 @@ TRIT_API int trit_context_n_past(const trit_context *ctx);
 TRIT_API int trit_context_n_ctx(const trit_context *ctx);
 /* Forget every position from n_past on (0 <= n_past <= current n_past): the cache keeps the prefix. */
 TRIT_API int trit_context_truncate(trit_context *ctx, int n_past);
+/* The cache as rows, to save a context and restore it exactly (engine/formats/kv_file.py): the row of a position
+ * holds, for each layer and then each kv head, that position's key and then its value, head_dim fp16 each. Rows are
+ * position after position, so the rows of a longer conversation extend those of its beginning. */
+TRIT_API int64_t trit_context_kv_row_bytes(const trit_context *ctx);
+/* Copies the rows of positions [first, first + n) into out (n rows); first + n must not pass n_past. */
+TRIT_API int trit_context_read_kv(const trit_context *ctx, int first, int n, uint16_t *out);
+/* Writes the rows of positions [first, first + n) from in, first <= n_past and first + n <= n_ctx; n_past becomes
+ * first + n (the positions after them are forgotten). Out of range (TRIT_E_RANGE), nothing is written. */
+TRIT_API int trit_context_write_kv(trit_context *ctx, int first, int n, const uint16_t *in);
 
 enum { TRIT_LOGITS_NONE = 0, TRIT_LOGITS_LAST = 1, TRIT_LOGITS_ALL = 2 };
 /* Runs n_tokens tokens at positions n_past.. (any n_tokens; batches of max_batch internally) and advances n_past.

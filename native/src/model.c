@@ -344,6 +344,63 @@ int trit_context_truncate(trit_context *ctx, int n_past) {
     return TRIT_OK;
 }
 
+static size_t kv_row_elements(const trit_config *c) { return (size_t)c->n_layers * c->n_kv_heads * 2 * c->head_dim; }
+
+int64_t trit_context_kv_row_bytes(const trit_context *ctx) {
+    if (!ctx) return trit_fail(TRIT_E_INVALID, "context: none given");
+    return (int64_t)(kv_row_elements(&ctx->m->cfg) * sizeof(uint16_t));
+}
+
+/* Positions [first, first + n) in a cache whose last usable position is end - 1; rows and the context given. */
+static int check_kv_rows(const trit_context *ctx, int first, int n, int end, const void *rows, const char *what) {
+    if (!ctx || first < 0 || n < 0 || (!rows && n > 0))
+        return trit_fail(TRIT_E_INVALID, "context: %s: bad arguments", what);
+    if (n > end - first)
+        return trit_fail(TRIT_E_RANGE, "context: %s: %d positions from %d run past %d", what, n, first, end);
+    return TRIT_OK;
+}
+
+/* One position's keys and values between the cache and a row (to_row: from the cache). */
+static void copy_kv_row(const trit_context *ctx, int pos, uint16_t *row, int to_row) {
+    const trit_config *c = &ctx->m->cfg;
+    int hd = c->head_dim;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int h = 0; h < c->n_kv_heads; h++, row += 2 * hd) {
+            size_t head = ((size_t)l * c->n_kv_heads + h) * ctx->span * hd;
+            uint16_t *keys = ctx->k_cache + head, *value = ctx->v_cache + head + (size_t)pos * hd;
+            for (int d = 0; d < hd; d++) {
+                size_t at = trit_key_index(pos, d, hd);
+                if (to_row)
+                    row[d] = keys[at];
+                else
+                    keys[at] = row[d];
+            }
+            if (to_row)
+                memcpy(row + hd, value, sizeof(uint16_t) * (size_t)hd);
+            else
+                memcpy(value, row + hd, sizeof(uint16_t) * (size_t)hd);
+        }
+}
+
+int trit_context_read_kv(const trit_context *ctx, int first, int n, uint16_t *out) {
+    int rc = check_kv_rows(ctx, first, n, ctx ? ctx->n_past : 0, out, "read_kv");
+    if (rc != TRIT_OK) return rc;
+    size_t row = kv_row_elements(&ctx->m->cfg);
+    for (int p = 0; p < n; p++) copy_kv_row(ctx, first + p, out + (size_t)p * row, 1);
+    return TRIT_OK;
+}
+
+int trit_context_write_kv(trit_context *ctx, int first, int n, const uint16_t *in) {
+    int rc = check_kv_rows(ctx, first, n, ctx ? ctx->n_ctx : 0, in, "write_kv");
+    if (rc != TRIT_OK) return rc;
+    if (first > ctx->n_past) /* a gap would leave positions nobody wrote */
+        return trit_fail(TRIT_E_RANGE, "context: write_kv: position %d is past the %d held", first, ctx->n_past);
+    size_t row = kv_row_elements(&ctx->m->cfg);
+    for (int p = 0; p < n; p++) copy_kv_row(ctx, first + p, (uint16_t *)(in + (size_t)p * row), 0);
+    ctx->n_past = first + n;
+    return TRIT_OK;
+}
+
 /* ---- the jobs of one forward pass ------------------------------------------------------------------------------ */
 
 typedef struct {

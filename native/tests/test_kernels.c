@@ -655,6 +655,94 @@ static void check_model(void) {
     free_tiny_model(&m);
 }
 
+/* ---- a context's cache saved and restored ----------------------------------------------------------------------- */
+
+enum { KV_CTX = 80, KV_PROMPT = 40, KV_NEXT = 3 }; /* past a key block (32 positions), so the rows gather across two */
+
+/* The rows read from one context and written into another (in two pieces, with another batch size) give the same
+ * logits and the same cache as the first context, bit for bit; positions out of range are refused and change
+ * nothing. With kernel k. */
+static void check_kv_rows(int k) {
+    select_kernel(k);
+    tiny_model m;
+    make_tiny_model(&m);
+    trit_config cfg = m.cfg;
+    cfg.max_positions = KV_CTX;
+    trit_weights weights = {m.embed, m.norms + M_LAYERS * (3 * M_HIDDEN + M_INTER), m.layers, TRIT_HEAD_BF16, NULL,
+                            NULL};
+    for (int l = 0; l < M_LAYERS; l++) {
+        uint8_t **w = m.tq2[l];
+        m.layers[l].q = w[0], m.layers[l].k = w[1], m.layers[l].v = w[2], m.layers[l].o = w[3];
+        m.layers[l].gate = w[4], m.layers[l].up = w[5], m.layers[l].down = w[6];
+    }
+    trit_model *model = trit_model_create(&cfg, &weights, 2);
+    trit_context *a = model ? trit_context_create(model, KV_CTX, 0) : NULL;
+    trit_context *b = model ? trit_context_create(model, KV_CTX, 7) : NULL;
+    check(a && b, "kv rows: the model and two contexts are made%s%s", a && b ? "" : ": ",
+          a && b ? "" : trit_last_error());
+    if (!a || !b) {
+        trit_context_free(a), trit_context_free(b), trit_model_free(model), free_tiny_model(&m);
+        return;
+    }
+    int32_t tokens[KV_PROMPT + KV_NEXT];
+    for (int i = 0; i < KV_PROMPT + KV_NEXT; i++) tokens[i] = rand_int(0, M_VOCAB - 1);
+    int64_t row_bytes = trit_context_kv_row_bytes(a);
+    size_t row = (size_t)row_bytes / sizeof(uint16_t);
+    check(row_bytes == (int64_t)M_LAYERS * M_KV * 2 * M_HD * 2, "kv rows: a row is %lld bytes", (long long)row_bytes);
+    uint16_t *rows = xmalloc(sizeof(uint16_t) * row * (KV_PROMPT + KV_NEXT));
+    uint16_t *again = xmalloc(sizeof(uint16_t) * row * (KV_PROMPT + KV_NEXT));
+    float *want = xmalloc(sizeof(float) * KV_NEXT * M_VOCAB), *got = xmalloc(sizeof(float) * KV_NEXT * M_VOCAB);
+    int rc = trit_eval(a, tokens, KV_PROMPT, NULL, TRIT_LOGITS_NONE);
+    if (rc == TRIT_OK) rc = trit_context_read_kv(a, 0, 25, rows);
+    if (rc == TRIT_OK) rc = trit_context_read_kv(a, 25, KV_PROMPT - 25, rows + 25 * row);
+    if (rc == TRIT_OK) rc = trit_context_write_kv(b, 0, 25, rows);
+    if (rc == TRIT_OK) rc = trit_context_write_kv(b, 25, KV_PROMPT - 25, rows + 25 * row);
+    check(rc == TRIT_OK && trit_context_n_past(b) == KV_PROMPT,
+          "kv rows: read from one context, written into another%s%s", rc == TRIT_OK ? "" : ": ",
+          rc == TRIT_OK ? "" : trit_last_error());
+    if (rc == TRIT_OK) rc = trit_eval(a, tokens + KV_PROMPT, KV_NEXT, want, TRIT_LOGITS_ALL);
+    if (rc == TRIT_OK) rc = trit_eval(b, tokens + KV_PROMPT, KV_NEXT, got, TRIT_LOGITS_ALL);
+    check(rc == TRIT_OK && !memcmp(want, got, sizeof(float) * KV_NEXT * M_VOCAB),
+          "kv rows: the restored context gives the same logits, bit for bit (%s)", trit_kernel_active());
+    if (rc == TRIT_OK) rc = trit_context_read_kv(a, 0, KV_PROMPT + KV_NEXT, rows);
+    if (rc == TRIT_OK) rc = trit_context_read_kv(b, 0, KV_PROMPT + KV_NEXT, again);
+    check(rc == TRIT_OK && !memcmp(rows, again, sizeof(uint16_t) * row * (KV_PROMPT + KV_NEXT)),
+          "kv rows: and the same cache after it");
+
+    const int n = KV_PROMPT + KV_NEXT;
+    const struct {
+        int first, count, code; /* the first one reads, the others write */
+        const char *what;
+    } refused[] = {
+        {0, n + 1, TRIT_E_RANGE, "read past n_past"},
+        {n + 1, 1, TRIT_E_RANGE, "write leaving a gap after n_past"},
+        {KV_CTX - 5, 6, TRIT_E_RANGE, "write past n_ctx"},
+        {1, 0x7fffffff, TRIT_E_RANGE, "write of INT_MAX rows"},
+        {0x7fffffff, 1, TRIT_E_RANGE, "write at position INT_MAX"},
+        {-1, 1, TRIT_E_INVALID, "write at a negative position"},
+        {0, -1, TRIT_E_INVALID, "write of a negative count"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        int is_read = i == 0;
+        rc = is_read ? trit_context_read_kv(b, refused[i].first, refused[i].count, again)
+                     : trit_context_write_kv(b, refused[i].first, refused[i].count, rows);
+        check(rc == refused[i].code && trit_context_n_past(b) == n, "kv rows: a %s is refused (%d: %s)",
+              refused[i].what, rc, trit_last_error());
+    }
+    rc = trit_context_read_kv(b, -1, 1, again);
+    check(rc == TRIT_E_INVALID, "kv rows: a read at a negative position is refused (%s)", trit_last_error());
+    rc = trit_context_read_kv(b, 1, 0x7fffffff, again);
+    check(rc == TRIT_E_RANGE, "kv rows: a read of INT_MAX rows is refused (%s)", trit_last_error());
+    rc = trit_context_write_kv(b, 0, 1, NULL);
+    check(rc == TRIT_E_INVALID && trit_context_n_past(b) == n, "kv rows: a write without rows is refused");
+    check(trit_context_kv_row_bytes(NULL) == TRIT_E_INVALID, "kv rows: no context is refused");
+    rc = trit_context_write_kv(b, 10, 0, rows);
+    check(rc == TRIT_OK && trit_context_n_past(b) == 10, "kv rows: writing none at 10 keeps 10 positions");
+    free(rows), free(again), free(want), free(got);
+    trit_context_free(a), trit_context_free(b), trit_model_free(model);
+    free_tiny_model(&m);
+}
+
 /* ---- sizes at the boundary ------------------------------------------------------------------------------------- */
 
 /* trit.h checks every size it is given: sizes whose sums or products pass INT_MAX are refused or computed exactly,
@@ -803,6 +891,7 @@ int main(void) {
     check_heads();
     check_attentions();
     check_model();
+    for (int i = 0; i < n_runnable; i++) check_kv_rows(runnable[i]);
     check_boundaries();
     check_limits();
 

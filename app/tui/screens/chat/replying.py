@@ -153,6 +153,8 @@ class Replying:
         box.finish(turn.message)
         if turn.unsaved:
             self.error(turn.unsaved)
+        if turn.cache_note:
+            self.app.notify(turn.cache_note, severity="warning", timeout=8)
         user = [b for b in self.chat.boxes() if b.role == "user"]
         if user and len(self.dialogue.messages) >= 2 and user[-1].message is None:
             user[-1].message = self.dialogue.messages[-2]
