@@ -31,8 +31,8 @@ extern "C" {
 #define TRIT_API __attribute__((visibility("default")))
 #endif
 
-#define TRIT_API_VERSION                                                                                               \
-    3 /* 2: trit_config.block, trit_weights.output (issue 19); 3: trit_context_read_kv/write_kv (issue 18) */
+/* 2: trit_config.block, trit_weights.output (issue 19); 3: trit_context_read_kv/write_kv (issue 18) */
+#define TRIT_API_VERSION 3
 
 enum {
     TRIT_OK = 0,
