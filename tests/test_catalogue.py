@@ -426,3 +426,23 @@ def test_snapshot_models_dialog_catalogue(with_tiny, snap_compare, size):
         await steady(pilot)
 
     assert snap_compare(frozen_app(), terminal_size=size, run_before=run_before)
+
+
+# The synthetic preset of each catalogue entry (what `trit bench --synthetic NAME` measures): the same shape.
+PRESET_OF = {"bitnet-2b": "2b4t", "falcon-e-1b": "falcon-e-1b", "falcon-e-3b": "falcon-e-3b",
+             "falcon3-1b": "falcon3-1b-1.58", "falcon3-3b": "falcon3-3b-1.58", "falcon3-7b": "falcon3-7b-1.58",
+             "falcon3-10b": "falcon3-10b-1.58", "llama3-8b-1.58": "llama3-8b-1.58",
+             "bitnet-large": "bitnet-b1.58-large", "bitnet-3b": "bitnet-b1.58-3b"}
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_OF))
+def test_the_catalogue_and_the_synthetic_presets_agree_on_each_shape(name):
+    """Both hold the real repositories' shapes (sizes shown before a pull; the shapes benchmarks measure): one cannot
+    drift from the other unnoticed."""
+    shape, context = catalogue.find(name).shape, catalogue.find(name).context
+    p = synthetic.PRESETS[PRESET_OF[name]]
+    heads = p["num_attention_heads"]
+    assert (p["hidden_size"], p["intermediate_size"], p["num_hidden_layers"], heads, p["num_key_value_heads"],
+            p.get("head_dim", p["hidden_size"] // heads), p["vocab_size"], p.get("tie_word_embeddings", True),
+            p["max_position_embeddings"]) == (shape.hidden, shape.intermediate, shape.layers, shape.heads,
+                                              shape.kv_heads, shape.head_dim, shape.vocab, shape.tied, context)
