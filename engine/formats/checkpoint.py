@@ -15,7 +15,7 @@ import numpy as np
 
 from trit.engine.errors import CheckpointError, shown
 from trit.engine.formats.regular_file import open_regular
-from trit.engine.formats.safetensors_file import SafetensorsFile, TensorInfo
+from trit.engine.formats.safetensors_file import SafetensorsFile, TensorInfo, widen_to_f32  # noqa: F401 (users import it here)
 
 WEIGHTS_FILE = "model.safetensors"
 SHARDED_INDEX_FILE = "model.safetensors.index.json"  # a weight_map of tensor name -> shard file, beside the shards
@@ -240,6 +240,11 @@ class ModelConfig:
     def kv_bytes_per_token(self) -> int:
         return kv_bytes_per_token(self.num_hidden_layers, self.num_key_value_heads, self.head_dim)
 
+    @property
+    def output_head(self) -> str:
+        """The tensor whose rows give the logits: the embedding when tied, else lm_head.weight."""
+        return "model.embed_tokens.weight" if self.tie_word_embeddings else OUTPUT_HEAD
+
     def expected_tensors(self) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
         """name -> (shape, allowed dtypes) for every tensor a packed checkpoint of this config holds."""
         h, i = self.hidden_size, self.intermediate_size
@@ -295,13 +300,6 @@ def read_json(path: Path, required: bool = True) -> dict | None:
 def read_config(folder: Path) -> ModelConfig:
     path = folder / CONFIG_FILE
     return ModelConfig.from_dict(read_json(path), str(path))
-
-
-def widen_to_f32(arr: np.ndarray, dtype: str) -> np.ndarray:
-    """A float32 copy of a BF16 (uint16 bit patterns), F16 or F32 array."""
-    if dtype == "BF16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
-    return arr.astype(np.float32)
 
 
 class ShardedSafetensors:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from trit.engine.errors import CheckpointError
-from trit.engine.formats.checkpoint import OUTPUT_HEAD, Checkpoint, widen_to_f32
-from trit.engine.formats.safetensors_file import SafetensorsFile, write_safetensors
+from trit.engine.formats.safetensors_file import SafetensorsFile, widen_to_f32, write_safetensors
 from trit.engine.runtime import native
+
+if TYPE_CHECKING:  # checkpoint.py derives 1bitLLM's ternary weights from here when it opens one: no import back
+    from trit.engine.formats.checkpoint import Checkpoint
 
 HEADS = tuple(native.HEAD_TYPES)  # ("bf16", "q8", "q4"): the names, as the native library numbers them
 TERNARY_FORMATS = tuple(native.TERNARY_FORMATS)  # ("tq2", "t5")
@@ -205,7 +208,7 @@ def output_bf16(checkpoint: Checkpoint) -> np.ndarray:
     reads one 16-bit head format, and bf16 keeps every logit within 2^-9 of its size."""
     if checkpoint.config.tie_word_embeddings:
         return embedding_bf16(checkpoint)
-    return _bf16(checkpoint, OUTPUT_HEAD, "output-bf16.safetensors")
+    return _bf16(checkpoint, checkpoint.config.output_head, "output-bf16.safetensors")
 
 
 def head(checkpoint: Checkpoint, kind: str) -> dict[str, np.ndarray]:

@@ -151,3 +151,10 @@ def write_safetensors(path: str | os.PathLike, tensors: Iterable[tuple[str, str,
         for _, _, arr in items:
             f.write(np.ascontiguousarray(arr).tobytes())
     os.replace(tmp, path)
+
+
+def widen_to_f32(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """A float32 copy of a BF16 (uint16 bit patterns), F16 or F32 array."""
+    if dtype == "BF16":
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr.astype(np.float32)
