@@ -262,3 +262,21 @@ def test_trit_bench_vs_llamacpp_runs_a_llama_family_model(family, trit):
     vs = json.loads(r.stdout)["vs_llama_cpp"]
     assert [x["qtype"] for x in vs["results"]] == ["tq2_0", "tq1_0"] and vs["ratios"]["tq2_0"]["tg"] > 0
     assert "SiLU" not in vs["warning"]  # the llama graph is the Llama block: its text is right too
+
+
+@pytest.mark.parametrize("index, words", [
+    (b'{"weight_map": {"model.norm.weight": "../outside.safetensors"}}', ["outside.safetensors", "file name"]),
+    (b'{"weight_map": {"model.norm.weight": "model-00009-of-00009.safetensors"}}',
+     ["model-00009-of-00009.safetensors: file not found", "model.safetensors.index.json names it"]),
+    (b"[1, 2]", ["model.safetensors.index.json", "weight_map"]),
+    (b'{"weight_map": {"a": 1}}', ["model.safetensors.index.json", "weight_map"]),
+    (b"\xff\xfe{", ["model.safetensors.index.json"]),
+    (b'{"weight_map": ' * 5000, ["model.safetensors.index.json", "nested"]),
+], ids=["outside", "missing-shard", "list", "not-names", "not-utf8", "nested"])
+def test_import_refuses_a_hostile_shard_index_in_one_line(family, tmp_path, trit, index, words):
+    from test_families import shard
+
+    sharded = shard(family("falcon-e-tiny"), tmp_path / "sharded")
+    (sharded / "model.safetensors.index.json").write_bytes(index)
+    one_line(trit("import", sharded), *words)
+    assert installed_models(trit) == []

@@ -116,7 +116,13 @@ def _weight_files(src: Path) -> list[str]:
         data = f.read(INDEX_LIMIT + 1)
     if len(data) > INDEX_LIMIT:
         raise CheckpointError(f"{index}: larger than {INDEX_LIMIT >> 20} MB, which no shard index is")
-    weight_map = json.loads(data.decode("utf-8")).get("weight_map") if data.lstrip().startswith(b"{") else None
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise CheckpointError(f"{index}: nested thousands of levels deep, which no shard index is") from None
+    except ValueError as e:  # UnicodeDecodeError is one
+        raise CheckpointError(f"{index}: not a JSON file ({' '.join(str(e).split())})") from None
+    weight_map = parsed.get("weight_map") if isinstance(parsed, dict) else None
     if not isinstance(weight_map, dict) or not weight_map \
             or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index}: no weight_map of tensor names to shard files")
