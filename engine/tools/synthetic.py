@@ -3,8 +3,10 @@
 The real checkpoint is 1.2 GB behind a download; tests, benchmarks and the native kernel need models now, of any
 shape, that transformers' `BitNetForCausalLM` loads as it loads the real one. A folder written here holds
 config.json, model.safetensors (ternary projections packed 4 rows per byte, bf16 elsewhere), a Llama 3-layout
-byte-level BPE tokenizer (tokenizer.json + tokenizer_config.json with the BitNet chat template) and
-generation_config.json. Everything is deterministic: the same arguments give the same bytes.
+byte-level BPE tokenizer (tokenizer.json + tokenizer_config.json with the family's special tokens and chat template:
+BitNet's, Falcon-E's ChatML, Falcon3's, Llama 3's; for 1bitLLM Llama 2's SentencePiece layout and no template) and
+generation_config.json (eos_token_id an int or a list, as the family's repositories write it). Everything is
+deterministic: the same arguments give the same bytes.
 
 The Llama-block presets (falcon-e-*, falcon3-*, llama3-8b-1.58 and their -tiny variants) write what transformers'
 `LlamaForCausalLM` loads with the bitnet quantizer: the same packed projections, no sub-norms, and an untied
