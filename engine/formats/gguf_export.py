@@ -25,6 +25,13 @@ this file keeps Trit's (and transformers') magnitudes. The embedding is f16 and 
 them for TQ1_0/TQ2_0. (Its graph still differs from BitNet b1.58: SiLU in the FFN, src/models/bitnet.cpp, and
 activations quantized per 256-block rather than per token. Use it for speed only.)
 
+The Llama-block families (Falcon-E, Falcon3-1.58bit, Llama3-8B-1.58) go to llama.cpp's plain `llama` architecture,
+whose graph is their block (SiLU gate, no sub-norms): the same tensor names without the sub-norms, `output` for the
+untied head (f16), llama.* keys with rope.dimension_count = head_dim. That graph rotates adjacent pairs (RoPE "norm")
+where Hugging Face rotates halves, so q and k rows are permuted per head as llama.cpp's converter permutes them. It
+has no per-tensor `.scale`: the scale always goes into the block scales, rounded to fp16 when it is not one (a
+relative error below 2^-11, far under the 8-bit activations'), and the round trip is checked against T x fp16(s).
+
 `ensure` keeps the files in the model folder's trit/ with a stamp (checkpoint fingerprint, file size) beside each.
 """
 
@@ -38,11 +45,12 @@ from pathlib import Path
 import numpy as np
 
 from trit.engine.errors import CheckpointError, EngineError
-from trit.engine.formats.checkpoint import FAMILIES, FAMILY_BITNET, PROJECTIONS, Checkpoint
+from trit.engine.formats.checkpoint import FAMILIES, FAMILY_BITNET, FAMILY_LLAMA, OUTPUT_HEAD, PROJECTIONS, Checkpoint
 from trit.engine.formats.derived import DERIVED_DIR, fingerprint
 from trit.engine.formats.packing import unpack_codes
 
 ARCH = "bitnet"
+LLAMA_ARCH = "llama"  # llama.cpp's plain Llama graph: the Llama-block families (Falcon-E, Falcon3, Llama3 1.58)
 QTYPES = ("tq2_0", "tq1_0")
 BLOCK = 256  # weights per TQ1_0 / TQ2_0 block (QK_K)
 FINGERPRINT_KEY = "trit.checkpoint"
@@ -80,12 +88,32 @@ def qtype_of(name: str):
     return getattr(gguf.GGMLQuantizationType, name.upper())
 
 
+def arch_of(checkpoint: Checkpoint) -> str:
+    family = checkpoint.config.family
+    if family == FAMILY_BITNET:
+        return ARCH
+    if family == FAMILY_LLAMA:
+        return LLAMA_ARCH
+    # 1bitLLM's float masters are quantised at load into trit/, not held as packed ternary in the checkpoint
+    raise GGUFExportError(f"{FAMILIES[family]} models are not exported to GGUF here: only BitNet b1.58 and the "
+                          "Llama-block ternary families")
+
+
+def _rope_pairs_adjacent(t: np.ndarray, n_head: int) -> np.ndarray:
+    """q/k rows reordered per head from rotate-half (Hugging Face) to adjacent pairs (llama.cpp's llama graph): row
+    i of each half-pair block goes to 2i, row half + i to 2i + 1, as llama.cpp's convert_hf_to_gguf permutes them."""
+    rows = t.shape[0]
+    return t.reshape(n_head, 2, rows // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+
+
 def gguf_name(hf_name: str) -> str:
     """The llama.cpp name of a checkpoint tensor: model.layers.3.mlp.up_proj.weight -> blk.3.ffn_up.weight."""
     if hf_name == "model.embed_tokens.weight":
         return "token_embd.weight"
     if hf_name == "model.norm.weight":
         return "output_norm.weight"
+    if hf_name == OUTPUT_HEAD:
+        return "output.weight"
     parts = hf_name.split(".")
     if parts[:2] == ["model", "layers"] and len(parts) >= 4:
         rest = ".".join(parts[3:])
@@ -117,16 +145,23 @@ def folds(scale: np.float32) -> bool:
         return bool(np.isfinite(scale) and scale != 0 and np.float32(np.float16(scale)) == scale)
 
 
-def quantize_ternary(t: np.ndarray, scale: np.float32, qtype: str) -> tuple[np.ndarray, bool]:
+def quantize_ternary(t: np.ndarray, scale: np.float32, qtype: str,
+                     round_scale: bool = False) -> tuple[np.ndarray, bool]:
     """T x scale in llama.cpp's TQ1_0/TQ2_0 (gguf.quants), checked lossless by dequantizing.
 
     Returns (bytes [out, in/256 x type_size], folded): folded is True when scale lives in the block scales; False
-    when the blocks hold T (block scale 1) and the caller must write scale as a `.scale` tensor."""
+    when the blocks hold T (block scale 1) and the caller must write scale as a `.scale` tensor. round_scale: a graph
+    with no `.scale` (llama's) gets T x fp16(scale) instead, always folded."""
     gguf = _gguf()
     q = qtype_of(qtype)
     if t.shape[-1] % BLOCK:
         raise GGUFExportError(f"a row of {t.shape[-1]} weights is not a multiple of {BLOCK}, the {qtype.upper()} "
                               f"block: llama.cpp cannot hold this model in {qtype.upper()}")
+    if round_scale:
+        with np.errstate(over="ignore"):
+            scale = np.float32(np.float16(scale))
+        if not folds(scale):
+            raise GGUFExportError(f"a weight scale of {scale} does not fit an fp16 block scale")
     folded = folds(scale)
     expected = t.astype(np.float32) * (scale if folded else np.float32(1))
     data = gguf.quants.quantize(expected, q)
@@ -138,12 +173,15 @@ def quantize_ternary(t: np.ndarray, scale: np.float32, qtype: str) -> tuple[np.n
     return data, folded
 
 
-def _embedding_f16(checkpoint: Checkpoint) -> np.ndarray:
-    raw = checkpoint.raw("model.embed_tokens.weight")  # bf16 bits
+def _embedding_f16(checkpoint: Checkpoint, name: str = "model.embed_tokens.weight") -> np.ndarray:
+    """A float matrix (the embedding, or an untied head in bf16, f16 or f32) as f16, a chunk of rows at a time."""
+    raw = checkpoint.raw(name)
+    dtype = checkpoint.file.tensors[name].dtype
     out = np.empty(raw.shape, np.float16)
     for start in range(0, raw.shape[0], EMBED_ROWS_PER_CHUNK):
         stop = min(raw.shape[0], start + EMBED_ROWS_PER_CHUNK)
-        out[start:stop] = (raw[start:stop].astype(np.uint32) << 16).view(np.float32)
+        rows = raw[start:stop]
+        out[start:stop] = (rows.astype(np.uint32) << 16).view(np.float32) if dtype == "BF16" else rows
     return out
 
 
@@ -195,21 +233,37 @@ def _vocabulary(checkpoint: Checkpoint, writer) -> str:
     return "gpt2"
 
 
+def _norms(checkpoint: Checkpoint) -> tuple[str, ...]:
+    return _NORMS if checkpoint.config.has_sub_norms else _NORMS[:2]
+
+
+def _untied(checkpoint: Checkpoint) -> bool:
+    return not checkpoint.config.tie_word_embeddings
+
+
 def _tensors(checkpoint: Checkpoint, qtype: str):
     """(gguf name, array, raw ggml type or None) for every tensor, in file order, one at a time."""
     gguf = _gguf()
     q = qtype_of(qtype)
     f32 = gguf.GGMLQuantizationType.F32
+    cfg = checkpoint.config
+    llama = arch_of(checkpoint) == LLAMA_ARCH
     yield "token_embd.weight", _embedding_f16(checkpoint), None
     yield "output_norm.weight", checkpoint.f32("model.norm.weight"), f32
-    for layer in range(checkpoint.config.num_hidden_layers):
+    if _untied(checkpoint):
+        yield "output.weight", _embedding_f16(checkpoint, OUTPUT_HEAD), None
+    heads = {"self_attn.q_proj": cfg.num_attention_heads, "self_attn.k_proj": cfg.num_key_value_heads}
+    for layer in range(cfg.num_hidden_layers):
         p = f"model.layers.{layer}."
-        for name in _NORMS:
+        for name in _norms(checkpoint):
             yield gguf_name(p + name + ".weight"), checkpoint.f32(p + name + ".weight"), f32
         for name in PROJECTIONS:
             full = p + name + ".weight"
             scale = effective_scale(checkpoint, full)
-            data, folded = quantize_ternary(ternary(checkpoint, full), scale, qtype)
+            t = ternary(checkpoint, full)
+            if llama and name in heads:
+                t = _rope_pairs_adjacent(t, heads[name])
+            data, folded = quantize_ternary(t, scale, qtype, round_scale=llama)
             yield gguf_name(full), data, q
             if not folded:
                 yield gguf_name(full + "_scale"), np.array([scale], np.float32), f32
@@ -225,10 +279,14 @@ def _plan(checkpoint: Checkpoint, qtype: str) -> list[tuple[str, tuple[int, ...]
     plan = [("token_embd.weight", (cfg.vocab_size, cfg.hidden_size), np.dtype(np.float16),
              cfg.vocab_size * cfg.hidden_size * 2, None),
             ("output_norm.weight", (cfg.hidden_size,), np.dtype(np.float32), cfg.hidden_size * 4, f32)]
+    if _untied(checkpoint):
+        plan.append(("output.weight", (cfg.vocab_size, cfg.hidden_size), np.dtype(np.float16),
+                     cfg.vocab_size * cfg.hidden_size * 2, None))
+    llama = arch_of(checkpoint) == LLAMA_ARCH
     shapes = {n: s for n, (s, _) in cfg.expected_tensors().items()}
     for layer in range(cfg.num_hidden_layers):
         p = f"model.layers.{layer}."
-        for name in _NORMS:
+        for name in _norms(checkpoint):
             n = shapes[p + name + ".weight"][0]
             plan.append((gguf_name(p + name + ".weight"), (n,), np.dtype(np.float32), 4 * n, f32))
         for name in PROJECTIONS:
@@ -240,27 +298,25 @@ def _plan(checkpoint: Checkpoint, qtype: str) -> list[tuple[str, tuple[int, ...]
             byte_shape = (4 * rows4, cols // block_size * type_size)
             plan.append((gguf_name(full), byte_shape, np.dtype(np.uint8), byte_shape[0] * byte_shape[1], q))
             scale = effective_scale(checkpoint, full)
-            if not folds(scale):
+            if not llama and not folds(scale):
                 plan.append((gguf_name(full + "_scale"), (1,), np.dtype(np.float32), 4, f32))
     return plan
 
 
 def check_shape(checkpoint: Checkpoint) -> None:
-    """llama.cpp's bitnet loader wants q and o square and the TQ block to divide every row."""
+    """llama.cpp's bitnet loader wants q and o square; the TQ block must divide every row (of both graphs)."""
     cfg = checkpoint.config
-    if cfg.family != FAMILY_BITNET:  # its llama graph would need other tensor names and an output tensor
-        raise GGUFExportError(f"only BitNet b1.58 (BitNetForCausalLM) models are exported to GGUF here, not "
-                              f"{FAMILIES[cfg.family]} ones")
-    if cfg.num_attention_heads * cfg.head_dim != cfg.hidden_size:
+    if arch_of(checkpoint) == ARCH and cfg.num_attention_heads * cfg.head_dim != cfg.hidden_size:
         raise GGUFExportError("llama.cpp's bitnet graph needs heads x head_dim == hidden_size")
-    for n in (cfg.hidden_size, cfg.intermediate_size):
+    for n in (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads * cfg.head_dim):
         if n % BLOCK:
-            raise GGUFExportError(f"hidden_size and intermediate_size must be multiples of {BLOCK} for TQ1_0/TQ2_0 "
-                                  f"(llama.cpp's block); this model has {cfg.hidden_size} and {cfg.intermediate_size}")
+            raise GGUFExportError(f"hidden_size, intermediate_size and heads x head_dim must be multiples of {BLOCK} "
+                                  f"for TQ1_0/TQ2_0 (llama.cpp's block); this model has {cfg.hidden_size}, "
+                                  f"{cfg.intermediate_size} and {cfg.num_attention_heads * cfg.head_dim}")
 
 
 def export(checkpoint: Checkpoint | str | os.PathLike, out_path: str | os.PathLike, qtype: str = "tq2_0") -> Path:
-    """Write the checkpoint as a GGUF file llama.cpp loads as `bitnet`; ternary projections in `qtype`
+    """Write the checkpoint as a GGUF file llama.cpp loads as `bitnet` (or `llama`); ternary projections in `qtype`
     ("tq2_0" or "tq1_0"). Written to a temporary file beside out_path and renamed into place."""
     gguf = _gguf()
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
@@ -271,7 +327,7 @@ def export(checkpoint: Checkpoint | str | os.PathLike, out_path: str | os.PathLi
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.partial-", dir=out_path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    writer = gguf.GGUFWriter(tmp, ARCH)
+    writer = gguf.GGUFWriter(tmp, arch_of(ckpt))
     try:
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(ckpt.folder.name)
@@ -285,6 +341,8 @@ def export(checkpoint: Checkpoint | str | os.PathLike, out_path: str | os.PathLi
         writer.add_head_count_kv(cfg.num_key_value_heads)
         writer.add_key_length(cfg.head_dim)
         writer.add_value_length(cfg.head_dim)
+        if arch_of(ckpt) == LLAMA_ARCH:
+            writer.add_rope_dimension_count(cfg.head_dim)
         writer.add_rope_freq_base(cfg.rope_theta)
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)  # as the converter writes it: factor 1, no scaling
         writer.add_rope_scaling_factor(1.0)

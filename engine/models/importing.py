@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trit.engine.errors import CheckpointError, EngineError
-from trit.engine.formats.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from trit.engine.formats.checkpoint import CONFIG_FILE, SHARDED_INDEX_FILE, WEIGHTS_FILE, ModelConfig
 from trit.engine.formats.gguf import GGUFInfo
 from trit.engine.formats.regular_file import open_regular
 from trit.engine.kinds import LLAMA_CPP
@@ -70,8 +70,9 @@ def import_checkpoint(path: str | os.PathLike, models_dir: str | os.PathLike, na
         with open_regular(src / CONFIG_FILE) as f:
             ModelConfig.from_dict(json.loads(f.read().decode("utf-8")))
         for f in REQUIRED_FILES:
-            if not (src / f).is_file():
+            if f != WEIGHTS_FILE and not (src / f).is_file():
                 raise CheckpointError(f"{src / f}: file not found")
+        weights = _weight_files(src)
     except FileNotFoundError:
         raise CheckpointError(f"{src} is not a BitNet b1.58 model folder: it has no {CONFIG_FILE}") from None
     except RecursionError:
@@ -91,14 +92,54 @@ def import_checkpoint(path: str | os.PathLike, models_dir: str | os.PathLike, na
             raise CheckpointError(f"{src} is not a model Trit can run: "
                                   f"{str(e).replace(str(staging), str(src))}") from None
 
-    return _install_copy(src, _own_files(src), Path(models_dir), name, prior, check, progress)
+    return _install_copy(src, _own_files(src, weights), Path(models_dir), name, prior, check, progress)
 
 
-def _own_files(src: Path) -> list[tuple[Path, str]]:
+# A shard index lists every tensor name, some 100 KB for a 10B model: one of megabytes is not an index to read whole
+INDEX_LIMIT = 16 << 20
+
+
+def _weight_files(src: Path) -> list[str]:
+    """The weight files to copy: model.safetensors, or a sharded checkpoint's index and the shards it names (as
+    Hugging Face writes a model larger than its max_shard_size). Each shard is checked when the copy is loaded."""
+    if (src / WEIGHTS_FILE).is_file():
+        return [WEIGHTS_FILE]
+    index = src / SHARDED_INDEX_FILE
+    if not index.is_file():
+        shards = sorted(p.name for p in src.glob("model-*-of-*.safetensors"))
+        if shards:
+            raise CheckpointError(f"it has sharded weights ({shards[0]}, …) but no {SHARDED_INDEX_FILE} to say which "
+                                  "tensor is in which shard: copy that file from the model's repository into the "
+                                  "folder")
+        raise CheckpointError(f"{src / WEIGHTS_FILE}: file not found (nor {SHARDED_INDEX_FILE} and its shards)")
+    with open_regular(index) as f:
+        data = f.read(INDEX_LIMIT + 1)
+    if len(data) > INDEX_LIMIT:
+        raise CheckpointError(f"{index}: larger than {INDEX_LIMIT >> 20} MB, which no shard index is")
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise CheckpointError(f"{index}: nested thousands of levels deep, which no shard index is") from None
+    except ValueError as e:  # UnicodeDecodeError is one
+        raise CheckpointError(f"{index}: not a JSON file ({' '.join(str(e).split())})") from None
+    weight_map = parsed.get("weight_map") if isinstance(parsed, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map \
+            or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: no weight_map of tensor names to shard files")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if Path(shard).name != shard or not shard.endswith(".safetensors") or shard in (".safetensors",):
+            raise CheckpointError(f"{index}: shard {shard[:100]!r} is not a .safetensors file name in this folder")
+        if not (src / shard).is_file():
+            raise CheckpointError(f"{src / shard}: file not found ({SHARDED_INDEX_FILE} names it)")
+    return [SHARDED_INDEX_FILE, *shards]
+
+
+def _own_files(src: Path, weights: list[str]) -> list[tuple[Path, str]]:
     """The model files of folder `src` (resolved), refusing a link that leads out of it: an import copies the folder,
     never what a link points at elsewhere (a private file, /proc/self/environ and its HF_TOKEN)."""
     files = []
-    for name in MODEL_FILES:
+    for name in [n for n in MODEL_FILES if n != WEIGHTS_FILE] + weights:
         path = src / name
         if not (path.is_file() or path.is_symlink()):
             continue

@@ -104,17 +104,22 @@ class Chat:
         return self.context.n_ctx
 
     def prompt(self, messages: Sequence[Mapping]) -> tuple[list[int], str]:
-        """The prompt's token ids, and the text they spell ("" when not known exactly)."""
+        """The prompt's token ids, and the text they spell ("" when not known exactly).
+
+        The text is the rendered prompt as its own tokens spell it (decode(encode(rendered))): the same text for a
+        byte-level tokenizer, and for a SentencePiece one the text with the spaces its "▁" markers stand for, which
+        is what the cached tokens spell too."""
         rendered = self.tokenizer.render_chat(messages)
+        ids = self.tokenizer.encode(rendered)
+        text = self.tokenizer.decode(ids, skip_special=False)
         cached = self.context.tokens
-        keep = self._reusable_tokens(rendered)
+        keep = self._reusable_tokens(text)
         if keep:
-            suffix = rendered[len(self.tokenizer.decode(cached[:keep], skip_special=False)):]
-            suffix_ids = self.tokenizer.encode(suffix)
-            if self.tokenizer.decode(suffix_ids, skip_special=False) == suffix:
-                return cached[:keep] + suffix_ids, rendered
-        ids = self.tokenizer.encode_chat(messages)
-        return ids, rendered if self.tokenizer.decode(ids, skip_special=False) == rendered else ""
+            kept = self.tokenizer.decode(cached[:keep], skip_special=False)
+            suffix_ids = self.tokenizer.encode_continuation(text[len(kept):])
+            if self.tokenizer.decode(cached[:keep] + suffix_ids, skip_special=False) == text:
+                return cached[:keep] + suffix_ids, text
+        return ids, text
 
     def _reusable_tokens(self, rendered: str, cached: Sequence[int] | None = None, text: str | None = None) -> int:
         """How many cached tokens spell a prefix of the new prompt's text: all of them for a follow-up; fewer when
@@ -216,7 +221,7 @@ class Chat:
             yield self._saved(result, saved)
             return
         sampler = Sampler(params, self.model.config.vocab_size)
-        decoder, stops = self.tokenizer.detokenizer(), StopStrings(params.stop)
+        decoder, stops = self.tokenizer.detokenizer(), StopStrings(tuple(params.stop) + self.tokenizer.stop_strings)
         history, text, generated = list(ids), [], []
         result.finish_reason = "length"
         decode_start = time.perf_counter()
@@ -244,8 +249,8 @@ class Chat:
                 if len(generated) < limit:
                     logits = self.context.eval([token])
         finally:  # the text the cache now spells, so that the next turn can continue it
-            if self._text:
-                self._text += self.tokenizer.decode(self.context.tokens[len(ids):], skip_special=False)
+            if self._text:  # decoded whole: a SentencePiece decoder drops the space a reply's first "▁" stands for
+                self._text = self.tokenizer.decode(self.context.tokens, skip_special=False)
         if result.finish_reason in ("stop", "length", "cancelled"):
             tail = stops.push(decoder.flush())[0] + stops.flush()
             if tail:

@@ -17,6 +17,7 @@ template writes the BOS itself.
 from __future__ import annotations
 
 import codecs
+import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -37,6 +38,23 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
 )
+
+# A model with no template whose vocabulary lacks BitNet's <|eot_id|> (1bitLLM's Llama 2 one: base models, trained on
+# plain text with no chat form at all) gets a plain transcript that spells no token it does not have, rather than a
+# refusal: such a model can still carry on a conversation written as text. BOS, one "Role: content" line per message,
+# then "Assistant:" with no space after it: a SentencePiece model writes that space as its reply's first "▁", which
+# its decoder drops from the reply's text, and the next turn puts it back (": " + the reply), so the next prompt spells
+# what the cached tokens spell. A base model carries on the transcript and writes the user's next line itself, so the
+# reply also ends where it starts one (PLAIN_STOP_STRINGS), not only at its EOS.
+PLAIN_CHAT_TEMPLATE = (
+    "{{ bos_token if bos_token is defined else '' }}"
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize + ': ' + message['content'] | trim + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+PLAIN_STOP_STRINGS = ("\nUser:",)
+BITNET_END_OF_TURN = "<|eot_id|>"
 
 # tokenizer_config.json keys transformers exposes to templates as its special_tokens_map.
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -93,6 +111,7 @@ class BaseTokenizer:
     vocab_size: int           ids are 0 .. vocab_size-1, added tokens included
     bos_id: int | None        the BOS id, bos_token / eos_token their text (None when the vocabulary has none)
     stop_ids: frozenset[int]  generation ends on any of these
+    stop_strings: tuple[str, ...]  and at any of these texts: the end of a turn the template spells without a token
     chat_template: str        the jinja template render_chat uses; has_chat_template: it came with the model
     """
 
@@ -100,6 +119,7 @@ class BaseTokenizer:
     bos_token: str | None = None
     eos_token: str | None = None
     stop_ids: frozenset[int] = frozenset()
+    stop_strings: tuple[str, ...] = ()
 
     def __init__(self, vocab_size: int, *, byte_level: bool, source: str):
         self.vocab_size = vocab_size
@@ -127,6 +147,11 @@ class BaseTokenizer:
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         raise NotImplementedError
+
+    def encode_continuation(self, text: str) -> list[int]:
+        """Token ids of text as it is tokenized in the middle of a longer text: what a prompt's new part costs after
+        the cached tokens of the part before it. The same as encode() unless the tokenizer marks a text's start."""
+        return self.encode(text)
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         raise NotImplementedError
@@ -160,7 +185,8 @@ class Tokenizer(BaseTokenizer):
     bos_id                    tokenizer_config's bos_token, else config.json's bos_token_id
     stop_ids                  generation_config.json's eos_token_id, else config.json's, plus tokenizer_config's
                               eos_token when it is a special token
-    chat_template             DEFAULT_CHAT_TEMPLATE when the folder has none
+    chat_template             DEFAULT_CHAT_TEMPLATE when the folder has none, PLAIN_CHAT_TEMPLATE when its
+                              vocabulary has no <|eot_id|> either
     """
 
     def __init__(self, backend, *, bos_token: str | None = None, eos_token: str | None = None,
@@ -171,6 +197,7 @@ class Tokenizer(BaseTokenizer):
         self._tok = backend
         self._special_ids = frozenset(i for i, t in backend.get_added_tokens_decoder().items() if t.special)
         self._bytes_cache: dict[int, bytes] = {}
+        self._continuation = None  # the backend without the "▁" it puts at a text's start (encode_continuation)
 
         def token_id(content: str | None, what: str) -> int | None:
             if content is None:
@@ -199,7 +226,10 @@ class Tokenizer(BaseTokenizer):
         for key, value in (("bos_token", bos_token), ("eos_token", eos_token)):
             if value is not None:
                 variables.setdefault(key, value)
-        self._set_chat_template(chat_template, DEFAULT_CHAT_TEMPLATE, variables, CheckpointError, chat_template_file)
+        fallback = DEFAULT_CHAT_TEMPLATE
+        if chat_template is None and backend.token_to_id(BITNET_END_OF_TURN) is None:
+            fallback, self.stop_strings = PLAIN_CHAT_TEMPLATE, PLAIN_STOP_STRINGS
+        self._set_chat_template(chat_template, fallback, variables, CheckpointError, chat_template_file)
 
     def _check_id(self, i: int, what: str) -> int:
         if not 0 <= i < self.vocab_size:
@@ -280,6 +310,13 @@ class Tokenizer(BaseTokenizer):
             ids = [self.bos_id, *ids]
         return ids
 
+    def encode_continuation(self, text: str) -> list[int]:
+        """SentencePiece-style tokenizers (Llama 2's) put a "▁" in front of every text they encode: a continuation
+        must not get one, or the prompt says a space that is not in it."""
+        if self._continuation is None:
+            self._continuation = _without_start_marker(self._tok)
+        return self._continuation.encode(text, add_special_tokens=False).ids
+
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         """Text of ids; special tokens are left out unless skip_special=False. Invalid UTF-8 becomes U+FFFD."""
         return self._tok.decode(self._check_ids(ids), skip_special_tokens=skip_special)
@@ -306,6 +343,35 @@ class Tokenizer(BaseTokenizer):
         if skip_special and token_id in self._special_ids:
             return b""
         return b
+
+
+def _without_start_marker(backend):
+    """The backend, or a copy of it that does not mark the start of a text: Llama 2's legacy normalizer
+    (Prepend "▁" then Replace " " -> "▁") without its Prepend, a Metaspace pre-tokenizer with prepend_scheme never."""
+    from tokenizers import Tokenizer as Backend
+
+    spec = json.loads(backend.to_str())
+    changed = False
+
+    def strip(part):
+        nonlocal changed
+        if not isinstance(part, dict):
+            return part
+        if part.get("type") == "Prepend":
+            changed = True
+            return None
+        if part.get("type") == "Metaspace" and part.get("prepend_scheme", "always") != "never":
+            changed = True
+            return {**part, "prepend_scheme": "never", "add_prefix_space": False}
+        if part.get("type") == "Sequence":
+            key = "normalizers" if "normalizers" in part else "pretokenizers"
+            kept = [q for q in (strip(p) for p in part.get(key, [])) if q is not None]
+            return {**part, key: kept}
+        return part
+
+    spec["normalizer"] = strip(spec.get("normalizer"))
+    spec["pre_tokenizer"] = strip(spec.get("pre_tokenizer"))
+    return Backend.from_str(json.dumps(spec)) if changed else backend
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ own, so that its peak RSS is its own:
 each repetition on an emptied KV cache (position 0, as a fresh context), the median reported. The token ids are the
 ones engine.tools.bench draws for the same seed.
 
-Speed only: llama.cpp's bitnet graph computes the FFN with SiLU where BitNet b1.58 uses relu², so its text is wrong.
+Speed only for BitNet b1.58: llama.cpp's bitnet graph computes the FFN with SiLU where BitNet b1.58 uses relu², so its
+text is wrong. The Llama-block families run in llama.cpp's llama graph, which is their own block.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ MIN_CTX = 640
 RESULT_PREFIX = "TRIT-LLAMACPP-RESULT "
 SILU_WARNING = ("llama.cpp's bitnet graph computes the FFN with SiLU, not BitNet b1.58's relu², so its output text "
                 "is wrong: compare speed only")
+# A Llama-block model runs in llama.cpp's own llama graph, which is its block: the text is right there too
+LLAMA_NOTE = ("llama.cpp runs this model's own Llama block; it quantizes activations per 256-weight block where "
+              "Trit quantizes them per token")
 
 
 @dataclass
@@ -54,6 +58,7 @@ class LlamaCppResult:
     peak_rss_mb: float = 0.0
     logits_finite: bool = True
     system_info: str = ""
+    arch: str = "bitnet"  # the GGUF's general.architecture
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,6 +126,7 @@ def _child(spec: dict) -> dict:
         tg_tok_s=statistics.median(tg_runs) if tg_runs else 0.0,
         pp_runs=pp_runs, tg_runs=tg_runs, peak_rss_mb=peak_rss_mb(), logits_finite=finite,
         system_info=(info.decode() if isinstance(info, bytes) else str(info)).strip(),
+        arch=llm.metadata.get("general.architecture", "?"),
     )
 
 
@@ -161,10 +167,14 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if a and b else None
 
 
+def warning(results: list[LlamaCppResult]) -> str:
+    return SILU_WARNING if any(r.arch != "llama" for r in results) else LLAMA_NOTE
+
+
 def comparison(trit, results: list[LlamaCppResult]) -> dict:
     """The JSON form: llama.cpp's results and the Trit / llama.cpp ratios (trit is a tools.bench.BenchResult)."""
     return {
-        "warning": SILU_WARNING,
+        "warning": warning(results),
         "results": [r.to_dict() for r in results],
         "ratios": {r.qtype: {"pp": _ratio(trit.pp_tok_s, r.pp_tok_s), "tg": _ratio(trit.tg_tok_s, r.tg_tok_s),
                              "peak_rss": _ratio(trit.peak_rss_mb, r.peak_rss_mb)} for r in results},
@@ -172,7 +182,7 @@ def comparison(trit, results: list[LlamaCppResult]) -> dict:
 
 
 def format_table(trit, results: list[LlamaCppResult]) -> str:
-    """Rows Trit / llama.cpp TQ2_0 / llama.cpp TQ1_0, then the ratios Trit / llama.cpp, then the SiLU warning."""
+    """Rows Trit / llama.cpp TQ2_0 / llama.cpp TQ1_0, then the ratios Trit / llama.cpp, then the graph's note."""
     pp, tg = f"pp{trit.n_prompt} tok/s", f"tg{trit.n_gen} tok/s"
     version = results[0].llama_cpp_version if results else "?"
     setup = [f"kernel {trit.kernel}"] + ([f"ternary {trit.ternary}"] if getattr(trit, "ternary", None) else [])
@@ -196,7 +206,7 @@ def format_table(trit, results: list[LlamaCppResult]) -> str:
         lines.append(f"{'Trit / llama.cpp ' + r.qtype.upper():24}{cells[0]:>14}{cells[1]:>14}{cells[2]:>12}")
     if any(not r.logits_finite for r in results):
         lines.append("llama.cpp produced non-finite logits")
-    lines.append(f"note: {SILU_WARNING}")
+    lines.append(f"note: {warning(results)}")
     return "\n".join(lines)
 
 

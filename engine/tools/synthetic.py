@@ -3,8 +3,10 @@
 The real checkpoint is 1.2 GB behind a download; tests, benchmarks and the native kernel need models now, of any
 shape, that transformers' `BitNetForCausalLM` loads as it loads the real one. A folder written here holds
 config.json, model.safetensors (ternary projections packed 4 rows per byte, bf16 elsewhere), a Llama 3-layout
-byte-level BPE tokenizer (tokenizer.json + tokenizer_config.json with the BitNet chat template) and
-generation_config.json. Everything is deterministic: the same arguments give the same bytes.
+byte-level BPE tokenizer (tokenizer.json + tokenizer_config.json with the family's special tokens and chat template:
+BitNet's, Falcon-E's ChatML, Falcon3's, Llama 3's; for 1bitLLM Llama 2's SentencePiece layout and no template) and
+generation_config.json (eos_token_id an int or a list, as the family's repositories write it). Everything is
+deterministic: the same arguments give the same bytes.
 
 The Llama-block presets (falcon-e-*, falcon3-*, llama3-8b-1.58 and their -tiny variants) write what transformers'
 `LlamaForCausalLM` loads with the bitnet quantizer: the same packed projections, no sub-norms, and an untied
@@ -133,6 +135,76 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
 )
 
+# Meta-Llama-3-8B-Instruct's template, which HF1BitLLM/Llama3-8B-1.58-100B-tokens carries: a header per role, the
+# content trimmed, <|eot_id|> after each turn, BOS before the first.
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+# Falcon3-Instruct's template (the Falcon3-*-Instruct-1.58bit repositories carry it), without its tool-calling
+# branch: <|role|> lines, an assistant turn ended by eos_token (<|endoftext|>), no BOS.
+FALCON3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}\n"
+    "{%- if message['role'] == 'system' %}\n{{- '<|system|>\\n' + message['content'] + '\\n' }}\n"
+    "{%- elif message['role'] == 'user' %}\n{{- '<|user|>\\n' + message['content'] + '\\n' }}\n"
+    "{%- elif message['role'] == 'assistant' %}\n{%- if not loop.last %}\n"
+    "{{- '<|assistant|>\\n' + message['content'] + eos_token + '\\n' }}\n{%- else %}\n"
+    "{{- '<|assistant|>\\n' + message['content'] + eos_token }}\n{%- endif %}\n{%- endif %}\n"
+    "{%- if loop.last and add_generation_prompt %}\n{{- '<|assistant|>\\n' }}\n{%- endif %}\n"
+    "{%- endfor %}"
+)
+
+# ChatML, which the Falcon-E Instruct repositories use (not read from their files: no network here; check it):
+# <|im_start|>role, the content, <|im_end|>.
+CHATML_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + "
+    "'\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class Conventions:
+    """A family's tokenizer conventions: its named special tokens (role -> offset into the 256 at the top of a
+    byte-level vocabulary, and text), which of them are BOS, eos_token and config.json's eos, its chat template, and
+    generation_config's eos_token_id (one role: an int, as Falcon's repositories write it; a tuple: a list, as
+    Llama 3's)."""
+
+    def __init__(self, named: dict[str, tuple[int, str]], *, bos: str | None, eos_token: str, config_eos: str,
+                 generation_eos: str | tuple[str, ...], template: str):
+        self.named, self.bos, self.eos_token, self.config_eos = named, bos, eos_token, config_eos
+        self.generation_eos, self.template = generation_eos, template
+
+
+_LLAMA3_NAMED = {"bos": (0, BOS), "end_of_text": (1, END_OF_TEXT), "eot": (9, EOT)}  # in _NAMED_SPECIAL's layout
+BITNET_CONVENTIONS = Conventions(_LLAMA3_NAMED, bos="bos", eos_token="eot", config_eos="end_of_text",
+                                 generation_eos=("end_of_text", "eot"), template=CHAT_TEMPLATE)
+LLAMA3_CONVENTIONS = Conventions(_LLAMA3_NAMED, bos="bos", eos_token="eot", config_eos="end_of_text",
+                                 generation_eos=("end_of_text", "eot"), template=LLAMA3_CHAT_TEMPLATE)
+FALCON3_CONVENTIONS = Conventions(
+    {"end_of_text": (1, "<|endoftext|>"), "system": (2, "<|system|>"), "user": (3, "<|user|>"),
+     "assistant": (4, "<|assistant|>")},
+    bos=None, eos_token="end_of_text", config_eos="end_of_text", generation_eos="end_of_text",
+    template=FALCON3_CHAT_TEMPLATE)
+FALCON_E_CONVENTIONS = Conventions(
+    {"bos": (0, BOS), "end_of_text": (1, END_OF_TEXT), "im_start": (2, "<|im_start|>"), "im_end": (3, "<|im_end|>")},
+    bos="bos", eos_token="im_end", config_eos="end_of_text", generation_eos="im_end", template=CHATML_CHAT_TEMPLATE)
+
+
+def preset_conventions(preset: str) -> Conventions | None:
+    """The tokenizer conventions of a preset's family; None for 1bitLLM's Llama 2 tokenizer (build_llama2_tokenizer)."""
+    if preset in ONEBITLLM_PRESETS:
+        return None
+    if preset.startswith("falcon3"):
+        return FALCON3_CONVENTIONS
+    if preset.startswith("falcon-e"):
+        return FALCON_E_CONVENTIONS
+    if preset.startswith("llama3"):
+        return LLAMA3_CONVENTIONS
+    return BITNET_CONVENTIONS
+
+
 # Llama 3's pre-tokenizer split: contractions, words with one leading non-letter, 1-3 digit groups, punctuation
 # runs, newlines, spaces.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -143,29 +215,42 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 # config
 
 
-def special_tokens(vocab_size: int) -> dict[int, str]:
+def special_tokens(vocab_size: int, conventions: Conventions = BITNET_CONVENTIONS) -> dict[int, str]:
     """id -> content for the 256 special tokens at the top of a vocabulary of vocab_size ids."""
     base = vocab_size - NUM_SPECIAL
+    named = dict(_NAMED_SPECIAL)
+    if conventions.named is not _LLAMA3_NAMED:  # the family's own names where Llama 3's named ones stand
+        named = {k: v for k, v in named.items() if "reserved" in v} | dict(conventions.named.values())
     out, reserved = {}, 5
     for k in range(NUM_SPECIAL):
-        if k in _NAMED_SPECIAL:
-            out[base + k] = _NAMED_SPECIAL[k]
+        if k in named:
+            out[base + k] = named[k]
         else:
             out[base + k] = f"<|reserved_special_token_{reserved}|>"
             reserved += 1
     return out
 
 
-def special_token_ids(vocab_size: int) -> dict[str, int]:
-    """bos / end_of_text / eot ids: 128000 / 128001 / 128009 for the 2B4T vocabulary."""
+def special_token_ids(vocab_size: int, conventions: Conventions = BITNET_CONVENTIONS) -> dict[str, int]:
+    """role -> id of the family's named special tokens: bos / end_of_text / eot are 128000 / 128001 / 128009 for the
+    2B4T vocabulary."""
     base = vocab_size - NUM_SPECIAL
-    return {"bos": base, "end_of_text": base + 1, "eot": base + 9}
+    return {role: base + k for role, (k, _) in conventions.named.items()}
 
 
 def preset_family(preset: str) -> str:
     if preset in ONEBITLLM_PRESETS:
         return FAMILY_1BITLLM
     return FAMILY_LLAMA if preset in LLAMA_PRESETS else FAMILY_BITNET
+
+
+def config_token_ids(preset: str, vocab_size: int) -> tuple[int, int]:
+    """config.json's bos_token_id and eos_token_id for the preset's family (Falcon3 names <|endoftext|> for both)."""
+    conventions = preset_conventions(preset)
+    if conventions is None:
+        return LLAMA2_BOS_ID, LLAMA2_EOS_ID
+    ids = special_token_ids(vocab_size, conventions)
+    return ids[conventions.bos or conventions.config_eos], ids[conventions.config_eos]
 
 
 def make_config(preset: str = "tiny", *, linear_class: str | None = None, **overrides) -> dict:
@@ -187,7 +272,7 @@ def make_config(preset: str = "tiny", *, linear_class: str | None = None, **over
     vocab = shape["vocab_size"]
     if not isinstance(vocab, int) or vocab < MIN_VOCAB:
         raise ValueError(f"vocab_size must be an integer >= {MIN_VOCAB} (256 byte tokens + 256 special), not {vocab!r}")
-    ids = special_token_ids(vocab)
+    bos_id, eos_id = config_token_ids(preset, vocab)
     # The keys of a transformers BitNetConfig as the 2B4T repository writes them (from memory of that file, not a
     # byte-for-byte copy). rope_theta stays top-level: transformers 5 folds it into rope_parameters on load.
     # eos is end_of_text, as transformers' BitNetConfig default; generation_config.json adds <|eot_id|>, so a
@@ -199,8 +284,8 @@ def make_config(preset: str = "tiny", *, linear_class: str | None = None, **over
             "architectures": ["BitnetForCausalLM"],
             "attention_bias": False,
             "attention_dropout": 0.0,
-            "bos_token_id": ids["bos"],
-            "eos_token_id": ids["end_of_text"],
+            "bos_token_id": bos_id,
+            "eos_token_id": eos_id,
             "hidden_act": "silu",
             "initializer_range": 0.02,
             "input_bits": 8,
@@ -221,8 +306,8 @@ def make_config(preset: str = "tiny", *, linear_class: str | None = None, **over
             "architectures": ["LlamaForCausalLM"],
             "attention_bias": False,
             "attention_dropout": 0.0,
-            "bos_token_id": ids["bos"],
-            "eos_token_id": ids["end_of_text"],
+            "bos_token_id": bos_id,
+            "eos_token_id": eos_id,
             "hidden_act": "silu",
             "initializer_range": 0.02,
             "mlp_bias": False,
@@ -241,8 +326,8 @@ def make_config(preset: str = "tiny", *, linear_class: str | None = None, **over
         "architectures": ["BitNetForCausalLM"],
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "bos_token_id": ids["bos"],
-        "eos_token_id": ids["end_of_text"],
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
         "hidden_act": "relu2",
         "initializer_range": 0.02,
         "model_type": "bitnet",
@@ -263,10 +348,17 @@ _OVERRIDABLE = set(PRESETS["tiny"]) | {"head_dim", "attention_dropout", "initial
                                        "tie_word_embeddings"}
 
 
-def generation_config(vocab_size: int) -> dict:
-    ids = special_token_ids(vocab_size)
-    return {"bos_token_id": ids["bos"], "eos_token_id": [ids["end_of_text"], ids["eot"]],
-            "do_sample": True, "temperature": 0.6, "top_p": 0.9}
+def generation_config(vocab_size: int, preset: str = "tiny") -> dict:
+    """The family's generation_config.json: eos_token_id as its repositories write it, an int or a list."""
+    bos_id, _ = config_token_ids(preset, vocab_size)
+    conventions = preset_conventions(preset)
+    if conventions is None:  # 1bitLLM: Llama 2's </s>
+        eos = LLAMA2_EOS_ID
+    else:
+        ids = special_token_ids(vocab_size, conventions)
+        g = conventions.generation_eos
+        eos = ids[g] if isinstance(g, str) else [ids[role] for role in g]
+    return {"bos_token_id": bos_id, "eos_token_id": eos, "do_sample": True, "temperature": 0.6, "top_p": 0.9}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -525,9 +617,9 @@ def _merges(count: int) -> list[tuple[str, str]]:
     return merges
 
 
-def build_tokenizer(vocab_size: int):
+def build_tokenizer(vocab_size: int, conventions: Conventions = BITNET_CONVENTIONS):
     """A tokenizers.Tokenizer: Llama 3 layout, ids exactly 0..vocab_size-1 — bytes 0..255 (id = byte value), then
-    merges, then the 256 special tokens."""
+    merges, then the 256 special tokens (named as the family names them)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, processors
     if vocab_size < MIN_VOCAB:
         raise ValueError(f"vocab_size must be >= {MIN_VOCAB}, not {vocab_size}")
@@ -540,13 +632,14 @@ def build_tokenizer(vocab_size: int):
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False, byte_fallback=False))
     tok.pre_tokenizer = _pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
-    bos_id = special_token_ids(vocab_size)["bos"]
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
-                                      special_tokens=[(BOS, bos_id)]),
-    ])
-    specials = special_tokens(vocab_size)
+    specials = special_tokens(vocab_size, conventions)
+    post = [processors.ByteLevel(trim_offsets=False)]
+    if conventions.bos is not None:
+        bos, bos_id = specials[special_token_ids(vocab_size, conventions)[conventions.bos]], \
+            special_token_ids(vocab_size, conventions)[conventions.bos]
+        post.append(processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                                                  special_tokens=[(bos, bos_id)]))
+    tok.post_processor = processors.Sequence(post)
     tok.add_special_tokens([AddedToken(specials[i], special=True, normalized=False) for i in sorted(specials)])
     for i, content in specials.items():
         if tok.token_to_id(content) != i:
@@ -554,20 +647,92 @@ def build_tokenizer(vocab_size: int):
     return tok
 
 
-def tokenizer_config(vocab_size: int, model_max_length: int) -> dict:
+def tokenizer_config(vocab_size: int, model_max_length: int, conventions: Conventions = BITNET_CONVENTIONS) -> dict:
+    specials = special_tokens(vocab_size, conventions)
+    ids = special_token_ids(vocab_size, conventions)
     return {
         "added_tokens_decoder": {
             str(i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
                      "special": True}
-            for i, c in special_tokens(vocab_size).items()
+            for i, c in specials.items()
         },
-        "bos_token": BOS,
-        "eos_token": EOT,  # a chat turn ends with <|eot_id|>
-        "chat_template": CHAT_TEMPLATE,
+        "bos_token": specials[ids[conventions.bos]] if conventions.bos else None,
+        "eos_token": specials[ids[conventions.eos_token]],  # what ends a chat turn
+        "chat_template": conventions.template,
         "clean_up_tokenization_spaces": True,
         "model_input_names": ["input_ids", "attention_mask"],
         "model_max_length": model_max_length,
         "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+
+
+# Llama 2's SentencePiece layout, which 1bitLLM's repositories use: <unk> <s> </s>, then the 256 byte-fallback tokens
+# <0x00>..<0xFF>, then pieces with "▁" for a space; the text gets a "▁" in front (legacy Llama 2 normalizer).
+LLAMA2_UNK, LLAMA2_BOS, LLAMA2_EOS = "<unk>", "<s>", "</s>"
+LLAMA2_BOS_ID, LLAMA2_EOS_ID = 1, 2
+_SPACE = "\u2581"
+
+
+def build_llama2_tokenizer(vocab_size: int):
+    """A tokenizers.Tokenizer in Llama 2's tokenizer.json form (byte fallback, no byte-level alphabet), ids exactly
+    0..vocab_size-1: pieces learnt from the composed corpus, then unreachable filler pieces up to vocab_size."""
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    specials = [LLAMA2_UNK, LLAMA2_BOS, LLAMA2_EOS]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    if vocab_size < MIN_VOCAB:
+        raise ValueError(f"vocab_size must be >= {MIN_VOCAB}, not {vocab_size}")
+    learner = Tokenizer(models.BPE(unk_token=LLAMA2_UNK))
+    learner.normalizer = normalizers.Sequence([normalizers.Prepend(_SPACE), normalizers.Replace(" ", _SPACE)])
+    learner.pre_tokenizer = pre_tokenizers.Split(Regex(f"{_SPACE}[^{_SPACE}]*"), behavior="isolated")
+    learner.train_from_iterator(_CORPUS.splitlines(), trainers.BpeTrainer(
+        vocab_size=min(vocab_size, len(specials) + 256 + _MAX_TRAINED_MERGES), show_progress=False,
+        special_tokens=specials + byte_tokens, min_frequency=2))
+    learnt = json.loads(learner.to_str())["model"]
+    vocab = dict(sorted(learnt["vocab"].items(), key=lambda kv: kv[1]))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in learnt["merges"]]
+    filler = 0
+    while len(vocab) < vocab_size:  # no merge makes these: a real vocabulary has pieces a short corpus never needs
+        vocab[f"{_SPACE}<filler_{filler}>"] = len(vocab)
+        filler += 1
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=LLAMA2_UNK, fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend(_SPACE), normalizers.Replace(" ", _SPACE)])
+    tok.decoder = decoders.Sequence([decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single=f"{LLAMA2_BOS}:0 $A:0",
+                                                       pair=f"{LLAMA2_BOS}:0 $A:0 {LLAMA2_BOS}:1 $B:1",
+                                                       special_tokens=[(LLAMA2_BOS, LLAMA2_BOS_ID)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    for i, content in enumerate(specials + byte_tokens):
+        if tok.token_to_id(content) != i:
+            raise AssertionError(f"token {content} got id {tok.token_to_id(content)}, expected {i}")
+    return tok
+
+
+def llama2_tokenizer_config(model_max_length: int) -> dict:
+    """1bitLLM's tokenizer_config.json: Llama 2's special tokens and no chat template (they are base models)."""
+    return {
+        "added_tokens_decoder": {
+            str(i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                     "special": True}
+            for i, c in enumerate((LLAMA2_UNK, LLAMA2_BOS, LLAMA2_EOS))
+        },
+        "bos_token": LLAMA2_BOS,
+        "eos_token": LLAMA2_EOS,
+        "unk_token": LLAMA2_UNK,
+        "clean_up_tokenization_spaces": False,
+        "legacy": True,
+        "model_max_length": model_max_length,
+        "tokenizer_class": "LlamaTokenizer",
     }
 
 
@@ -598,11 +763,15 @@ def write_model(folder: str | os.PathLike, preset: str = "tiny", *, seed: int = 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     try:
-        tokenizer = build_tokenizer(config["vocab_size"])
-        tokenizer.save(str(tmp / TOKENIZER_FILE))
-        _write_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config(config["vocab_size"],
-                                                                   config["max_position_embeddings"]))
-        _write_json(tmp / GENERATION_CONFIG_FILE, generation_config(config["vocab_size"]))
+        conventions, vocab, positions = preset_conventions(preset), config["vocab_size"], \
+            config["max_position_embeddings"]
+        if conventions is None:
+            build_llama2_tokenizer(vocab).save(str(tmp / TOKENIZER_FILE))
+            _write_json(tmp / TOKENIZER_CONFIG_FILE, llama2_tokenizer_config(positions))
+        else:
+            build_tokenizer(vocab, conventions).save(str(tmp / TOKENIZER_FILE))
+            _write_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config(vocab, positions, conventions))
+        _write_json(tmp / GENERATION_CONFIG_FILE, generation_config(vocab, preset))
         meta = {"format": "pt", "generator": "trit engine.tools.synthetic", "preset": preset, "seed": str(seed)}
         if head_dtype not in HEAD_DTYPES:
             raise ValueError(f"head_dtype must be one of {', '.join(HEAD_DTYPES)}, not {head_dtype!r}")
