@@ -937,9 +937,10 @@ def adopt_installed(name: str, was: str | None) -> None:
 def catalogue_rows(installed_sources: set[str]) -> list[tuple[str, ...]]:
     from trit.engine.models import catalogue
 
-    return [("NAME", "PARAMS", "DOWNLOAD", "CONTEXT", "FAMILY", "LICENCE", "REPO", "")] + [
+    return [("NAME", "PARAMS", "DOWNLOAD", "CONTEXT", "KV AT FULL CONTEXT", "FAMILY", "LICENCE", "REPO", "")] + [
         (e.name, catalogue.format_parameters(e.parameters), human_size(e.download_bytes), f"{e.context // 1024}K",
-         e.family, e.licence, e.repo, "installed" if f"hf:{e.repo}" in installed_sources else "")
+         human_size(e.full_context_kv_bytes), e.family, e.licence, e.repo,
+         "installed" if f"hf:{e.repo}" in installed_sources else "")
         for e in catalogue.CATALOGUE]
 
 
@@ -962,8 +963,8 @@ def show_catalogue(as_json: bool) -> None:
                                for e in catalogue.CATALOGUE], indent=2))
         return
     print_table(catalogue_rows(sources))
-    click.echo("download sizes are computed from each model's shapes; a pull shows the hub's exact size as it starts",
-               err=True)
+    click.echo("download sizes are computed from each model's shapes; a pull shows the hub's exact size as it starts. "
+               "A conversation that fills the context takes the KV column in memory beside the weights", err=True)
 
 
 @cli.command()

@@ -276,18 +276,22 @@ def test_pull_list_shows_every_model_with_its_size_and_downloads_nothing(hub, tr
     r = trit("pull", "--list")
     assert r.returncode == 0, r.err
     header, *rows = r.out.splitlines()
-    assert header.split() == ["NAME", "PARAMS", "DOWNLOAD", "CONTEXT", "FAMILY", "LICENCE", "REPO"]
+    assert re.split(r"\s{2,}", header) == ["NAME", "PARAMS", "DOWNLOAD", "CONTEXT", "KV AT FULL CONTEXT", "FAMILY",
+                                           "LICENCE", "REPO"]
     assert [row.split()[0] for row in rows] == [e.name for e in catalogue.CATALOGUE]
     assert {"bitnet-2b", "falcon-e-1b", "falcon-e-3b", "falcon3-1b", "falcon3-3b", "falcon3-7b", "falcon3-10b",
             "llama3-8b-1.58", "bitnet-large", "bitnet-3b"} == {e.name for e in catalogue.CATALOGUE}
     falcon = next(row for row in rows if row.startswith("falcon-e-3b "))
-    assert re.search(r"\b987\.0 MB\s+32K\s+Falcon-E\s+TII Falcon-LLM 2\.0\s+tiiuae/Falcon-E-3B-Instruct$", falcon)
+    # 28 layers x 2 KV heads x 128 x (key + value) x 2 bytes = 28 KiB a position, times 32768 positions
+    assert re.search(r"\b987\.0 MB\s+32K\s+939\.5 MB\s+Falcon-E\s+TII Falcon-LLM 2\.0\s+tiiuae/Falcon-E-3B-Instruct$",
+                     falcon)
     assert "computed" in r.err and hub.requests == []
     listed = json.loads(trit("models", "--available", "--json").out)
     assert [e["name"] for e in listed] == [e.name for e in catalogue.CATALOGUE]
     assert listed[2] == {"name": "falcon-e-3b", "repo": "tiiuae/Falcon-E-3B-Instruct", "family": "Falcon-E",
                          "parameters": catalogue.find("falcon-e-3b").parameters, "download_bytes": FALCON_E_3B_BYTES,
-                         "context_length": 32768, "licence": "TII Falcon-LLM 2.0", "installed": False,
+                         "context_length": 32768, "full_context_kv_bytes": 28 * 2 * 2 * 128 * 2 * 32768,
+                         "licence": "TII Falcon-LLM 2.0", "installed": False,
                          "description": catalogue.find("falcon-e-3b").description}
     assert trit("models", "--available").out == r.out
     # once installed, the list says so

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from trit.engine.errors import CheckpointError, EngineError
 from trit.engine.formats import checkpoint
-from trit.engine.formats.checkpoint import CONFIG_FILE, ModelConfig, read_json
+from trit.engine.formats.checkpoint import CONFIG_FILE, ModelConfig, kv_bytes_per_token, read_json
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,16 @@ class CatalogueEntry:
     def download_bytes(self) -> int:
         return self.shape.download_bytes()
 
+    @property
+    def full_context_kv_bytes(self) -> int:
+        """The memory a conversation that fills the whole context takes for its KV cache, beside the weights."""
+        s = self.shape
+        return kv_bytes_per_token(s.layers, s.kv_heads, s.head_dim) * self.context
+
     def to_dict(self) -> dict:
         return {"name": self.name, "repo": self.repo, "family": self.family, "parameters": self.parameters,
-                "download_bytes": self.download_bytes, "context_length": self.context, "licence": self.licence,
+                "download_bytes": self.download_bytes, "context_length": self.context,
+                "full_context_kv_bytes": self.full_context_kv_bytes, "licence": self.licence,
                 "description": self.description}
 
 
