@@ -13,7 +13,9 @@ the temporary folder, a PATH with no Python on it, no PYTHONPATH or virtual envi
   - `trit pull` from tests/hub_server.py (the local stand-in for the Hugging Face Hub, on 127.0.0.1), then
     `trit models` listing the model and `trit ask` answering with it, and the chat app opening on it;
   - the same hub over HTTPS with a certificate from a CA made here (openssl): the pull is refused until
-    SSL_CERT_FILE names that CA (the bundled ssl module and OpenSSL work, and verify).
+    SSL_CERT_FILE names that CA (the bundled ssl module and OpenSSL work, and verify);
+  - `trit serve` on a free loopback port answering a chat completion, then SIGTERM and exit 143 (uvicorn imports
+    its protocol and loop modules by name: a build missing one starts and then fails here).
 
 Needs only Python's standard library (any python3 >= 3.10 runs it) and qemu-user for the emulated CPUs; the
 binaries need nothing at all.
@@ -340,6 +342,44 @@ def check_emulated_cpus(report: Report, box: Sandbox, onedir: Path, model: str |
                      f"exit {r.returncode}; {r.stderr}")
 
 
+def check_serve(report: Report, box: Sandbox, builds: dict[str, Path], model: str) -> None:
+    import urllib.request
+
+    for label, exe in builds.items():
+        server = subprocess.Popen([str(exe), "serve", "--model", model, "--port", "0"], cwd=box.work,
+                                  env=box.env(f"home-serve-{label}"), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            port, lines, deadline = None, [], time.monotonic() + 120
+            while time.monotonic() < deadline and server.poll() is None:
+                line = server.stderr.readline()
+                lines.append(line)
+                found = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
+                port = int(found.group(1)) if found else port
+                if "is ready" in line:
+                    break
+            answer, detail = "", "".join(lines)[-800:]
+            if port is not None:
+                body = json.dumps({"model": model, "max_tokens": 16, "seed": 1,
+                                   "messages": [{"role": "user", "content": "Hello"}]}).encode()
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body,
+                                                 {"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as response:
+                        answer = json.load(response)["choices"][0]["message"]["content"]
+                except (OSError, ValueError, KeyError) as e:
+                    detail += f"\n{e}"
+            report.check(answer != "", f"{label}: trit serve answers a chat completion: {answer[:60]!r}", detail)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                code = server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                code = server.wait()
+        report.check(code == 143, f"{label}: trit serve ends with 143 on SIGTERM (got {code})")
+
+
 def find_builds(dist: Path) -> tuple[Path, Path]:
     onedir = dist / "trit"
     onefile = sorted(p for p in dist.glob("trit-*") if p.is_file() and not p.is_symlink())
@@ -420,6 +460,8 @@ def main() -> int:
                          f"exit {r.returncode}; stderr: {r.stderr.strip()[-800:]}")
 
         check_emulated_cpus(report, box, onedir, model)
+        if model is not None:
+            check_serve(report, box, {"one-folder": onedir, "one-file": onefile}, model)
 
         # the chat app on a first start (no model installed: the welcome screen)
         for label, exe in (("one-folder", onedir), ("one-file", onefile)):
