@@ -331,19 +331,6 @@ def test_rope_at_head_dim_256_and_past_4096(pos):
     np.testing.assert_allclose(native.op_rope(x, pos, 1000042.0), expected, rtol=1e-4, atol=2e-4)
 
 
-@pytest.mark.parametrize("heads,kv_heads,head_dim,pos0,n", [(12, 4, 256, 0, 5), (8, 4, 256, 4200, 2),
-                                                             (2, 1, 256, 37, 40)])
-def test_attention_at_head_dim_256(heads, kv_heads, head_dim, pos0, n):
-    rng = np.random.default_rng(heads * 100 + pos0)
-    q = rng.standard_normal((n, heads, head_dim)).astype(np.float32)
-    k = rng.standard_normal((pos0 + n, kv_heads, head_dim)).astype(np.float32)
-    v = rng.standard_normal((pos0 + n, kv_heads, head_dim)).astype(np.float32)
-    out = native.op_attention(q.reshape(n, -1), k.reshape(pos0 + n, -1), v.reshape(pos0 + n, -1), pos0, heads,
-                              kv_heads, head_dim)
-    expected = R.attention(q, R.through_f16(k), R.through_f16(v), pos0).reshape(n, -1)
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
-
-
 def test_silu_sums_is_the_llama_gate():
     rng = np.random.default_rng(3)
     for n in (1, 15, 8192):

@@ -143,8 +143,10 @@ def test_rope(head_dim, pos):
     np.testing.assert_allclose(native.op_rope(x, pos, 500000.0), expected, rtol=1e-4, atol=2e-4)
 
 
+# head_dim 256 (Falcon3), also past 4096 positions and with a long batch: the other families' shapes
 @pytest.mark.parametrize("heads,kv_heads,head_dim,pos0,n", [(4, 4, 64, 0, 5), (6, 2, 64, 3, 4), (8, 2, 128, 40, 3),
-                                                             (3, 1, 128, 0, 1)])
+                                                             (3, 1, 128, 0, 1), (12, 4, 256, 0, 5),
+                                                             (8, 4, 256, 4200, 2), (2, 1, 256, 37, 40)])
 def test_attention(heads, kv_heads, head_dim, pos0, n):
     rng = np.random.default_rng(heads * 100 + pos0)
     q = rng.standard_normal((n, heads, head_dim)).astype(np.float32)
