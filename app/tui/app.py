@@ -12,6 +12,7 @@ import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from queue import Full
 from typing import Callable, Iterable
 
 from textual.app import App, SystemCommand
@@ -95,6 +96,7 @@ class TritApp(App):
             self.notify(problem, severity="error", timeout=15)
         self.watch(self, "theme", self.remember_theme, init=False)
         self.catch_stop_signals()
+        self.survive_a_closed_terminal()
         problem = None
         if not needs_first_run(self.settings):
             try:
@@ -174,6 +176,25 @@ class TritApp(App):
             return
         self.stop_signum = signum
         self.run_worker(self.action_quit(return_code=128 + signum), group="leaving")
+
+    def survive_a_closed_terminal(self) -> None:
+        """Textual's writer thread dies of EIO on its first write to a closed terminal, and the next screen refresh
+        then blocks the event loop for good on the thread's full queue: the stopped reply would never be stored and
+        the app never leave. A write waits while the thread lives, and is dropped once it is dead."""
+        writer = getattr(self._driver, "_writer_thread", None)
+        queue = getattr(writer, "_queue", None)
+        if writer is None or queue is None:  # another driver (Windows, a test's headless one): nothing to guard
+            return
+
+        def write(text: str) -> None:
+            while writer.is_alive():
+                try:
+                    queue.put(text, timeout=0.1)
+                    return
+                except Full:
+                    continue
+
+        writer.write = write
 
     async def action_quit(self, return_code: int = 0) -> None:
         chat = self.chat_screen()
