@@ -59,15 +59,17 @@ typedef struct {
 struct trit_context {
     trit_model *m;
     int n_ctx, max_batch, n_past;
-    int span;           /* positions each head's cache holds: n_ctx in whole key blocks */
-    int kv_type;        /* TRIT_KV_*: the cache's elements */
-    void *k_cache;      /* [n_layers][n_kv_heads][span][head_dim] of kv_type; keys in blocks (trit_key_index) */
-    void *v_cache;      /* the same, position-major */
-    float *k_scales;    /* TRIT_KV_Q8: [n_layers][n_kv_heads][span] */
-    float *v_scales;    /* the same for the values */
-    float *partial;     /* decoding split into chunks of keys: [n_kv_heads][max_chunks][group][head_dim] */
-    float *partial_lse; /* [n_kv_heads][max_chunks][group] */
-    int max_chunks;     /* trit_attend_chunks(n_ctx) */
+    int span;               /* positions each head's cache holds: n_ctx in whole key blocks */
+    int kv_type;            /* TRIT_KV_*: the cache's elements */
+    void *k_cache;          /* [n_layers][n_kv_heads][span][head_dim] of kv_type; keys in blocks (trit_key_index) */
+    void *v_cache;          /* the same, position-major */
+    float *k_scales;        /* TRIT_KV_Q8: [n_layers][n_kv_heads][span] */
+    float *v_scales;        /* the same for the values */
+    float *partial;         /* decoding split into chunks of keys: [n_kv_heads][max_chunks][group][head_dim] */
+    float *partial_lse;     /* [n_kv_heads][max_chunks][group] */
+    int max_chunks;         /* trit_attend_chunks(n_ctx) */
+    trit_share split;       /* the (kv head, chunk) items of one layer, claimed as threads go */
+    atomic_int *split_done; /* [n_kv_heads] chunks attended: the thread that attends a head's last one combines */
     /* scratch for one batch */
     float *x;     /* [B][hidden] residual stream; projections o and down add into it */
     float *xn;    /* [B][hidden] the final normed state */
@@ -325,6 +327,7 @@ trit_context *trit_context_create_kv(trit_model *m, int n_ctx, int max_batch, in
     ctx->max_chunks = trit_attend_chunks(n_ctx, TRIT_ATTEND_SPLIT);
     ctx->partial = malloc(sizeof(float) * (size_t)c->n_kv_heads * ctx->max_chunks * group * c->head_dim);
     ctx->partial_lse = malloc(sizeof(float) * (size_t)c->n_kv_heads * ctx->max_chunks * group);
+    ctx->split_done = malloc(sizeof(atomic_int) * (size_t)c->n_kv_heads);
     ctx->x = malloc(sizeof(float) * B * H);
     ctx->xn = malloc(sizeof(float) * B * H);
     ctx->q = malloc(sizeof(float) * B * H);
@@ -334,8 +337,8 @@ trit_context *trit_context_create_kv(trit_model *m, int n_ctx, int max_batch, in
     size_t chunk = (size_t)token_chunk(c, H < I ? H : I); /* the largest chunk: the narrower input */
     chunk = chunk < B ? chunk : B;
     ctx->acc = malloc(sizeof(int32_t) * chunk * (H + 2 * KV > 2 * I ? H + 2 * KV : 2 * I));
-    if (!ctx->k_cache || !ctx->v_cache || !ctx->partial || !ctx->partial_lse || !ctx->x || !ctx->xn || !ctx->q ||
-        !ctx->kv || !ctx->att || !ctx->ffn || !ctx->acc || ensure_thread_scratch(ctx) != TRIT_OK)
+    if (!ctx->k_cache || !ctx->v_cache || !ctx->partial || !ctx->partial_lse || !ctx->split_done || !ctx->x ||
+        !ctx->xn || !ctx->q || !ctx->kv || !ctx->att || !ctx->ffn || !ctx->acc || ensure_thread_scratch(ctx) != TRIT_OK)
         goto oom;
     return ctx;
 oom:
@@ -353,6 +356,7 @@ void trit_context_free(trit_context *ctx) {
     free(ctx->v_scales);
     free(ctx->partial);
     free(ctx->partial_lse);
+    free(ctx->split_done);
     free(ctx->x);
     free(ctx->xn);
     free(ctx->q);
@@ -678,28 +682,40 @@ static int attention_block(const trit_config *c) {
 /* One decoding token deep in the context (more than TRIT_ATTEND_SPLIT keys): one (kv head, chunk of keys) pair per
  * item, so that every thread streams its share of the cache however few kv heads there are (5 on 2 threads had left
  * one idle a third of the time), then each kv head's chunks are combined. The chunks depend on the position only, so
- * the results do not depend on the threads. RoPE and the store of the new key come first, in a phase of their own:
- * the last chunk of a head reads it. */
+ * the results do not depend on the threads. No barrier inside the job (on a busy machine each one waits for a thread
+ * the OS has put aside): threads claim items as they go; each item turns a copy of its queries (RoPE), only the
+ * chunk that holds the new position turns and stores the new key, and whoever attends a head's last chunk combines
+ * them. */
+static int decodes_split(const batch *b) { return b->n == 1 && b->pos0 + 1 > TRIT_ATTEND_SPLIT; }
+
 static void attend_split(const batch *b, int ith, int nth) {
     trit_context *ctx = b->ctx;
     const trit_config *c = &ctx->m->cfg;
-    int group = c->n_heads / c->n_kv_heads, hd = c->head_dim, n_keys = b->pos0 + 1;
-    int chunks = trit_attend_chunks(n_keys, TRIT_ATTEND_SPLIT);
+    int group = c->n_heads / c->n_kv_heads, hd = c->head_dim, half = hd / 2, pos = b->pos0, n_keys = pos + 1;
+    int chunks = trit_attend_chunks(n_keys, TRIT_ATTEND_SPLIT), i0, i1;
     size_t per_head = (size_t)ctx->max_chunks * group;
-    for (int kvh = ith; kvh < c->n_kv_heads; kvh += nth) rope_store(b, 0, kvh, kvh + 1);
-    trit_pool_barrier(ctx->m->pool);
-    for (int i = ith; i < c->n_kv_heads * chunks; i += nth) {
-        int kvh = i / chunks, chunk = i % chunks, k0 = chunk * TRIT_ATTEND_SPLIT;
-        int nk = n_keys - k0 < TRIT_ATTEND_SPLIT ? n_keys - k0 : TRIT_ATTEND_SPLIT;
-        trit_kv_head whole = kv_head(ctx, b->layer, kvh), part = trit_kv_head_from(&whole, k0, hd);
-        size_t at = kvh * per_head + (size_t)chunk * group;
-        trit_attend_kv(b->kern, ctx->partial + at * hd, ctx->partial_lse + at, ctx->q + (size_t)kvh * group * hd,
-                       c->hidden_size, &part, 1, nk - 1, hd, group, ctx->threads[ith].scores);
-    }
-    trit_pool_barrier(ctx->m->pool);
-    for (int kvh = ith; kvh < c->n_kv_heads; kvh += nth)
-        trit_attend_combine(ctx->att + (size_t)kvh * group * hd, ctx->partial + kvh * per_head * hd,
-                            ctx->partial_lse + kvh * per_head, chunks, group, hd);
+    const float *cs = ctx->m->rope_cos + (size_t)pos * half, *sn = ctx->m->rope_sin + (size_t)pos * half;
+    thread_scratch *ts = &ctx->threads[ith];
+    while (trit_share_claim(&ctx->split, nth, &i0, &i1))
+        for (int i = i0; i < i1; i++) {
+            int kvh = i / chunks, chunk = i % chunks, k0 = chunk * TRIT_ATTEND_SPLIT;
+            int nk = n_keys - k0 < TRIT_ATTEND_SPLIT ? n_keys - k0 : TRIT_ATTEND_SPLIT;
+            float *q = ts->row; /* [group][head_dim] */
+            memcpy(q, ctx->q + (size_t)kvh * group * hd, sizeof(float) * (size_t)group * hd);
+            trit_rope_apply(q, group, hd, cs, sn);
+            if (chunk == chunks - 1) {
+                float *k = ctx->kv + (size_t)kvh * hd;
+                trit_rope_apply(k, 1, hd, cs, sn);
+                store_kv(b, kvh, pos, k, k + kv_dim(c));
+            }
+            trit_kv_head whole = kv_head(ctx, b->layer, kvh), part = trit_kv_head_from(&whole, k0, hd);
+            size_t at = kvh * per_head + (size_t)chunk * group;
+            trit_attend_kv(b->kern, ctx->partial + at * hd, ctx->partial_lse + at, q, 0, &part, 1, nk - 1, hd, group,
+                           ts->scores);
+            if (atomic_fetch_add_explicit(&ctx->split_done[kvh], 1, memory_order_acq_rel) == chunks - 1)
+                trit_attend_combine(ctx->att + (size_t)kvh * group * hd, ctx->partial + kvh * per_head * hd,
+                                    ctx->partial_lse + kvh * per_head, chunks, group, hd);
+        }
 }
 
 /* Causal grouped-query attention: one (block of tokens, kv head) pair per item, with the query heads h that read kv
@@ -712,7 +728,7 @@ static void run_attention(void *arg, int ith, int nth) {
     const trit_config *c = &ctx->m->cfg;
     int group = c->n_heads / c->n_kv_heads, per_block = attention_block(c);
     int blocks = (b->n + per_block - 1) / per_block;
-    if (b->n == 1 && b->pos0 + 1 > TRIT_ATTEND_SPLIT) {
+    if (decodes_split(b)) {
         attend_split(b, ith, nth);
         return;
     }
@@ -748,6 +764,10 @@ static void forward_layer(batch *b) {
     };
     project(b, ctx->x, L->input_norm, H, 3, qkv);
     if (b->n > attention_block(c)) run_pool_job(b, run_rope_store);
+    if (decodes_split(b)) {
+        trit_share_init(&ctx->split, c->n_kv_heads * trit_attend_chunks(b->pos0 + 1, TRIT_ATTEND_SPLIT), 0, 1, 1);
+        for (int h = 0; h < c->n_kv_heads; h++) atomic_init(&ctx->split_done[h], 0);
+    }
     run_pool_job(b, run_attention);
     projection o = {L->o, H, L->o_scale, ctx->x, H, NULL};
     project_add(b, ctx->att, L->attn_sub_norm, H, &o);
