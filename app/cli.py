@@ -98,7 +98,7 @@ def run_chat_app() -> None:
 # The KV cache's element type (issue 20); without it, config.toml's kv_type. A name, not a path: settings has it.
 KV_OPTION = click.option("--kv", type=click.Choice(["f16", "q8", "f32"]),
                          help="The KV cache's elements: f16, q8 (int8: half the memory, measured by `trit bench "
-                              "--kv-quality`) or f32 (exact) (default: kv_type in config.toml, f16).")
+                              "--kv-quality`) or f32 (exact) (default: kv_type in config.toml, else q8).")
 
 
 def conversation_options(fn):
@@ -816,7 +816,9 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
     if warm and not conversation:
         raise click.UsageError("--warm goes with --conversation")
     folder = synthetic_folder(preset, 0) if preset else model_path(model)
-    kv = kv or "f16"  # the engine's default (engine/runtime/native.py DEFAULT_KV)
+    from trit.engine.runtime.native import DEFAULT_KV
+
+    kv = kv or DEFAULT_KV
     if kv_quality:
         bench_kv_quality(folder, threads, as_json)
         return

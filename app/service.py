@@ -171,7 +171,7 @@ class Service:
         self.store = store
         self.settings = settings or load_settings()
         self.threads = threads
-        self.kv = kv or self.settings.kv_type  # the KV cache's type: --kv, else config.toml's
+        self.kv = kv or self.settings.kv_type or None  # --kv, else config.toml's, else the engine's default
         self._loaded: tuple[ModelChoice, engine.Model] | None = None
         self._lock = threading.Lock()
         self._unsaved: str | None = None  # why this turn's question could not be stored: the reply is not either

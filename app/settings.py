@@ -41,7 +41,7 @@ class Settings:
     seed: int | None = None  # None = a different reply each time; a number gives the same reply to the same words
     theme: str = "textual-dark"
     kv_cache_mb: int = 2048  # disk for conversations' saved KV caches (ask -c starts warm); 0 keeps none
-    kv_type: str = "f16"  # the KV cache's elements (KV_TYPES); --kv overrides it
+    kv_type: str = ""  # the KV cache's elements (KV_TYPES); "" = the engine's default; --kv overrides it
     keys: dict[str, str] = field(default_factory=dict)  # binding id -> keys, e.g. {"new_chat": "ctrl+n"}
     extra: dict = field(default_factory=dict, repr=False)  # keys this version does not know
 
@@ -92,7 +92,7 @@ def load_settings() -> Settings:
     if values.get("kv_cache_mb", 0) < 0:
         raise SettingsError(f"{path}: kv_cache_mb = {values['kv_cache_mb']} must be 0 (keep none) or more; fix or "
                             "delete that line")
-    if values.get("kv_type", "f16") not in KV_TYPES:
+    if values.get("kv_type", "") not in ("", *KV_TYPES):
         raise SettingsError(f"{path}: kv_type = {values['kv_type']!r} must be one of {', '.join(KV_TYPES)}; fix or "
                             "delete that line")
     if "keys" in values and not all(isinstance(v, str) for v in values["keys"].values()):

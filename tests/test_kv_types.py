@@ -108,6 +108,19 @@ def test_decoding_past_the_split_matches_the_batch_that_attends_unsplit(make_mod
     assert np.abs(stepped - batched).mean() < 1e-2
 
 
+def test_decoding_past_the_split_gives_the_same_logits_on_one_thread_and_two(make_model):
+    """The chunks depend on the position only and are combined in their order, whichever thread attends them."""
+    folder = make_model("tiny", num_hidden_layers=2, vocab_size=512, hidden_size=256, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=512, max_position_embeddings=2048)
+    ids = np.random.default_rng(6).integers(0, 512, 1100)
+    out = []
+    for threads in (1, 2):
+        with engine.load(folder, threads=threads, head="bf16", kv="q8") as model, model.context() as ctx:
+            ctx.eval(ids[:1090], logits=None)
+            out.append(np.stack([ctx.eval([t]) for t in ids[1090:]]))
+    assert np.array_equal(out[0], out[1])
+
+
 def test_an_f32_cache_is_closer_to_transformers_in_fp32_than_the_f16_cache(make_model):
     folder = make_model("tiny", num_hidden_layers=3, vocab_size=1024, hidden_size=512, num_attention_heads=8,
                         num_key_value_heads=2, intermediate_size=1024)

@@ -98,7 +98,7 @@ def serve(options: ServeOptions) -> int:
             server.should_exit = True
 
     def load():
-        model = engine.load(choice.path, threads=options.threads, kv=options.kv or settings.kv_type)
+        model = engine.load(choice.path, threads=options.threads, kv=options.kv or settings.kv_type or None)
         say(f"trit serve: {name} is ready")
         return name, model
 
