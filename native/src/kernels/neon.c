@@ -154,7 +154,18 @@ static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int co
  * (sum(x * m_(j+1)) - sum(x * m_j)) / 3^j exactly, as in the AVX-512 kernel. SDOT multiplies signed bytes and b runs to
  * 242, so m_5 enters as b - 128 (one EOR) and 128 * sum(x) is added back. b mod 81 and l mod 27 take two subtractions
  * each, umin(v, v - k): where v < k the byte wraps above v and the minimum keeps v. m_2 and m_1 are one 32-byte table
- * lookup each on m_3 < 27. Eleven instructions for 80 weights, then five SDOT per token. */
+ * lookup each on m_3 < 27. Eleven instructions for 80 weights, then five SDOT per token.
+ *
+ * The engine keeps TQ2 here (registry.c); this entry serves `--ternary t5`. Weights a cycle under llvm-mca 19
+ * (clang-19 -O3; one token / a 4-token tile), TQ2 then T5: apple-m1 24.0/38.3 and 13.7/22.8 (LLVM has one model for
+ * every Apple core, M2 too: Apple A7's, with 3 vector pipes where Firestorm has 4); neoverse-n1 and -n2 16.0/25.6 and
+ * 10.0/17.3; neoverse-v1 31.9/51.1 and 17.7/32.8; neoverse-v2 31.9/51.1 and 20.0/34.5. So T5 decodes at 0.57-0.63 of
+ * TQ2's rate, and a fifth fewer bytes pays for that only where TQ2 is bus-bound 1.6 times over: from about 27 to 38
+ * cores on Graviton 2 to 4, never on 4 M1/M2 performance cores (0.64 and 0.57 of TQ2's decode). Another 1.6-bit
+ * packing would win: q = ceil(256 v / 243) ^ 0x80 with v the five codes as one base-3 number (llama.cpp's TQ1_0
+ * order) makes each partial one MUL, s_j = 3^j q mod 256, and row j = (3 S_j - S_(j+1)) / 256 from six SDOT with no
+ * sum(x): 21.8, 14.5 and 29.0 weights a cycle (m1, n1, v1), 0.91 of TQ2, so 1.0-1.25x TQ2's decode where the bus
+ * binds; it needs its own format (trit.h, the converter, the engine). */
 #define T5_CONSTS                                                                                                      \
     const uint8x16_t n81 = vdupq_n_u8(81), n27 = vdupq_n_u8(27), n128 = vdupq_n_u8(128);                               \
     const uint8x16x2_t mod9 = vld1q_u8_x2(T5_MOD9), mod3 = vld1q_u8_x2(T5_MOD3)
