@@ -109,8 +109,17 @@ const trit_kernel *trit_active_kernel(void) {
 
 const char *trit_kernel_active(void) { return trit_active_kernel()->name; }
 
-/* T5 where the kernel's own code decodes it fast; the scalar kernel defines T5 but reads 2-bit codes more cheaply. */
+/* T5 where the kernel's own code decodes it fast. The scalar kernel defines T5 but reads 2-bit codes more cheaply; so
+ * does NEON, whose T5 decode costs more than the fifth of the bytes it saves unless dozens of cores share the bus
+ * (neon.c has the figures; `trit bench --ternary t5` measures it). */
+static int keeps_tq2(const trit_kernel *own) {
+#if defined(__aarch64__)
+    if (own == &trit_kernel_neon) return 1;
+#endif
+    return own == &trit_kernel_scalar;
+}
+
 int trit_kernel_preferred_format(void) {
     const trit_kernel *k = trit_active_kernel();
-    return trit_kernel_has_t5(k) && own_table(k) != &trit_kernel_scalar ? TRIT_TERNARY_T5 : TRIT_TERNARY_TQ2;
+    return trit_kernel_has_t5(k) && !keeps_tq2(own_table(k)) ? TRIT_TERNARY_T5 : TRIT_TERNARY_TQ2;
 }
