@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
+import subprocess
 from pathlib import Path
 
 import gguf
@@ -15,7 +17,9 @@ import numpy as np
 import pytest
 import test_hostile_input
 from gguf import GGMLQuantizationType as Q
+from network_guard import offline_env
 from test_bench_llamacpp import LLAMA_NAMES, field
+from test_cli import trit_command
 from test_hostile_input import one_line
 
 from trit.engine.formats import gguf_bitnet25
@@ -201,11 +205,11 @@ def test_a_real_run_against_bitnet_cpp_alternates_and_reuses_its_files(trit, mak
     for r in vs["results"]:
         assert r["threads"] == 2 and r["repetitions"] == 2 and "bitnet-25" in r["model_type"]
         assert len(r["pp_runs"]) == len(r["tg_runs"]) == len(r["cpu_runs"]) == 2
-        assert all(x > 0 for x in r["pp_runs"] + r["tg_runs"]) and r["model_size_mb"] > 0
+        assert all(x > 0 for x in r["pp_runs"] + r["tg_runs"]) and r["gguf_mb"] > 0
         assert all(x >= 0 for x in r["cpu_runs"]) and r["peak_rss_mb"] > 0
         assert set(vs["ratios"][r["variant"]]) == {"pp", "tg", "cpu_s_per_token"}
         assert vs["ratios"][r["variant"]]["tg"] == pytest.approx(out["tg_tok_s"] / r["tg_tok_s"])
-    small, big = (vs["results"][1]["model_size_mb"], vs["results"][0]["model_size_mb"])
+    small, big = (vs["results"][1]["gguf_mb"], vs["results"][0]["gguf_mb"])
     assert small < big  # the q4_0 embedding is smaller than the f16 one
     files = sorted((Path(model) / "trit").glob("bitnetcpp-*.gguf"))
     assert [f.name for f in files] == ["bitnetcpp-i2_s-q4_0.gguf", "bitnetcpp-i2_s.gguf"]  # the F16 one is gone
@@ -232,3 +236,21 @@ def test_a_cached_file_bitnet_cpp_cannot_load_is_one_line_from_llama_bench(trit,
     data[8:16] = (10**9).to_bytes(8, "little")  # a tensor count no file holds: the size (and stamp) unchanged
     cached.write_bytes(bytes(data))
     one_line(trit(*args), "llama-bench failed")
+
+
+@needs_build
+def test_bitnet_cpp_prefills_a_2b4t_wide_layer_under_an_unlimited_stack_limit(make_model, home, tmp_path):
+    """Its I2_S matmul keeps a large buffer on its threads' stacks: with `ulimit -s unlimited` glibc gives new threads a
+    small default stack and a 512-token prefill at 2B4T's width crashed (signal 11). The child gets a finite 1 GiB."""
+    model = make_model("2b4t", num_hidden_layers=1, vocab_size=1024)
+
+    def unlimited_stack():
+        _, hard = resource.getrlimit(resource.RLIMIT_STACK)
+        resource.setrlimit(resource.RLIMIT_STACK, (hard, hard))
+
+    r = subprocess.run(trit_command() + ["bench", str(model), "--threads", "2", "--pp", "512", "--tg", "2", "-r", "1",
+                                         "--vs", "bitnet.cpp", "--bitnet-cpp", BUILD, "--json"],
+                       capture_output=True, cwd=tmp_path, timeout=600, preexec_fn=unlimited_stack,
+                       env=offline_env({**os.environ, "TRIT_HOME": str(home)}))
+    assert r.returncode == 0, r.stderr.decode()
+    assert all(x["pp_tok_s"] > 0 for x in json.loads(r.stdout)["vs_bitnet_cpp"]["results"])

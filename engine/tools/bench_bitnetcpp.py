@@ -18,8 +18,7 @@ CPU-seconds per generated token: for Trit, user + sys of the process (every thre
 bitnet.cpp, the rusage (os.wait4) of the tg-only llama-bench child minus that of a `-p 0 -n 1` child, over N - 1
 tokens, which removes its load and warm-up. Both include the threads' spin-waiting between operations, which costs
 battery as work does. Bytes per token: Trit's as tools.bench counts it (weights and KV cache); bitnet.cpp's is its
-model size (llama-bench's model_size: every weight is read per token, the tied embedding being the head), KV
-cache excluded.
+GGUF file's size (every weight is read per token, the tied embedding being the head), KV cache excluded.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ HOST_MACHINES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aar
                  "i386": "x86", "i686": "x86", "riscv64": "riscv64"}
 NOTE = ("speed and CPU time only: bitnet.cpp quantizes activations per tensor, Trit per token. bitnet.cpp's CPU "
         "s/token is its tg-only llama-bench child's user+sys minus a 1-token run's (load and warm-up), over N-1 "
-        "tokens; its bytes/token is its model size (KV cache excluded). CPU time includes "
+        "tokens; its bytes/token is its GGUF file's size (KV cache excluded). CPU time includes "
         "spin-waiting threads, for both.")
 
 
@@ -108,12 +107,18 @@ def find_build(folder: str | os.PathLike | None) -> Build:
     return Build(folder, found["llama-bench"], found["llama-quantize"])
 
 
+STACK_BYTES = 1 << 30
+
+
 def _raise_stack() -> None:
-    # bitnet.cpp's I2_S matmul keeps a large buffer on the stack: a thread has crashed at the default 8 MB
+    # bitnet.cpp's I2_S matmul keeps a large buffer on its threads' stacks: 2B4T's prefill crashes at the default 8 MB
+    # and with an unlimited one too (glibc then gives threads a small default); a finite 1 GiB limit is what new
+    # threads take as their size (address space only, touched as used)
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_STACK)
-    resource.setrlimit(resource.RLIMIT_STACK, (hard, hard))
+    want = STACK_BYTES if hard == resource.RLIM_INFINITY else min(hard, STACK_BYTES)
+    resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
 
 
 def _last_line(*texts: str) -> str:
@@ -224,7 +229,8 @@ class BitnetCppResult:
     variant: str
     label: str
     gguf: str
-    model_size_mb: float      # llama-bench's model_size: the bytes every decoding step reads
+    gguf_mb: float  # every byte is read per token, the tied embedding being the head (llama-bench's model_size
+                    # counts I2_S as a byte per weight, 4x too much)
     threads: int
     n_prompt: int
     n_gen: int
@@ -268,13 +274,11 @@ def bench_round(build: Build, result: BitnetCppResult) -> None:
         out, _ = run_tool(base + ["-p", str(result.n_prompt), "-n", "0"], "llama-bench")
         row = _bench_rows(out)[0]
         result.pp_runs.append(float(row["avg_ts"]))
-        result.model_size_mb = int(row["model_size"]) / 1e6
         result.model_type, result.cpu_info = row.get("model_type", ""), row.get("cpu_info", "")
     if result.n_gen:
         out, usage = run_tool(base + ["-p", "0", "-n", str(result.n_gen)], "llama-bench")
         row = _bench_rows(out)[0]
         result.tg_runs.append(float(row["avg_ts"]))
-        result.model_size_mb = int(row["model_size"]) / 1e6
         result.model_type, result.cpu_info = row.get("model_type", ""), row.get("cpu_info", "")
         result.peak_rss_mb = max(result.peak_rss_mb, _rss_mb(usage))
         if result.n_gen > 1:
@@ -302,7 +306,7 @@ def run(folder: str | os.PathLike, build: Build, *, threads: int | None = None, 
     paths = ensure_ggufs(folder, build, log=log)  # before Trit's model is loaded: the F16 file is large
     session = Session(folder, threads=threads, head=head, ternary=ternary, n_prompt=n_prompt, n_gen=n_gen, seed=seed)
     trit = session.result
-    results = [BitnetCppResult(v, label, str(paths[v]), 0.0, trit.threads, n_prompt, n_gen, 0)
+    results = [BitnetCppResult(v, label, str(paths[v]), paths[v].stat().st_size / 1e6, trit.threads, n_prompt, n_gen, 0)
                for v, _, label in VARIANTS]
     for i in range(rounds):
         if log:
@@ -346,7 +350,7 @@ def format_table(trit, results: list[BitnetCppResult], build: Build | None = Non
     rows = [(f"Trit ({trit.kernel}, {trit.ternary})",
              f"{'1.6-bit' if trit.ternary == 't5' else '2-bit'} + {trit.head} head", trit, trit.bytes_per_token_mb)]
     rows += [(f"bitnet.cpp ({r.label})", "2-bit + " + ("q4_0" if r.variant.endswith("q4_0") else "f16") + " head", r,
-              r.model_size_mb) for r in results]
+              r.gguf_mb) for r in results]
     for label, fmt, x, mb in rows:
         lines.append(f"{label:30}{fmt:20}{_spread(x.pp_tok_s, x.pp_runs, 1):>26}"
                      f"{_spread(x.tg_tok_s, x.tg_runs, 2):>26}{f'{mb:.0f} MB' if mb else '—':>13}"
