@@ -804,6 +804,9 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
         raise click.UsageError("--ctx must be larger than --tg")
     if warm and not conversation:
         raise click.UsageError("--warm goes with --conversation")
+    if bitnet_cpp and versus != "bitnet.cpp" and \
+            click.get_current_context().get_parameter_source("bitnet_cpp") == click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--bitnet-cpp goes with --vs bitnet.cpp")
     if versus == "bitnet.cpp":
         from trit.engine.tools import bench_bitnetcpp
 

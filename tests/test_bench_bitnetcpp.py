@@ -107,9 +107,21 @@ def test_without_a_build_folder_one_line_says_how_to_build_one(trit, tiny_model,
     one_line(trit("bench", tiny_model, "--vs", "bitnet.cpp"), "--bitnet-cpp BUILD_DIR", "build_bitnet_cpp.sh")
 
 
-def test_a_build_folder_that_does_not_exist_is_named(trit, tiny_model, tmp_path):
+def test_a_build_folder_that_does_not_exist_or_is_a_file_is_named(trit, tiny_model, tmp_path):
     one_line(trit("bench", tiny_model, "--vs", "bitnet.cpp", "--bitnet-cpp", tmp_path / "nowhere"),
-             str(tmp_path / "nowhere"), "no such bitnet.cpp build folder", "build_bitnet_cpp.sh")
+             str(tmp_path / "nowhere"), "no such folder", "build_bitnet_cpp.sh")
+    (tmp_path / "llama-bench").write_bytes(b"")
+    one_line(trit("bench", tiny_model, "--vs", "bitnet.cpp", "--bitnet-cpp", tmp_path / "llama-bench"),
+             str(tmp_path / "llama-bench"), "not a folder", "build_bitnet_cpp.sh")
+
+
+def test_bitnet_cpp_without_vs_bitnet_cpp_is_a_usage_error_and_a_model_file_is_refused(trit, tmp_path):
+    r = trit("bench", "demo", "--bitnet-cpp", tmp_path)
+    assert r.returncode == 2 and b"--bitnet-cpp goes with --vs bitnet.cpp" in r.stderr, r.stderr
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    build = scripted_build(tmp_path / "build", COPY, "exit 0")
+    one_line(trit("bench", tmp_path / "model.gguf", "--vs", "bitnet.cpp", "--bitnet-cpp", build),
+             str(tmp_path / "model.gguf"), "give a model folder")
 
 
 def test_a_folder_without_llama_bench_and_llama_quantize_is_not_a_build(trit, tiny_model, tmp_path):

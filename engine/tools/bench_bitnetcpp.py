@@ -85,7 +85,8 @@ def find_build(folder: str | os.PathLike | None) -> Build:
                              + build_hint())
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise BitnetCppError(f"{folder}: no such bitnet.cpp build folder; " + build_hint())
+        what = "not a folder" if folder.exists() else "no such folder"
+        raise BitnetCppError(f"{folder}: {what}, give bitnet.cpp's build folder; " + build_hint())
     found = {}
     for tool in TOOLS:
         for candidate in (folder / "bin" / tool, folder / tool):
