@@ -63,6 +63,9 @@ extern const trit_kernel trit_kernel_scalar;
 #define TRIT_X86 1
 extern const trit_kernel trit_kernel_avx2;
 extern const trit_kernel trit_kernel_avx512;
+#ifdef TRIT_HAVE_AVXVNNI /* the compiler builds kernels/avxvnni.c (CMakeLists.txt) */
+extern const trit_kernel trit_kernel_avxvnni;
+#endif
 #endif
 #if defined(__aarch64__)
 extern const trit_kernel trit_kernel_neon;
@@ -79,6 +82,7 @@ void trit_model_run(trit_model *model, trit_task_fn fn, void *arg);
 /* cpu.c: what this CPU (and its OS) can run */
 int trit_cpu_has_avx2(void);
 int trit_cpu_has_avx512vnni(void);
+int trit_cpu_has_avxvnni(void);      /* AVX2 and the VEX-encoded vpdpbusd */
 int trit_cpu_has_neon_dotprod(void); /* AArch64 with SDOT and FP16 */
 
 /* error.c: set the thread's last error and return code */

@@ -23,7 +23,7 @@ static inline __attribute__((always_inline)) void add16_into(__m256i *acc, __m25
 #ifdef TRIT_AVXVNNI
 static inline __attribute__((always_inline)) void dot_into(__m256i *acc, __m256i u, __m256i x) {
 #if defined(__GNUC__) && !defined(__clang__)
-    __asm__("{vex} vpdpbusd %2, %1, %0" : "+x"(*acc) : "x"(u), "x"(x)); /* the intrinsic copies acc around (GCC 12) */
+    __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(*acc) : "x"(u), "x"(x)); /* the intrinsic copies acc around (GCC 12) */
 #else
     *acc = _mm256_dpbusd_avx_epi32(*acc, u, x);
 #endif
@@ -691,9 +691,15 @@ static void to_f16(uint16_t *dst, const float *src, int n) {
     for (; i < n; i++) dst[i] = trit_f32_to_f16(src[i]);
 }
 
+#ifdef TRIT_AVXVNNI
+const trit_kernel trit_kernel_avxvnni = {
+    .name = "avxvnni",
+    .supported = trit_cpu_has_avxvnni,
+#else
 const trit_kernel trit_kernel_avx2 = {
     .name = "avx2",
     .supported = trit_cpu_has_avx2,
+#endif
     .ternary_matmul = ternary_matmul,
     .t5_matmul = t5_matmul,
     .bf16_matmul = bf16_matmul,

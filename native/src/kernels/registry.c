@@ -16,6 +16,9 @@
 static const trit_kernel *const OWN[] = {
 #ifdef TRIT_X86
     &trit_kernel_avx512,
+#ifdef TRIT_HAVE_AVXVNNI
+    &trit_kernel_avxvnni,
+#endif
     &trit_kernel_avx2,
 #endif
 #if defined(__aarch64__)
