@@ -147,46 +147,51 @@ static void tq2_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, in
     }
 }
 
-/* Tokens t0 .. t0 + NT - 1 against code vectors q0 and q0 + 1 (NV = 2) or q0 alone (NV = 1) of one slab whose four
- * columns hold nq code vectors (TQ2: 4, T5: 5): vector q gives rows pr + j + q * q_rows for lanes j < n_rows that are
- * below rows (TQ2: q_rows = rows / 4; T5: the digit's rows g + j + q * groups). Two code vectors and three tokens at a
- * time keep every accumulator in the 16 registers (with all four code vectors and two tokens GCC spilled and reloaded
- * some each step). maddubs' int16 sums are widened into int32 every 32 steps (at most 32 * 512 in int16, as in the tile
- * above). The first slab writes sum - xsum, later slabs add. */
-#define LT_DECL(i) __m256i a0##i = _mm256_setzero_si256(), a1##i = a0##i, w0##i = a0##i, w1##i = a0##i;
+/* Tokens t0 .. t0 + NT - 1 against NV consecutive code vectors from q0 of one slab whose four columns hold nq code
+ * vectors (TQ2: 4, T5: 5): vector q gives rows pr + j + q * q_rows for lanes j < n_rows that are below rows (TQ2:
+ * q_rows = rows / 4; T5: the digit's rows g + j + q * groups). Two code vectors and three tokens (or three and two,
+ * T5's last digits: one broadcast of the activations for three vectors) keep every accumulator in the 16 registers
+ * (with all four code vectors and two tokens GCC spilled and reloaded some each step). maddubs' int16 sums are widened
+ * into int32 every 32 steps (at most 32 * 512 in int16, as in the tile above). The first slab writes sum - xsum, later
+ * slabs add. */
+#define LT_DECL(i)                                                                                                     \
+    __m256i a0##i = _mm256_setzero_si256(), a1##i = a0##i, a2##i = a0##i, w0##i = a0##i, w1##i = a0##i, w2##i = a0##i;
 #define LT_STEP(i)                                                                                                     \
     {                                                                                                                  \
         __m256i xb = _mm256_set1_epi32(((const int32_t *)(x + (size_t)cols * (i)))[c]);                                \
         dot_into(&a0##i, v0, xb);                                                                                      \
         if (nv > 1) dot_into(&a1##i, v1, xb);                                                                          \
+        if (nv > 2) dot_into(&a2##i, v2, xb);                                                                          \
     }
 #define LT_WIDEN(i)                                                                                                    \
     w0##i = _mm256_add_epi32(w0##i, widen(a0##i)), a0##i = _mm256_setzero_si256();                                     \
-    if (nv > 1) w1##i = _mm256_add_epi32(w1##i, widen(a1##i)), a1##i = _mm256_setzero_si256();
-#define LT_STORE_ONE(w, q, live, i)                                                                                    \
+    if (nv > 1) w1##i = _mm256_add_epi32(w1##i, widen(a1##i)), a1##i = _mm256_setzero_si256();                         \
+    if (nv > 2) w2##i = _mm256_add_epi32(w2##i, widen(a2##i)), a2##i = _mm256_setzero_si256();
+#define LT_STORE_ONE(w, q, i)                                                                                          \
     {                                                                                                                  \
         int *o = (int *)out + (size_t)(t0 + (i)) * rows + pr + (q)*q_rows;                                             \
+        __m256i live = lanes_mask(lanes_below(rows, pr + (q)*q_rows, n_rows));                                         \
         __m256i v = first ? _mm256_sub_epi32(w, _mm256_set1_epi32(xsum[t0 + (i)]))                                     \
                           : _mm256_add_epi32(w, _mm256_maskload_epi32(o, live));                                       \
         _mm256_maskstore_epi32(o, live, v);                                                                            \
     }
 #define LT_STORE(i)                                                                                                    \
-    LT_STORE_ONE(w0##i, q0, live0, i)                                                                                  \
-    if (nv > 1) LT_STORE_ONE(w1##i, q0 + 1, live1, i)
+    LT_STORE_ONE(w0##i, q0, i)                                                                                         \
+    if (nv > 1) LT_STORE_ONE(w1##i, q0 + 1, i)                                                                         \
+    if (nv > 2) LT_STORE_ONE(w2##i, q0 + 2, i)
 #define DEFINE_LANE_TILE(NAME, EACH, NV)                                                                               \
     static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *codes, int nq, int q_rows, int rows,       \
                                                int cols, int c0, int n4, const int8_t *xq, const int32_t *xsum,        \
                                                int t0, int q0, int pr, int n_rows, int first) {                        \
-        const int nv = NV; /* code vectors: a constant, so the second's work goes when it is 1 */                      \
-        const __m256i live0 = lanes_mask(lanes_below(rows, pr + q0 * q_rows, n_rows)),                                 \
-                      live1 = lanes_mask(lanes_below(rows, pr + (q0 + 1) * q_rows, n_rows));                           \
+        const int nv = NV; /* code vectors: a constant, so the work of those past it goes */                           \
         const int8_t *x = xq + (size_t)t0 * cols + c0;                                                                 \
         EACH(LT_DECL)                                                                                                  \
         for (int s0 = 0; s0 < n4; s0 += 32) {                                                                          \
             int s1 = s0 + 32 < n4 ? s0 + 32 : n4;                                                                      \
             for (int c = s0; c < s1; c++) {                                                                            \
                 const __m256i *w = (const __m256i *)(codes + (size_t)c * nq * 32) + q0;                                \
-                __m256i v0 = _mm256_load_si256(w), v1 = nv > 1 ? _mm256_load_si256(w + 1) : v0;                        \
+                __m256i v0 = _mm256_load_si256(w), v1 = nv > 1 ? _mm256_load_si256(w + 1) : v0,                        \
+                        v2 = nv > 2 ? _mm256_load_si256(w + 2) : v0;                                                   \
                 EACH(LT_STEP)                                                                                          \
             }                                                                                                          \
             EACH(LT_WIDEN)                                                                                             \
@@ -199,24 +204,25 @@ static void tq2_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, in
 DEFINE_LANE_TILE(lane_tile3, EACH3, 2)
 DEFINE_LANE_TILE(lane_tile2, EACH2, 2)
 DEFINE_LANE_TILE(lane_tile1, EACH1, 2)
-DEFINE_LANE_TILE(lane_tile3_one, EACH3, 1)
-DEFINE_LANE_TILE(lane_tile2_one, EACH2, 1)
-DEFINE_LANE_TILE(lane_tile1_one, EACH1, 1)
+DEFINE_LANE_TILE(lane_tile2_three, EACH2, 3)
+DEFINE_LANE_TILE(lane_tile1_three, EACH1, 3)
 
-/* Every token of a slab against code vectors q0 (and q0 + 1 when two): the tiles above, three tokens at a time. */
+/* Every token of a slab against code vectors q0 and q0 + 1, or q0 .. q0 + 2 (three): the tiles above. */
 static void lane_tiles(int32_t *out, const uint8_t *codes, int nq, int q_rows, int rows, int cols, int c0, int n4,
-                       const int8_t *xq, const int32_t *xsum, int n_tokens, int q0, int two, int pr, int n_rows,
+                       const int8_t *xq, const int32_t *xsum, int n_tokens, int q0, int three, int pr, int n_rows,
                        int first) {
     int t = 0;
+    if (three) {
+        for (; t + 2 <= n_tokens; t += 2)
+            lane_tile2_three(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+        if (t < n_tokens)
+            lane_tile1_three(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+        return;
+    }
     for (; t + 3 <= n_tokens; t += 3)
-        (two ? lane_tile3 : lane_tile3_one)(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows,
-                                            first);
-    if (n_tokens - t == 2)
-        (two ? lane_tile2 : lane_tile2_one)(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows,
-                                            first);
-    if (n_tokens - t == 1)
-        (two ? lane_tile1 : lane_tile1_one)(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows,
-                                            first);
+        lane_tile3(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+    if (n_tokens - t == 2) lane_tile2(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+    if (n_tokens - t == 1) lane_tile1(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
 }
 
 static void tq2_matmul_lanes(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
@@ -231,7 +237,7 @@ static void tq2_matmul_lanes(int32_t *out, const uint8_t *packed, int rows, int 
                 for (int c = 0; c < 4 * n4; c += 64)
                     _mm_prefetch((const char *)packed + (size_t)(pr + LANE_ROWS + j) * cols + c0 + c, _MM_HINT_T1);
             for (int q0 = 0; q0 < 4; q0 += 2)
-                lane_tiles(out, codes, 4, rows / 4, rows, cols, c0, n4, xq, xsum, n_tokens, q0, 1, pr, n_rows, first);
+                lane_tiles(out, codes, 4, rows / 4, rows, cols, c0, n4, xq, xsum, n_tokens, q0, 0, pr, n_rows, first);
         }
     }
 }
@@ -345,7 +351,7 @@ static void t5_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, int
     }
 }
 
-#define T5_LANE_SLAB 384 /* columns: 5 code vectors x 384 / 4 x 32 bytes = 15 KB, as TQ2's 16 KB */
+#define T5_LANE_SLAB 512 /* columns: 5 code vectors x 512 / 4 x 32 bytes = 20 KB */
 
 static void t5_matmul_lanes(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
                             const int32_t *xsum, int n_tokens, int g0, int g1) {
@@ -359,8 +365,8 @@ static void t5_matmul_lanes(int32_t *out, const uint8_t *packed, int rows, int c
             for (int j = 0; g + LANE_ROWS + j < g1 && j < LANE_ROWS; j++) /* the next groups' slab, into L2 */
                 for (int c = 0; c < 4 * n4; c += 64)
                     _mm_prefetch((const char *)packed + (size_t)(g + LANE_ROWS + j) * cols + c0 + c, _MM_HINT_T1);
-            for (int q0 = 0; q0 < 5; q0 += 2)
-                lane_tiles(out, codes, 5, groups, rows, cols, c0, n4, xq, xsum, n_tokens, q0, q0 + 1 < 5, g, ng, first);
+            lane_tiles(out, codes, 5, groups, rows, cols, c0, n4, xq, xsum, n_tokens, 0, 0, g, ng, first);
+            lane_tiles(out, codes, 5, groups, rows, cols, c0, n4, xq, xsum, n_tokens, 2, 1, g, ng, first);
         }
     }
 }
