@@ -23,9 +23,9 @@ typedef struct {
      * keeps TQ2, and the scalar one stands in if T5 is run anyway. */
     void (*t5_matmul)(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
                       int n_tokens, int g0, int g1);
-    /* The format the engine should load for this kernel (trit_kernel_preferred_format): TRIT_TERNARY_T5 where its own
-     * t5_matmul decodes fast enough that fewer bytes win, measured; left 0 (TRIT_TERNARY_TQ2) otherwise. */
-    int preferred_ternary;
+    /* Set where the kernel's own t5_matmul measured slower than its TQ2 one: the engine then loads TQ2 unless asked
+     * for T5 (trit_kernel_preferred_format). */
+    int tq2_faster;
     /* For rows r in [r0, r1) and every token t: out[t*out_stride + r] = sum_c x[t*cols + c] * W[r][c], W bf16. */
     void (*bf16_matmul)(float *out, int out_stride, const uint16_t *w, int cols, const float *x, int n_tokens, int r0,
                         int r1);

@@ -708,9 +708,9 @@ const trit_kernel trit_kernel_avx2 = {
 #endif
     .ternary_matmul = ternary_matmul,
     .t5_matmul = t5_matmul,
-    /* TQ2 preferred: on a shared 2-core Zen 3 (issue 20) T5 cost 19% more CPU time a decoded token and 14% more in
-     * prefill than TQ2's 20% more bytes; TRIT_TERNARY_T5 here makes the engine load T5 where that measures faster */
-    .preferred_ternary = TRIT_TERNARY_TQ2,
+    /* on a shared 2-core Zen 3 (issue 20) T5 cost 19% more CPU time a decoded token and 14% more in prefill: its
+     * decode costs more than TQ2's 25% more bytes save. 0 here makes the engine load T5 where that measures faster */
+    .tq2_faster = 1,
     .bf16_matmul = bf16_matmul,
     .q8_matmul = q8_matmul,
     .q4_matmul = q4_matmul,

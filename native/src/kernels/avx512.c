@@ -851,7 +851,6 @@ const trit_kernel trit_kernel_avx512 = {
     .supported = trit_cpu_has_avx512vnni,
     .ternary_matmul = ternary_matmul,
     .t5_matmul = t5_matmul,
-    .preferred_ternary = TRIT_TERNARY_T5, /* VBMI's byte permutes decode base 3 nearly as fast as 2-bit codes */
     .bf16_matmul = bf16_matmul,
     .q8_matmul = q8_matmul,
     .q4_matmul = q4_matmul,

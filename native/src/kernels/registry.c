@@ -112,9 +112,10 @@ const trit_kernel *trit_active_kernel(void) {
 
 const char *trit_kernel_active(void) { return trit_active_kernel()->name; }
 
-/* T5 where the kernel says its own code runs it faster than TQ2 (its table's preferred_ternary); the scalar kernel
+/* T5 where the kernel's own code decodes it fast, unless its table says TQ2 measured faster there; the scalar kernel
  * defines T5 but reads 2-bit codes more cheaply. */
 int trit_kernel_preferred_format(void) {
     const trit_kernel *k = trit_active_kernel();
-    return trit_kernel_has_t5(k) && k->preferred_ternary == TRIT_TERNARY_T5 ? TRIT_TERNARY_T5 : TRIT_TERNARY_TQ2;
+    return trit_kernel_has_t5(k) && own_table(k) != &trit_kernel_scalar && !k->tq2_faster ? TRIT_TERNARY_T5
+                                                                                          : TRIT_TERNARY_TQ2;
 }
