@@ -604,6 +604,7 @@ const trit_kernel trit_kernel_neon = {
     .supported = trit_cpu_has_neon_dotprod,
     .ternary_matmul = ternary_matmul,
     .t5_matmul = t5_matmul,
+    .tq2_faster = 1, /* see t5_matmul: the bytes it saves pay only where dozens of cores share the bus */
     .bf16_matmul = bf16_matmul,
     .q8_matmul = q8_matmul,
     .q4_matmul = q4_matmul,
