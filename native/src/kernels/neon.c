@@ -156,8 +156,8 @@ static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int co
  * each, umin(v, v - k): where v < k the byte wraps above v and the minimum keeps v. m_2 and m_1 are one 32-byte table
  * lookup each on m_3 < 27. Eleven instructions for 80 weights, then five SDOT per token.
  *
- * The engine keeps TQ2 here (registry.c); this entry serves `--ternary t5`. Weights a cycle under llvm-mca 19
- * (clang-19 -O3; one token / a 4-token tile), TQ2 then T5: apple-m1 24.0/38.3 and 13.7/22.8 (LLVM has one model for
+ * The engine keeps TQ2 here (tq2_faster in the table); this entry serves `--ternary t5`. Weights a cycle under llvm-mca
+ * 19 (clang-19 -O3; one token / a 4-token tile), TQ2 then T5: apple-m1 24.0/38.3 and 13.7/22.8 (LLVM has one model for
  * every Apple core, M2 too: Apple A7's, with 3 vector pipes where Firestorm has 4); neoverse-n1 and -n2 16.0/25.6 and
  * 10.0/17.3; neoverse-v1 31.9/51.1 and 17.7/32.8; neoverse-v2 31.9/51.1 and 20.0/34.5. So T5 decodes at 0.57-0.63 of
  * TQ2's rate, and a fifth fewer bytes pays for that only where TQ2 is bus-bound 1.6 times over: from about 27 to 38
