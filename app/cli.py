@@ -783,9 +783,12 @@ def model_path(name: str) -> Path:
 @click.option("--warm", is_flag=True,
               help="With --conversation: the last turn in a new process, with the cache the earlier turns saved to "
                    "disk (as `trit ask -c` finds it) and without; and the time each save took.")
-@click.option("--vs", "versus", type=click.Choice(["llama.cpp"]),
-              help="Then run llama.cpp (llama-cpp-python) on the same weights as GGUF TQ2_0 and TQ1_0; print the "
-                   "ratios.")
+@click.option("--vs", "versus", type=click.Choice(["llama.cpp", "bitnet.cpp"]),
+              help="Then run llama.cpp (llama-cpp-python) on the same weights as GGUF TQ2_0 and TQ1_0, or bitnet.cpp "
+                   "as I2_S with an f16 and a q4_0 embedding, its runs alternated with Trit's; print the ratios.")
+@click.option("--bitnet-cpp", "bitnet_cpp", metavar="BUILD_DIR", envvar="TRIT_BITNET_CPP",
+              help="With --vs bitnet.cpp: its build folder, holding bin/llama-bench and bin/llama-quantize "
+                   "(env TRIT_BITNET_CPP).")
 @KV_OPTION
 @click.option("--document", "document_tokens", default=2300, show_default=True, type=click.IntRange(min=1),
               help="With --conversation: the first turn's document in tokens (about 4000: turn 2 at depth 4000).")
@@ -794,7 +797,8 @@ def model_path(name: str) -> Path:
                    "heldout.txt): KL, top-1 agreement and perplexity.")
 @friendly_errors
 def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, repetitions, as_json,
-          conversation=False, warm=False, versus=None, kv=None, document_tokens=2300, kv_quality=False) -> None:
+          conversation=False, warm=False, versus=None, bitnet_cpp=None, kv=None, document_tokens=2300,
+          kv_quality=False) -> None:
     """Measure prompt processing (ppN) and generation (tgN) speed in tokens/s, against the memory bus. MODEL is an
     installed model's name, 'demo', a model folder or a .gguf file.
 
@@ -805,6 +809,7 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
       trit bench bitnet-b1.58-2B-4T --json
       trit bench --synthetic 2b4t --conversation
       trit bench --synthetic 2b4t --conversation --warm
+      trit bench --synthetic 2b4t --threads 2 --vs bitnet.cpp --bitnet-cpp ~/bitnet.cpp/build
       trit bench --synthetic 2b4t --threads 2 --ctx 4096 --kv q8
       trit bench demo --kv-quality"""
     from trit.engine.tools import bench as engine_bench
@@ -815,6 +820,13 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
         raise click.UsageError("--ctx must be larger than --tg")
     if warm and not conversation:
         raise click.UsageError("--warm goes with --conversation")
+    if bitnet_cpp and versus != "bitnet.cpp" and \
+            click.get_current_context().get_parameter_source("bitnet_cpp") == click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--bitnet-cpp goes with --vs bitnet.cpp")
+    if versus == "bitnet.cpp":
+        from trit.engine.tools import bench_bitnetcpp
+
+        build = bench_bitnetcpp.find_build(bitnet_cpp)  # one clear line before any model is written or loaded
     folder = synthetic_folder(preset, 0) if preset else model_path(model)
     from trit.engine.runtime.native import DEFAULT_KV
 
@@ -839,6 +851,15 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
                        f"{t.decode_tok_s:>12.1f}")
         click.echo(f"turn {c.turns[-1].turn} with nothing cached: prefill {c.cold_last_turn_prefill_s:.2f} s")
         return
+    if versus == "bitnet.cpp":
+        r, peer = bench_bitnetcpp.run(folder, build, threads=threads, head=head, ternary=ternary, n_prompt=n_prompt,
+                                      n_gen=n_gen, rounds=repetitions, long_context=long_context,
+                                      log=lambda m: click.echo(m, err=True))
+        if as_json:
+            click.echo(json.dumps({**r.to_dict(), "vs_bitnet_cpp": bench_bitnetcpp.comparison(r, peer)}, indent=2))
+        else:
+            click.echo(bench_bitnetcpp.format_table(r, peer, build))
+        return
     if versus:
         from trit.engine.tools import bench_llamacpp
 
@@ -859,6 +880,8 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
         click.echo(f"pp{n_prompt:<6} {r.pp_tok_s:8.1f} tok/s   (runs: {runs(r.pp_runs)})")
     if n_gen:
         click.echo(f"tg{n_gen:<6} {r.tg_tok_s:8.1f} tok/s   (runs: {runs(r.tg_runs)})")
+        click.echo(f"cpu      {r.cpu_s_per_token:.4f} CPU-seconds per generated token (user+sys, all threads; runs: "
+                   f"{', '.join(f'{c:.4f}' for c in r.cpu_runs)})")
         click.echo(f"bus      {r.bytes_per_token_mb:.0f} MB read per token; "
                    f"read bandwidth {r.read_bandwidth_gbs:.1f} GB/s; {r.bus_share:.0%} of the bus limit reached")
     if r.long_context:

@@ -256,10 +256,10 @@ def op_rope(x, pos: int, theta: float) -> np.ndarray:
     return out
 
 
-def op_attention(q, k, v, pos0: int, n_heads: int, n_kv_heads: int, head_dim: int, kv: str = DEFAULT_KV,
+def op_attention(q, k, v, pos0: int, n_heads: int, n_kv_heads: int, head_dim: int, kv: str = "f16",
                  split: int = 0) -> np.ndarray:
-    """Attention of q's rows against k, v stored in a cache of type kv; split > 0 (one row): chunks of that many keys
-    attended apart and combined, as decoding deep in the context is."""
+    """Attention of q's rows against k, v stored in a cache of type kv (fp16 unless asked, as trit_op_attention);
+    split > 0 (one row): chunks of that many keys attended apart and combined, as decoding deep in the context is."""
     q, k, v = _f32(q), _f32(k), _f32(v)
     out = np.empty_like(q)
     check(lib().trit_op_attention_kv(ptr(out), ptr(q), ptr(k), ptr(v), q.shape[0], pos0, n_heads, n_kv_heads,

@@ -43,6 +43,9 @@ class BenchResult:
     long_context: int = 0             # --ctx: positions filled before decoding n_gen more
     long_tg_tok_s: float = 0.0
     peak_rss_mb: float = 0.0
+    # energy: user + sys CPU seconds of every thread per generated token (median over the tg runs, each listed)
+    cpu_s_per_token: float = 0.0
+    cpu_runs: list[float] = field(default_factory=list)
     kv: str = native.DEFAULT_KV       # the KV cache's element type
 
     def to_dict(self) -> dict:
@@ -76,64 +79,88 @@ def peak_rss_mb() -> float:
     return kb / 1024 / 1024 if sys.platform == "darwin" else kb / 1024  # macOS reports bytes
 
 
+class Session:
+    """Trit's side of `run`, one round (a pp run and a tg run) at a time, so that another engine's runs can alternate
+    with Trit's in one process's lifetime (tools/bench_bitnetcpp.py): the model is loaded once."""
+
+    def __init__(self, folder: str | Path, *, threads: int | None = None, head: str = DEFAULT_HEAD,
+                 ternary: str = "auto", n_prompt: int = 512, n_gen: int = 128, seed: int = 0,
+                 kv: str = native.DEFAULT_KV):
+        reset_peak_rss()
+        t0 = time.perf_counter()
+        self.model = model = load(folder, threads=threads, head=head, ternary=ternary, kv=kv)
+        with model.context(1) as ctx:
+            ctx.eval([0])
+        first = time.perf_counter() - t0
+        self.rng = np.random.default_rng(seed)
+        self.vocab = model.config.vocab_size
+        decode_speed(model, self.rng.integers(0, self.vocab, 16), 16)  # warm-up, as llama-bench does
+        self.result = r = BenchResult(str(folder), head, model.ternary, native.active_kernel(), model.threads,
+                                      n_prompt, n_gen, 0, first, kv=kv)
+        if n_gen:
+            r.bytes_per_token_mb = float(np.mean([model.bytes_per_token(p) for p in range(n_gen)])) / 1e6
+        self.bandwidths, self.shares, self.peaks = [], [], []
+
+    def round(self) -> None:
+        model, r, rng = self.model, self.result, self.rng
+        r.repetitions += 1
+        if r.n_prompt:
+            ids = rng.integers(0, self.vocab, r.n_prompt)
+            with model.context(r.n_prompt) as ctx:
+                t = time.perf_counter()
+                ctx.eval(ids, logits="last")
+                r.pp_runs.append(r.n_prompt / (time.perf_counter() - t))
+        if r.n_gen:
+            speed, cpu_s = decode_speed(model, rng.integers(0, self.vocab, r.n_gen), r.n_gen, cpu=True)
+            r.tg_runs.append(speed)
+            r.cpu_runs.append(cpu_s / r.n_gen)
+            # the buffer read here would count as the model's memory: note the peak first, restart it after
+            self.peaks.append(peak_rss_mb())
+            self.bandwidths.append(model.read_bandwidth())
+            self.shares.append(r.bytes_per_token_mb * 1e6 * speed / (self.bandwidths[-1] * 1e9))
+            reset_peak_rss()
+
+    def finish(self, long_context: int = 0) -> BenchResult:
+        model, r = self.model, self.result
+        if long_context:
+            with model.context(long_context) as ctx:
+                ctx.eval(self.rng.integers(0, self.vocab, long_context - r.n_gen), logits=None)
+                r.long_context = long_context
+                r.long_tg_tok_s = decode_speed(model, self.rng.integers(0, self.vocab, r.n_gen), r.n_gen, ctx)
+        r.peak_rss_mb = max(self.peaks + [peak_rss_mb()])
+        if self.bandwidths:
+            r.read_bandwidth_gbs, r.bus_share = statistics.median(self.bandwidths), statistics.median(self.shares)
+        r.pp_tok_s = statistics.median(r.pp_runs) if r.pp_runs else 0.0
+        r.tg_tok_s = statistics.median(r.tg_runs) if r.tg_runs else 0.0
+        r.cpu_s_per_token = statistics.median(r.cpu_runs) if r.cpu_runs else 0.0
+        model.close()
+        return r
+
+
 def run(folder: str | Path, *, threads: int | None = None, head: str = DEFAULT_HEAD, ternary: str = "auto",
         n_prompt: int = 512, n_gen: int = 128, repetitions: int = 3, long_context: int = 0,
         seed: int = 0, kv: str = native.DEFAULT_KV) -> BenchResult:
-    reset_peak_rss()
-    t0 = time.perf_counter()
-    model = load(folder, threads=threads, head=head, ternary=ternary, kv=kv)
-    with model.context(1) as ctx:
-        ctx.eval([0])
-    first = time.perf_counter() - t0
-    rng = np.random.default_rng(seed)
-    vocab = model.config.vocab_size
-    decode_speed(model, rng.integers(0, vocab, 16), 16)  # warm-up, as llama-bench does: pages in, threads awake
-    r = BenchResult(str(folder), head, model.ternary, native.active_kernel(), model.threads, n_prompt, n_gen,
-                    repetitions, first, kv=kv)
-    if n_gen:
-        r.bytes_per_token_mb = float(np.mean([model.bytes_per_token(p) for p in range(n_gen)])) / 1e6
-    bandwidths, shares, peaks = [], [], []
-
-    def measure_bus(tg: float) -> None:
-        # the buffer read here would count as the model's memory: note the peak first, restart it after
-        peaks.append(peak_rss_mb())
-        bandwidths.append(model.read_bandwidth())
-        shares.append(r.bytes_per_token_mb * 1e6 * tg / (bandwidths[-1] * 1e9))
-        reset_peak_rss()
-
+    session = Session(folder, threads=threads, head=head, ternary=ternary, n_prompt=n_prompt, n_gen=n_gen, seed=seed,
+                      kv=kv)
     for _ in range(repetitions):
-        if n_prompt:
-            ids = rng.integers(0, vocab, n_prompt)
-            with model.context(n_prompt) as ctx:
-                t = time.perf_counter()
-                ctx.eval(ids, logits="last")
-                r.pp_runs.append(n_prompt / (time.perf_counter() - t))
-        if n_gen:
-            r.tg_runs.append(decode_speed(model, rng.integers(0, vocab, n_gen), n_gen))
-            measure_bus(r.tg_runs[-1])
-    if long_context:
-        with model.context(long_context) as ctx:
-            ctx.eval(rng.integers(0, vocab, long_context - n_gen), logits=None)
-            r.long_context = long_context
-            r.long_tg_tok_s = decode_speed(model, rng.integers(0, vocab, n_gen), n_gen, ctx)
-    r.peak_rss_mb = max(peaks + [peak_rss_mb()])
-    if bandwidths:
-        r.read_bandwidth_gbs, r.bus_share = statistics.median(bandwidths), statistics.median(shares)
-    r.pp_tok_s = statistics.median(r.pp_runs) if r.pp_runs else 0.0
-    r.tg_tok_s = statistics.median(r.tg_runs) if r.tg_runs else 0.0
-    model.close()
-    return r
+        session.round()
+    return session.finish(long_context)
 
 
-def decode_speed(model, ids, n: int, ctx=None) -> float:
-    """Tokens/s of n one-token steps, in a fresh context unless one is given."""
+def decode_speed(model, ids, n: int, ctx=None, cpu: bool = False):
+    """Tokens/s of n one-token steps, in a fresh context unless one is given. With cpu, also the CPU seconds (user +
+    sys, every thread of the process) they took: taken inside the wall-clock window, so that it is at most threads x
+    the wall time."""
     own = ctx is None
     ctx = ctx or model.context(n)
     try:
         t = time.perf_counter()
+        c = time.process_time()
         for tok in ids[:n]:
             ctx.eval([tok], logits="last")
-        return n / (time.perf_counter() - t)
+        cpu_s = time.process_time() - c
+        speed = n / (time.perf_counter() - t)
+        return (speed, cpu_s) if cpu else speed
     finally:
         if own:
             ctx.close()

@@ -59,6 +59,8 @@ class LlamaCppResult:
     logits_finite: bool = True
     system_info: str = ""
     arch: str = "bitnet"  # the GGUF's general.architecture
+    cpu_s_per_token: float = 0.0  # user + sys of the child's threads per generated token, median over the tg runs
+    cpu_runs: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,7 +101,7 @@ def _child(spec: dict) -> dict:
     first = time.perf_counter() - t0
     finite = last_logits_finite()
     rng = np.random.default_rng(spec["seed"])
-    pp_runs, tg_runs = [], []
+    pp_runs, tg_runs, cpu_runs = [], [], []
     for _ in range(spec["repetitions"]):
         if n_prompt:
             ids = rng.integers(0, vocab, n_prompt).tolist()
@@ -112,8 +114,10 @@ def _child(spec: dict) -> dict:
             ids = rng.integers(0, vocab, n_gen).tolist()
             llm.reset()
             t = time.perf_counter()
+            c = time.process_time()  # this child's threads: llama.cpp's own, inside the wall-clock window
             for tok in ids:
                 llm.eval([tok])
+            cpu_runs.append((time.process_time() - c) / n_gen)
             tg_runs.append(n_gen / (time.perf_counter() - t))
             finite = finite and last_logits_finite()
     info = llama_cpp.llama_print_system_info()
@@ -125,6 +129,7 @@ def _child(spec: dict) -> dict:
         pp_tok_s=statistics.median(pp_runs) if pp_runs else 0.0,
         tg_tok_s=statistics.median(tg_runs) if tg_runs else 0.0,
         pp_runs=pp_runs, tg_runs=tg_runs, peak_rss_mb=peak_rss_mb(), logits_finite=finite,
+        cpu_s_per_token=statistics.median(cpu_runs) if cpu_runs else 0.0, cpu_runs=cpu_runs,
         system_info=(info.decode() if isinstance(info, bytes) else str(info)).strip(),
         arch=llm.metadata.get("general.architecture", "?"),
     )
@@ -177,7 +182,8 @@ def comparison(trit, results: list[LlamaCppResult]) -> dict:
         "warning": warning(results),
         "results": [r.to_dict() for r in results],
         "ratios": {r.qtype: {"pp": _ratio(trit.pp_tok_s, r.pp_tok_s), "tg": _ratio(trit.tg_tok_s, r.tg_tok_s),
-                             "peak_rss": _ratio(trit.peak_rss_mb, r.peak_rss_mb)} for r in results},
+                             "peak_rss": _ratio(trit.peak_rss_mb, r.peak_rss_mb),
+                             "cpu_s_per_token": _ratio(trit.cpu_s_per_token, r.cpu_s_per_token)} for r in results},
     }
 
 
@@ -190,20 +196,21 @@ def format_table(trit, results: list[LlamaCppResult]) -> str:
     lines = [f"vs llama.cpp (llama-cpp-python {version}) on the same weights: {trit.threads} thread"
              f"{'s' if trit.threads != 1 else ''}, median of {trit.repetitions}",
              f"Trit: {', '.join(setup)}. llama.cpp: ternary weights TQ2_0 / TQ1_0, f16 embedding and head",
-             f"{'':24}{pp:>14}{tg:>14}{'peak RSS':>12}"]
+             f"{'':24}{pp:>14}{tg:>14}{'peak RSS':>12}{'CPU s/token':>13}"]
 
-    def row(label, p, t, rss):
+    def row(label, p, t, rss, cpu):
         lines.append(f"{label:24}{format(p, '14.1f') if p else '—':>14}{format(t, '14.2f') if t else '—':>14}"
-                     f"{f'{rss:.0f} MB' if rss else '—':>12}")
+                     f"{f'{rss:.0f} MB' if rss else '—':>12}{format(cpu, '13.4f') if cpu else '—':>13}")
 
-    row("Trit", trit.pp_tok_s, trit.tg_tok_s, trit.peak_rss_mb)
+    row("Trit", trit.pp_tok_s, trit.tg_tok_s, trit.peak_rss_mb, trit.cpu_s_per_token)
     for r in results:
-        row(f"llama.cpp {r.qtype.upper()}", r.pp_tok_s, r.tg_tok_s, r.peak_rss_mb)
+        row(f"llama.cpp {r.qtype.upper()}", r.pp_tok_s, r.tg_tok_s, r.peak_rss_mb, r.cpu_s_per_token)
     for r in results:
         ratios = [_ratio(trit.pp_tok_s, r.pp_tok_s), _ratio(trit.tg_tok_s, r.tg_tok_s),
-                  _ratio(trit.peak_rss_mb, r.peak_rss_mb)]
+                  _ratio(trit.peak_rss_mb, r.peak_rss_mb), _ratio(trit.cpu_s_per_token, r.cpu_s_per_token)]
         cells = [f"{x:.2f}x" if x else "—" for x in ratios]
-        lines.append(f"{'Trit / llama.cpp ' + r.qtype.upper():24}{cells[0]:>14}{cells[1]:>14}{cells[2]:>12}")
+        lines.append(f"{'Trit / llama.cpp ' + r.qtype.upper():24}{cells[0]:>14}{cells[1]:>14}{cells[2]:>12}"
+                     f"{cells[3]:>13}")
     if any(not r.logits_finite for r in results):
         lines.append("llama.cpp produced non-finite logits")
     lines.append(f"note: {warning(results)}")

@@ -34,9 +34,16 @@ int trit_cpu_has_avx512vnni(void) {
     int f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1, vbmi = (c >> 1) & 1, vnni = (c >> 11) & 1;
     return f && bw && vl && vbmi && vnni; /* VBMI for the byte permutes that decode T5 */
 }
+
+int trit_cpu_has_avxvnni(void) {
+    unsigned a, b, c, d;
+    if (!trit_cpu_has_avx2() || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
+    return (a >> 4) & 1; /* AVX-VNNI: its YMM state is AVX2's, checked above */
+}
 #else
 int trit_cpu_has_avx2(void) { return 0; }
 int trit_cpu_has_avx512vnni(void) { return 0; }
+int trit_cpu_has_avxvnni(void) { return 0; }
 #endif
 
 /* The NEON kernel needs SDOT (FEAT_DotProd) and is compiled with FP16 allowed (FEAT_FP16). */

@@ -23,6 +23,9 @@ typedef struct {
      * keeps TQ2, and the scalar one stands in if T5 is run anyway. */
     void (*t5_matmul)(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
                       int n_tokens, int g0, int g1);
+    /* Set where the kernel's own t5_matmul measured slower than its TQ2 one: the engine then loads TQ2 unless asked
+     * for T5 (trit_kernel_preferred_format). */
+    int tq2_faster;
     /* For rows r in [r0, r1) and every token t: out[t*out_stride + r] = sum_c x[t*cols + c] * W[r][c], W bf16. */
     void (*bf16_matmul)(float *out, int out_stride, const uint16_t *w, int cols, const float *x, int n_tokens, int r0,
                         int r1);
@@ -72,6 +75,9 @@ extern const trit_kernel trit_kernel_scalar;
 #define TRIT_X86 1
 extern const trit_kernel trit_kernel_avx2;
 extern const trit_kernel trit_kernel_avx512;
+#ifdef TRIT_HAVE_AVXVNNI /* the compiler builds kernels/avxvnni.c (CMakeLists.txt) */
+extern const trit_kernel trit_kernel_avxvnni;
+#endif
 #endif
 #if defined(__aarch64__)
 extern const trit_kernel trit_kernel_neon;
@@ -88,6 +94,7 @@ void trit_model_run(trit_model *model, trit_task_fn fn, void *arg);
 /* cpu.c: what this CPU (and its OS) can run */
 int trit_cpu_has_avx2(void);
 int trit_cpu_has_avx512vnni(void);
+int trit_cpu_has_avxvnni(void);      /* AVX2 and the VEX-encoded vpdpbusd */
 int trit_cpu_has_neon_dotprod(void); /* AArch64 with SDOT and FP16 */
 
 /* error.c: set the thread's last error and return code */

@@ -114,17 +114,23 @@ static uint8_t *pack_tq2(const int8_t *w, int rows, int cols) {
     return p;
 }
 
-enum { FILL_RANDOM, FILL_MAX, FILL_MIN };
+enum { FILL_RANDOM, FILL_MAX, FILL_MIN, FILL_PLUS };
 
 static void check_ternary_shape(int rows, int cols, int n, int fill) {
-    const char *what = fill == FILL_RANDOM ? "" : fill == FILL_MAX ? " (largest sums)" : " (most negative sums)";
+    const char *what = fill == FILL_RANDOM ? ""
+                       : fill == FILL_MAX  ? " (largest sums)"
+                       : fill == FILL_MIN  ? " (most negative sums)"
+                                           : " (every weight +1)";
     seed((uint64_t)rows * 1000003u + (uint64_t)cols * 101u + (uint64_t)n * 7u + (uint64_t)fill);
     int8_t *w = xmalloc((size_t)rows * cols), *x = xmalloc((size_t)n * cols);
     for (size_t i = 0; i < (size_t)rows * cols; i++)
-        w[i] = (int8_t)(fill == FILL_RANDOM ? rand_int(-1, 1) : (i % 3 == 0 ? 1 : -1) * (fill == FILL_MAX ? 1 : -1));
+        w[i] = (int8_t)(fill == FILL_RANDOM ? rand_int(-1, 1)
+                        : fill == FILL_PLUS ? 1
+                                            : (i % 3 == 0 ? 1 : -1) * (fill == FILL_MAX ? 1 : -1));
     for (size_t i = 0; i < (size_t)n * cols; i++)
         x[i] = (int8_t)(fill == FILL_RANDOM ? rand_int(-128, 127)
-                                            : (i % 3 == 0 ? 127 : -128)); /* every product at its extreme */
+                        : fill == FILL_PLUS ? (i / (size_t)cols % 2 ? 127 : -128) /* a token's x all alike */
+                                            : (i % 3 == 0 ? 127 : -128));         /* every product at its extreme */
     uint8_t *tq2 = pack_tq2(w, rows, cols);
     uint8_t *t5 = xmalloc((size_t)trit_t5_size(rows, cols));
     if (trit_convert_tq2_to_t5(t5, tq2, rows, cols) != TRIT_OK) {
@@ -183,6 +189,9 @@ static void check_ternary(void) {
         /* batches with rows in lanes: whole and partial blocks of 16 (T5) or 8 (TQ2) row groups, several column
          * slabs and a partial one, token tiles of 5 (T5) and 2 (TQ2) with every remainder */
         {400, 2560, 13}, {172, 1100, 9}, {84, 2052, 10}, {92, 1028, 11}, {164, 4096, 12},
+        /* AVX2's T5: per row with 1..7 tokens; rows in lanes with blocks of 8 groups and the last digit's rows past the
+         * end, column slabs of 512 and a last one of 4 columns, token tiles of 3 and 2 with their remainders */
+        {4, 4, 8}, {28, 36, 10}, {44, 516, 8}, {92, 1540, 70}, {996, 161, 2}, {52, 33, 7}, {164, 1028, 11},
     };
     /* clang-format on */
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
@@ -191,6 +200,9 @@ static void check_ternary(void) {
     check_ternary_shape(8, 6912, 3, FILL_MIN);
     check_ternary_shape(40, 6912, 9, FILL_MAX); /* the same for the batch kernels, rows in lanes */
     check_ternary_shape(40, 6912, 9, FILL_MIN);
+    /* T5 bytes all 242: the largest parts AVX2's T5 decode sums in int16, with every activation -128 or 127 */
+    check_ternary_shape(20, 6912, 2, FILL_PLUS);
+    check_ternary_shape(40, 6912, 9, FILL_PLUS);
 }
 
 /* ---- quantisation ------------------------------------------------------------------------------------------------ */
@@ -913,8 +925,10 @@ int main(void) {
         int rc = trit_op_ternary_matmul(runnable[i], TRIT_TERNARY_T5, out, &zero, 4, 1, &x, 1);
         printf("kernel %s: T5 %s\n", kname(runnable[i]),
                rc == TRIT_OK ? "native" : "not native (the engine uses TQ2 with it; the scalar T5 stands in)");
-        /* a SIMD kernel that runs T5 prefers it; the scalar one defines T5 but reads 2-bit codes more cheaply */
-        int t5 = rc == TRIT_OK && runnable[i] != scalar_index;
+        /* a SIMD kernel that runs T5 prefers it, but avx2, avxvnni and neon, whose T5 measured slower than their TQ2
+         * (they run it when asked); the scalar one defines T5 but reads 2-bit codes more cheaply */
+        int t5 = rc == TRIT_OK && runnable[i] != scalar_index && strcmp(kname(runnable[i]), "avx2") &&
+                 strcmp(kname(runnable[i]), "avxvnni") && strcmp(kname(runnable[i]), "neon");
         select_kernel(runnable[i]);
         check(trit_kernel_preferred_format() == (t5 ? TRIT_TERNARY_T5 : TRIT_TERNARY_TQ2),
               "kernel %s prefers the %s format", kname(runnable[i]), t5 ? "T5" : "TQ2");

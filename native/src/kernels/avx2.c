@@ -1,8 +1,40 @@
-/* AVX2 kernel (with FMA and F16C). Compiled with -mavx2 -mfma -mf16c, called only when the CPU has them. */
+/* AVX2 kernel (with FMA and F16C). Compiled with -mavx2 -mfma -mf16c, called only when the CPU has them.
+ *
+ * The same file is compiled a second time as the AVX-VNNI kernel (kernels/avxvnni.c defines TRIT_AVXVNNI, built with
+ * -mavxvnni as well): there every unsigned x signed byte dot product is one VEX vpdpbusd into int32 lanes, where AVX2
+ * needs maddubs (pairs into int16) and a later widening madd. dot_into and widen below are the only difference. */
 #include <immintrin.h>
 #include <math.h>
 
 #include "trit_internal.h"
+
+/* acc += v in int16, in place: written plainly, GCC 12 adds into a new register and copies it back every step */
+static inline __attribute__((always_inline)) void add16_into(__m256i *acc, __m256i v) {
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__("vpaddw %1, %0, %0" : "+x"(*acc) : "x"(v));
+#else
+    *acc = _mm256_add_epi16(*acc, v);
+#endif
+}
+
+/* acc += the dot products of unsigned bytes u and signed bytes x, four at a time. AVX2: maddubs sums pairs into int16
+ * lanes (the callers bound how many steps fit before widen); AVX-VNNI: vpdpbusd sums fours into int32 lanes, exactly.
+ * widen turns an accumulator into eight int32 sums. */
+#ifdef TRIT_AVXVNNI
+static inline __attribute__((always_inline)) void dot_into(__m256i *acc, __m256i u, __m256i x) {
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(*acc) : "x"(u), "x"(x)); /* the intrinsic copies acc around (GCC 12) */
+#else
+    *acc = _mm256_dpbusd_avx_epi32(*acc, u, x);
+#endif
+}
+static inline __m256i widen(__m256i acc) { return acc; }
+#else
+static inline __attribute__((always_inline)) void dot_into(__m256i *acc, __m256i u, __m256i x) {
+    add16_into(acc, _mm256_maddubs_epi16(u, x));
+}
+static inline __m256i widen(__m256i acc) { return _mm256_madd_epi16(acc, _mm256_set1_epi16(1)); }
+#endif
 
 static inline int32_t hsum_i32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -24,7 +56,7 @@ static inline float hsum_f32(__m256 v) {
 static inline __attribute__((always_inline)) void tile(int32_t *out, const uint8_t *row, int rows, int cols,
                                                        const int8_t *xq, const int32_t *xsum, int t0, int nt, int pr,
                                                        int first) {
-    const __m256i mask = _mm256_set1_epi8(3), ones16 = _mm256_set1_epi16(1);
+    const __m256i mask = _mm256_set1_epi8(3);
     const int vec_end = cols & ~31, quarter = rows / 4;
     __m256i acc[4][2];
     for (int j = 0; j < 4; j++)
@@ -44,13 +76,11 @@ static inline __attribute__((always_inline)) void tile(int32_t *out, const uint8
                                _mm256_and_si256(_mm256_srli_epi16(b, 6), mask)};
             for (int i = 0; i < nt; i++) {
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)(t0 + i) * cols + c));
-                for (int j = 0; j < 4; j++)
-                    acc16[j][i] = _mm256_add_epi16(acc16[j][i], _mm256_maddubs_epi16(code[j], xv));
+                for (int j = 0; j < 4; j++) dot_into(&acc16[j][i], code[j], xv);
             }
         }
         for (int j = 0; j < 4; j++)
-            for (int i = 0; i < nt; i++)
-                acc[j][i] = _mm256_add_epi32(acc[j][i], _mm256_madd_epi16(acc16[j][i], ones16));
+            for (int i = 0; i < nt; i++) acc[j][i] = _mm256_add_epi32(acc[j][i], widen(acc16[j][i]));
     }
     for (int i = 0; i < nt; i++) {
         const int8_t *x = xq + (size_t)(t0 + i) * cols;
@@ -95,6 +125,10 @@ static inline __m256i lanes_mask(int n) { /* the first n of 8 dwords */
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+static inline int lanes_below(int rows, int r0, int n) { /* of rows r0 .. r0 + n - 1, how many are below rows */
+    return rows - r0 < n ? rows - r0 : n;
+}
+
 /* codes[c4][q][32]: for columns [c0, c0 + 4 * n4) of packed rows [pr, pr + n_rows) (missing rows give unused lanes) */
 static void tq2_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, int pr, int n_rows, int c0, int n4) {
     const __m256i mask = _mm256_set1_epi8(3);
@@ -113,50 +147,51 @@ static void tq2_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, in
     }
 }
 
-/* acc += v in int16, in place: written plainly, GCC 12 adds into a new register and copies it back every step */
-static inline __attribute__((always_inline)) void add16_into(__m256i *acc, __m256i v) {
-#if defined(__GNUC__) && !defined(__clang__)
-    __asm__("vpaddw %1, %0, %0" : "+x"(*acc) : "x"(v));
-#else
-    *acc = _mm256_add_epi16(*acc, v);
-#endif
-}
-
-/* Tokens t0 .. t0 + NT - 1 against code vectors q0 and q0 + 1 of one slab: rows pr + j + q * rows / 4 for lanes
- * j < n_rows. Two code vectors and three tokens at a time keep every accumulator in the 16 registers (with all four
- * code vectors and two tokens GCC spilled and reloaded some each step). maddubs' int16 sums are widened into int32
- * every 32 steps (at most 32 * 512 in int16, as in the tile above). The first slab writes sum - xsum, later slabs
- * add. */
-#define LT_DECL(i) __m256i a0##i = _mm256_setzero_si256(), a1##i = a0##i, w0##i = a0##i, w1##i = a0##i;
+/* Tokens t0 .. t0 + NT - 1 against NV consecutive code vectors from q0 of one slab whose four columns hold nq code
+ * vectors (TQ2: 4, T5: 5): vector q gives rows pr + j + q * q_rows for lanes j < n_rows that are below rows (TQ2:
+ * q_rows = rows / 4; T5: the digit's rows g + j + q * groups). Two code vectors and three tokens (or three and two,
+ * T5's last digits: one broadcast of the activations for three vectors) keep every accumulator in the 16 registers
+ * (with all four code vectors and two tokens GCC spilled and reloaded some each step). maddubs' int16 sums are widened
+ * into int32 every 32 steps (at most 32 * 512 in int16, as in the tile above). The first slab writes sum - xsum, later
+ * slabs add. */
+#define LT_DECL(i)                                                                                                     \
+    __m256i a0##i = _mm256_setzero_si256(), a1##i = a0##i, a2##i = a0##i, w0##i = a0##i, w1##i = a0##i, w2##i = a0##i;
 #define LT_STEP(i)                                                                                                     \
     {                                                                                                                  \
         __m256i xb = _mm256_set1_epi32(((const int32_t *)(x + (size_t)cols * (i)))[c]);                                \
-        add16_into(&a0##i, _mm256_maddubs_epi16(v0, xb));                                                              \
-        add16_into(&a1##i, _mm256_maddubs_epi16(v1, xb));                                                              \
+        dot_into(&a0##i, v0, xb);                                                                                      \
+        if (nv > 1) dot_into(&a1##i, v1, xb);                                                                          \
+        if (nv > 2) dot_into(&a2##i, v2, xb);                                                                          \
     }
 #define LT_WIDEN(i)                                                                                                    \
-    w0##i = _mm256_add_epi32(w0##i, _mm256_madd_epi16(a0##i, ones16)), a0##i = _mm256_setzero_si256();                 \
-    w1##i = _mm256_add_epi32(w1##i, _mm256_madd_epi16(a1##i, ones16)), a1##i = _mm256_setzero_si256();
+    w0##i = _mm256_add_epi32(w0##i, widen(a0##i)), a0##i = _mm256_setzero_si256();                                     \
+    if (nv > 1) w1##i = _mm256_add_epi32(w1##i, widen(a1##i)), a1##i = _mm256_setzero_si256();                         \
+    if (nv > 2) w2##i = _mm256_add_epi32(w2##i, widen(a2##i)), a2##i = _mm256_setzero_si256();
 #define LT_STORE_ONE(w, q, i)                                                                                          \
     {                                                                                                                  \
-        int *o = (int *)out + (size_t)(t0 + (i)) * rows + pr + (q) * (rows / 4);                                       \
+        int *o = (int *)out + (size_t)(t0 + (i)) * rows + pr + (q)*q_rows;                                             \
+        __m256i live = lanes_mask(lanes_below(rows, pr + (q)*q_rows, n_rows));                                         \
         __m256i v = first ? _mm256_sub_epi32(w, _mm256_set1_epi32(xsum[t0 + (i)]))                                     \
                           : _mm256_add_epi32(w, _mm256_maskload_epi32(o, live));                                       \
         _mm256_maskstore_epi32(o, live, v);                                                                            \
     }
-#define LT_STORE(i) LT_STORE_ONE(w0##i, q0, i) LT_STORE_ONE(w1##i, q0 + 1, i)
-#define DEFINE_LANE_TILE(NAME, EACH)                                                                                   \
-    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *codes, int rows, int cols, int c0, int n4, \
-                                               const int8_t *xq, const int32_t *xsum, int t0, int q0, int pr,          \
-                                               int n_rows, int first) {                                                \
-        const __m256i ones16 = _mm256_set1_epi16(1), live = lanes_mask(n_rows);                                        \
+#define LT_STORE(i)                                                                                                    \
+    LT_STORE_ONE(w0##i, q0, i)                                                                                         \
+    if (nv > 1) LT_STORE_ONE(w1##i, q0 + 1, i)                                                                         \
+    if (nv > 2) LT_STORE_ONE(w2##i, q0 + 2, i)
+#define DEFINE_LANE_TILE(NAME, EACH, NV)                                                                               \
+    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *codes, int nq, int q_rows, int rows,       \
+                                               int cols, int c0, int n4, const int8_t *xq, const int32_t *xsum,        \
+                                               int t0, int q0, int pr, int n_rows, int first) {                        \
+        const int nv = NV; /* code vectors: a constant, so the work of those past it goes */                           \
         const int8_t *x = xq + (size_t)t0 * cols + c0;                                                                 \
         EACH(LT_DECL)                                                                                                  \
         for (int s0 = 0; s0 < n4; s0 += 32) {                                                                          \
             int s1 = s0 + 32 < n4 ? s0 + 32 : n4;                                                                      \
             for (int c = s0; c < s1; c++) {                                                                            \
-                const __m256i *w = (const __m256i *)(codes + (size_t)c * 4 * 32) + q0;                                 \
-                __m256i v0 = _mm256_load_si256(w), v1 = _mm256_load_si256(w + 1);                                      \
+                const __m256i *w = (const __m256i *)(codes + (size_t)c * nq * 32) + q0;                                \
+                __m256i v0 = _mm256_load_si256(w), v1 = nv > 1 ? _mm256_load_si256(w + 1) : v0,                        \
+                        v2 = nv > 2 ? _mm256_load_si256(w + 2) : v0;                                                   \
                 EACH(LT_STEP)                                                                                          \
             }                                                                                                          \
             EACH(LT_WIDEN)                                                                                             \
@@ -166,9 +201,29 @@ static inline __attribute__((always_inline)) void add16_into(__m256i *acc, __m25
 #define EACH1(F) F(0)
 #define EACH2(F) F(0) F(1)
 #define EACH3(F) F(0) F(1) F(2)
-DEFINE_LANE_TILE(lane_tile3, EACH3)
-DEFINE_LANE_TILE(lane_tile2, EACH2)
-DEFINE_LANE_TILE(lane_tile1, EACH1)
+DEFINE_LANE_TILE(lane_tile3, EACH3, 2)
+DEFINE_LANE_TILE(lane_tile2, EACH2, 2)
+DEFINE_LANE_TILE(lane_tile1, EACH1, 2)
+DEFINE_LANE_TILE(lane_tile2_three, EACH2, 3)
+DEFINE_LANE_TILE(lane_tile1_three, EACH1, 3)
+
+/* Every token of a slab against code vectors q0 and q0 + 1, or q0 .. q0 + 2 (three): the tiles above. */
+static void lane_tiles(int32_t *out, const uint8_t *codes, int nq, int q_rows, int rows, int cols, int c0, int n4,
+                       const int8_t *xq, const int32_t *xsum, int n_tokens, int q0, int three, int pr, int n_rows,
+                       int first) {
+    int t = 0;
+    if (three) {
+        for (; t + 2 <= n_tokens; t += 2)
+            lane_tile2_three(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+        if (t < n_tokens)
+            lane_tile1_three(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+        return;
+    }
+    for (; t + 3 <= n_tokens; t += 3)
+        lane_tile3(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+    if (n_tokens - t == 2) lane_tile2(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+    if (n_tokens - t == 1) lane_tile1(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+}
 
 static void tq2_matmul_lanes(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
                              const int32_t *xsum, int n_tokens, int pr0, int pr1) {
@@ -181,13 +236,8 @@ static void tq2_matmul_lanes(int32_t *out, const uint8_t *packed, int rows, int 
             for (int j = 0; pr + LANE_ROWS + j < pr1 && j < LANE_ROWS; j++) /* the next rows' slab, into L2 */
                 for (int c = 0; c < 4 * n4; c += 64)
                     _mm_prefetch((const char *)packed + (size_t)(pr + LANE_ROWS + j) * cols + c0 + c, _MM_HINT_T1);
-            for (int q0 = 0; q0 < 4; q0 += 2) {
-                int t = 0;
-                for (; t + 3 <= n_tokens; t += 3)
-                    lane_tile3(out, codes, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
-                if (n_tokens - t == 2) lane_tile2(out, codes, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
-                if (n_tokens - t == 1) lane_tile1(out, codes, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
-            }
+            for (int q0 = 0; q0 < 4; q0 += 2)
+                lane_tiles(out, codes, 4, rows / 4, rows, cols, c0, n4, xq, xsum, n_tokens, q0, 0, pr, n_rows, first);
         }
     }
 }
@@ -207,6 +257,128 @@ static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int co
             if (t < te) tile(out, row, rows, cols, xq, xsum, t, 1, pr, t == tb);
         }
     }
+}
+
+/* T5 (trit.h): a byte B = d0 + 3 d1 + 9 d2 + 27 d3 + 81 d4 holds the codes of five rows. AVX2 has no byte divide and
+ * its byte lookup (pshufb) has 16 entries, so B is split by dividing in 16-bit lanes: mulhi by 7282 and 2428 gives
+ * h9 = B div 9 and h27 = B div 27 exactly for B < 243 (even bytes alone, odd bytes from their word, put together by a
+ * byte blend; h27 of an odd byte needs the even one cleared), r9 = B - 9 h9, and 16-entry lookups read digits off
+ * r9 (0..8) and h27 (0..8). One thread, Zen 3, weights in L2: 27 weights a cycle for this decode with the five dot
+ * products, against 17 for compares and 15 for 27-entry lookups; TQ2's shifts and masks do 36. */
+#define T5_SPLIT(b)                                                                                                    \
+    __m256i lo_ = _mm256_and_si256(b, lo8);                                                                            \
+    __m256i h9 = _mm256_blendv_epi8(_mm256_mulhi_epu16(lo_, k9), _mm256_mulhi_epu16(b, k9), hi8);                      \
+    __m256i h27 =                                                                                                      \
+        _mm256_blendv_epi8(_mm256_mulhi_epu16(lo_, k27), _mm256_mulhi_epu16(_mm256_and_si256(b, hi8), k27), hi8);      \
+    __m256i r9 = _mm256_sub_epi8(b, _mm256_add_epi8(_mm256_slli_epi16(h9, 3), h9)) /* h9 <= 26: no carry across */
+#define T5_CONSTANTS                                                                                                   \
+    const __m256i lo8 = _mm256_set1_epi16(0xff), hi8 = _mm256_set1_epi16((short)0xff00), k9 = _mm256_set1_epi16(7282), \
+                  k27 = _mm256_set1_epi16(2428),                                                                       \
+                  mod3 = _mm256_setr_epi8(0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 1, 2, 0, 1, 2,   \
+                                          0, 0, 0, 0, 0, 0, 0),                                                        \
+                  div3 = _mm256_setr_epi8(0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2,   \
+                                          0, 0, 0, 0, 0, 0, 0)
+
+static inline int t5_digit(int b, int j) {
+    for (; j > 0; j--) b /= 3;
+    return b % 3;
+}
+
+/* One token against one byte row of T5 (decode). The digits are needed only through their dot products S(d_j) with
+ * x, so five vectors that are combinations of them do: d0 = r9 mod 3, r9 = d0 + 3 d1, h9 = d2 + 3 d3 + 9 d4,
+ * h27 = d3 + 3 d4 and d4 = h27 div 3, one lookup each for d0 and d4 instead of five digits. h9 (up to 26) fills
+ * maddubs' int16 sums in 4 steps (4 * 2 * 26 * 128 < 2^15), the others (up to 8) in 16. */
+static __attribute__((noinline)) void t5_tile1(int32_t *out, const uint8_t *row, int rows, int cols, const int8_t *xq,
+                                               const int32_t *xsum, int t, int g) {
+    T5_CONSTANTS;
+    const int8_t *x = xq + (size_t)t * cols;
+    const int vec_end = cols & ~31, groups = trit_t5_groups(rows);
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0, s4 = s0;
+    for (int c0 = 0; c0 < vec_end; c0 += 16 * 32) {
+        int c2 = c0 + 16 * 32 < vec_end ? c0 + 16 * 32 : vec_end;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a3 = a0, a4 = a0;
+        for (int c1 = c0; c1 < c2; c1 += 4 * 32) {
+            int c3 = c1 + 4 * 32 < c2 ? c1 + 4 * 32 : c2;
+            __m256i a2 = _mm256_setzero_si256();
+            for (int c = c1; c < c3; c += 32) {
+                _mm_prefetch((const char *)row + c + TRIT_PREFETCH, _MM_HINT_T0);
+                __m256i b = _mm256_loadu_si256((const __m256i *)(row + c));
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(x + c));
+                T5_SPLIT(b);
+                dot_into(&a0, _mm256_shuffle_epi8(mod3, r9), xv);
+                dot_into(&a1, r9, xv);
+                dot_into(&a2, h9, xv);
+                dot_into(&a3, h27, xv);
+                dot_into(&a4, _mm256_shuffle_epi8(div3, h27), xv);
+            }
+            s2 = _mm256_add_epi32(s2, widen(a2));
+        }
+        s0 = _mm256_add_epi32(s0, widen(a0)), s1 = _mm256_add_epi32(s1, widen(a1));
+        s3 = _mm256_add_epi32(s3, widen(a3)), s4 = _mm256_add_epi32(s4, widen(a4));
+    }
+    int32_t d0 = hsum_i32(s0), r9 = hsum_i32(s1), h9 = hsum_i32(s2), h27 = hsum_i32(s3), d4 = hsum_i32(s4);
+    int32_t sum[5] = {d0, (r9 - d0) / 3, h9 - 3 * h27, h27 - 3 * d4, d4};
+    for (int c = vec_end; c < cols; c++)
+        for (int j = 0; j < 5; j++) sum[j] += t5_digit(row[c], j) * x[c];
+    for (int j = 0; j < 5; j++)
+        if (g + j * groups < rows) out[(size_t)t * rows + g + j * groups] = sum[j] - xsum[t];
+}
+
+/* The batch: 8 byte rows (groups) at a time transposed as TQ2's are (tq2_decode_lanes), each dword of four columns
+ * decoded into its five digits, codes[c4][digit][32]: the lane tiles then run as for TQ2, with five code vectors and
+ * the digits' rows groups apart. */
+static void t5_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, int g, int ng, int c0, int n4) {
+    T5_CONSTANTS;
+    for (int c = 0; c < n4; c += 8) {
+        int n = n4 - c < 8 ? n4 - c : 8;
+        __m256i live = lanes_mask(n), r[8];
+        for (int j = 0; j < 8; j++)
+            r[j] = j < ng ? _mm256_maskload_epi32((const int *)(packed + (size_t)(g + j) * cols + c0) + c, live)
+                          : _mm256_set1_epi8(121); /* every digit 1: any byte below 243 does */
+        transpose8(r);
+        for (int i = 0; i < n; i++) {
+            __m256i b = r[i];
+            T5_SPLIT(b);
+            __m256i d3 = _mm256_shuffle_epi8(mod3, h27), d4 = _mm256_shuffle_epi8(div3, h27);
+            __m256i d2 = _mm256_sub_epi8(h9, _mm256_add_epi8(h27, _mm256_add_epi8(h27, h27)));
+            __m256i *at = (__m256i *)(codes + (size_t)(c + i) * 5 * 32);
+            _mm256_store_si256(at, _mm256_shuffle_epi8(mod3, r9));
+            _mm256_store_si256(at + 1, _mm256_shuffle_epi8(div3, r9));
+            _mm256_store_si256(at + 2, d2);
+            _mm256_store_si256(at + 3, d3);
+            _mm256_store_si256(at + 4, d4);
+        }
+    }
+}
+
+#define T5_LANE_SLAB 512 /* columns: 5 code vectors x 512 / 4 x 32 bytes = 20 KB */
+
+static void t5_matmul_lanes(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
+                            const int32_t *xsum, int n_tokens, int g0, int g1) {
+    _Alignas(32) uint8_t codes[T5_LANE_SLAB / 4 * 5 * 32];
+    const int groups = trit_t5_groups(rows);
+    for (int g = g0; g < g1; g += LANE_ROWS) {
+        int ng = g1 - g < LANE_ROWS ? g1 - g : LANE_ROWS;
+        for (int c0 = 0; c0 < cols; c0 += T5_LANE_SLAB) {
+            int n4 = (cols - c0 < T5_LANE_SLAB ? cols - c0 : T5_LANE_SLAB) / 4, first = c0 == 0;
+            t5_decode_lanes(codes, packed, cols, g, ng, c0, n4);
+            for (int j = 0; g + LANE_ROWS + j < g1 && j < LANE_ROWS; j++) /* the next groups' slab, into L2 */
+                for (int c = 0; c < 4 * n4; c += 64)
+                    _mm_prefetch((const char *)packed + (size_t)(g + LANE_ROWS + j) * cols + c0 + c, _MM_HINT_T1);
+            lane_tiles(out, codes, 5, groups, rows, cols, c0, n4, xq, xsum, n_tokens, 0, 0, g, ng, first);
+            lane_tiles(out, codes, 5, groups, rows, cols, c0, n4, xq, xsum, n_tokens, 2, 1, g, ng, first);
+        }
+    }
+}
+
+static void t5_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
+                      int n_tokens, int g0, int g1) {
+    if (n_tokens >= 8 && cols % 4 == 0) { /* every real model; other widths take the per-row tile below */
+        t5_matmul_lanes(out, packed, rows, cols, xq, xsum, n_tokens, g0, g1);
+        return;
+    }
+    for (int g = g0; g < g1; g++) /* a row is read from memory once, then from L1 for the next tokens */
+        for (int t = 0; t < n_tokens; t++) t5_tile1(out, packed + (size_t)g * cols, rows, cols, xq, xsum, t, g);
 }
 
 static inline __m256 load_bf16x8(const uint16_t *p) {
@@ -574,11 +746,20 @@ static void to_f16(uint16_t *dst, const float *src, int n) {
     for (; i < n; i++) dst[i] = trit_f32_to_f16(src[i]);
 }
 
+#ifdef TRIT_AVXVNNI
+const trit_kernel trit_kernel_avxvnni = {
+    .name = "avxvnni",
+    .supported = trit_cpu_has_avxvnni,
+#else
 const trit_kernel trit_kernel_avx2 = {
     .name = "avx2",
     .supported = trit_cpu_has_avx2,
+#endif
     .ternary_matmul = ternary_matmul,
-    .t5_matmul = NULL, /* no byte permute: base 3 decodes too slowly, TQ2 is faster here */
+    .t5_matmul = t5_matmul,
+    /* on a shared 2-core Zen 3 (issue 20) T5 cost 19% more CPU time a decoded token and 14% more in prefill: its
+     * decode costs more than TQ2's 25% more bytes save. 0 here makes the engine load T5 where that measures faster */
+    .tq2_faster = 1,
     .bf16_matmul = bf16_matmul,
     .q8_matmul = q8_matmul,
     .q4_matmul = q4_matmul,

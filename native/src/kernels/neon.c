@@ -148,12 +148,146 @@ static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int co
     }
 }
 
-/* No T5 entry: the engine keeps TQ2 on this kernel (the scalar T5 stands in if a T5 model is run anyway). Without the
- * byte permutes of AVX-512 VBMI, splitting bytes into five base-3 digits takes eleven instructions per 16 bytes (two
- * compares, an add and a multiply-accumulate for each of the two top digits, three two-register TBL for the other
- * three) against TQ2's four. A bit-exact prototype of that, its one-token inner loop in llvm-mca 14: 19.5 weights a
- * cycle against TQ2's 47 on apple-m1, 5.7 against 21 on neoverse-n1. Reading 20% fewer bytes cannot make up for that
- * except where many cores share little memory bandwidth. */
+/* ---- ternary matmul, T5 ------------------------------------------------------------------------------------------
+ * Five rows G apart share a byte b = d0 + 3 d1 + 9 d2 + 27 d3 + 81 d4 (trit.h). Only sums are needed, so no digit is
+ * decoded: with the partials m_j = b mod 3^j (m_0 = 0, m_5 = b), m_(j+1) - m_j = 3^j d_j, and sum(x * d_j) is
+ * (sum(x * m_(j+1)) - sum(x * m_j)) / 3^j exactly, as in the AVX-512 kernel. SDOT multiplies signed bytes and b runs to
+ * 242, so m_5 enters as b - 128 (one EOR) and 128 * sum(x) is added back. b mod 81 and l mod 27 take two subtractions
+ * each, umin(v, v - k): where v < k the byte wraps above v and the minimum keeps v. m_2 and m_1 are one 32-byte table
+ * lookup each on m_3 < 27. Eleven instructions for 80 weights, then five SDOT per token.
+ *
+ * The engine keeps TQ2 here (tq2_faster in the table); this entry serves `--ternary t5`. Weights a cycle under llvm-mca
+ * 19 (clang-19 -O3; one token / a 4-token tile), TQ2 then T5: apple-m1 24.0/38.3 and 13.7/22.8 (LLVM has one model for
+ * every Apple core, M2 too: Apple A7's, with 3 vector pipes where Firestorm has 4); neoverse-n1 and -n2 16.0/25.6 and
+ * 10.0/17.3; neoverse-v1 31.9/51.1 and 17.7/32.8; neoverse-v2 31.9/51.1 and 20.0/34.5. So T5 decodes at 0.57-0.63 of
+ * TQ2's rate, and a fifth fewer bytes pays for that only where TQ2 is bus-bound 1.6 times over: from about 27 to 38
+ * cores on Graviton 2 to 4, never on 4 M1/M2 performance cores (0.64 and 0.57 of TQ2's decode). Another 1.6-bit
+ * packing would win: q = ceil(256 v / 243) ^ 0x80 with v the five codes as one base-3 number (llama.cpp's TQ1_0
+ * order) makes each partial one MUL, s_j = 3^j q mod 256, and row j = (3 S_j - S_(j+1)) / 256 from six SDOT with no
+ * sum(x): 21.8, 14.5 and 29.0 weights a cycle (m1, n1, v1), 0.91 of TQ2, so 1.0-1.25x TQ2's decode where the bus
+ * binds; it needs its own format (trit.h, the converter, the engine). */
+#define T5_CONSTS                                                                                                      \
+    const uint8x16_t n81 = vdupq_n_u8(81), n27 = vdupq_n_u8(27), n128 = vdupq_n_u8(128);                               \
+    const uint8x16x2_t mod9 = vld1q_u8_x2(T5_MOD9), mod3 = vld1q_u8_x2(T5_MOD3)
+#define T5_PARTIALS(b)                                                                                                 \
+    uint8x16_t l = vminq_u8(b, vsubq_u8(b, n81));                                                                      \
+    l = vminq_u8(l, vsubq_u8(l, n81));                                                                                 \
+    uint8x16_t m = vminq_u8(l, vsubq_u8(l, n27));                                                                      \
+    m = vminq_u8(m, vsubq_u8(m, n27));                                                                                 \
+    const int8x16_t p1 = vreinterpretq_s8_u8(vqtbl2q_u8(mod3, m)), p2 = vreinterpretq_s8_u8(vqtbl2q_u8(mod9, m)),      \
+                    p3 = vreinterpretq_s8_u8(m), p4 = vreinterpretq_s8_u8(l),                                          \
+                    p5 = vreinterpretq_s8_u8(veorq_u8(b, n128))
+
+/* v mod 9 and v mod 3 for v = 0..26 (the rest is never looked up) */
+static const uint8_t T5_MOD9[32] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8};
+static const uint8_t T5_MOD3[32] = {0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2};
+
+#define T5_ACC_DECL(i)                                                                                                 \
+    int32x4_t e1_##i = vdupq_n_s32(0), e2_##i = e1_##i, e3_##i = e1_##i, e4_##i = e1_##i, e5_##i = e1_##i;
+#define T5_ACC_STEP(i, load)                                                                                           \
+    {                                                                                                                  \
+        const int8x16_t xv = load;                                                                                     \
+        e1_##i = vdotq_s32(e1_##i, p1, xv);                                                                            \
+        e2_##i = vdotq_s32(e2_##i, p2, xv);                                                                            \
+        e3_##i = vdotq_s32(e3_##i, p3, xv);                                                                            \
+        e4_##i = vdotq_s32(e4_##i, p4, xv);                                                                            \
+        e5_##i = vdotq_s32(e5_##i, p5, xv);                                                                            \
+    }
+#define T5_ACC_FULL(i) T5_ACC_STEP(i, vld1q_s8(x + (size_t)cols * (i) + c))
+#define T5_ACC_TAIL(i) T5_ACC_STEP(i, load_s8_tail(x + (size_t)cols * (i) + c, cols - c))
+/* In int64: a row's sums, 128 * sum(x) and the differences can pass int32 before the division brings them back. */
+#define T5_ACC_STORE(i)                                                                                                \
+    {                                                                                                                  \
+        int32_t *o = out + (size_t)(t0 + i) * rows + g, s = xsum[t0 + i];                                              \
+        const int64_t m1 = vaddlvq_s32(e1_##i), m2 = vaddlvq_s32(e2_##i), m3 = vaddlvq_s32(e3_##i),                    \
+                      m4 = vaddlvq_s32(e4_##i), m5 = vaddlvq_s32(e5_##i) + 128 * (int64_t)s;                           \
+        const int64_t sums[5] = {m1, (m2 - m1) / 3, (m3 - m2) / 9, (m4 - m3) / 27, (m5 - m4) / 81};                    \
+        for (int j = 0; j < 5 && g + j * groups < rows; j++) o[j * groups] = (int32_t)(sums[j] - s);                   \
+    }
+
+#define DEFINE_T5_TILE(NAME, EACH)                                                                                     \
+    static void NAME(int32_t *out, const uint8_t *row, int rows, int cols, const int8_t *xq, const int32_t *xsum,      \
+                     int t0, int g) {                                                                                  \
+        T5_CONSTS;                                                                                                     \
+        const int groups = trit_t5_groups(rows), full = cols & ~15;                                                    \
+        const int8_t *x = xq + (size_t)t0 * cols;                                                                      \
+        EACH(T5_ACC_DECL)                                                                                              \
+        int c = 0;                                                                                                     \
+        for (; c < full; c += 16) {                                                                                    \
+            const uint8x16_t b = vld1q_u8(row + c);                                                                    \
+            T5_PARTIALS(b);                                                                                            \
+            EACH(T5_ACC_FULL)                                                                                          \
+        }                                                                                                              \
+        if (c < cols) {                                                                                                \
+            const uint8x16_t b = load_u8_tail(row + c, cols - c);                                                      \
+            T5_PARTIALS(b);                                                                                            \
+            EACH(T5_ACC_TAIL)                                                                                          \
+        }                                                                                                              \
+        EACH(T5_ACC_STORE)                                                                                             \
+    }
+
+DEFINE_T5_TILE(t5_tile2, EACH2)
+DEFINE_T5_TILE(t5_tile4, EACH4)
+
+/* One token: 32 columns a step into two sets of accumulators, as tile1 does. */
+static void t5_tile1(int32_t *out, const uint8_t *row, int rows, int cols, const int8_t *xq, const int32_t *xsum,
+                     int t0, int g) {
+    T5_CONSTS;
+    const int groups = trit_t5_groups(rows);
+    const int8_t *x = xq + (size_t)t0 * cols;
+    T5_ACC_DECL(0)
+    T5_ACC_DECL(1)
+    int c = 0;
+    for (; c + 32 <= cols; c += 32) {
+        const uint8x16_t b0 = vld1q_u8(row + c), b1 = vld1q_u8(row + c + 16);
+        {
+            T5_PARTIALS(b0);
+            T5_ACC_STEP(0, vld1q_s8(x + c))
+        }
+        {
+            T5_PARTIALS(b1);
+            T5_ACC_STEP(1, vld1q_s8(x + c + 16))
+        }
+    }
+    if (c + 16 <= cols) {
+        const uint8x16_t b = vld1q_u8(row + c);
+        T5_PARTIALS(b);
+        T5_ACC_FULL(0)
+        c += 16;
+    }
+    if (c < cols) {
+        const uint8x16_t b = load_u8_tail(row + c, cols - c);
+        T5_PARTIALS(b);
+        T5_ACC_TAIL(0)
+    }
+    e1_0 = vaddq_s32(e1_0, e1_1);
+    e2_0 = vaddq_s32(e2_0, e2_1);
+    e3_0 = vaddq_s32(e3_0, e3_1);
+    e4_0 = vaddq_s32(e4_0, e4_1);
+    e5_0 = vaddq_s32(e5_0, e5_1);
+    T5_ACC_STORE(0)
+}
+
+/* An int32 lane sums cols/4 products of up to 128 * 128: exact below 2^19 columns, and all but the lanes is int64. */
+#define T5_MAX_COLS (1 << 18)
+
+static void t5_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
+                      int n_tokens, int g0, int g1) {
+    if (cols > T5_MAX_COLS) { /* wider than any model: the plain definition */
+        trit_kernel_scalar.t5_matmul(out, packed, rows, cols, xq, xsum, n_tokens, g0, g1);
+        return;
+    }
+    for (int tb = 0; tb < n_tokens; tb += TOKEN_BLOCK) {
+        int te = tb + TOKEN_BLOCK < n_tokens ? tb + TOKEN_BLOCK : n_tokens;
+        for (int g = g0; g < g1; g++) {
+            const uint8_t *row = packed + (size_t)g * cols;
+            int t = tb;
+            for (; t + 4 <= te; t += 4) t5_tile4(out, row, rows, cols, xq, xsum, t, g);
+            for (; t + 2 <= te; t += 2) t5_tile2(out, row, rows, cols, xq, xsum, t, g);
+            if (t < te) t5_tile1(out, row, rows, cols, xq, xsum, t, g);
+        }
+    }
+}
 
 /* ---- float matmuls: the bf16 head and the exact rescoring -------------------------------------------------------- */
 
@@ -469,7 +603,8 @@ const trit_kernel trit_kernel_neon = {
     .name = "neon",
     .supported = trit_cpu_has_neon_dotprod,
     .ternary_matmul = ternary_matmul,
-    .t5_matmul = NULL, /* see above: TQ2 is faster here */
+    .t5_matmul = t5_matmul,
+    .tq2_faster = 1, /* see t5_matmul: the bytes it saves pay only where dozens of cores share the bus */
     .bf16_matmul = bf16_matmul,
     .q8_matmul = q8_matmul,
     .q4_matmul = q4_matmul,

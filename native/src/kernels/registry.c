@@ -16,6 +16,9 @@
 static const trit_kernel *const OWN[] = {
 #ifdef TRIT_X86
     &trit_kernel_avx512,
+#ifdef TRIT_HAVE_AVXVNNI
+    &trit_kernel_avxvnni,
+#endif
     &trit_kernel_avx2,
 #endif
 #if defined(__aarch64__)
@@ -123,8 +126,11 @@ const trit_kernel *trit_active_kernel(void) {
 
 const char *trit_kernel_active(void) { return trit_active_kernel()->name; }
 
-/* T5 where the kernel's own code decodes it fast; the scalar kernel defines T5 but reads 2-bit codes more cheaply. */
+/* T5 where the kernel's own code decodes it fast, unless its table says TQ2 measured faster there (avx2 and avxvnni on
+ * 2 cores, NEON on laptops: their files have the figures); the scalar kernel defines T5 but reads 2-bit codes more
+ * cheaply. */
 int trit_kernel_preferred_format(void) {
     const trit_kernel *k = trit_active_kernel();
-    return trit_kernel_has_t5(k) && own_table(k) != &trit_kernel_scalar ? TRIT_TERNARY_T5 : TRIT_TERNARY_TQ2;
+    return trit_kernel_has_t5(k) && own_table(k) != &trit_kernel_scalar && !k->tq2_faster ? TRIT_TERNARY_T5
+                                                                                          : TRIT_TERNARY_TQ2;
 }
