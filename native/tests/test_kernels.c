@@ -196,6 +196,11 @@ static void check_ternary(void) {
     /* clang-format on */
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         check_ternary_shape(shapes[i][0], shapes[i][1], shapes[i][2], FILL_RANDOM);
+    /* every token count the batch tiles see at 1 to 70 (pairs and a last single; TQ2's four code vectors, T5's four and
+     * one), on a full and a partial block of 8 byte rows and three column slabs, the last partial; and more tokens than
+     * a row block keeps sums for at once (256), so a second block of tokens follows */
+    for (int n = 1; n <= 70; n++) check_ternary_shape(44, 1100, n, FILL_RANDOM);
+    check_ternary_shape(36, 520, 261, FILL_RANDOM);
     check_ternary_shape(8, 6912, 2, FILL_MAX); /* the longest 2B4T row with every product at +-128 */
     check_ternary_shape(8, 6912, 3, FILL_MIN);
     check_ternary_shape(40, 6912, 9, FILL_MAX); /* the same for the batch kernels, rows in lanes */

@@ -147,99 +147,120 @@ static void tq2_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, in
     }
 }
 
-/* Tokens t0 .. t0 + NT - 1 against NV consecutive code vectors from q0 of one slab whose four columns hold nq code
- * vectors (TQ2: 4, T5: 5): vector q gives rows pr + j + q * q_rows for lanes j < n_rows that are below rows (TQ2:
- * q_rows = rows / 4; T5: the digit's rows g + j + q * groups). Two code vectors and three tokens (or three and two,
- * T5's last digits: one broadcast of the activations for three vectors) keep every accumulator in the 16 registers
- * (with all four code vectors and two tokens GCC spilled and reloaded some each step). maddubs' int16 sums are widened
- * into int32 every 32 steps (at most 32 * 512 in int16, as in the tile above). The first slab writes sum - xsum, later
- * slabs add. */
-#define LT_DECL(i)                                                                                                     \
-    __m256i a0##i = _mm256_setzero_si256(), a1##i = a0##i, a2##i = a0##i, w0##i = a0##i, w1##i = a0##i, w2##i = a0##i;
-#define LT_STEP(i)                                                                                                     \
+/* Tokens against code vectors q0 .. q0 + NV - 1 of one slab whose four columns hold nq code vectors (TQ2: 4, T5: 5),
+ * into part[t][q][lane]: the first slab writes, later ones add. Each broadcast activation serves up to four code
+ * vectors (on Zen 3 a broadcast takes a vector pipe, as maddubs and adds do: with two code vectors a step a sixth of
+ * that work had been broadcasts). AVX2's int16 sums (at most 32 * 512) are widened every 32 steps into int32 sums kept
+ * in memory, so that four code vectors and eight accumulators keep the 16 registers. */
+#define L_DECL(i) __m256i a0##i = _mm256_setzero_si256(), a1##i = a0##i, a2##i = a0##i, a3##i = a0##i;
+#define L_STEP(i)                                                                                                      \
     {                                                                                                                  \
         __m256i xb = _mm256_set1_epi32(((const int32_t *)(x + (size_t)cols * (i)))[c]);                                \
         dot_into(&a0##i, v0, xb);                                                                                      \
         if (nv > 1) dot_into(&a1##i, v1, xb);                                                                          \
         if (nv > 2) dot_into(&a2##i, v2, xb);                                                                          \
+        if (nv > 3) dot_into(&a3##i, v3, xb);                                                                          \
     }
-#define LT_WIDEN(i)                                                                                                    \
-    w0##i = _mm256_add_epi32(w0##i, widen(a0##i)), a0##i = _mm256_setzero_si256();                                     \
-    if (nv > 1) w1##i = _mm256_add_epi32(w1##i, widen(a1##i)), a1##i = _mm256_setzero_si256();                         \
-    if (nv > 2) w2##i = _mm256_add_epi32(w2##i, widen(a2##i)), a2##i = _mm256_setzero_si256();
-#define LT_STORE_ONE(w, q, i)                                                                                          \
-    {                                                                                                                  \
-        int *o = (int *)out + (size_t)(t0 + (i)) * rows + pr + (q)*q_rows;                                             \
-        __m256i live = lanes_mask(lanes_below(rows, pr + (q)*q_rows, n_rows));                                         \
-        __m256i v = first ? _mm256_sub_epi32(w, _mm256_set1_epi32(xsum[t0 + (i)]))                                     \
-                          : _mm256_add_epi32(w, _mm256_maskload_epi32(o, live));                                       \
-        _mm256_maskstore_epi32(o, live, v);                                                                            \
-    }
-#define LT_STORE(i)                                                                                                    \
-    LT_STORE_ONE(w0##i, q0, i)                                                                                         \
-    if (nv > 1) LT_STORE_ONE(w1##i, q0 + 1, i)                                                                         \
-    if (nv > 2) LT_STORE_ONE(w2##i, q0 + 2, i)
-#define DEFINE_LANE_TILE(NAME, EACH, NV)                                                                               \
-    static __attribute__((noinline)) void NAME(int32_t *out, const uint8_t *codes, int nq, int q_rows, int rows,       \
-                                               int cols, int c0, int n4, const int8_t *xq, const int32_t *xsum,        \
-                                               int t0, int q0, int pr, int n_rows, int first) {                        \
-        const int nv = NV; /* code vectors: a constant, so the work of those past it goes */                           \
-        const int8_t *x = xq + (size_t)t0 * cols + c0;                                                                 \
-        EACH(LT_DECL)                                                                                                  \
+#define L_WIDEN_ONE(i, q)                                                                                              \
+    if (nv > q) wide[i][q] = _mm256_add_epi32(wide[i][q], widen(a##q##i)), a##q##i = _mm256_setzero_si256();
+#define L_WIDEN(i) L_WIDEN_ONE(i, 0) L_WIDEN_ONE(i, 1) L_WIDEN_ONE(i, 2) L_WIDEN_ONE(i, 3)
+#define DEFINE_LANE_TILE(NAME, NT, EACH, NV)                                                                           \
+    static __attribute__((noinline)) void NAME(int32_t *part, const uint8_t *codes, int nq, int q0, int cols, int n4,  \
+                                               const int8_t *x, int first) {                                           \
+        enum { nv = NV };              /* a constant: the unused vectors' work goes */                                 \
+        volatile __m256i wide[NT][NV]; /* volatile: in memory, or GCC keeps them and reloads the codes each token */   \
+        for (int i = 0; i < NT; i++)                                                                                   \
+            for (int q = 0; q < NV; q++) wide[i][q] = _mm256_setzero_si256();                                          \
+        EACH(L_DECL)                                                                                                   \
         for (int s0 = 0; s0 < n4; s0 += 32) {                                                                          \
             int s1 = s0 + 32 < n4 ? s0 + 32 : n4;                                                                      \
             for (int c = s0; c < s1; c++) {                                                                            \
                 const __m256i *w = (const __m256i *)(codes + (size_t)c * nq * 32) + q0;                                \
-                __m256i v0 = _mm256_load_si256(w), v1 = nv > 1 ? _mm256_load_si256(w + 1) : v0,                        \
-                        v2 = nv > 2 ? _mm256_load_si256(w + 2) : v0;                                                   \
-                EACH(LT_STEP)                                                                                          \
+                __m256i v0 = _mm256_load_si256(w), v1 = NV > 1 ? _mm256_load_si256(w + 1) : v0,                        \
+                        v2 = NV > 2 ? _mm256_load_si256(w + 2) : v0, v3 = NV > 3 ? _mm256_load_si256(w + 3) : v0;      \
+                __asm__("" : "+x"(v0), "+x"(v1), "+x"(v2), "+x"(v3)); /* loaded once, not again for each token */      \
+                EACH(L_STEP)                                                                                           \
             }                                                                                                          \
-            EACH(LT_WIDEN)                                                                                             \
+            EACH(L_WIDEN)                                                                                              \
         }                                                                                                              \
-        EACH(LT_STORE)                                                                                                 \
+        for (int i = 0; i < NT; i++)                                                                                   \
+            for (int q = 0; q < NV; q++) {                                                                             \
+                __m256i *p = (__m256i *)(part + ((size_t)i * nq + q0 + q) * LANE_ROWS);                                \
+                _mm256_store_si256(p, first ? wide[i][q] : _mm256_add_epi32(wide[i][q], _mm256_load_si256(p)));        \
+            }                                                                                                          \
     }
 #define EACH1(F) F(0)
 #define EACH2(F) F(0) F(1)
-#define EACH3(F) F(0) F(1) F(2)
-DEFINE_LANE_TILE(lane_tile3, EACH3, 2)
-DEFINE_LANE_TILE(lane_tile2, EACH2, 2)
-DEFINE_LANE_TILE(lane_tile1, EACH1, 2)
-DEFINE_LANE_TILE(lane_tile2_three, EACH2, 3)
-DEFINE_LANE_TILE(lane_tile1_three, EACH1, 3)
+DEFINE_LANE_TILE(lane_tile2, 2, EACH2, 4)
+DEFINE_LANE_TILE(lane_tile1, 1, EACH1, 4)
+DEFINE_LANE_TILE(lane_tile2_one, 2, EACH2, 1) /* T5's fifth code vector */
+DEFINE_LANE_TILE(lane_tile1_one, 1, EACH1, 1)
 
-/* Every token of a slab against code vectors q0 and q0 + 1, or q0 .. q0 + 2 (three): the tiles above. */
-static void lane_tiles(int32_t *out, const uint8_t *codes, int nq, int q_rows, int rows, int cols, int c0, int n4,
-                       const int8_t *xq, const int32_t *xsum, int n_tokens, int q0, int three, int pr, int n_rows,
+/* Every token of a slab against its nq code vectors: four at a time, then one. */
+static void lane_tiles(int32_t *part, const uint8_t *codes, int nq, int cols, int n4, const int8_t *x, int n_tokens,
                        int first) {
-    int t = 0;
-    if (three) {
+    for (int q0 = 0; q0 < nq; q0 += 4) {
+        int four = nq - q0 >= 4, t = 0;
         for (; t + 2 <= n_tokens; t += 2)
-            lane_tile2_three(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+            (four ? lane_tile2 : lane_tile2_one)(part + (size_t)t * nq * LANE_ROWS, codes, nq, q0, cols, n4,
+                                                 x + (size_t)t * cols, first);
         if (t < n_tokens)
-            lane_tile1_three(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
-        return;
+            (four ? lane_tile1 : lane_tile1_one)(part + (size_t)t * nq * LANE_ROWS, codes, nq, q0, cols, n4,
+                                                 x + (size_t)t * cols, first);
     }
-    for (; t + 3 <= n_tokens; t += 3)
-        lane_tile3(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
-    if (n_tokens - t == 2) lane_tile2(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
-    if (n_tokens - t == 1) lane_tile1(out, codes, nq, q_rows, rows, cols, c0, n4, xq, xsum, t, q0, pr, n_rows, first);
+}
+
+/* Tokens a block of rows takes at a time: their int32 sums (part: up to 5 code vectors x 8 lanes each, 40 KB) stay in
+ * cache from slab to slab. Added into the output itself, a matmul's sums (1.3 MB at 128 tokens x 2560 rows) went to
+ * L3 and back for every slab. */
+#define LANE_TOKENS 256
+
+/* The batch with rows in lanes, for TQ2 and T5 (their decoders write codes[c4][q][32], q < nq <= 5): for byte rows
+ * [pr0, pr1), LANE_ROWS at a time, slab after slab, decode(codes, packed, cols, pr, n_rows, c0, n4) and every token;
+ * then code vector q's lane j is row pr + j + q * q_rows, written for the rows below `rows` as sum - xsum. */
+typedef void (*lanes_decoder)(uint8_t *codes, const uint8_t *packed, int cols, int pr, int n_rows, int c0, int n4);
+
+static void lanes_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
+                         int n_tokens, int pr0, int pr1, lanes_decoder decode, int nq, int q_rows, uint8_t *codes,
+                         int slab) {
+    _Alignas(32) int32_t part[LANE_TOKENS * 5 * LANE_ROWS];
+    for (int pr = pr0; pr < pr1; pr += LANE_ROWS) {
+        int n_rows = pr1 - pr < LANE_ROWS ? pr1 - pr : LANE_ROWS;
+        for (int tb = 0; tb < n_tokens; tb += LANE_TOKENS) {
+            int nt = n_tokens - tb < LANE_TOKENS ? n_tokens - tb : LANE_TOKENS, last_block = tb + nt == n_tokens;
+            for (int c0 = 0; c0 < cols; c0 += slab) {
+                int n4 = (cols - c0 < slab ? cols - c0 : slab) / 4;
+                decode(codes, packed, cols, pr, n_rows, c0, n4);
+                /* the next slab to decode, into L2: a whole block of rows ahead, the activations streaming through L2
+                 * (128 tokens x 2560 = 330 KB; down's 72 x 6912 = 500 KB) had evicted much of it again */
+                int next_pr = c0 + slab < cols ? pr : pr + LANE_ROWS, next_c0 = c0 + slab < cols ? c0 + slab : 0;
+                for (int j = 0; last_block && next_pr + j < pr1 && j < LANE_ROWS; j++)
+                    for (int c = 0; c < 4 * n4; c += 64)
+                        _mm_prefetch((const char *)packed + (size_t)(next_pr + j) * cols + next_c0 + c, _MM_HINT_T1);
+                lane_tiles(part, codes, nq, cols, n4, xq + (size_t)tb * cols + c0, nt, c0 == 0);
+            }
+            for (int q = 0; q < nq; q++) {
+                int r0 = pr + q * q_rows, live = lanes_below(rows, r0, n_rows); /* T5's last rows may end */
+                for (int t = 0; t < nt && live > 0; t++) {
+                    int32_t *o = out + (size_t)(tb + t) * rows + r0;
+                    __m256i v =
+                        _mm256_sub_epi32(_mm256_load_si256((const __m256i *)(part + ((size_t)t * nq + q) * LANE_ROWS)),
+                                         _mm256_set1_epi32(xsum[tb + t]));
+                    if (live == LANE_ROWS) /* a masked store is ~40 micro-ops on AMD Zen: only for a last block */
+                        _mm256_storeu_si256((__m256i *)o, v);
+                    else
+                        _mm256_maskstore_epi32(o, lanes_mask(live), v);
+                }
+            }
+        }
+    }
 }
 
 static void tq2_matmul_lanes(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
                              const int32_t *xsum, int n_tokens, int pr0, int pr1) {
     _Alignas(32) uint8_t codes[LANE_SLAB / 4 * 4 * 32];
-    for (int pr = pr0; pr < pr1; pr += LANE_ROWS) {
-        int n_rows = pr1 - pr < LANE_ROWS ? pr1 - pr : LANE_ROWS;
-        for (int c0 = 0; c0 < cols; c0 += LANE_SLAB) {
-            int n4 = (cols - c0 < LANE_SLAB ? cols - c0 : LANE_SLAB) / 4, first = c0 == 0;
-            tq2_decode_lanes(codes, packed, cols, pr, n_rows, c0, n4);
-            for (int j = 0; pr + LANE_ROWS + j < pr1 && j < LANE_ROWS; j++) /* the next rows' slab, into L2 */
-                for (int c = 0; c < 4 * n4; c += 64)
-                    _mm_prefetch((const char *)packed + (size_t)(pr + LANE_ROWS + j) * cols + c0 + c, _MM_HINT_T1);
-            for (int q0 = 0; q0 < 4; q0 += 2)
-                lane_tiles(out, codes, 4, rows / 4, rows, cols, c0, n4, xq, xsum, n_tokens, q0, 0, pr, n_rows, first);
-        }
-    }
+    lanes_matmul(out, packed, rows, cols, xq, xsum, n_tokens, pr0, pr1, tq2_decode_lanes, 4, rows / 4, codes,
+                 LANE_SLAB);
 }
 
 static void ternary_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
@@ -356,19 +377,8 @@ static void t5_decode_lanes(uint8_t *codes, const uint8_t *packed, int cols, int
 static void t5_matmul_lanes(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq,
                             const int32_t *xsum, int n_tokens, int g0, int g1) {
     _Alignas(32) uint8_t codes[T5_LANE_SLAB / 4 * 5 * 32];
-    const int groups = trit_t5_groups(rows);
-    for (int g = g0; g < g1; g += LANE_ROWS) {
-        int ng = g1 - g < LANE_ROWS ? g1 - g : LANE_ROWS;
-        for (int c0 = 0; c0 < cols; c0 += T5_LANE_SLAB) {
-            int n4 = (cols - c0 < T5_LANE_SLAB ? cols - c0 : T5_LANE_SLAB) / 4, first = c0 == 0;
-            t5_decode_lanes(codes, packed, cols, g, ng, c0, n4);
-            for (int j = 0; g + LANE_ROWS + j < g1 && j < LANE_ROWS; j++) /* the next groups' slab, into L2 */
-                for (int c = 0; c < 4 * n4; c += 64)
-                    _mm_prefetch((const char *)packed + (size_t)(g + LANE_ROWS + j) * cols + c0 + c, _MM_HINT_T1);
-            lane_tiles(out, codes, 5, groups, rows, cols, c0, n4, xq, xsum, n_tokens, 0, 0, g, ng, first);
-            lane_tiles(out, codes, 5, groups, rows, cols, c0, n4, xq, xsum, n_tokens, 2, 1, g, ng, first);
-        }
-    }
+    lanes_matmul(out, packed, rows, cols, xq, xsum, n_tokens, g0, g1, t5_decode_lanes, 5, trit_t5_groups(rows), codes,
+                 T5_LANE_SLAB);
 }
 
 static void t5_matmul(int32_t *out, const uint8_t *packed, int rows, int cols, const int8_t *xq, const int32_t *xsum,
