@@ -542,7 +542,8 @@ static void run_projections(const batch *b, projection_mode mode, const float *x
     /* pieces of at least ~32 KB of weights (the claim costs far less than reading them), in whole blocks of the
      * kernels' batch tiles */
     trit_share_init(&j.share, chunks * j.chunk_groups, j.chunk_groups, (32768 + cols - 1) / cols, TRIT_ROW_GROUP_BLOCK);
-    trit_pool_run(b->ctx->m->pool, run_matmul, &j);
+    /* one token has no barrier (its own input per thread, one chunk): a worker that is late is not waited for */
+    (b->n == 1 ? trit_pool_run_open : trit_pool_run)(b->ctx->m->pool, run_matmul, &j);
 }
 
 /* out = W . RMSNorm(x) for each of n_proj projections of the same input: q, k, v. */
@@ -738,7 +739,10 @@ static void forward_batch(trit_context *ctx, const int32_t *tokens, int n, float
         for (int i = 0; i < H; i++) ctx->x[(size_t)t * H + i] = trit_bf16_to_f32(row[i]);
     }
     for (b.layer = 0; b.layer < c->n_layers; b.layer++) forward_layer(&b);
-    run_pool_job(&b, run_final_norm);
+    if (n == 1) /* one token's norm, without waking the workers */
+        run_final_norm(&b, 0, 1);
+    else
+        run_pool_job(&b, run_final_norm);
     if (logits && first_logit < n) {
         head_job j = {&b, first_logit, logits, {0}};
         trit_share_init(&j.share, c->vocab_size, 0, 256, 1);
