@@ -78,17 +78,17 @@ static int run(int n_threads, int rounds) {
 
 int main(void) {
     for (int n = 2; n <= 4; n++) {
-        int skipped = run(n, 6000);
+        int skipped = run(n, 3000);
         if (skipped < 0) return fprintf(stderr, "FAIL pool of %d threads not created\n", n), 1;
-        printf("%d threads: open jobs of 4000 that workers skipped, summed over the workers: %d\n", n, skipped);
+        printf("%d threads: open jobs of 2000 that workers skipped, summed over the workers: %d\n", n, skipped);
     }
 #ifdef __linux__
     cpu_set_t one;
     CPU_ZERO(&one);
     CPU_SET(sched_getcpu(), &one);
     if (sched_setaffinity(0, sizeof one, &one) == 0) { /* the workers, created after this, inherit the one CPU */
-        int skipped = run(2, 6000);
-        printf("one CPU, 2 threads: open jobs of 4000 the worker skipped: %d\n", skipped);
+        int skipped = run(2, 3000);
+        printf("one CPU, 2 threads: open jobs of 2000 the worker skipped: %d\n", skipped);
         check(skipped > 0, "on one CPU an open job ends without the worker at least once", 0);
     }
 #endif
