@@ -95,6 +95,12 @@ def run_chat_app() -> None:
 
 
 # ---- trit ask and trit chat ---------------------------------------------------------------------------------------
+# The KV cache's element type (issue 20); without it, config.toml's kv_type. A name, not a path: settings has it.
+KV_OPTION = click.option("--kv", type=click.Choice(["f16", "q8", "f32"]),
+                         help="The KV cache's elements: f16, q8 (int8: half the memory, measured by `trit bench "
+                              "--kv-quality`) or f32 (exact) (default: kv_type in config.toml, else q8).")
+
+
 def conversation_options(fn):
     """The options `trit ask` and `trit chat` share: which conversation, which model, how it samples."""
     options = [
@@ -119,6 +125,7 @@ def conversation_options(fn):
                      help="Keep nothing: the questions and answers are not written to history."),
         # long only: llm has no -t for threads, and -t is a saved prompt there (a template)
         click.option("--threads", type=click.IntRange(min=1), help="Threads (default: every core)."),
+        KV_OPTION,
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -274,7 +281,7 @@ def first_code_block(text: str) -> str | None:
                    "here; TRIT_API_KEY is its key. Nothing is kept here: the server's --log decides.")
 @friendly_errors
 def ask(prompt, system, saved, model_name, temperature, top_p, max_tokens, seed, continue_last, cid, no_log, threads,
-        files, as_json, show_usage, extract, server) -> None:
+        kv, files, as_json, show_usage, extract, server) -> None:
     """Answer once and exit: the answer streams to stdout; Ctrl-C stops it and keeps what was said. Files given
     with -f come first, each under its name, then what is piped in, then the question, in one message. The options
     follow simonw's `llm` where they meet.
@@ -308,7 +315,7 @@ def ask(prompt, system, saved, model_name, temperature, top_p, max_tokens, seed,
         return ask_server(server, system, text, overrides, model_name, as_json, show_usage, extract)
     # why nothing of this turn can be kept: it is answered all the same, and that is said after
     store, unsaved = open_store(continuing, no_log)
-    service = Service(store, threads=threads)
+    service = Service(store, threads=threads, kv=kv)
     try:
         dialogue = open_dialogue(service, continue_last=continue_last, cid=cid, model_name=model_name,
                                  system=system, overrides=overrides, no_log=no_log,
@@ -410,7 +417,7 @@ def ask_server(url: str, system: str | None, text: str, overrides: dict, model_n
 @conversation_options
 @friendly_errors
 def chat_cmd(system, saved, model_name, temperature, top_p, max_tokens, seed, continue_last, cid, no_log,
-             threads) -> None:
+             threads, kv) -> None:
     """Chat in the plain terminal, turn after turn (as `llm chat` and `ollama run` do; the chat app is `trit`
     alone). Each answer streams; the conversation is kept in the history the app shows, and the model keeps it in
     memory, so a follow-up costs only its own tokens. Ctrl-C stops an answer and keeps it (marked stopped); Ctrl-C
@@ -432,7 +439,7 @@ def chat_cmd(system, saved, model_name, temperature, top_p, max_tokens, seed, co
     overrides = sampling_overrides(temperature, top_p, max_tokens, seed)
     continuing = continue_last or cid is not None
     store, unsaved = open_store(continuing, no_log)
-    service = Service(store, threads=threads)
+    service = Service(store, threads=threads, kv=kv)
     try:
         dialogue = open_dialogue(service, continue_last=continue_last, cid=cid, model_name=model_name,
                                  system=system, overrides=overrides, no_log=no_log)
@@ -782,9 +789,16 @@ def model_path(name: str) -> Path:
 @click.option("--bitnet-cpp", "bitnet_cpp", metavar="BUILD_DIR", envvar="TRIT_BITNET_CPP",
               help="With --vs bitnet.cpp: its build folder, holding bin/llama-bench and bin/llama-quantize "
                    "(env TRIT_BITNET_CPP).")
+@KV_OPTION
+@click.option("--document", "document_tokens", default=2300, show_default=True, type=click.IntRange(min=1),
+              help="With --conversation: the first turn's document in tokens (about 4000: turn 2 at depth 4000).")
+@click.option("--kv-quality", is_flag=True,
+              help="Instead: what the f16 and q8 caches cost against an exact f32 one on held-out text (the demo's "
+                   "heldout.txt): KL, top-1 agreement and perplexity.")
 @friendly_errors
 def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, repetitions, as_json,
-          conversation=False, warm=False, versus=None, bitnet_cpp=None) -> None:
+          conversation=False, warm=False, versus=None, bitnet_cpp=None, kv=None, document_tokens=2300,
+          kv_quality=False) -> None:
     """Measure prompt processing (ppN) and generation (tgN) speed in tokens/s, against the memory bus. MODEL is an
     installed model's name, 'demo', a model folder or a .gguf file.
 
@@ -795,7 +809,9 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
       trit bench bitnet-b1.58-2B-4T --json
       trit bench --synthetic 2b4t --conversation
       trit bench --synthetic 2b4t --conversation --warm
-      trit bench --synthetic 2b4t --threads 2 --vs bitnet.cpp --bitnet-cpp ~/bitnet.cpp/build"""
+      trit bench --synthetic 2b4t --threads 2 --vs bitnet.cpp --bitnet-cpp ~/bitnet.cpp/build
+      trit bench --synthetic 2b4t --threads 2 --ctx 4096 --kv q8
+      trit bench demo --kv-quality"""
     from trit.engine.tools import bench as engine_bench
 
     if (model is None) == (preset is None):
@@ -812,15 +828,22 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
 
         build = bench_bitnetcpp.find_build(bitnet_cpp)  # one clear line before any model is written or loaded
     folder = synthetic_folder(preset, 0) if preset else model_path(model)
+    from trit.engine.runtime.native import DEFAULT_KV
+
+    kv = kv or DEFAULT_KV
+    if kv_quality:
+        bench_kv_quality(folder, threads, as_json)
+        return
     if warm:
-        bench_warm(folder, threads, head, ternary, as_json)
+        bench_warm(folder, threads, head, ternary, as_json, kv)
         return
     if conversation:
-        c = engine_bench.run_conversation(folder, threads=threads, head=head, ternary=ternary)
+        c = engine_bench.run_conversation(folder, threads=threads, head=head, ternary=ternary, kv=kv,
+                                          document_tokens=document_tokens)
         if as_json:
             click.echo(json.dumps(c.to_dict(), indent=2))
             return
-        click.echo(f"model    {c.model}\nkernel   {c.kernel}, {c.threads} threads")
+        click.echo(f"model    {c.model}\nkernel   {c.kernel}, {c.threads} threads; KV cache {kv}")
         click.echo("turn  prompt  reused  new  generated  first token   prefill tok/s  decode tok/s")
         for t in c.turns:
             click.echo(f"{t.turn:>4}  {t.prompt_tokens:>6}  {t.reused_tokens:>6}  {t.new_tokens:>4}  "
@@ -842,7 +865,7 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
 
         bench_llamacpp.require(folder)  # one clear line now, not after Trit's own run
     r = engine_bench.run(folder, threads=threads, head=head, ternary=ternary, n_prompt=n_prompt, n_gen=n_gen,
-                         repetitions=repetitions, long_context=long_context)
+                         repetitions=repetitions, long_context=long_context, kv=kv)
     vs = bench_llamacpp.run(folder, threads=r.threads, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
                             log=lambda m: click.echo(m, err=True)) if versus else None
     if as_json:
@@ -852,7 +875,7 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
     runs = lambda values: ", ".join(f"{v:.1f}" for v in values)  # noqa: E731
     click.echo(f"model    {r.model}")
     click.echo(f"kernel   {r.kernel}, {r.threads} thread{'s' if r.threads != 1 else ''}; "
-               f"ternary {r.ternary}, head {r.head}")
+               f"ternary {r.ternary}, head {r.head}, KV cache {r.kv}")
     if n_prompt:
         click.echo(f"pp{n_prompt:<6} {r.pp_tok_s:8.1f} tok/s   (runs: {runs(r.pp_runs)})")
     if n_gen:
@@ -869,12 +892,31 @@ def bench(model, preset, threads, head, ternary, n_prompt, n_gen, long_context, 
         click.echo("\n" + bench_llamacpp.format_table(r, vs))
 
 
-def bench_warm(folder: Path, threads, head, ternary, as_json: bool) -> None:
+def bench_kv_quality(folder: Path, threads, as_json: bool) -> None:
+    from trit.assets import DEMO_HELDOUT
+    from trit.engine import load
+    from trit.engine.tools import fidelity
+
+    with load(folder, threads=threads) as model:
+        ids = model.tokenizer.encode(DEMO_HELDOUT.read_text(encoding="utf-8"))[:4096]
+    rows = fidelity.kv_quality(folder, ids, threads=threads)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"model    {folder}\nheld-out {rows[0]['positions']} positions of {DEMO_HELDOUT.name}, windows of "
+               "1024, the exact bf16 head; against the f32 cache")
+    click.echo("kv    mean KL (nats)  top-1 agreement  perplexity")
+    for r in rows:
+        click.echo(f"{r['kv']:<4}  {r['kl_nats']:>14.2e}  {r['top1_agreement']:>15.4f}  {r['perplexity']:>10.4f}")
+
+
+def bench_warm(folder: Path, threads, head, ternary, as_json: bool, kv: str) -> None:
     from trit.engine.tools import bench as engine_bench
 
     cache_file = paths().cache / "bench" / "conversation.kv"
     try:
-        w = engine_bench.run_warm_conversation(folder, cache_file, threads=threads, head=head, ternary=ternary)
+        w = engine_bench.run_warm_conversation(folder, cache_file, threads=threads, head=head, ternary=ternary,
+                                               kv=kv)
     finally:
         cache_file.unlink(missing_ok=True)
     if as_json:
@@ -1194,8 +1236,9 @@ def models_cmd(make_default, check, available, as_json) -> None:
 @click.option("--log", "keep_log", is_flag=True, help="Keep the conversations in the history (default: nothing kept).")
 @click.option("--verbose", is_flag=True, help="Show each request's last message in the log lines on stderr.")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads (default: every core).")
+@KV_OPTION
 @friendly_errors
-def serve(model_name, host, port, api_key, cors, keep_log, verbose, threads) -> None:
+def serve(model_name, host, port, api_key, cors, keep_log, verbose, threads, kv) -> None:
     """Serve the model to other tools over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health) on
     this machine. Requests from web pages and other hosts are refused unless allowed; nothing is written to the
     history unless --log. One line per request on stderr; Ctrl-C stops.
@@ -1210,7 +1253,7 @@ def serve(model_name, host, port, api_key, cors, keep_log, verbose, threads) -> 
     from .server import ServeOptions
     from .server import serve as run
 
-    sys.exit(run(ServeOptions(model_name, host, port, api_key or None, tuple(cors), keep_log, verbose, threads)))
+    sys.exit(run(ServeOptions(model_name, host, port, api_key or None, tuple(cors), keep_log, verbose, threads, kv)))
 
 
 @cli.command("rm")

@@ -166,10 +166,12 @@ class Turn:
 class Service:
     """The store and one loaded model; loads the model a conversation names when it is first needed."""
 
-    def __init__(self, store: Store | None, settings: Settings | None = None, threads: int | None = None):
+    def __init__(self, store: Store | None, settings: Settings | None = None, threads: int | None = None,
+                 kv: str | None = None):
         self.store = store
         self.settings = settings or load_settings()
         self.threads = threads
+        self.kv = kv or self.settings.kv_type or None  # --kv, else config.toml's, else the engine's default
         self._loaded: tuple[ModelChoice, engine.Model] | None = None
         self._lock = threading.Lock()
         self._unsaved: str | None = None  # why this turn's question could not be stored: the reply is not either
@@ -182,7 +184,7 @@ class Service:
                 if self._loaded is not None:
                     self._loaded[1].close()
                     self._loaded = None
-                self._loaded = (choice, engine.load(choice.path, threads=self.threads))
+                self._loaded = (choice, engine.load(choice.path, threads=self.threads, kv=self.kv))
             return self._loaded
 
     def close(self) -> None:

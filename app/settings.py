@@ -22,6 +22,9 @@ CONFIG_FILE = "config.toml"
 SAMPLING_SETTINGS = ("temperature", "top_p", "max_tokens", "seed")
 FLOAT_SETTINGS = ("temperature", "top_p")  # None by default (the model's own), a float when set
 OPTIONAL_INT_SETTINGS = ("seed",)  # None by default (a new one for every reply), an int when set
+# The KV cache's element types (engine/runtime/native.py KV_TYPES): fp16, int8 with a scale per position (half the
+# memory), exact fp32.
+KV_TYPES = ("f16", "q8", "f32")
 
 
 class SettingsError(Exception):
@@ -38,6 +41,7 @@ class Settings:
     seed: int | None = None  # None = a different reply each time; a number gives the same reply to the same words
     theme: str = "textual-dark"
     kv_cache_mb: int = 2048  # disk for conversations' saved KV caches (ask -c starts warm); 0 keeps none
+    kv_type: str = ""  # the KV cache's elements (KV_TYPES); "" = the engine's default; --kv overrides it
     keys: dict[str, str] = field(default_factory=dict)  # binding id -> keys, e.g. {"new_chat": "ctrl+n"}
     extra: dict = field(default_factory=dict, repr=False)  # keys this version does not know
 
@@ -87,6 +91,9 @@ def load_settings() -> Settings:
     _check_sampling(path, {k: v for k, v in values.items() if k in SAMPLING_SETTINGS})
     if values.get("kv_cache_mb", 0) < 0:
         raise SettingsError(f"{path}: kv_cache_mb = {values['kv_cache_mb']} must be 0 (keep none) or more; fix or "
+                            "delete that line")
+    if values.get("kv_type", "") not in ("", *KV_TYPES):
+        raise SettingsError(f"{path}: kv_type = {values['kv_type']!r} must be one of {', '.join(KV_TYPES)}; fix or "
                             "delete that line")
     if "keys" in values and not all(isinstance(v, str) for v in values["keys"].values()):
         raise SettingsError(f"{path}: every entry under [keys] must be a string such as \"ctrl+n\"")

@@ -14,6 +14,7 @@ from trit.engine.formats.gguf import GGUF_MAGIC, GGUFError
 from trit.engine.formats.regular_file import open_regular
 from trit.engine.kinds import BITNET, LLAMA_CPP
 from trit.engine.runtime.model import DEFAULT_HEAD, Model
+from trit.engine.runtime.native import DEFAULT_KV
 
 
 @dataclass(frozen=True)
@@ -57,17 +58,19 @@ def find_gguf(path: str | os.PathLike) -> Path | None:
     return p if p.is_file() and is_gguf(p) else None
 
 
-def load(path: str | os.PathLike, threads: int | None = None, head: str = DEFAULT_HEAD, ternary: str = "auto"):
+def load(path: str | os.PathLike, threads: int | None = None, head: str = DEFAULT_HEAD, ternary: str = "auto",
+         kv: str | None = None):
     """Memory-map and check a model; threads=None uses every core.
 
     A BitNet checkpoint folder runs on Trit's own kernel (runtime.model.Model). head: "bf16" computes logits against
     the exact tied embedding; "q8" / "q4" against a copy in 8 / 4.5 bits a weight. ternary: "tq2" runs the
     checkpoint's 2-bit packing as it is, "t5" a lossless 1.6-bit copy, "auto" what the CPU's kernel runs fastest.
-    Derived copies are made once and kept beside the model (formats/derived.py).
+    Derived copies are made once and kept beside the model (formats/derived.py). kv: the KV cache's element type,
+    "f16", "q8" (half the memory) or "f32" (exact); None: runtime.native.DEFAULT_KV.
 
     A .gguf file (or a folder holding one and no config.json) runs through llama.cpp instead
     (backends.llamacpp.model.GGUFModel, the same chat interface; head and ternary do not apply)."""
     kind = kind_of(path)
     if kind.backend == LLAMA_CPP:
         return GGUFModel(kind.path, threads=threads)
-    return Model(Checkpoint(kind.path), threads, head, ternary)
+    return Model(Checkpoint(kind.path), threads, head, ternary, kv or DEFAULT_KV)

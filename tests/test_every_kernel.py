@@ -22,7 +22,7 @@ from trit.engine.runtime import native
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_SENSITIVE = ["test_model.py", "test_derived.py", "test_chat.py", "test_demo_model.py", "test_bad_input.py",
                     "test_families.py",
-                    "test_native_ops.py"]
+                    "test_native_ops.py", "test_kv_types.py"]
 OTHER_KERNELS = [k for k in native.kernels() if k != native.active_kernel()]
 
 

@@ -235,7 +235,8 @@ def test_a_damaged_cache_is_ignored_and_the_answer_is_still_right(trit, home, tm
 
 def test_the_budget_evicts_the_least_recently_used_and_keeps_the_newest(trit, home):
     (home / "config").mkdir(parents=True)
-    (home / "config" / "config.toml").write_text("kv_cache_mb = 3\n")  # two of these conversations, not three
+    # two of these conversations, not three, in the fp16 cache's rows
+    (home / "config" / "config.toml").write_text('kv_cache_mb = 3\nkv_type = "f16"\n')
     document = "The lighthouse keeper wrote in his log every night. " * 40  # ~520 tokens: ~1.4 MB of cache
     a = ask(trit, "-m", "demo", document + "What did he write?")["conversation_id"]
     b = ask(trit, "-m", "demo", document + "Where was the lighthouse?")["conversation_id"]

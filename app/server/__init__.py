@@ -38,6 +38,7 @@ class ServeOptions:
     log: bool = False
     verbose: bool = False
     threads: int | None = None
+    kv: str | None = None  # the KV cache's type; None: config.toml's
 
 
 def say(line: str) -> None:
@@ -83,7 +84,8 @@ def serve(options: ServeOptions) -> int:
     if not is_loopback(options.host) and not options.api_key:
         raise EngineError(f"--host {options.host} opens the server to other machines: give an API key too "
                           f"(--api-key KEY, or {API_KEY_ENV} in the environment)")
-    choice = choose_model(options.model, load_settings())  # an unknown name: one line, before anything is bound
+    settings = load_settings()
+    choice = choose_model(options.model, settings)  # an unknown name: one line, before anything is bound
     name = Path(choice.name).name if choice.name == str(choice.path) else choice.name
     sock = bind(options.host, options.port)
     port = sock.getsockname()[1]
@@ -96,7 +98,7 @@ def serve(options: ServeOptions) -> int:
             server.should_exit = True
 
     def load():
-        model = engine.load(choice.path, threads=options.threads)
+        model = engine.load(choice.path, threads=options.threads, kv=options.kv or settings.kv_type or None)
         say(f"trit serve: {name} is ready")
         return name, model
 

@@ -2,7 +2,8 @@
 instead of prefilling the whole conversation again.
 
     header  b"TRIT-KV\\n", version u32, stamp length u32, the stamp (JSON: whatever can change the cached numbers)
-    rows    one per position, as trit_context_read_kv gives them (fp16 keys and values of every layer and kv head)
+    rows    one per position, as trit_context_read_kv gives them (keys and values of every layer and kv head, in the
+            cache's type: the stamp's "dtype"; a file of another type is ignored as a stale one is)
     meta    JSON: {"tokens": [the exact token ids], "text": what they spell, "crc": CRC-32 of the rows}
     footer  meta offset u64, meta length u64, CRC-32 of the meta u32, b"TRIT-END"
 
@@ -42,7 +43,7 @@ def stamp(model) -> dict:
     c = model.config
     return {"trit": __version__, "fingerprint": derived.fingerprint(model.checkpoint), "kernel": model.kernel,
             "ternary": model.ternary, "head": model.head, "n_layers": c.num_hidden_layers,
-            "n_kv_heads": c.num_key_value_heads, "head_dim": c.head_dim, "vocab_size": c.vocab_size, "dtype": "f16"}
+            "n_kv_heads": c.num_key_value_heads, "head_dim": c.head_dim, "vocab_size": c.vocab_size, "dtype": model.kv}
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,9 @@ class Saved:
 
 
 def _row_bytes(stamp: dict) -> int:
-    return stamp["n_layers"] * stamp["n_kv_heads"] * 2 * stamp["head_dim"] * 2
+    head_dim = stamp["head_dim"]
+    per_head = {"f16": 4 * head_dim, "f32": 8 * head_dim, "q8": 2 * head_dim + 8}[stamp["dtype"]]
+    return stamp["n_layers"] * stamp["n_kv_heads"] * per_head
 
 
 def _header(stamp: dict) -> bytes:

@@ -32,7 +32,10 @@ class Model(NativeObject):
     _tokenizer = None
 
     def __init__(self, checkpoint: Checkpoint, threads: int | None = None, head: str = DEFAULT_HEAD,
-                 ternary: str = "auto"):
+                 ternary: str = "auto", kv: str = native.DEFAULT_KV):
+        if kv not in native.KV_TYPES:
+            raise ValueError(f"kv must be one of {', '.join(native.KV_TYPES)}, not {kv!r}")
+        self.kv = kv  # every context's cache type
         if head not in derived.HEADS:
             raise ValueError(f"head must be one of {', '.join(derived.HEADS)}, not {head!r}")
         if ternary == "auto":
@@ -155,6 +158,7 @@ class Model(NativeObject):
             head += self.threads * 32 * h * 2
         norms = (c.num_hidden_layers * ((3 * h + i) if c.has_sub_norms else 2 * h) + h) * 4
         kv_cache = c.kv_bytes_per_token() * (position + 1)
+        kv_cache = {"f16": kv_cache, "f32": 2 * kv_cache, "q8": kv_cache // 2 + kv_cache // c.head_dim * 2}[self.kv]
         return c.num_hidden_layers * ternary + head + h * 2 + norms + kv_cache
 
     def read_bandwidth(self, nbytes: int = 512 << 20, repetitions: int = 3) -> float:
@@ -230,8 +234,9 @@ class Context(NativeObject):
         self.model = model
         self.max_batch = max(1, min(max_batch, n_ctx))
         self._lib = model._lib
-        self._handle = self._lib.trit_context_create(model._handle, native.c_int(n_ctx, "n_ctx"),
-                                                     native.c_int(self.max_batch, "max_batch"))
+        self._handle = self._lib.trit_context_create_kv(model._handle, native.c_int(n_ctx, "n_ctx"),
+                                                        native.c_int(self.max_batch, "max_batch"),
+                                                        native.KV_TYPES[model.kv])
         if not self._handle:
             raise NativeError(native.last_error())
         self.tokens: list[int] = []
@@ -289,7 +294,8 @@ class Context(NativeObject):
         return self._lib.trit_context_kv_row_bytes(self._handle)
 
     def read_kv(self, first: int, n: int) -> np.ndarray:
-        """The cache of positions [first, first + n): uint16 (fp16 bits) [n, kv_row_bytes / 2]."""
+        """The cache of positions [first, first + n) as uint16 [n, kv_row_bytes / 2]: fp16 bits for an f16 cache, the
+        bytes of the row (trit.h) for the others."""
         rows = np.empty((max(n, 0), self.kv_row_bytes // 2), np.uint16)
         native.check(self._lib.trit_context_read_kv(self._handle, native.c_int(first, "first"),
                                                     native.c_int(n, "n"), native.ptr(rows)))

@@ -46,6 +46,7 @@ class BenchResult:
     # energy: user + sys CPU seconds of every thread per generated token (median over the tg runs, each listed)
     cpu_s_per_token: float = 0.0
     cpu_runs: list[float] = field(default_factory=list)
+    kv: str = native.DEFAULT_KV       # the KV cache's element type
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,10 +84,11 @@ class Session:
     with Trit's in one process's lifetime (tools/bench_bitnetcpp.py): the model is loaded once."""
 
     def __init__(self, folder: str | Path, *, threads: int | None = None, head: str = DEFAULT_HEAD,
-                 ternary: str = "auto", n_prompt: int = 512, n_gen: int = 128, seed: int = 0):
+                 ternary: str = "auto", n_prompt: int = 512, n_gen: int = 128, seed: int = 0,
+                 kv: str = native.DEFAULT_KV):
         reset_peak_rss()
         t0 = time.perf_counter()
-        self.model = model = load(folder, threads=threads, head=head, ternary=ternary)
+        self.model = model = load(folder, threads=threads, head=head, ternary=ternary, kv=kv)
         with model.context(1) as ctx:
             ctx.eval([0])
         first = time.perf_counter() - t0
@@ -94,7 +96,7 @@ class Session:
         self.vocab = model.config.vocab_size
         decode_speed(model, self.rng.integers(0, self.vocab, 16), 16)  # warm-up, as llama-bench does
         self.result = r = BenchResult(str(folder), head, model.ternary, native.active_kernel(), model.threads,
-                                      n_prompt, n_gen, 0, first)
+                                      n_prompt, n_gen, 0, first, kv=kv)
         if n_gen:
             r.bytes_per_token_mb = float(np.mean([model.bytes_per_token(p) for p in range(n_gen)])) / 1e6
         self.bandwidths, self.shares, self.peaks = [], [], []
@@ -137,8 +139,9 @@ class Session:
 
 def run(folder: str | Path, *, threads: int | None = None, head: str = DEFAULT_HEAD, ternary: str = "auto",
         n_prompt: int = 512, n_gen: int = 128, repetitions: int = 3, long_context: int = 0,
-        seed: int = 0) -> BenchResult:
-    session = Session(folder, threads=threads, head=head, ternary=ternary, n_prompt=n_prompt, n_gen=n_gen, seed=seed)
+        seed: int = 0, kv: str = native.DEFAULT_KV) -> BenchResult:
+    session = Session(folder, threads=threads, head=head, ternary=ternary, n_prompt=n_prompt, n_gen=n_gen, seed=seed,
+                      kv=kv)
     for _ in range(repetitions):
         session.round()
     return session.finish(long_context)
@@ -196,13 +199,13 @@ class ConversationBench:
 
 def run_conversation(folder: str | Path, *, threads: int | None = None, head: str = DEFAULT_HEAD,
                      ternary: str = "auto", document_tokens: int = 2300, reply_tokens: int = 96,
-                     seed: int = 0) -> ConversationBench:
+                     seed: int = 0, kv: str = native.DEFAULT_KV) -> ConversationBench:
     """Five turns: a long document with a question, then four short follow-ups, each answered with reply_tokens
     tokens (the model's own replies go back into the conversation, as in a real chat). Reports every turn's time to
     first token, and the last turn's again in a fresh cache."""
     from trit.engine.runtime.chat import Chat
 
-    model = load(folder, threads=threads, head=head, ternary=ternary)
+    model = load(folder, threads=threads, head=head, ternary=ternary, kv=kv)
     tokenizer = model.tokenizer
     sentence = len(tokenizer.encode(DOCUMENT))
     document = DOCUMENT * max(1, document_tokens // sentence)
@@ -254,7 +257,7 @@ class WarmBench:
 
 def run_warm_conversation(folder: str | Path, cache_file: Path, *, threads: int | None = None,
                           head: str = DEFAULT_HEAD, ternary: str = "auto", document_tokens: int = 2300,
-                          reply_tokens: int = 96, seed: int = 0) -> WarmBench:
+                          reply_tokens: int = 96, seed: int = 0, kv: str = native.DEFAULT_KV) -> WarmBench:
     """run_conversation's dialogue, its cache saved to `cache_file` after each of the first four turns (as `trit ask`
     and `trit ask -c` do); then the fifth turn as a new process meets it — a model loaded anew — with the saved cache,
     and without it. The file is in the OS's page cache, as it is right after the previous turn wrote it."""
@@ -268,7 +271,7 @@ def run_warm_conversation(folder: str | Path, cache_file: Path, *, threads: int 
                                    r.prefill_tok_s, r.decode_tok_s)
 
     cache_file.unlink(missing_ok=True)
-    model = load(folder, threads=threads, head=head, ternary=ternary)
+    model = load(folder, threads=threads, head=head, ternary=ternary, kv=kv)
     tokenizer = model.tokenizer
     document = DOCUMENT * max(1, document_tokens // len(tokenizer.encode(DOCUMENT)))
     messages = [{"role": "system", "content": "You are a careful assistant."},
@@ -288,7 +291,7 @@ def run_warm_conversation(folder: str | Path, cache_file: Path, *, threads: int 
             messages += [{"role": "assistant", "content": result.text}, {"role": "user", "content": question}]
         chat.context.close()
         model.close()
-        model = load(folder, threads=threads, head=head, ternary=ternary)
+        model = load(folder, threads=threads, head=head, ternary=ternary, kv=kv)
         model._tokenizer, tokenizer.stop_ids = tokenizer, frozenset()
         stamp = kv_file.stamp(model)
         with model.context() as ctx:  # the file's read alone, for the share of the first token's wait it takes

@@ -31,8 +31,9 @@ extern "C" {
 #define TRIT_API __attribute__((visibility("default")))
 #endif
 
-/* 2: trit_config.block, trit_weights.output (issue 19); 3: trit_context_read_kv/write_kv (issue 18) */
-#define TRIT_API_VERSION 3
+/* 2: trit_config.block, trit_weights.output (issue 19); 3: trit_context_read_kv/write_kv (issue 18); 4: the KV
+ * cache's element type (trit_context_create_kv), trit_op_attention_kv (issue 20) */
+#define TRIT_API_VERSION 4
 
 enum {
     TRIT_OK = 0,
@@ -166,22 +167,29 @@ TRIT_API int64_t trit_find_invalid_t5(const uint8_t *t5, int64_t n_bytes);
 /* The ternary format the active kernel runs fastest. */
 TRIT_API int trit_kernel_preferred_format(void);
 
+/* The KV cache's element type. F16 (the default); F32, exact; Q8: int8 with one fp32 scale per position and kv head
+ * for its key and one for its value (max|x| / 127, x / scale rounded to nearest even), half of F16's bytes. */
+enum { TRIT_KV_F16 = 0, TRIT_KV_F32 = 1, TRIT_KV_Q8 = 2 };
 /* A KV cache of n_ctx positions (fp16) and the scratch for batches of up to max_batch tokens. */
 TRIT_API trit_context *trit_context_create(trit_model *model, int n_ctx, int max_batch);
+/* The same with the cache's elements of a TRIT_KV_* type. */
+TRIT_API trit_context *trit_context_create_kv(trit_model *model, int n_ctx, int max_batch, int kv_type);
+TRIT_API int trit_context_kv_type(const trit_context *ctx);
 TRIT_API void trit_context_free(trit_context *ctx);
 TRIT_API int trit_context_n_past(const trit_context *ctx);
 TRIT_API int trit_context_n_ctx(const trit_context *ctx);
 /* Forget every position from n_past on (0 <= n_past <= current n_past): the cache keeps the prefix. */
 TRIT_API int trit_context_truncate(trit_context *ctx, int n_past);
 /* The cache as rows, to save a context and restore it exactly (engine/formats/kv_file.py): the row of a position
- * holds, for each layer and then each kv head, that position's key and then its value, head_dim fp16 each. Rows are
- * position after position, so the rows of a longer conversation extend those of its beginning. */
+ * holds, for each layer and then each kv head, that position's key and then its value, head_dim elements each of the
+ * context's type (Q8: then the key's and the value's fp32 scales). Rows are position after position, so the rows of a
+ * longer conversation extend those of its beginning. */
 TRIT_API int64_t trit_context_kv_row_bytes(const trit_context *ctx);
 /* Copies the rows of positions [first, first + n) into out (n rows); first + n must not pass n_past. */
-TRIT_API int trit_context_read_kv(const trit_context *ctx, int first, int n, uint16_t *out);
+TRIT_API int trit_context_read_kv(const trit_context *ctx, int first, int n, void *out);
 /* Writes the rows of positions [first, first + n) from in, first <= n_past and first + n <= n_ctx; n_past becomes
  * first + n (the positions after them are forgotten). Out of range (TRIT_E_RANGE), nothing is written. */
-TRIT_API int trit_context_write_kv(trit_context *ctx, int first, int n, const uint16_t *in);
+TRIT_API int trit_context_write_kv(trit_context *ctx, int first, int n, const void *in);
 
 enum { TRIT_LOGITS_NONE = 0, TRIT_LOGITS_LAST = 1, TRIT_LOGITS_ALL = 2 };
 /* Runs n_tokens tokens at positions n_past.. (any n_tokens; batches of max_batch internally) and advances n_past.
@@ -204,6 +212,10 @@ TRIT_API void trit_op_rope(float *x, int n_heads, int head_dim, int pos, float t
  * q: [n_q][n_heads*hd], k, v: [pos0+n_q][n_kv_heads*hd] (stored as fp16 inside, as in the KV cache), out like q. */
 TRIT_API int trit_op_attention(float *out, const float *q, const float *k, const float *v, int n_q, int pos0,
                                int n_heads, int n_kv_heads, int head_dim);
+/* The same with keys and values stored as kv_type; split > 0 (a multiple of 32): a single query row (n_q == 1) attends
+ * to chunks of `split` keys apart and combines them, as the engine decodes deep in the context. */
+TRIT_API int trit_op_attention_kv(float *out, const float *q, const float *k, const float *v, int n_q, int pos0,
+                                  int n_heads, int n_kv_heads, int head_dim, int kv_type, int split);
 /* The gated FFN activation from the gate and up matmuls' int32 sums: out = relu(gate * fg)^2 * (up * fu). */
 TRIT_API void trit_op_relu2_sums(float *out, const int32_t *gate, float fg, const int32_t *up, float fu, int n);
 /* The Llama FFN activation: out = silu(gate * fg) * (up * fu), silu(g) = g / (1 + exp(-g)). */

@@ -59,8 +59,17 @@ typedef struct {
 struct trit_context {
     trit_model *m;
     int n_ctx, max_batch, n_past;
-    int span;                    /* positions each head's cache holds: n_ctx in whole key blocks */
-    uint16_t *k_cache, *v_cache; /* fp16 [n_layers][n_kv_heads][span][head_dim]; keys in blocks (trit_key_index) */
+    int span;               /* positions each head's cache holds: n_ctx in whole key blocks */
+    int kv_type;            /* TRIT_KV_*: the cache's elements */
+    void *k_cache;          /* [n_layers][n_kv_heads][span][head_dim] of kv_type; keys in blocks (trit_key_index) */
+    void *v_cache;          /* the same, position-major */
+    float *k_scales;        /* TRIT_KV_Q8: [n_layers][n_kv_heads][span] */
+    float *v_scales;        /* the same for the values */
+    float *partial;         /* decoding split into chunks of keys: [n_kv_heads][max_chunks][group][head_dim] */
+    float *partial_lse;     /* [n_kv_heads][max_chunks][group] */
+    int max_chunks;         /* trit_attend_chunks(n_ctx) */
+    trit_share split;       /* the (kv head, chunk) items of one layer, claimed as threads go */
+    atomic_int *split_done; /* [n_kv_heads] chunks attended: the thread that attends a head's last one combines */
     /* scratch for one batch */
     float *x;     /* [B][hidden] residual stream; projections o and down add into it */
     float *xn;    /* [B][hidden] the final normed state */
@@ -270,8 +279,16 @@ static int ensure_thread_scratch(trit_context *ctx) {
 }
 
 trit_context *trit_context_create(trit_model *m, int n_ctx, int max_batch) {
+    return trit_context_create_kv(m, n_ctx, max_batch, TRIT_KV_F16);
+}
+
+trit_context *trit_context_create_kv(trit_model *m, int n_ctx, int max_batch, int kv_type) {
     if (!m) {
         trit_fail(TRIT_E_INVALID, "context: no model");
+        return NULL;
+    }
+    if (kv_type != TRIT_KV_F16 && kv_type != TRIT_KV_F32 && kv_type != TRIT_KV_Q8) {
+        trit_fail(TRIT_E_INVALID, "context: unknown KV cache type %d", kv_type);
         return NULL;
     }
     const trit_config *c = &m->cfg;
@@ -286,20 +303,31 @@ trit_context *trit_context_create(trit_model *m, int n_ctx, int max_batch) {
     ctx->m = m;
     ctx->n_ctx = n_ctx;
     ctx->max_batch = max_batch;
+    ctx->kv_type = kv_type;
     size_t B = (size_t)max_batch, H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, KV = (size_t)kv_dim(c);
     ctx->span = trit_key_blocks(n_ctx) * TRIT_KEY_BLOCK;
     /* in 64 bits: where size_t has 32, a cache past 4 GB is refused rather than allocated wrapped around */
     uint64_t cache64 = (uint64_t)c->n_layers * (uint64_t)ctx->span * KV;
-    if (cache64 > SIZE_MAX / sizeof(uint16_t)) {
+    size_t element = trit_kv_type_size(kv_type);
+    if (cache64 > SIZE_MAX / 4) {
         trit_context_free(ctx);
         trit_fail(TRIT_E_NOMEM, "context: a cache of %d positions (%llu bytes) is more than this system addresses",
-                  n_ctx, (unsigned long long)(2 * cache64 * sizeof(uint16_t)));
+                  n_ctx, (unsigned long long)(2 * cache64 * element));
         return NULL;
     }
-    size_t cache = (size_t)cache64;
+    size_t cache = (size_t)cache64, heads = (size_t)c->n_layers * c->n_kv_heads, group = c->n_heads / c->n_kv_heads;
     /* calloc of a large block maps zero pages lazily: the cache costs memory only as it fills */
-    ctx->k_cache = calloc(cache, sizeof(uint16_t));
-    ctx->v_cache = calloc(cache, sizeof(uint16_t));
+    ctx->k_cache = calloc(cache, element);
+    ctx->v_cache = calloc(cache, element);
+    if (kv_type == TRIT_KV_Q8) {
+        ctx->k_scales = calloc(heads * ctx->span, sizeof(float));
+        ctx->v_scales = calloc(heads * ctx->span, sizeof(float));
+        if (!ctx->k_scales || !ctx->v_scales) goto oom;
+    }
+    ctx->max_chunks = trit_attend_chunks(n_ctx, TRIT_ATTEND_SPLIT);
+    ctx->partial = malloc(sizeof(float) * (size_t)c->n_kv_heads * ctx->max_chunks * group * c->head_dim);
+    ctx->partial_lse = malloc(sizeof(float) * (size_t)c->n_kv_heads * ctx->max_chunks * group);
+    ctx->split_done = malloc(sizeof(atomic_int) * (size_t)c->n_kv_heads);
     ctx->x = malloc(sizeof(float) * B * H);
     ctx->xn = malloc(sizeof(float) * B * H);
     ctx->q = malloc(sizeof(float) * B * H);
@@ -309,8 +337,8 @@ trit_context *trit_context_create(trit_model *m, int n_ctx, int max_batch) {
     size_t chunk = (size_t)token_chunk(c, H < I ? H : I); /* the largest chunk: the narrower input */
     chunk = chunk < B ? chunk : B;
     ctx->acc = malloc(sizeof(int32_t) * chunk * (H + 2 * KV > 2 * I ? H + 2 * KV : 2 * I));
-    if (!ctx->k_cache || !ctx->v_cache || !ctx->x || !ctx->xn || !ctx->q || !ctx->kv || !ctx->att || !ctx->ffn ||
-        !ctx->acc || ensure_thread_scratch(ctx) != TRIT_OK)
+    if (!ctx->k_cache || !ctx->v_cache || !ctx->partial || !ctx->partial_lse || !ctx->split_done || !ctx->x ||
+        !ctx->xn || !ctx->q || !ctx->kv || !ctx->att || !ctx->ffn || !ctx->acc || ensure_thread_scratch(ctx) != TRIT_OK)
         goto oom;
     return ctx;
 oom:
@@ -324,6 +352,11 @@ void trit_context_free(trit_context *ctx) {
     free_thread_scratch(ctx);
     free(ctx->k_cache);
     free(ctx->v_cache);
+    free(ctx->k_scales);
+    free(ctx->v_scales);
+    free(ctx->partial);
+    free(ctx->partial_lse);
+    free(ctx->split_done);
     free(ctx->x);
     free(ctx->xn);
     free(ctx->q);
@@ -336,6 +369,17 @@ void trit_context_free(trit_context *ctx) {
 
 int trit_context_n_past(const trit_context *ctx) { return ctx->n_past; }
 int trit_context_n_ctx(const trit_context *ctx) { return ctx->n_ctx; }
+int trit_context_kv_type(const trit_context *ctx) { return ctx->kv_type; }
+
+/* Layer l's kv head h in the cache. */
+static trit_kv_head kv_head(const trit_context *ctx, int l, int h) {
+    const trit_config *c = &ctx->m->cfg;
+    size_t head = (size_t)l * c->n_kv_heads + h, at = head * ctx->span * c->head_dim * trit_kv_type_size(ctx->kv_type);
+    trit_kv_head kv = {ctx->kv_type, (const char *)ctx->k_cache + at, (const char *)ctx->v_cache + at,
+                       ctx->k_scales ? ctx->k_scales + head * ctx->span : NULL,
+                       ctx->v_scales ? ctx->v_scales + head * ctx->span : NULL};
+    return kv;
+}
 
 int trit_context_truncate(trit_context *ctx, int n_past) {
     if (n_past < 0 || n_past > ctx->n_past)
@@ -344,11 +388,18 @@ int trit_context_truncate(trit_context *ctx, int n_past) {
     return TRIT_OK;
 }
 
-static size_t kv_row_elements(const trit_config *c) { return (size_t)c->n_layers * c->n_kv_heads * 2 * c->head_dim; }
+/* Bytes of one (layer, kv head)'s part of a row: key, value, and Q8's two scales. */
+static size_t kv_head_row_bytes(const trit_context *ctx) {
+    return 2 * (size_t)ctx->m->cfg.head_dim * trit_kv_type_size(ctx->kv_type) + (ctx->kv_type == TRIT_KV_Q8 ? 8 : 0);
+}
+
+static size_t kv_row_bytes(const trit_context *ctx) {
+    return (size_t)ctx->m->cfg.n_layers * ctx->m->cfg.n_kv_heads * kv_head_row_bytes(ctx);
+}
 
 int64_t trit_context_kv_row_bytes(const trit_context *ctx) {
     if (!ctx) return trit_fail(TRIT_E_INVALID, "context: none given");
-    return (int64_t)(kv_row_elements(&ctx->m->cfg) * sizeof(uint16_t));
+    return (int64_t)kv_row_bytes(ctx);
 }
 
 /* Positions [first, first + n) in a cache whose last usable position is end - 1; rows and the context given. */
@@ -360,43 +411,59 @@ static int check_kv_rows(const trit_context *ctx, int first, int n, int end, con
     return TRIT_OK;
 }
 
-/* One position's keys and values between the cache and a row (to_row: from the cache). */
-static void copy_kv_row(const trit_context *ctx, int pos, uint16_t *row, int to_row) {
+/* One position's keys and values between the cache and a row (to_row: from the cache); the key's elements one by
+ * one, as they sit a key block apart. */
+#define COPY_KEY(T)                                                                                                    \
+    for (int d = 0; d < hd; d++) {                                                                                     \
+        T *cell = (T *)keys + trit_key_index(pos, d, hd);                                                              \
+        if (to_row)                                                                                                    \
+            memcpy(row + d * sizeof(T), cell, sizeof(T));                                                              \
+        else                                                                                                           \
+            memcpy(cell, row + d * sizeof(T), sizeof(T));                                                              \
+    }
+static void copy_kv_row(const trit_context *ctx, int pos, unsigned char *row, int to_row) {
     const trit_config *c = &ctx->m->cfg;
     int hd = c->head_dim;
+    size_t element = trit_kv_type_size(ctx->kv_type), bytes = (size_t)hd * element;
     for (int l = 0; l < c->n_layers; l++)
-        for (int h = 0; h < c->n_kv_heads; h++, row += 2 * hd) {
-            size_t head = ((size_t)l * c->n_kv_heads + h) * ctx->span * hd;
-            uint16_t *keys = ctx->k_cache + head, *value = ctx->v_cache + head + (size_t)pos * hd;
-            for (int d = 0; d < hd; d++) {
-                size_t at = trit_key_index(pos, d, hd);
-                if (to_row)
-                    row[d] = keys[at];
-                else
-                    keys[at] = row[d];
-            }
-            if (to_row)
-                memcpy(row + hd, value, sizeof(uint16_t) * (size_t)hd);
+        for (int h = 0; h < c->n_kv_heads; h++, row += kv_head_row_bytes(ctx)) {
+            trit_kv_head kv = kv_head(ctx, l, h);
+            char *keys = (char *)kv.keys, *value = (char *)kv.values + (size_t)pos * bytes;
+            if (ctx->kv_type == TRIT_KV_F32)
+                COPY_KEY(float)
+            else if (ctx->kv_type == TRIT_KV_Q8)
+                COPY_KEY(int8_t)
             else
-                memcpy(value, row + hd, sizeof(uint16_t) * (size_t)hd);
+                COPY_KEY(uint16_t)
+            if (to_row)
+                memcpy(row + bytes, value, bytes);
+            else
+                memcpy(value, row + bytes, bytes);
+            if (ctx->kv_type != TRIT_KV_Q8) continue;
+            float *ks = (float *)kv.key_scales + pos, *vs = (float *)kv.value_scales + pos;
+            if (to_row)
+                memcpy(row + 2 * bytes, ks, 4), memcpy(row + 2 * bytes + 4, vs, 4);
+            else
+                memcpy(ks, row + 2 * bytes, 4), memcpy(vs, row + 2 * bytes + 4, 4);
         }
 }
+#undef COPY_KEY
 
-int trit_context_read_kv(const trit_context *ctx, int first, int n, uint16_t *out) {
+int trit_context_read_kv(const trit_context *ctx, int first, int n, void *out) {
     int rc = check_kv_rows(ctx, first, n, ctx ? ctx->n_past : 0, out, "read_kv");
     if (rc != TRIT_OK) return rc;
-    size_t row = kv_row_elements(&ctx->m->cfg);
-    for (int p = 0; p < n; p++) copy_kv_row(ctx, first + p, out + (size_t)p * row, 1);
+    size_t row = kv_row_bytes(ctx);
+    for (int p = 0; p < n; p++) copy_kv_row(ctx, first + p, (unsigned char *)out + (size_t)p * row, 1);
     return TRIT_OK;
 }
 
-int trit_context_write_kv(trit_context *ctx, int first, int n, const uint16_t *in) {
+int trit_context_write_kv(trit_context *ctx, int first, int n, const void *in) {
     int rc = check_kv_rows(ctx, first, n, ctx ? ctx->n_ctx : 0, in, "write_kv");
     if (rc != TRIT_OK) return rc;
     if (first > ctx->n_past) /* a gap would leave positions nobody wrote */
         return trit_fail(TRIT_E_RANGE, "context: write_kv: position %d is past the %d held", first, ctx->n_past);
-    size_t row = kv_row_elements(&ctx->m->cfg);
-    for (int p = 0; p < n; p++) copy_kv_row(ctx, first + p, (uint16_t *)(in + (size_t)p * row), 0);
+    size_t row = kv_row_bytes(ctx);
+    for (int p = 0; p < n; p++) copy_kv_row(ctx, first + p, (unsigned char *)in + (size_t)p * row, 0);
     ctx->n_past = first + n;
     return TRIT_OK;
 }
@@ -562,8 +629,32 @@ static void project_gated(const batch *b, const float *x, const float *norm, int
     run_projections(b, PROJECT_GATED, x, norm, cols, 2, gate_up);
 }
 
+/* A key and a value of kv head h at position pos into the cache, in its type; a key as a column of a key block. */
+static void store_kv(const batch *b, int h, int pos, const float *key, const float *value) {
+    trit_context *ctx = b->ctx;
+    int hd = ctx->m->cfg.head_dim;
+    trit_kv_head kv = kv_head(ctx, b->layer, h);
+    if (ctx->kv_type == TRIT_KV_F32) {
+        for (int d = 0; d < hd; d++) ((float *)kv.keys)[trit_key_index(pos, d, hd)] = key[d];
+        memcpy((float *)kv.values + (size_t)pos * hd, value, sizeof(float) * (size_t)hd);
+    } else if (ctx->kv_type == TRIT_KV_Q8) {
+        int8_t cells[TRIT_MAX_HEAD_DIM];
+        trit_quantize_kv(cells, (float *)kv.key_scales + pos, key, hd);
+        for (int d = 0; d < hd; d++) ((int8_t *)kv.keys)[trit_key_index(pos, d, hd)] = cells[d];
+        trit_quantize_kv((int8_t *)kv.values + (size_t)pos * hd, (float *)kv.value_scales + pos, value, hd);
+    } else {
+        for (int d0 = 0; d0 < hd; d0 += 128) { /* converted by the kernel */
+            uint16_t cells[128];
+            int n = hd - d0 < 128 ? hd - d0 : 128;
+            b->kern->to_f16(cells, key + d0, n);
+            for (int d = 0; d < n; d++) ((uint16_t *)kv.keys)[trit_key_index(pos, d0 + d, hd)] = cells[d];
+        }
+        b->kern->to_f16((uint16_t *)kv.values + (size_t)pos * hd, value, hd);
+    }
+}
+
 /* RoPE on token t's queries and keys of kv heads [h0, h1) (and the query heads that read them); those keys and
- * values into the fp16 cache. */
+ * values into the cache. */
 static void rope_store(const batch *b, int t, int h0, int h1) {
     trit_context *ctx = b->ctx;
     const trit_config *c = &ctx->m->cfg;
@@ -573,16 +664,7 @@ static void rope_store(const batch *b, int t, int h0, int h1) {
     trit_rope_apply(ctx->q + (size_t)t * c->hidden_size + (size_t)h0 * group * c->head_dim, (h1 - h0) * group,
                     c->head_dim, cs, sn);
     trit_rope_apply(k + (size_t)h0 * c->head_dim, h1 - h0, c->head_dim, cs, sn);
-    for (int h = h0; h < h1; h++) {
-        size_t head = ((size_t)b->layer * c->n_kv_heads + h) * ctx->span * c->head_dim;
-        for (int d0 = 0; d0 < c->head_dim; d0 += 128) { /* converted by the kernel, stored as a column of a key block */
-            uint16_t key[128];
-            int n = c->head_dim - d0 < 128 ? c->head_dim - d0 : 128;
-            b->kern->to_f16(key, k + (size_t)h * c->head_dim + d0, n);
-            for (int d = 0; d < n; d++) ctx->k_cache[head + trit_key_index(pos, d0 + d, c->head_dim)] = key[d];
-        }
-        b->kern->to_f16(ctx->v_cache + head + (size_t)pos * c->head_dim, v + (size_t)h * c->head_dim, c->head_dim);
-    }
+    for (int h = h0; h < h1; h++) store_kv(b, h, pos, k + (size_t)h * c->head_dim, v + (size_t)h * c->head_dim);
 }
 
 static void run_rope_store(void *arg, int ith, int nth) {
@@ -598,6 +680,45 @@ static int attention_block(const trit_config *c) {
     return group < TRIT_ATTEND_ROWS ? TRIT_ATTEND_ROWS / group : 1;
 }
 
+/* One decoding token deep in the context (more than TRIT_ATTEND_SPLIT keys): one (kv head, chunk of keys) pair per
+ * item, so that every thread streams its share of the cache however few kv heads there are (5 on 2 threads had left
+ * one idle a third of the time), then each kv head's chunks are combined. The chunks depend on the position only, so
+ * the results do not depend on the threads. No barrier inside the job (on a busy machine each one waits for a thread
+ * the OS has put aside): threads claim items as they go; each item turns a copy of its queries (RoPE), only the
+ * chunk that holds the new position turns and stores the new key, and whoever attends a head's last chunk combines
+ * them. */
+static int decodes_split(const batch *b) { return b->n == 1 && b->pos0 + 1 > TRIT_ATTEND_SPLIT; }
+
+static void attend_split(const batch *b, int ith, int nth) {
+    trit_context *ctx = b->ctx;
+    const trit_config *c = &ctx->m->cfg;
+    int group = c->n_heads / c->n_kv_heads, hd = c->head_dim, half = hd / 2, pos = b->pos0, n_keys = pos + 1;
+    int chunks = trit_attend_chunks(n_keys, TRIT_ATTEND_SPLIT), i0, i1;
+    size_t per_head = (size_t)ctx->max_chunks * group;
+    const float *cs = ctx->m->rope_cos + (size_t)pos * half, *sn = ctx->m->rope_sin + (size_t)pos * half;
+    thread_scratch *ts = &ctx->threads[ith];
+    while (trit_share_claim(&ctx->split, nth, &i0, &i1))
+        for (int i = i0; i < i1; i++) {
+            int kvh = i / chunks, chunk = i % chunks, k0 = chunk * TRIT_ATTEND_SPLIT;
+            int nk = n_keys - k0 < TRIT_ATTEND_SPLIT ? n_keys - k0 : TRIT_ATTEND_SPLIT;
+            float *q = ts->row; /* [group][head_dim] */
+            memcpy(q, ctx->q + (size_t)kvh * group * hd, sizeof(float) * (size_t)group * hd);
+            trit_rope_apply(q, group, hd, cs, sn);
+            if (chunk == chunks - 1) {
+                float *k = ctx->kv + (size_t)kvh * hd;
+                trit_rope_apply(k, 1, hd, cs, sn);
+                store_kv(b, kvh, pos, k, k + kv_dim(c));
+            }
+            trit_kv_head whole = kv_head(ctx, b->layer, kvh), part = trit_kv_head_from(&whole, k0, hd);
+            size_t at = kvh * per_head + (size_t)chunk * group;
+            trit_attend_kv(b->kern, ctx->partial + at * hd, ctx->partial_lse + at, q, 0, &part, 1, nk - 1, hd, group,
+                           ts->scores);
+            if (atomic_fetch_add_explicit(&ctx->split_done[kvh], 1, memory_order_acq_rel) == chunks - 1)
+                trit_attend_combine(ctx->att + (size_t)kvh * group * hd, ctx->partial + kvh * per_head * hd,
+                                    ctx->partial_lse + kvh * per_head, chunks, group, hd);
+        }
+}
+
 /* Causal grouped-query attention: one (block of tokens, kv head) pair per item, with the query heads h that read kv
  * head h / (H / KV) together, so they share every key and value read. The blocks do not depend on the threads, so
  * neither do the results. When the batch is a single block (decoding), an item first does RoPE and the cache store
@@ -608,6 +729,10 @@ static void run_attention(void *arg, int ith, int nth) {
     const trit_config *c = &ctx->m->cfg;
     int group = c->n_heads / c->n_kv_heads, per_block = attention_block(c);
     int blocks = (b->n + per_block - 1) / per_block;
+    if (decodes_split(b)) {
+        attend_split(b, ith, nth);
+        return;
+    }
     float *scratch = ctx->threads[ith].scores;
     /* round robin: a later block attends to more positions, so contiguous shares would be uneven */
     for (int i = ith; i < blocks * c->n_kv_heads; i += nth) {
@@ -616,9 +741,9 @@ static void run_attention(void *arg, int ith, int nth) {
         if (blocks == 1)
             for (int t = 0; t < nt; t++) rope_store(b, t, kvh, kvh + 1);
         size_t head_at = (size_t)t0 * c->hidden_size + (size_t)kvh * group * c->head_dim;
-        size_t kv_at = ((size_t)b->layer * c->n_kv_heads + kvh) * ctx->span * c->head_dim;
-        trit_attend_tokens(b->kern, ctx->att + head_at, ctx->q + head_at, c->hidden_size, ctx->k_cache + kv_at,
-                           ctx->v_cache + kv_at, nt, b->pos0 + t0, c->head_dim, group, scratch);
+        trit_kv_head kv = kv_head(ctx, b->layer, kvh);
+        trit_attend_kv(b->kern, ctx->att + head_at, NULL, ctx->q + head_at, c->hidden_size, &kv, nt, b->pos0 + t0,
+                       c->head_dim, group, scratch);
     }
 }
 
@@ -640,6 +765,10 @@ static void forward_layer(batch *b) {
     };
     project(b, ctx->x, L->input_norm, H, 3, qkv);
     if (b->n > attention_block(c)) run_pool_job(b, run_rope_store);
+    if (decodes_split(b)) {
+        trit_share_init(&ctx->split, c->n_kv_heads * trit_attend_chunks(b->pos0 + 1, TRIT_ATTEND_SPLIT), 0, 1, 1);
+        for (int h = 0; h < c->n_kv_heads; h++) atomic_init(&ctx->split_done[h], 0);
+    }
     run_pool_job(b, run_attention);
     projection o = {L->o, H, L->o_scale, ctx->x, H, NULL};
     project_add(b, ctx->att, L->attn_sub_norm, H, &o);

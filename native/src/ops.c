@@ -108,27 +108,75 @@ void trit_rope_apply(float *x, int n_heads, int head_dim, const float *cos_pos, 
     }
 }
 
-void trit_attend_tokens(const trit_kernel *kern, float *out, const float *q, int q_stride, const uint16_t *keys,
-                        const uint16_t *values, int n_q, int n_keys0, int head_dim, int group, float *scratch) {
-    if (n_q == 1)
-        kern->attend(out, q, keys, values, head_dim, n_keys0 + 1, head_dim, group, scratch);
-    else if (n_q > 1)
-        kern->attend_tokens(out, q, q_stride, keys, values, n_q, n_keys0, head_dim, group, scratch);
+trit_kv_head trit_kv_head_from(const trit_kv_head *kv, int k0, int head_dim) {
+    size_t at = (size_t)k0 * (size_t)head_dim * trit_kv_type_size(kv->type); /* bytes: keys and values alike */
+    trit_kv_head from = {kv->type, (const char *)kv->keys + at, (const char *)kv->values + at,
+                         kv->key_scales ? kv->key_scales + k0 : NULL, kv->value_scales ? kv->value_scales + k0 : NULL};
+    return from;
+}
+
+void trit_attend_kv(const trit_kernel *kern, float *out, float *lse, const float *q, int q_stride,
+                    const trit_kv_head *kv, int n_q, int n_keys0, int head_dim, int group, float *scratch) {
+    if (kv->type == TRIT_KV_F16) {
+        if (n_q == 1)
+            kern->attend(out, q, kv->keys, kv->values, head_dim, n_keys0 + 1, head_dim, group, scratch, lse);
+        else if (n_q > 1)
+            kern->attend_tokens(out, q, q_stride, kv->keys, kv->values, n_q, n_keys0, head_dim, group, scratch);
+        return;
+    }
+    float own[TRIT_MAX_HEADS]; /* an lse nobody asked for */
+    for (int i = 0; i < n_q; i++) {
+        float *o = out + (size_t)i * q_stride, *l = lse && n_q == 1 ? lse : own;
+        const float *qi = q + (size_t)i * q_stride;
+        if (kv->type == TRIT_KV_F32)
+            kern->attend_f32(o, l, qi, kv->keys, kv->values, n_keys0 + i + 1, head_dim, group, scratch);
+        else
+            kern->attend_q8(o, l, qi, kv->keys, kv->key_scales, kv->values, kv->value_scales, n_keys0 + i + 1, head_dim,
+                            group, scratch);
+    }
+}
+
+void trit_attend_combine(float *out, const float *partial, const float *lse, int n_chunks, int group, int head_dim) {
+    for (int h = 0; h < group; h++) {
+        float top = -INFINITY, total = 0.0f;
+        for (int c = 0; c < n_chunks; c++) top = fmaxf(top, lse[c * group + h]);
+        float *o = out + (size_t)h * head_dim;
+        memset(o, 0, sizeof(float) * (size_t)head_dim);
+        for (int c = 0; c < n_chunks; c++) {
+            float w = expf(lse[c * group + h] - top);
+            const float *p = partial + ((size_t)c * group + h) * head_dim;
+            total += w;
+            for (int d = 0; d < head_dim; d++) o[d] += w * p[d];
+        }
+        for (int d = 0; d < head_dim; d++) o[d] /= total;
+    }
+}
+
+void trit_quantize_kv(int8_t *dst, float *scale, const float *x, int n) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int i = 0; i < n; i++) {
+        float r = nearbyintf(x[i] * inv);
+        dst[i] = (int8_t)(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
+    }
+    *scale = amax / 127.0f;
 }
 
 void trit_attend_each_token(void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values,
-                                           int kv_stride, int n_keys, int head_dim, int group, float *scores),
+                                           int kv_stride, int n_keys, int head_dim, int group, float *scores,
+                                           float *lse),
                             float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
                             int n_q, int n_keys0, int head_dim, int group, float *scratch) {
     for (int i = 0; i < n_q; i++)
         attend(out + (size_t)i * q_stride, q + (size_t)i * q_stride, keys, values, head_dim, n_keys0 + i + 1, head_dim,
-               group, scratch);
+               group, scratch, NULL);
 }
 
 /* softmax(q . K^T / sqrt(hd)) . V for one head over n_keys cached positions. Each score sums q[d] * k[d] in the
  * order of d, a block of keys at a time (their dimension d is one contiguous row of the block). */
 void trit_attend_head(const trit_kernel *kern, float *out, const float *q, const uint16_t *keys, const uint16_t *values,
-                      int kv_stride, int n_keys, int head_dim, float *scores) {
+                      int kv_stride, int n_keys, int head_dim, float *scores, float *lse) {
     float scale = 1.0f / sqrtf((float)head_dim);
     float max = -INFINITY;
     for (int k0 = 0; k0 < n_keys; k0 += TRIT_KEY_BLOCK) {
@@ -147,6 +195,7 @@ void trit_attend_head(const trit_kernel *kern, float *out, const float *q, const
         sum += scores[p];
     }
     float inv = 1.0f / sum;
+    if (lse) *lse = max + logf(sum);
     memset(out, 0, sizeof(float) * (size_t)head_dim);
     for (int p = 0; p < n_keys; p++) kern->axpy_f16(out, scores[p] * inv, values + (size_t)p * kv_stride, head_dim);
 }

@@ -38,9 +38,18 @@ typedef struct {
     float (*quantize)(int8_t *xq, int32_t *sum, const float *x, int n);
     /* Causal attention of `group` query heads that share one kv head (consecutive in q and out, head_dim apart)
      * against n_keys cached fp16 positions: out[h] = softmax(q[h] . K^T / sqrt(hd)) . V. Keys in blocks
-     * (trit_key_index), values kv_stride apart. scores: scratch of group * n_keys floats. */
+     * (trit_key_index), values kv_stride apart. scores: scratch of group * n_keys floats. Unless lse is NULL, lse[h]
+     * = log(sum of exp(score)) of head h: what combines the results of chunks of keys (trit_attend_combine). */
     void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
-                   int head_dim, int group, float *scores);
+                   int head_dim, int group, float *scores, float *lse);
+    /* attend for a cache of fp32 keys and values (values head_dim apart), and of int8 ones with a scale per
+     * position (TRIT_KV_Q8): key k is keys[.][k] * key_scales[k]. scratch: TRIT_ATTEND_SCRATCH(n_keys, head_dim,
+     * group) floats. lse as for attend, never NULL. */
+    void (*attend_f32)(float *out, float *lse, const float *q, const float *keys, const float *values, int n_keys,
+                       int head_dim, int group, float *scratch);
+    void (*attend_q8)(float *out, float *lse, const float *q, const int8_t *keys, const float *key_scales,
+                      const int8_t *values, const float *value_scales, int n_keys, int head_dim, int group,
+                      float *scratch);
     /* The same for n_q consecutive tokens at once (prefill): token i's heads are at q + i*q_stride (out alike) and
      * see keys 0 .. n_keys0 + i (values head_dim apart). scratch: TRIT_ATTEND_SCRATCH(n_keys0 + n_q, head_dim, group)
      * floats. The scalar one runs the scalar attend token by token, so a kernel with its own attend and no faster
@@ -145,17 +154,42 @@ static inline int trit_key_blocks(int n_keys) { return (n_keys + TRIT_KEY_BLOCK 
     ((size_t)(n_keys) * ((group) > TRIT_ATTEND_ROWS ? (group) : TRIT_ATTEND_ROWS) +                                    \
      (2 * (size_t)TRIT_ATTEND_KEY_BLOCK + TRIT_ATTEND_ROWS) * (size_t)(head_dim) + 64)
 
-/* One token through attend, several through attend_tokens (scratch as for attend_tokens). */
-void trit_attend_tokens(const trit_kernel *kern, float *out, const float *q, int q_stride, const uint16_t *keys,
-                        const uint16_t *values, int n_q, int n_keys0, int head_dim, int group, float *scratch);
+/* One kv head's cache, of a TRIT_KV_* type: keys in blocks (trit_key_index), values [position][head_dim]; with Q8,
+ * a scale per position for each. */
+typedef struct {
+    int type;
+    const void *keys, *values;
+    const float *key_scales, *value_scales;
+} trit_kv_head;
+static inline size_t trit_kv_type_size(int type) { return type == TRIT_KV_F32 ? 4 : type == TRIT_KV_Q8 ? 1 : 2; }
+/* The same cache from position k0 on (a multiple of TRIT_KEY_BLOCK), as if it began there. */
+trit_kv_head trit_kv_head_from(const trit_kv_head *kv, int k0, int head_dim);
+
+/* n_q consecutive tokens' query heads (q_stride apart) against kv, token i seeing keys 0 .. n_keys0 + i: one token
+ * through the kernel's attend of kv's type, several through attend_tokens for F16 and the type's attend token after
+ * token for the others (AVX2 and scalar attend each token alone too). Scratch as for attend_tokens; lse (of a single
+ * token: group floats) may be NULL. */
+void trit_attend_kv(const trit_kernel *kern, float *out, float *lse, const float *q, int q_stride,
+                    const trit_kv_head *kv, int n_q, int n_keys0, int head_dim, int group, float *scratch);
+/* Decoding deep in the context, the keys are split into chunks of TRIT_ATTEND_SPLIT, attended apart (threads take
+ * chunks, not only kv heads) and combined: out[h] = sum_c exp(lse[c][h] - L) out_c[h] with L = log sum_c
+ * exp(lse[c][h]). partial: [n_chunks][group][head_dim], lse: [n_chunks][group]. A multiple of TRIT_KEY_BLOCK. */
+#define TRIT_ATTEND_SPLIT 512
+static inline int trit_attend_chunks(int n_keys, int split) { return (n_keys + split - 1) / split; }
+void trit_attend_combine(float *out, const float *partial, const float *lse, int n_chunks, int group, int head_dim);
 /* An attend_tokens for a kernel without a faster one: its `attend` for each token in turn. */
 void trit_attend_each_token(void (*attend)(float *out, const float *q, const uint16_t *keys, const uint16_t *values,
-                                           int kv_stride, int n_keys, int head_dim, int group, float *scores),
+                                           int kv_stride, int n_keys, int head_dim, int group, float *scores,
+                                           float *lse),
                             float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
                             int n_q, int n_keys0, int head_dim, int group, float *scratch);
 
-/* One query head against positions 0..n_keys-1 of its kv head; scores is scratch of n_keys floats. */
+/* One query head against positions 0..n_keys-1 of its kv head; scores is scratch of n_keys floats; lse as for
+ * attend (one float, or NULL). */
 void trit_attend_head(const trit_kernel *kern, float *out, const float *q, const uint16_t *keys, const uint16_t *values,
-                      int kv_stride, int n_keys, int head_dim, float *scores);
+                      int kv_stride, int n_keys, int head_dim, float *scores, float *lse);
+/* A key or value of the Q8 cache: dst = x / scale rounded to nearest even, *scale = max|x| / 127 (0 for all zeros).
+ * One definition for every kernel, so every kernel stores the same bytes. */
+void trit_quantize_kv(int8_t *dst, float *scale, const float *x, int n);
 
 #endif

@@ -479,7 +479,42 @@ static void check_attention(int n_q, int pos0, int n_heads, int n_kv, int hd, fl
     free(q), free(k), free(v), free(want), free(got);
 }
 
+/* The f32 and q8 caches (issue 20): every kernel against the scalar definition, and a decoding token's keys split into
+ * chunks and combined against the same token unsplit. */
+static void check_kv_attention(int n_q, int pos0, int n_heads, int n_kv, int hd, int split) {
+    seed((uint64_t)n_q * 131u + (uint64_t)pos0 * 17u + (uint64_t)n_heads * 5u + (uint64_t)hd);
+    int n_keys = pos0 + n_q;
+    size_t nq = (size_t)n_q * n_heads * hd, nk = (size_t)n_keys * n_kv * hd;
+    float *q = xmalloc(sizeof(float) * nq), *k = xmalloc(sizeof(float) * nk), *v = xmalloc(sizeof(float) * nk);
+    float *want = xmalloc(sizeof(float) * nq), *got = xmalloc(sizeof(float) * nq);
+    for (size_t i = 0; i < nq; i++) q[i] = rand_float(-1.0f, 1.0f);
+    for (size_t i = 0; i < nk; i++) k[i] = rand_float(-1.0f, 1.0f), v[i] = rand_float(-1.0f, 1.0f);
+    static const int types[] = {TRIT_KV_F16, TRIT_KV_F32, TRIT_KV_Q8};
+    static const char *const type_names[] = {"f16", "f32", "q8"};
+    for (int t = 0; t < 3; t++) {
+        select_kernel(scalar_index);
+        int rc = trit_op_attention_kv(want, q, k, v, n_q, pos0, n_heads, n_kv, hd, types[t], 0);
+        for (int i = 0; i < n_runnable; i++) {
+            select_kernel(runnable[i]);
+            for (int pass = 0; pass < (n_q == 1 ? 2 : 1); pass++) { /* unsplit, then split */
+                for (size_t j = 0; j < nq; j++) got[j] = NAN;
+                int rc2 = trit_op_attention_kv(got, q, k, v, n_q, pos0, n_heads, n_kv, hd, types[t], pass ? split : 0);
+                double worst = 0.0;
+                for (size_t j = 0; j < nq; j++) worst = max_d(worst, fabs((double)got[j] - want[j]));
+                check(rc == TRIT_OK && rc2 == TRIT_OK && worst <= 2e-5,
+                      "attention %-3s %-10s ~ scalar n_q=%d pos0=%d heads=%d/%d head_dim=%d split=%d (max |diff| %.2g)",
+                      type_names[t], kname(runnable[i]), n_q, pos0, n_heads, n_kv, hd, pass ? split : 0, worst);
+            }
+        }
+    }
+    free(q), free(k), free(v), free(want), free(got);
+}
+
 static void check_attentions(void) {
+    check_kv_attention(1, 99, 4, 1, 64, 32);
+    check_kv_attention(1, 700, 6, 2, 128, 256);
+    check_kv_attention(3, 40, 8, 2, 256, 0);
+    check_kv_attention(1, 45, 3, 3, 20, 32); /* head_dim not a multiple of 32: the scalar code in every kernel */
     check_attention(1, 0, 2, 1, 8, 1.0f);
     check_attention(1, 9, 4, 2, 20, 2.0f);
     check_attention(5, 3, 4, 2, 64, 1.0f);

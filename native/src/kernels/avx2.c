@@ -548,20 +548,30 @@ static inline __m256 exp256(__m256 x) {
 
 static inline __m256 load_f16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
-/* o_r[0..31] (r = 0, 1) += sum over keys k < n of p_r[k] * V_k[0..31] (fp16 rows v_step apart), one FMA chain per
- * element in key order, from 0 when from_zero; the eight accumulators are named registers. `prefetch` bytes of each
- * row are asked for TRIT_PREFETCH ahead (decoding streams the values from memory). */
+/* Eight elements i.. of a KV cache of a TRIT_KV_* type as floats (int8 ones unscaled). */
+static inline __attribute__((always_inline)) __m256 load_kv8(const void *base, size_t i, int type) {
+    if (type == TRIT_KV_F32) return _mm256_loadu_ps((const float *)base + i);
+    if (type == TRIT_KV_Q8)
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)base + i))));
+    return load_f16x8((const uint16_t *)base + i);
+}
+
+/* o_r[0..31] (r = 0, 1) += sum over keys k < n of p_r[k] * V_k[0..31] (rows of a cache of `type`, v_step elements
+ * apart), one FMA chain per element in key order, from 0 when from_zero; the eight accumulators are named registers.
+ * `prefetch` bytes of each row are asked for TRIT_PREFETCH ahead (decoding streams the values from memory). */
 static inline __attribute__((always_inline)) void pv_rows2(float *o0, float *o1, int from_zero, const float *p0,
-                                                           const float *p1, const uint16_t *v, size_t v_step, int n,
-                                                           int prefetch) {
+                                                           const float *p1, const void *v, size_t v_step, int n,
+                                                           int prefetch, int type) {
     __m256 a0 = from_zero ? _mm256_setzero_ps() : _mm256_loadu_ps(o0), a1 = from_zero ? a0 : _mm256_loadu_ps(o0 + 8),
            a2 = from_zero ? a0 : _mm256_loadu_ps(o0 + 16), a3 = from_zero ? a0 : _mm256_loadu_ps(o0 + 24),
            b0 = from_zero ? a0 : _mm256_loadu_ps(o1), b1 = from_zero ? a0 : _mm256_loadu_ps(o1 + 8),
            b2 = from_zero ? a0 : _mm256_loadu_ps(o1 + 16), b3 = from_zero ? a0 : _mm256_loadu_ps(o1 + 24);
+    size_t size = trit_kv_type_size(type);
     for (int k = 0; k < n; k++) {
-        const uint16_t *vk = v + (size_t)k * v_step;
-        for (int i = 0; i < prefetch; i += 64) _mm_prefetch((const char *)vk + TRIT_PREFETCH + i, _MM_HINT_T0);
-        __m256 v0 = load_f16x8(vk), v1 = load_f16x8(vk + 8), v2 = load_f16x8(vk + 16), v3 = load_f16x8(vk + 24);
+        const char *vk = (const char *)v + (size_t)k * v_step * size;
+        for (int i = 0; i < prefetch; i += 64) _mm_prefetch(vk + TRIT_PREFETCH + i, _MM_HINT_T0);
+        __m256 v0 = load_kv8(vk, 0, type), v1 = load_kv8(vk, 8, type), v2 = load_kv8(vk, 16, type),
+               v3 = load_kv8(vk, 24, type);
         __m256 p = _mm256_set1_ps(p0[k]);
         a0 = _mm256_fmadd_ps(p, v0, a0), a1 = _mm256_fmadd_ps(p, v1, a1);
         a2 = _mm256_fmadd_ps(p, v2, a2), a3 = _mm256_fmadd_ps(p, v3, a3);
@@ -577,35 +587,43 @@ static inline __attribute__((always_inline)) void pv_rows2(float *o0, float *o1,
 
 /* As in the AVX-512 kernel: the heads of a group share every key and value read; 16 registers allow 2 heads of a
  * block of 32 keys at a time for the scores and 32 dimensions of 2 heads at a time for the values. Neither loop keeps
- * a whole head in registers, so any multiple of 32 runs here: Falcon3's head_dim 256 had taken the scalar path. */
-static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
-                   int head_dim, int group, float *scores) {
-    if (head_dim % 32) {
-        trit_kernel_scalar.attend(out, q, keys, values, kv_stride, n_keys, head_dim, group, scores);
-        return;
-    }
+ * a whole head in registers, so any multiple of 32 runs here: Falcon3's head_dim 256 had taken the scalar path.
+ * One body for every cache type (a constant where it is inlined): q8's key scales multiply the scores, its value
+ * scales the weights p. The caller checks head_dim % 32. */
+static inline __attribute__((always_inline)) void attend_any(int type, float *out, const float *q, const void *keys,
+                                                             const float *key_scales, const void *values,
+                                                             const float *value_scales, int kv_stride, int n_keys,
+                                                             int head_dim, int group, float *scores, float *lse) {
     const float scale = 1.0f / sqrtf((float)head_dim);
+    const size_t size = trit_kv_type_size(type);
     /* scores, two heads and a block of 32 keys (four vectors, keys in lanes) at a time; every pair of heads reads a
      * block while it is in L1, and the first prefetches the keys ahead (decoding streams them from memory) */
     for (int k0 = 0; k0 < n_keys; k0 += TRIT_KEY_BLOCK) {
-        const uint16_t *kt = keys + trit_key_index(k0, 0, head_dim);
+        const char *kt = (const char *)keys + trit_key_index(k0, 0, head_dim) * size;
+        __m256 vscale[4];
+        for (int i = 0; i < 4; i++)
+            vscale[i] = type == TRIT_KV_Q8
+                            ? _mm256_mul_ps(_mm256_loadu_ps(key_scales + k0 + 8 * i), _mm256_set1_ps(scale))
+                            : _mm256_set1_ps(scale);
         for (int h0 = 0; h0 < group; h0 += 2) {
             const float *q0 = q + (size_t)h0 * head_dim, *q1 = h0 + 1 < group ? q0 + head_dim : q0;
             __m256 a[4], b[4];
             for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
             for (int d = 0; d < head_dim; d++) {
-                if (h0 == 0) _mm_prefetch((const char *)(kt + (size_t)d * TRIT_KEY_BLOCK) + TRIT_PREFETCH, _MM_HINT_T0);
+                const char *row = kt + (size_t)d * TRIT_KEY_BLOCK * size;
+                for (int i = 0; h0 == 0 && i < TRIT_KEY_BLOCK * (int)size; i += 64)
+                    _mm_prefetch(row + TRIT_PREFETCH + i, _MM_HINT_T0);
                 __m256 x0 = _mm256_set1_ps(q0[d]), x1 = _mm256_set1_ps(q1[d]);
                 for (int i = 0; i < 4; i++) {
-                    __m256 kv = load_f16x8(kt + (size_t)d * TRIT_KEY_BLOCK + 8 * i);
+                    __m256 kv = load_kv8(row, 8 * (size_t)i, type);
                     a[i] = _mm256_fmadd_ps(x0, kv, a[i]);
                     b[i] = _mm256_fmadd_ps(x1, kv, b[i]);
                 }
             }
             _Alignas(32) float s0[TRIT_KEY_BLOCK], s1[TRIT_KEY_BLOCK];
             for (int i = 0; i < 4; i++) {
-                _mm256_store_ps(s0 + 8 * i, _mm256_mul_ps(a[i], _mm256_set1_ps(scale)));
-                _mm256_store_ps(s1 + 8 * i, _mm256_mul_ps(b[i], _mm256_set1_ps(scale)));
+                _mm256_store_ps(s0 + 8 * i, _mm256_mul_ps(a[i], vscale[i]));
+                _mm256_store_ps(s1 + 8 * i, _mm256_mul_ps(b[i], vscale[i]));
             }
             for (int k = k0; k < n_keys && k < k0 + TRIT_KEY_BLOCK; k++) {
                 scores[(size_t)h0 * n_keys + k] = s0[k - k0];
@@ -630,7 +648,11 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
             sum += sc[k];
         }
         float inv = 1.0f / sum;
-        for (k = 0; k < n_keys; k++) sc[k] *= inv;
+        if (lse) lse[h] = max + logf(sum);
+        if (type == TRIT_KV_Q8)
+            for (k = 0; k < n_keys; k++) sc[k] = sc[k] * inv * value_scales[k];
+        else
+            for (k = 0; k < n_keys; k++) sc[k] *= inv;
     }
     /* the values in blocks of 64 keys, each read from memory once and then from L1 for every head and dimension; a
      * last single head repeats itself and stores into a spare row */
@@ -642,10 +664,37 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
                 int two = h0 + 1 < group;
                 float *o0 = out + (size_t)h0 * head_dim + d0, *o1 = two ? o0 + head_dim : spare;
                 const float *p0 = scores + (size_t)h0 * n_keys + k0, *p1 = two ? p0 + n_keys : p0;
-                pv_rows2(o0, o1, k0 == 0, p0, p1, values + (size_t)k0 * kv_stride + d0, (size_t)kv_stride, kb,
-                         d0 == 0 && h0 == 0 ? kv_stride * (int)sizeof(uint16_t) : 0);
+                pv_rows2(o0, o1, k0 == 0, p0, p1, (const char *)values + ((size_t)k0 * kv_stride + d0) * size,
+                         (size_t)kv_stride, kb, d0 == 0 && h0 == 0 ? kv_stride * (int)size : 0, type);
             }
     }
+}
+
+static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
+                   int head_dim, int group, float *scores, float *lse) {
+    if (head_dim % 32)
+        trit_kernel_scalar.attend(out, q, keys, values, kv_stride, n_keys, head_dim, group, scores, lse);
+    else
+        attend_any(TRIT_KV_F16, out, q, keys, NULL, values, NULL, kv_stride, n_keys, head_dim, group, scores, lse);
+}
+
+static void attend_f32(float *out, float *lse, const float *q, const float *keys, const float *values, int n_keys,
+                       int head_dim, int group, float *scratch) {
+    if (head_dim % 32)
+        trit_kernel_scalar.attend_f32(out, lse, q, keys, values, n_keys, head_dim, group, scratch);
+    else
+        attend_any(TRIT_KV_F32, out, q, keys, NULL, values, NULL, head_dim, n_keys, head_dim, group, scratch, lse);
+}
+
+static void attend_q8(float *out, float *lse, const float *q, const int8_t *keys, const float *key_scales,
+                      const int8_t *values, const float *value_scales, int n_keys, int head_dim, int group,
+                      float *scratch) {
+    if (head_dim % 32)
+        trit_kernel_scalar.attend_q8(out, lse, q, keys, key_scales, values, value_scales, n_keys, head_dim, group,
+                                     scratch);
+    else
+        attend_any(TRIT_KV_Q8, out, q, keys, key_scales, values, value_scales, head_dim, n_keys, head_dim, group,
+                   scratch, lse);
 }
 
 static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
@@ -732,6 +781,8 @@ const trit_kernel trit_kernel_avx2 = {
     .quantize = quantize,
     .attend = attend,
     .attend_tokens = attend_tokens,
+    .attend_f32 = attend_f32,
+    .attend_q8 = attend_q8,
     .scale_sums = scale_sums,
     .relu2_sums = relu2_sums,
     .rmsnorm = rmsnorm,

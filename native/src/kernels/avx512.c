@@ -582,9 +582,9 @@ static inline __attribute__((always_inline)) void pv_rows4(float *o0, float *o1,
  * softmax sums in key order; out accumulates p * V in key order. For that the keys go in lanes: the cache stores a
  * block of 32 keys dimension by dimension (kt[d][key]), and every head of the group (four at a time) reads it. */
 static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
-                   int head_dim, int group, float *scores) {
+                   int head_dim, int group, float *scores, float *lse) {
     if (head_dim % 64 || head_dim > 256) {
-        trit_kernel_scalar.attend(out, q, keys, values, kv_stride, n_keys, head_dim, group, scores);
+        trit_kernel_scalar.attend(out, q, keys, values, kv_stride, n_keys, head_dim, group, scores, lse);
         return;
     }
     const __m512 vscale = _mm512_set1_ps(1.0f / sqrtf((float)head_dim));
@@ -642,6 +642,7 @@ static void attend(float *out, const float *q, const uint16_t *keys, const uint1
         for (int h = 0; h < nh; h++) {
             float *sc = scores + (size_t)(h0 + h) * n_keys;
             __m512 inv = _mm512_set1_ps(1.0f / sum[h]);
+            if (lse) lse[h0 + h] = max[h] + logf(sum[h]);
             for (int k = 0; k < n_keys; k += 16) {
                 __mmask16 live = n_keys - k >= 16 ? 0xffff : (__mmask16)((1u << (n_keys - k)) - 1);
                 _mm512_mask_storeu_ps(sc + k, live, _mm512_mul_ps(_mm512_maskz_loadu_ps(live, sc + k), inv));
@@ -702,7 +703,7 @@ static void attend_tokens(float *out, const float *q, int q_stride, const uint16
     if (head_dim % 64 || head_dim > 256 || group > ROWS) {
         for (int i = 0; i < n_q; i++)
             attend(out + (size_t)i * q_stride, q + (size_t)i * q_stride, keys, values, head_dim, n_keys0 + i + 1,
-                   head_dim, group, scratch);
+                   head_dim, group, scratch, NULL);
         return;
     }
     const float scale = 1.0f / sqrtf((float)head_dim);

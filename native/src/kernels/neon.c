@@ -540,10 +540,10 @@ static void axpy_f16(float *y, float alpha, const uint16_t *x, int n) {
  * product and axpy. (The x86 kernels read each key and value once for the whole group; a NEON version of that is
  * still to come.) */
 static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
-                   int head_dim, int group, float *scores) {
+                   int head_dim, int group, float *scores, float *lse) {
     for (int h = 0; h < group; h++)
         trit_attend_head(&trit_kernel_neon, out + (size_t)h * head_dim, q + (size_t)h * head_dim, keys, values,
-                         kv_stride, n_keys, head_dim, scores);
+                         kv_stride, n_keys, head_dim, scores, lse ? lse + h : NULL);
 }
 
 /* Prefill: this kernel's attend for one token after another, so a batch gives the floats of single tokens. */

@@ -32,11 +32,23 @@ static trit_kernel tables[N_KERNELS]; /* OWN[i] with its NULL entries filled: wh
 static pthread_once_t registered = PTHREAD_ONCE_INIT;
 static _Atomic(const trit_kernel *) active;
 
+/* The kernel whose own entries stand in for another's NULL ones before the scalar kernel's: every CPU with AVX-512
+ * VNNI runs AVX2, so the avx512 kernel takes the avx2 kernel's entries it has no code of its own for (the KV cache's
+ * f32 and q8 attention, which are written and tested here on AVX2 only). */
+static const trit_kernel *understudy(const trit_kernel *own) {
+#ifdef TRIT_X86
+    if (own == &trit_kernel_avx512) return &trit_kernel_avx2;
+#endif
+    (void)own;
+    return NULL;
+}
+
 /* Every entry but name and supported, which a kernel must give. */
 static trit_kernel complete(const trit_kernel *own) {
-    const trit_kernel *scalar = &trit_kernel_scalar;
+    const trit_kernel *scalar = &trit_kernel_scalar, *lender = understudy(own);
     trit_kernel k = *own;
 #define FILL(entry)                                                                                                    \
+    if (!k.entry && lender) k.entry = lender->entry;                                                                   \
     if (!k.entry) k.entry = scalar->entry
     FILL(ternary_matmul);
     FILL(t5_matmul);
@@ -46,6 +58,8 @@ static trit_kernel complete(const trit_kernel *own) {
     FILL(quantize);
     FILL(attend);
     FILL(attend_tokens);
+    FILL(attend_f32);
+    FILL(attend_q8);
     FILL(scale_sums);
     FILL(relu2_sums);
     FILL(silu_sums);

@@ -102,16 +102,70 @@ static float quantize(int8_t *xq, int32_t *sum, const float *x, int n) {
 }
 
 static void attend(float *out, const float *q, const uint16_t *keys, const uint16_t *values, int kv_stride, int n_keys,
-                   int head_dim, int group, float *scores) {
+                   int head_dim, int group, float *scores, float *lse) {
     for (int h = 0; h < group; h++)
         trit_attend_head(&trit_kernel_scalar, out + (size_t)h * head_dim, q + (size_t)h * head_dim, keys, values,
-                         kv_stride, n_keys, head_dim, scores);
+                         kv_stride, n_keys, head_dim, scores, lse ? lse + h : NULL);
 }
 
 /* The definition of prefill: the tokens one after another. */
 static void attend_tokens(float *out, const float *q, int q_stride, const uint16_t *keys, const uint16_t *values,
                           int n_q, int n_keys0, int head_dim, int group, float *scratch) {
     trit_attend_each_token(attend, out, q, q_stride, keys, values, n_q, n_keys0, head_dim, group, scratch);
+}
+
+/* scores[k] = exp(scores[k] - max) / sum, in key order; returns log(sum of exp(scores)) as they came. */
+static float softmax(float *scores, int n) {
+    float max = -INFINITY, sum = 0.0f;
+    for (int k = 0; k < n; k++) max = scores[k] > max ? scores[k] : max;
+    for (int k = 0; k < n; k++) {
+        scores[k] = expf(scores[k] - max);
+        sum += scores[k];
+    }
+    float inv = 1.0f / sum;
+    for (int k = 0; k < n; k++) scores[k] *= inv;
+    return max + logf(sum);
+}
+
+/* The other cache types, head by head as trit_attend_head: each score sums q[d] * k[d] in the order of d. */
+static void attend_f32(float *out, float *lse, const float *q, const float *keys, const float *values, int n_keys,
+                       int head_dim, int group, float *scratch) {
+    float scale = 1.0f / sqrtf((float)head_dim);
+    for (int h = 0; h < group; h++) {
+        const float *qh = q + (size_t)h * head_dim;
+        float *o = out + (size_t)h * head_dim;
+        for (int k = 0; k < n_keys; k++) {
+            float s = 0.0f;
+            for (int d = 0; d < head_dim; d++) s += qh[d] * keys[trit_key_index(k, d, head_dim)];
+            scratch[k] = s * scale;
+        }
+        lse[h] = softmax(scratch, n_keys);
+        for (int d = 0; d < head_dim; d++) o[d] = 0.0f;
+        for (int k = 0; k < n_keys; k++)
+            for (int d = 0; d < head_dim; d++) o[d] += scratch[k] * values[(size_t)k * head_dim + d];
+    }
+}
+
+/* The scales multiply a key's whole dot product and a value's weight, so the sums are over the int8 elements. */
+static void attend_q8(float *out, float *lse, const float *q, const int8_t *keys, const float *key_scales,
+                      const int8_t *values, const float *value_scales, int n_keys, int head_dim, int group,
+                      float *scratch) {
+    float scale = 1.0f / sqrtf((float)head_dim);
+    for (int h = 0; h < group; h++) {
+        const float *qh = q + (size_t)h * head_dim;
+        float *o = out + (size_t)h * head_dim;
+        for (int k = 0; k < n_keys; k++) {
+            float s = 0.0f;
+            for (int d = 0; d < head_dim; d++) s += qh[d] * (float)keys[trit_key_index(k, d, head_dim)];
+            scratch[k] = s * key_scales[k] * scale;
+        }
+        lse[h] = softmax(scratch, n_keys);
+        for (int d = 0; d < head_dim; d++) o[d] = 0.0f;
+        for (int k = 0; k < n_keys; k++) {
+            float p = scratch[k] * value_scales[k];
+            for (int d = 0; d < head_dim; d++) o[d] += p * (float)values[(size_t)k * head_dim + d];
+        }
+    }
 }
 
 static void scale_sums(float *out, const int32_t *acc, float f, int n, int add) {
@@ -153,6 +207,8 @@ const trit_kernel trit_kernel_scalar = {
     .quantize = quantize,
     .attend = attend,
     .attend_tokens = attend_tokens,
+    .attend_f32 = attend_f32,
+    .attend_q8 = attend_q8,
     .scale_sums = scale_sums,
     .relu2_sums = relu2_sums,
     .silu_sums = silu_sums,
