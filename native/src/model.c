@@ -609,7 +609,8 @@ static void run_projections(const batch *b, projection_mode mode, const float *x
     /* pieces of at least ~32 KB of weights (the claim costs far less than reading them), in whole blocks of the
      * kernels' batch tiles */
     trit_share_init(&j.share, chunks * j.chunk_groups, j.chunk_groups, (32768 + cols - 1) / cols, TRIT_ROW_GROUP_BLOCK);
-    trit_pool_run(b->ctx->m->pool, run_matmul, &j);
+    /* one token has no barrier (its own input per thread, one chunk): a worker that is late is not waited for */
+    (b->n == 1 ? trit_pool_run_open : trit_pool_run)(b->ctx->m->pool, run_matmul, &j);
 }
 
 /* out = W . RMSNorm(x) for each of n_proj projections of the same input: q, k, v. */
@@ -718,6 +719,22 @@ static void attend_split(const batch *b, int ith, int nth) {
         }
 }
 
+/* Item i of the attention: a block of tokens and a kv head, after RoPE and the cache store of that head when the
+ * batch is a single block. */
+static void attend_block(const batch *b, int i, float *scratch) {
+    trit_context *ctx = b->ctx;
+    const trit_config *c = &ctx->m->cfg;
+    int group = c->n_heads / c->n_kv_heads, per_block = attention_block(c);
+    int blocks = (b->n + per_block - 1) / per_block, t0 = i / c->n_kv_heads * per_block, kvh = i % c->n_kv_heads;
+    int nt = b->n - t0 < per_block ? b->n - t0 : per_block;
+    if (blocks == 1)
+        for (int t = 0; t < nt; t++) rope_store(b, t, kvh, kvh + 1);
+    size_t head_at = (size_t)t0 * c->hidden_size + (size_t)kvh * group * c->head_dim;
+    trit_kv_head kv = kv_head(ctx, b->layer, kvh);
+    trit_attend_kv(b->kern, ctx->att + head_at, NULL, ctx->q + head_at, c->hidden_size, &kv, nt, b->pos0 + t0,
+                   c->head_dim, group, scratch);
+}
+
 /* Causal grouped-query attention: one (block of tokens, kv head) pair per item, with the query heads h that read kv
  * head h / (H / KV) together, so they share every key and value read. The blocks do not depend on the threads, so
  * neither do the results. When the batch is a single block (decoding), an item first does RoPE and the cache store
@@ -726,24 +743,20 @@ static void run_attention(void *arg, int ith, int nth) {
     const batch *b = arg;
     trit_context *ctx = b->ctx;
     const trit_config *c = &ctx->m->cfg;
-    int group = c->n_heads / c->n_kv_heads, per_block = attention_block(c);
-    int blocks = (b->n + per_block - 1) / per_block;
+    int per_block = attention_block(c), blocks = (b->n + per_block - 1) / per_block;
     if (decodes_split(b)) {
         attend_split(b, ith, nth);
         return;
     }
     float *scratch = ctx->threads[ith].scores;
-    /* round robin: a later block attends to more positions, so contiguous shares would be uneven */
-    for (int i = ith; i < blocks * c->n_kv_heads; i += nth) {
-        int t0 = i / c->n_kv_heads * per_block, kvh = i % c->n_kv_heads;
-        int nt = b->n - t0 < per_block ? b->n - t0 : per_block;
-        if (blocks == 1)
-            for (int t = 0; t < nt; t++) rope_store(b, t, kvh, kvh + 1);
-        size_t head_at = (size_t)t0 * c->hidden_size + (size_t)kvh * group * c->head_dim;
-        trit_kv_head kv = kv_head(ctx, b->layer, kvh);
-        trit_attend_kv(b->kern, ctx->att + head_at, NULL, ctx->q + head_at, c->hidden_size, &kv, nt, b->pos0 + t0,
-                       c->head_dim, group, scratch);
+    if (b->n == 1) { /* one token: its kv heads claimed as threads go, so that it runs as an open job */
+        int i0, i1;
+        while (trit_share_claim(&ctx->split, nth, &i0, &i1))
+            for (int i = i0; i < i1; i++) attend_block(b, i, scratch);
+        return;
     }
+    /* round robin: a later block attends to more positions, so contiguous shares would be uneven */
+    for (int i = ith; i < blocks * c->n_kv_heads; i += nth) attend_block(b, i, scratch);
 }
 
 static void run_pool_job(const batch *b, trit_task_fn fn) { trit_pool_run(b->ctx->m->pool, fn, (void *)b); }
@@ -764,11 +777,15 @@ static void forward_layer(batch *b) {
     };
     project(b, ctx->x, L->input_norm, H, 3, qkv);
     if (b->n > attention_block(c)) run_pool_job(b, run_rope_store);
-    if (decodes_split(b)) {
-        trit_share_init(&ctx->split, c->n_kv_heads * trit_attend_chunks(b->pos0 + 1, TRIT_ATTEND_SPLIT), 0, 1, 1);
+    if (b->n ==
+        1) { /* threads claim a token's items (kv heads, or their chunks of keys): a late worker is not waited for */
+        int chunks = decodes_split(b) ? trit_attend_chunks(b->pos0 + 1, TRIT_ATTEND_SPLIT) : 1;
+        trit_share_init(&ctx->split, c->n_kv_heads * chunks, 0, 1, 1);
         for (int h = 0; h < c->n_kv_heads; h++) atomic_init(&ctx->split_done[h], 0);
+        trit_pool_run_open(ctx->m->pool, run_attention, b);
+    } else {
+        run_pool_job(b, run_attention);
     }
-    run_pool_job(b, run_attention);
     projection o = {L->o, H, L->o_scale, ctx->x, H, NULL};
     project_add(b, ctx->att, L->attn_sub_norm, H, &o);
 
@@ -867,7 +884,10 @@ static void forward_batch(trit_context *ctx, const int32_t *tokens, int n, float
         for (int i = 0; i < H; i++) ctx->x[(size_t)t * H + i] = trit_bf16_to_f32(row[i]);
     }
     for (b.layer = 0; b.layer < c->n_layers; b.layer++) forward_layer(&b);
-    run_pool_job(&b, run_final_norm);
+    if (n == 1) /* one token's norm, without waking the workers */
+        run_final_norm(&b, 0, 1);
+    else
+        run_pool_job(&b, run_final_norm);
     if (logits && first_logit < n) {
         head_job j = {&b, first_logit, logits, {0}};
         trit_share_init(&j.share, c->vocab_size, 0, 256, 1);

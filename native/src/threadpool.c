@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -27,8 +28,12 @@ struct trit_pool {
     atomic_int stop;
     atomic_int arrived;      /* threads at the in-job barrier */
     atomic_uint barrier_gen; /* bumped when the last one arrives */
+    /* The job's generation (high 32 bits), JOB_CLOSED, and the workers inside it (low bits): a worker enters only a
+     * job still open under the generation it saw, so fn, arg and open stay as they are while any worker runs. */
+    _Atomic uint64_t state;
     trit_task_fn fn;
     void *arg;
+    int open; /* trit_pool_run_open: done when the caller's call returns and the workers inside have left */
     pthread_mutex_t mutex;
     pthread_cond_t wake;
 };
@@ -37,6 +42,18 @@ typedef struct {
     trit_pool *pool;
     int ith;
 } worker_arg;
+
+#define JOB_CLOSED ((uint64_t)1 << 31)
+#define JOB_INSIDE (JOB_CLOSED - 1)
+
+/* Enters job `gen` unless it is closed or already past. */
+static int enter_job(trit_pool *pool, unsigned gen) {
+    uint64_t s = atomic_load(&pool->state);
+    do {
+        if ((unsigned)(s >> 32) != gen || (s & JOB_CLOSED)) return 0;
+    } while (!atomic_compare_exchange_weak(&pool->state, &s, s + 1));
+    return 1;
+}
 
 static void *worker_main(void *p) {
     worker_arg wa = *(worker_arg *)p;
@@ -58,8 +75,11 @@ static void *worker_main(void *p) {
         }
         seen = gen;
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) return NULL;
+        if (!enter_job(pool, gen)) continue; /* an open job the caller finished without this worker */
+        int open = pool->open;
         pool->fn(pool->arg, wa.ith, pool->n);
-        atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel);
+        atomic_fetch_sub(&pool->state, 1); /* before pending: once that is 0 the caller may start the next job */
+        if (!open) atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel);
     }
 }
 
@@ -73,6 +93,7 @@ trit_pool *trit_pool_create(int n_threads) {
     atomic_init(&pool->stop, 0);
     atomic_init(&pool->arrived, 0);
     atomic_init(&pool->barrier_gen, 0);
+    atomic_init(&pool->state, 0);
     pthread_mutex_init(&pool->mutex, NULL);
     pthread_cond_init(&pool->wake, NULL);
     pool->threads = calloc((size_t)n_threads, sizeof(pthread_t));
@@ -94,6 +115,7 @@ trit_pool *trit_pool_create(int n_threads) {
 
 static void wake_workers(trit_pool *pool) {
     pthread_mutex_lock(&pool->mutex);
+    atomic_store(&pool->state, (uint64_t)(atomic_load(&pool->generation) + 1) << 32);
     atomic_fetch_add_explicit(&pool->generation, 1, memory_order_acq_rel);
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->mutex);
@@ -128,24 +150,35 @@ void trit_pool_barrier(trit_pool *pool) {
     }
 }
 
-void trit_pool_run(trit_pool *pool, trit_task_fn fn, void *arg) {
+/* Yield now and then: when other programs hold the cores, a worker we wait for may need ours to finish. */
+static void wait_a_little(unsigned spins) {
+    if (spins % 1024 == 0)
+        sched_yield();
+    else
+        cpu_relax();
+}
+
+static void run_job(trit_pool *pool, trit_task_fn fn, void *arg, int open) {
     if (pool->n == 1) {
         fn(arg, 0, 1);
         return;
     }
     pool->fn = fn;
     pool->arg = arg;
+    pool->open = open;
     atomic_store_explicit(&pool->pending, pool->n - 1, memory_order_release);
     wake_workers(pool);
     fn(arg, 0, pool->n);
-    /* Yield now and then: when other programs hold the cores, a worker we wait for may need ours to finish. */
-    for (unsigned spins = 1; atomic_load_explicit(&pool->pending, memory_order_acquire) > 0; spins++) {
-        if (spins % 1024 == 0)
-            sched_yield();
-        else
-            cpu_relax();
-    }
+    if (open) atomic_fetch_or(&pool->state, JOB_CLOSED); /* a worker not in yet never enters */
+    for (unsigned spins = 1; open ? (atomic_load(&pool->state) & JOB_INSIDE) != 0
+                                  : atomic_load_explicit(&pool->pending, memory_order_acquire) > 0;
+         spins++)
+        wait_a_little(spins);
 }
+
+void trit_pool_run(trit_pool *pool, trit_task_fn fn, void *arg) { run_job(pool, fn, arg, 0); }
+
+void trit_pool_run_open(trit_pool *pool, trit_task_fn fn, void *arg) { run_job(pool, fn, arg, 1); }
 
 void trit_share_init(trit_share *s, int total, int segment, int min_piece, int grain) {
     atomic_init(&s->next, 0);

@@ -13,6 +13,11 @@ void trit_pool_free(trit_pool *pool);
 int trit_pool_size(const trit_pool *pool);
 /* Runs fn(arg, i, n) for i = 0..n-1, i = 0 on the calling thread; returns when all are done. */
 void trit_pool_run(trit_pool *pool, trit_task_fn fn, void *arg);
+/* For a job whose threads claim its work as they go (trit_share) and that has no barrier, so that the caller's
+ * fn(arg, 0, n) alone does whatever no worker took: returns when that call has and the workers that started have
+ * finished; a worker that had not started by then skips the job. On a machine whose cores other programs share, a
+ * worker descheduled for a few milliseconds then no longer holds up every job of a token (issue 20). */
+void trit_pool_run_open(trit_pool *pool, trit_task_fn fn, void *arg);
 
 /* Inside a job: returns once every thread of the pool has called it (all threads of a job must call it equally). */
 void trit_pool_barrier(trit_pool *pool);
