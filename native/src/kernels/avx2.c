@@ -605,11 +605,9 @@ static inline __attribute__((always_inline)) void score_quad(int type, float *co
 
 /* o_h[0..15] (h = 0..3) += sum over keys k < n of p_h[k] * V_k[0..15] (rows of a cache of `type`, v_step elements
  * apart), one FMA chain per element in key order, from 0 when from_zero: each value converted once for the four heads,
- * the eight sums named registers. `prefetch` bytes of each row are asked for TRIT_PREFETCH ahead (decoding streams the
- * values from memory). */
+ * the eight sums named registers. */
 static inline __attribute__((always_inline)) void pv_quad(float *const o[4], int from_zero, const float *const p[4],
-                                                          const void *v, size_t v_step, int n, int prefetch,
-                                                          size_t ahead, int type) {
+                                                          const void *v, size_t v_step, int n, int type) {
     __m256 z = _mm256_setzero_ps();
     __m256 a0 = from_zero ? z : _mm256_loadu_ps(o[0]), a1 = from_zero ? z : _mm256_loadu_ps(o[0] + 8),
            b0 = from_zero ? z : _mm256_loadu_ps(o[1]), b1 = from_zero ? z : _mm256_loadu_ps(o[1] + 8),
@@ -619,7 +617,6 @@ static inline __attribute__((always_inline)) void pv_quad(float *const o[4], int
     size_t size = trit_kv_type_size(type);
     for (int k = 0; k < n; k++) {
         const char *vk = (const char *)v + (size_t)k * v_step * size;
-        for (int i = 0; i < prefetch; i += 64) _mm_prefetch(vk + ahead + i, _MM_HINT_T0);
         __m256 v0 = load_kv8(vk, 0, type), v1 = load_kv8(vk, 8, type);
         __m256 w = _mm256_broadcast_ss(p0 + k);
         a0 = _mm256_fmadd_ps(w, v0, a0), a1 = _mm256_fmadd_ps(w, v1, a1);
@@ -649,6 +646,10 @@ static inline __attribute__((always_inline)) void attend_any(int type, float *ou
     const float scale = 1.0f / sqrtf((float)head_dim);
     const size_t size = trit_kv_type_size(type);
     const int quads = group / 4 * 4;
+    /* the first values, into L2 while the scores are computed: later blocks of values and keys are asked for while
+     * the one before them is used, the first ones had been waited for */
+    for (size_t i = 0, n = (size_t)(n_keys < 64 ? n_keys : 64) * kv_stride * size; i < n; i += 64)
+        _mm_prefetch((const char *)values + i, _MM_HINT_T1);
     /* scores, a block of 32 keys at a time: every tile of heads reads it while it is in L1, and the first prefetches
      * the keys ahead (decoding streams them from memory) */
     for (int k0 = 0; k0 < n_keys; k0 += TRIT_KEY_BLOCK) {
@@ -725,27 +726,35 @@ static inline __attribute__((always_inline)) void attend_any(int type, float *ou
     /* the values in blocks of 64 keys, each read from memory once and then from L1 for every tile of heads and
      * dimensions; a last single head repeats itself and stores into a spare row */
     _Alignas(32) float spare[32] = {0};
-    size_t ahead = 64 * (size_t)kv_stride * size <= 16384 ? 64 * (size_t)kv_stride * size : TRIT_PREFETCH;
+    /* with fours of heads, every tile asks for its share of the next block's rows, so that the misses are spread over
+     * the block (the first tile asking for all of them had waited for them); the first block while the scores run */
+    const size_t row = (size_t)kv_stride * size, row_bytes = (size_t)head_dim * size;
+    const int tiles = head_dim / 32 * (quads / 2), rows_per_tile = quads ? (64 + tiles - 1) / tiles : 0;
+    for (int k = 0; quads && k < n_keys && k < 64; k++)
+        for (size_t i = 0; i < row_bytes; i += 64) _mm_prefetch((const char *)values + k * row + i, _MM_HINT_T1);
     for (int k0 = 0; k0 < n_keys; k0 += 64) {
-        int kb = n_keys - k0 < 64 ? n_keys - k0 : 64;
+        int kb = n_keys - k0 < 64 ? n_keys - k0 : 64, tile = 0;
         for (int d0 = 0; d0 < head_dim; d0 += 32) {
             for (int h0 = 0; h0 < quads; h0 += 4)
-                for (int j = 0; j < 32; j += 16) {
+                for (int j = 0; j < 32; j += 16, tile++) {
+                    for (int k = k0 + 64 + tile * rows_per_tile;
+                         k < n_keys && k < k0 + 64 + (tile + 1) * rows_per_tile && k < k0 + 128; k++)
+                        for (size_t i = 0; i < row_bytes; i += 64)
+                            _mm_prefetch((const char *)values + k * row + i, _MM_HINT_T0);
                     float *o[4];
                     const float *p[4];
                     for (int h = 0; h < 4; h++)
                         o[h] = out + (size_t)(h0 + h) * head_dim + d0 + j,
                         p[h] = scores + (size_t)(h0 + h) * n_keys + k0;
                     pv_quad(o, k0 == 0, p, (const char *)values + ((size_t)k0 * kv_stride + d0 + j) * size,
-                            (size_t)kv_stride, kb, d0 == 0 && h0 == 0 && j == 0 ? kv_stride * (int)size : 0, ahead,
-                            type);
+                            (size_t)kv_stride, kb, type);
                 }
             for (int h0 = quads; h0 < group; h0 += 2) {
                 int two = h0 + 1 < group;
                 float *o0 = out + (size_t)h0 * head_dim + d0, *o1 = two ? o0 + head_dim : spare;
                 const float *p0 = scores + (size_t)h0 * n_keys + k0, *p1 = two ? p0 + n_keys : p0;
                 pv_rows2(o0, o1, k0 == 0, p0, p1, (const char *)values + ((size_t)k0 * kv_stride + d0) * size,
-                         (size_t)kv_stride, kb, d0 == 0 && h0 == 0 ? kv_stride * (int)size : 0, type);
+                         (size_t)kv_stride, kb, d0 == 0 && h0 == 0 ? kv_stride * (int)size : 0, type); /* no fours */
             }
         }
     }
