@@ -581,6 +581,7 @@ static inline __attribute__((always_inline)) void score_quad(int type, float *co
                                                              int head_dim, int prefetch) {
     const size_t step = TRIT_KEY_BLOCK * trit_kv_type_size(type);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, e0 = a0, e1 = a0;
+#pragma GCC unroll 4
     for (int d = 0; d < head_dim; d++, row += step) {
         for (size_t i = 0; prefetch && i < step; i += 64) _mm_prefetch(row + TRIT_PREFETCH + i, _MM_HINT_T0);
         __m256 k0 = load_kv8(row, 0, type), k1 = load_kv8(row, 8, type);
@@ -615,6 +616,7 @@ static inline __attribute__((always_inline)) void pv_quad(float *const o[4], int
            e0 = from_zero ? z : _mm256_loadu_ps(o[3]), e1 = from_zero ? z : _mm256_loadu_ps(o[3] + 8);
     const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
     size_t size = trit_kv_type_size(type);
+#pragma GCC unroll 4
     for (int k = 0; k < n; k++) {
         const char *vk = (const char *)v + (size_t)k * v_step * size;
         __m256 v0 = load_kv8(vk, 0, type), v1 = load_kv8(vk, 8, type);
