@@ -57,9 +57,10 @@ def random_qkv(heads, kv_heads, head_dim, pos0, n, seed):
     return q, k, v
 
 
-# groups 1 to 4, head_dim 64/128/256, key counts that are not a multiple of the 32-key block, one token and several
+# groups 1 to 5 and 7, head_dim 32/64/128/256, key counts that are not a multiple of the 32-key block, one token and
+# several; AVX2 takes the heads of a group in fours, then a pair, then one, and a block of keys in halves of 16
 SHAPES = [(4, 4, 64, 0, 5), (6, 2, 64, 3, 4), (3, 1, 128, 40, 3), (8, 2, 128, 70, 1), (4, 2, 256, 0, 5),
-          (2, 1, 256, 37, 2), (8, 4, 64, 100, 1)]
+          (2, 1, 256, 37, 2), (8, 4, 64, 100, 1), (5, 1, 64, 50, 2), (14, 2, 32, 40, 1)]
 
 
 @pytest.mark.parametrize("kv", KV_TYPES)
@@ -76,7 +77,8 @@ def test_attention_of_each_cache_type_is_its_definition_under_every_kernel(kerne
 
 @pytest.mark.parametrize("kv", KV_TYPES)
 @pytest.mark.parametrize("heads,kv_heads,head_dim,n_keys,split", [(4, 1, 128, 1100, 512), (6, 2, 64, 97, 32),
-                                                                   (3, 3, 256, 700, 64), (8, 2, 128, 513, 512)])
+                                                                   (3, 3, 256, 700, 64), (8, 2, 128, 513, 512),
+                                                                   (20, 5, 128, 1500, 512)])
 def test_decoding_split_into_chunks_of_keys_equals_the_unsplit_result(kernel, kv, heads, kv_heads, head_dim, n_keys,
                                                                       split):
     q, k, v = random_qkv(heads, kv_heads, head_dim, n_keys - 1, 1, seed=n_keys)

@@ -520,6 +520,13 @@ static void check_attentions(void) {
     check_kv_attention(1, 700, 6, 2, 128, 256);
     check_kv_attention(3, 40, 8, 2, 256, 0);
     check_kv_attention(1, 45, 3, 3, 20, 32); /* head_dim not a multiple of 32: the scalar code in every kernel */
+    /* AVX2 takes the heads of a group in fours, then a pair, then one, and a block of 32 keys in halves: groups of 5
+     * and 7, the last block ending in its second half (53 keys) and in its first (41), and the 2B4T shape (20 heads
+     * on 5, head_dim 128) split into its chunks of 512 */
+    check_kv_attention(1, 52, 5, 1, 32, 32);
+    check_kv_attention(1, 40, 14, 2, 64, 32);
+    check_kv_attention(2, 70, 5, 1, 96, 0);
+    check_kv_attention(1, 1100, 20, 5, 128, 512); /* TRIT_ATTEND_SPLIT */
     check_attention(1, 0, 2, 1, 8, 1.0f);
     check_attention(1, 9, 4, 2, 20, 2.0f);
     check_attention(5, 3, 4, 2, 64, 1.0f);

@@ -595,19 +595,90 @@ static inline __attribute__((always_inline)) void pv_rows2(float *o0, float *o1,
     _mm256_storeu_ps(o1 + 16, b2), _mm256_storeu_ps(o1 + 24, b3);
 }
 
-/* As in the AVX-512 kernel: the heads of a group share every key and value read; 16 registers allow 2 heads of a
- * block of 32 keys at a time for the scores and 32 dimensions of 2 heads at a time for the values. Neither loop keeps
- * a whole head in registers, so any multiple of 32 runs here: Falcon3's head_dim 256 had taken the scalar path.
- * One body for every cache type (a constant where it is inlined): q8's key scales multiply the scores, its value
- * scales the weights p. The caller checks head_dim % 32. */
+/* The scores of 4 query heads (q0..q3, head_dim floats each) for the n <= 16 keys of a key block starting at `row`
+ * (its dimension 0 at the first of those keys): one FMA chain per key in the order of d, times vscale, stored to
+ * dst[h][0 .. n). Each dimension of the keys is loaded and converted once for the four heads (q8 and f16 cost a
+ * conversion per 8 elements), and 4 heads by 16 keys fill the registers: 8 sums, 2 keys, the broadcast query. The sums
+ * are named registers (GCC spilled an array of them). `prefetch` asks for the block TRIT_PREFETCH ahead. */
+static inline __attribute__((always_inline)) void score_quad(int type, float *const dst[4], int n, const float *q0,
+                                                             const float *q1, const float *q2, const float *q3,
+                                                             const char *row, __m256 vscale0, __m256 vscale1,
+                                                             int head_dim, int prefetch) {
+    const size_t step = TRIT_KEY_BLOCK * trit_kv_type_size(type);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, e0 = a0, e1 = a0;
+#pragma GCC unroll 4
+    for (int d = 0; d < head_dim; d++, row += step) {
+        for (size_t i = 0; prefetch && i < step; i += 64) _mm_prefetch(row + TRIT_PREFETCH + i, _MM_HINT_T0);
+        __m256 k0 = load_kv8(row, 0, type), k1 = load_kv8(row, 8, type);
+        __m256 x = _mm256_broadcast_ss(q0 + d);
+        a0 = _mm256_fmadd_ps(x, k0, a0), a1 = _mm256_fmadd_ps(x, k1, a1);
+        x = _mm256_broadcast_ss(q1 + d);
+        b0 = _mm256_fmadd_ps(x, k0, b0), b1 = _mm256_fmadd_ps(x, k1, b1);
+        x = _mm256_broadcast_ss(q2 + d);
+        c0 = _mm256_fmadd_ps(x, k0, c0), c1 = _mm256_fmadd_ps(x, k1, c1);
+        x = _mm256_broadcast_ss(q3 + d);
+        e0 = _mm256_fmadd_ps(x, k0, e0), e1 = _mm256_fmadd_ps(x, k1, e1);
+    }
+    __m256 sums[8] = {a0, a1, b0, b1, c0, c1, e0, e1};
+    for (int h = 0; h < 4; h++) {
+        _Alignas(32) float s[16];
+        float *to = n == 16 ? dst[h] : s; /* a last block's keys past n_keys go to s, not into the next head's row */
+        _mm256_storeu_ps(to, _mm256_mul_ps(sums[2 * h], vscale0));
+        _mm256_storeu_ps(to + 8, _mm256_mul_ps(sums[2 * h + 1], vscale1));
+        for (int j = 0; to == s && j < n; j++) dst[h][j] = s[j];
+    }
+}
+
+/* o_h[0..15] (h = 0..3) += sum over keys k < n of p_h[k] * V_k[0..15] (rows of a cache of `type`, v_step elements
+ * apart), one FMA chain per element in key order, from 0 when from_zero: each value converted once for the four heads,
+ * the eight sums named registers. */
+static inline __attribute__((always_inline)) void pv_quad(float *const o[4], int from_zero, const float *const p[4],
+                                                          const void *v, size_t v_step, int n, int type) {
+    __m256 z = _mm256_setzero_ps();
+    __m256 a0 = from_zero ? z : _mm256_loadu_ps(o[0]), a1 = from_zero ? z : _mm256_loadu_ps(o[0] + 8),
+           b0 = from_zero ? z : _mm256_loadu_ps(o[1]), b1 = from_zero ? z : _mm256_loadu_ps(o[1] + 8),
+           c0 = from_zero ? z : _mm256_loadu_ps(o[2]), c1 = from_zero ? z : _mm256_loadu_ps(o[2] + 8),
+           e0 = from_zero ? z : _mm256_loadu_ps(o[3]), e1 = from_zero ? z : _mm256_loadu_ps(o[3] + 8);
+    const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
+    size_t size = trit_kv_type_size(type);
+#pragma GCC unroll 4
+    for (int k = 0; k < n; k++) {
+        const char *vk = (const char *)v + (size_t)k * v_step * size;
+        __m256 v0 = load_kv8(vk, 0, type), v1 = load_kv8(vk, 8, type);
+        __m256 w = _mm256_broadcast_ss(p0 + k);
+        a0 = _mm256_fmadd_ps(w, v0, a0), a1 = _mm256_fmadd_ps(w, v1, a1);
+        w = _mm256_broadcast_ss(p1 + k);
+        b0 = _mm256_fmadd_ps(w, v0, b0), b1 = _mm256_fmadd_ps(w, v1, b1);
+        w = _mm256_broadcast_ss(p2 + k);
+        c0 = _mm256_fmadd_ps(w, v0, c0), c1 = _mm256_fmadd_ps(w, v1, c1);
+        w = _mm256_broadcast_ss(p3 + k);
+        e0 = _mm256_fmadd_ps(w, v0, e0), e1 = _mm256_fmadd_ps(w, v1, e1);
+    }
+    _mm256_storeu_ps(o[0], a0), _mm256_storeu_ps(o[0] + 8, a1), _mm256_storeu_ps(o[1], b0);
+    _mm256_storeu_ps(o[1] + 8, b1), _mm256_storeu_ps(o[2], c0), _mm256_storeu_ps(o[2] + 8, c1);
+    _mm256_storeu_ps(o[3], e0), _mm256_storeu_ps(o[3] + 8, e1);
+}
+
+/* As in the AVX-512 kernel: the heads of a group share every key and value read, and in fours every conversion of one
+ * too (score_quad, pv_quad; converting q8 once per pair of heads had taken a third of the time 4000 keys deep); a
+ * remaining pair or single head runs two heads of 32 keys or dimensions (a single one repeats itself into a spare
+ * row). Neither loop keeps a whole head in registers, so any multiple of 32 runs here: Falcon3's head_dim 256 had
+ * taken the scalar path. One body for every cache type (a constant where it is inlined): q8's key scales multiply the
+ * scores, its value scales the weights p. Every sum keeps its order whichever tile computes it. The caller checks
+ * head_dim % 32. */
 static inline __attribute__((always_inline)) void attend_any(int type, float *out, const float *q, const void *keys,
                                                              const float *key_scales, const void *values,
                                                              const float *value_scales, int kv_stride, int n_keys,
                                                              int head_dim, int group, float *scores, float *lse) {
     const float scale = 1.0f / sqrtf((float)head_dim);
     const size_t size = trit_kv_type_size(type);
-    /* scores, two heads and a block of 32 keys (four vectors, keys in lanes) at a time; every pair of heads reads a
-     * block while it is in L1, and the first prefetches the keys ahead (decoding streams them from memory) */
+    const int quads = group / 4 * 4;
+    /* the first block of values, into L2 while the scores are computed (later blocks are asked for while the one
+     * before them is used) */
+    for (size_t i = 0, n = (size_t)(n_keys < 64 ? n_keys : 64) * kv_stride * size; i < n; i += 64)
+        _mm_prefetch((const char *)values + i, _MM_HINT_T1);
+    /* scores, a block of 32 keys at a time: every tile of heads reads it while it is in L1, and the first prefetches
+     * the keys ahead (decoding streams them from memory) */
     for (int k0 = 0; k0 < n_keys; k0 += TRIT_KEY_BLOCK) {
         const char *kt = (const char *)keys + trit_key_index(k0, 0, head_dim) * size;
         __m256 vscale[4];
@@ -615,7 +686,16 @@ static inline __attribute__((always_inline)) void attend_any(int type, float *ou
             vscale[i] = type == TRIT_KV_Q8
                             ? _mm256_mul_ps(_mm256_loadu_ps(key_scales + k0 + 8 * i), _mm256_set1_ps(scale))
                             : _mm256_set1_ps(scale);
-        for (int h0 = 0; h0 < group; h0 += 2) {
+        for (int h0 = 0; h0 < quads; h0 += 4)
+            for (int j = 0; j < TRIT_KEY_BLOCK && k0 + j < n_keys; j += 16) {
+                const float *q0 = q + (size_t)h0 * head_dim;
+                float *dst[4];
+                for (int h = 0; h < 4; h++) dst[h] = scores + (size_t)(h0 + h) * n_keys + k0 + j;
+                int n = n_keys - k0 - j < 16 ? n_keys - k0 - j : 16;
+                score_quad(type, dst, n, q0, q0 + head_dim, q0 + 2 * (size_t)head_dim, q0 + 3 * (size_t)head_dim,
+                           kt + (size_t)j * size, vscale[j / 8], vscale[j / 8 + 1], head_dim, h0 == 0 && j == 0);
+            }
+        for (int h0 = quads; h0 < group; h0 += 2) {
             const float *q0 = q + (size_t)h0 * head_dim, *q1 = h0 + 1 < group ? q0 + head_dim : q0;
             __m256 a[4], b[4];
             for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
@@ -644,8 +724,14 @@ static inline __attribute__((always_inline)) void attend_any(int type, float *ou
     for (int h = 0; h < group; h++) {
         float *sc = scores + (size_t)h * n_keys;
         int k;
+        /* the maximum on 8 lanes (a chain of scalar comparisons had cost a tenth of the time) */
+        __m256 vmax = _mm256_set1_ps(-INFINITY);
+        for (k = 0; k + 8 <= n_keys; k += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(sc + k));
+        _Alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, vmax);
         float max = -INFINITY;
-        for (k = 0; k < n_keys; k++) max = sc[k] > max ? sc[k] : max;
+        for (int i = 0; i < 8; i++) max = lanes[i] > max ? lanes[i] : max;
+        for (; k < n_keys; k++) max = sc[k] > max ? sc[k] : max;
         __m256 vsum = _mm256_setzero_ps(), m = _mm256_set1_ps(max);
         for (k = 0; k + 8 <= n_keys; k += 8) {
             __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + k), m));
@@ -664,19 +750,38 @@ static inline __attribute__((always_inline)) void attend_any(int type, float *ou
         else
             for (k = 0; k < n_keys; k++) sc[k] *= inv;
     }
-    /* the values in blocks of 64 keys, each read from memory once and then from L1 for every head and dimension; a
-     * last single head repeats itself and stores into a spare row */
+    /* the values in blocks of 64 keys, each read from memory once and then from L1 for every tile of heads and
+     * dimensions; a last single head repeats itself and stores into a spare row */
     _Alignas(32) float spare[32] = {0};
+    /* with fours of heads, every tile asks for its share of the next block's rows, so that the misses are spread over
+     * the block (the first tile asking for all of them had waited for them: 15% of the time 4000 keys deep) */
+    const size_t row = (size_t)kv_stride * size, row_bytes = (size_t)head_dim * size;
+    const int tiles = head_dim / 32 * (quads / 2), rows_per_tile = quads ? (64 + tiles - 1) / tiles : 0;
     for (int k0 = 0; k0 < n_keys; k0 += 64) {
-        int kb = n_keys - k0 < 64 ? n_keys - k0 : 64;
-        for (int d0 = 0; d0 < head_dim; d0 += 32)
-            for (int h0 = 0; h0 < group; h0 += 2) {
+        int kb = n_keys - k0 < 64 ? n_keys - k0 : 64, tile = 0;
+        for (int d0 = 0; d0 < head_dim; d0 += 32) {
+            for (int h0 = 0; h0 < quads; h0 += 4)
+                for (int j = 0; j < 32; j += 16, tile++) {
+                    for (int k = k0 + 64 + tile * rows_per_tile;
+                         k < n_keys && k < k0 + 64 + (tile + 1) * rows_per_tile && k < k0 + 128; k++)
+                        for (size_t i = 0; i < row_bytes; i += 64)
+                            _mm_prefetch((const char *)values + k * row + i, _MM_HINT_T0);
+                    float *o[4];
+                    const float *p[4];
+                    for (int h = 0; h < 4; h++)
+                        o[h] = out + (size_t)(h0 + h) * head_dim + d0 + j,
+                        p[h] = scores + (size_t)(h0 + h) * n_keys + k0;
+                    pv_quad(o, k0 == 0, p, (const char *)values + ((size_t)k0 * kv_stride + d0 + j) * size,
+                            (size_t)kv_stride, kb, type);
+                }
+            for (int h0 = quads; h0 < group; h0 += 2) {
                 int two = h0 + 1 < group;
                 float *o0 = out + (size_t)h0 * head_dim + d0, *o1 = two ? o0 + head_dim : spare;
                 const float *p0 = scores + (size_t)h0 * n_keys + k0, *p1 = two ? p0 + n_keys : p0;
                 pv_rows2(o0, o1, k0 == 0, p0, p1, (const char *)values + ((size_t)k0 * kv_stride + d0) * size,
                          (size_t)kv_stride, kb, d0 == 0 && h0 == 0 ? kv_stride * (int)size : 0, type);
             }
+        }
     }
 }
 
