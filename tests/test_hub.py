@@ -481,3 +481,20 @@ def test_the_real_command_pulls_with_hf_hub_offline_set(server, tmp_path):
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert registry.locate(tmp_path / "home" / "data" / "models", NAME).verified
+
+
+def test_a_client_that_hangs_up_leaves_nothing_on_stderr(server, capsys):
+    """CI found `trit pull`'s one-line error preceded by the stand-in hub's traceback of a connection the client had
+    reset: run in-process, the CLI's captured stderr held it. A hang-up is the client's business."""
+    import socket
+    import struct
+    import time
+
+    port = int(server.url.rsplit(":", 1)[1])
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends a reset
+        s.sendall(f"GET /api/models/{REPO} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        s.close()
+    time.sleep(0.5)
+    assert "Traceback" not in capsys.readouterr().err
