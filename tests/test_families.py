@@ -182,7 +182,8 @@ def test_engine_and_reference_match_transformers(family_model, transformers_logi
     cfg = Checkpoint(folder).config
     ids = token_ids(cfg.vocab_size)
     theirs = transformers_logits(folder, ids)
-    ours = engine.load(folder, threads=2, head="bf16").logits(ids)  # the exact head: the forward pass itself
+    ours = engine.load(folder, threads=2, head="bf16", kv="f16").logits(ids)  # the exact head, and the fp16 cache the
+    # reference models: the forward pass itself
     spec = R.forward(folder, ids, kv_f16=True)
     for name, logits in (("engine", ours), ("reference", spec)):
         corr, top1 = mean_correlation(logits, theirs), top1_agreement(logits, theirs)
@@ -226,10 +227,10 @@ def test_negative_controls_fail_the_thresholds(family_model, transformers_logits
     # and the engine itself, given the wrong direction or told the head is tied
     wrong = copy_model(folder, tmp_path / "wrong-scale")
     edit_config(wrong, lambda c: c["quantization_config"].update(linear_class="autobitlinear"))
-    assert fails_thresholds(engine.load(wrong, threads=2, head="bf16").logits(ids), theirs)
+    assert fails_thresholds(engine.load(wrong, threads=2, head="bf16", kv="f16").logits(ids), theirs)
     tied = copy_model(folder, tmp_path / "tied", drop={OUTPUT_HEAD})
     edit_config(tied, lambda c: c.update(tie_word_embeddings=True))
-    assert fails_thresholds(engine.load(tied, threads=2, head="bf16").logits(ids), theirs)
+    assert fails_thresholds(engine.load(tied, threads=2, head="bf16", kv="f16").logits(ids), theirs)
 
 
 def copy_model(folder, dest, drop=frozenset()):
@@ -255,8 +256,8 @@ def test_an_untied_head_gets_the_compact_copy_with_exact_best_logits(family_mode
     logits per token are recomputed from lm_head's exact rows: they equal the bf16 head's."""
     folder = family_model("llama3-tiny", head_dtype=head_dtype)
     ids = token_ids(1024)
-    exact = engine.load(folder, head="bf16", threads=2).logits(ids)
-    compact = engine.load(folder, head=head, threads=2).logits(ids)
+    exact = engine.load(folder, head="bf16", threads=2, kv="f16").logits(ids)  # the cache the reference models
+    compact = engine.load(folder, head=head, threads=2, kv="f16").logits(ids)
     same = compact == exact
     assert np.all(same.sum(axis=1) >= 32)
     assert same[np.arange(len(exact)), exact.argmax(axis=1)].mean() >= 0.95
