@@ -192,13 +192,16 @@ def test_a_shape_i2_s_cannot_hold_is_refused_in_one_line(trit, make_model, tmp_p
 
 
 def test_cpu_seconds_per_generated_token_are_positive_and_at_most_threads_times_the_wall_time(trit, tiny_model):
-    r = trit("bench", tiny_model, "--threads", "2", "--pp", "8", "--tg", "24", "-r", "3", "--json")
+    n = 240
+    r = trit("bench", tiny_model, "--threads", "2", "--pp", "8", "--tg", str(n), "-r", "3", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert len(result["cpu_runs"]) == len(result["tg_runs"]) == 3
     for cpu, tok_s in zip(result["cpu_runs"], result["tg_runs"]):
-        # measured inside the wall-clock window, over the process's threads (the pool's 2, the caller being one)
-        assert 0 < cpu <= result["threads"] / tok_s
+        # measured inside the wall-clock window, over the process's threads (the pool's 2, the caller being one).
+        # Linux brings another thread's CPU time up to date at its scheduler ticks, so each thread's share may be off
+        # by a tick (up to 10 ms) at either end: CI saw 7% over the bound with a 6 ms window of 24 tokens
+        assert 0 < cpu <= result["threads"] / tok_s + result["threads"] * 2 * 0.010 / n
     assert result["cpu_s_per_token"] == sorted(result["cpu_runs"])[1]
     text = trit("bench", tiny_model, "--threads", "2", "--pp", "8", "--tg", "8", "-r", "1")
     assert text.returncode == 0, text.stderr
