@@ -18,7 +18,6 @@ quantizes per tensor differ from Trit's anyway.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -91,18 +90,13 @@ def _plan(checkpoint: Checkpoint) -> list[tuple[str, tuple[int, ...], np.dtype]]
 
 
 def export(checkpoint: Checkpoint | str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Write the F16 bitnet-25 GGUF; to a temporary file beside out_path, renamed into place when complete."""
+    """Write the F16 bitnet-25 GGUF (gguf_export.write_atomically: complete or absent)."""
     gguf = gguf_export._gguf()
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
     check(ckpt)
     cfg = ckpt.config
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.partial-", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    writer = gguf.GGUFWriter(tmp, ARCH)
-    try:
+
+    def describe(writer) -> None:
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(ckpt.folder.name)
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
@@ -117,20 +111,6 @@ def export(checkpoint: Checkpoint | str | os.PathLike, out_path: str | os.PathLi
         writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
         gguf_export._vocabulary(ckpt, writer)
         writer.add_string(gguf_export.FINGERPRINT_KEY, fingerprint(ckpt))
-        plan = _plan(ckpt)
-        for name, shape, dtype in plan:
-            writer.add_tensor_info(name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for (name, array), (planned, shape, dtype) in zip(_tensors(ckpt), plan, strict=True):
-            if name != planned or array.shape != shape or array.dtype != dtype:
-                raise AssertionError(f"GGUF plan mismatch at {name} (planned {planned})")
-            writer.write_tensor_data(np.ascontiguousarray(array))
-        writer.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return out_path
+
+    plan = [(name, shape, dtype, int(np.prod(shape)) * dtype.itemsize, None) for name, shape, dtype in _plan(ckpt)]
+    return gguf_export.write_atomically(out_path, ARCH, describe, plan, _tensors(ckpt))

@@ -315,20 +315,49 @@ def check_shape(checkpoint: Checkpoint) -> None:
                                   f"{cfg.intermediate_size} and {cfg.num_attention_heads * cfg.head_dim}")
 
 
-def export(checkpoint: Checkpoint | str | os.PathLike, out_path: str | os.PathLike, qtype: str = "tq2_0") -> Path:
-    """Write the checkpoint as a GGUF file llama.cpp loads as `bitnet` (or `llama`); ternary projections in `qtype`
-    ("tq2_0" or "tq1_0"). Written to a temporary file beside out_path and renamed into place."""
+def write_atomically(out_path: str | os.PathLike, arch: str, describe, plan, tensors) -> Path:
+    """A GGUF file at out_path, written to a temporary file beside it and renamed into place when complete (an
+    interrupted write leaves nothing half-written under the name). `describe(writer)` adds the metadata; `plan` lists
+    (name, shape, dtype, nbytes, raw_dtype) and `tensors` yields (name, array) in the same order."""
     gguf = _gguf()
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
-    check_shape(ckpt)
-    cfg = ckpt.config
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.partial-", dir=out_path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    writer = gguf.GGUFWriter(tmp, arch_of(ckpt))
+    writer = gguf.GGUFWriter(tmp, arch)
     try:
+        describe(writer)
+        for name, shape, dtype, nbytes, raw in plan:
+            writer.add_tensor_info(name, shape, dtype, nbytes, raw_dtype=raw)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for (name, array), (planned, shape, dtype, nbytes, _) in zip(tensors, plan, strict=True):
+            if name != planned or array.nbytes != nbytes or array.dtype != dtype:
+                raise AssertionError(f"GGUF plan mismatch at {name} (planned {planned})")
+            writer.write_tensor_data(np.ascontiguousarray(array))
+        writer.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o644 & ~umask)  # mkstemp made it 0600; readable as the process's other files are
+        os.replace(tmp, out_path)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return out_path
+
+
+def export(checkpoint: Checkpoint | str | os.PathLike, out_path: str | os.PathLike, qtype: str = "tq2_0") -> Path:
+    """Write the checkpoint as a GGUF file llama.cpp loads as `bitnet` (or `llama`); ternary projections in `qtype`
+    ("tq2_0" or "tq1_0")."""
+    gguf = _gguf()
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
+    check_shape(ckpt)
+    cfg = ckpt.config
+
+    def describe(writer) -> None:
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(ckpt.folder.name)
         writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{qtype.upper()}"))
@@ -352,26 +381,8 @@ def export(checkpoint: Checkpoint | str | os.PathLike, out_path: str | os.PathLi
         writer.add_uint32(VERSION_KEY, EXPORT_VERSION)
         writer.add_string("trit.linear_class", cfg.linear_class)
 
-        plan = _plan(ckpt, qtype)
-        for name, shape, dtype, nbytes, raw in plan:
-            writer.add_tensor_info(name, shape, dtype, nbytes, raw_dtype=raw)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for (name, array, _), (planned, shape, dtype, nbytes, _) in zip(_tensors(ckpt, qtype), plan, strict=True):
-            if name != planned or array.nbytes != nbytes or array.dtype != dtype:
-                raise AssertionError(f"GGUF plan mismatch at {name} (planned {planned})")
-            writer.write_tensor_data(np.ascontiguousarray(array))
-        writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o644 & ~umask)  # mkstemp made it 0600; readable as the process's other files are
-        os.replace(tmp, out_path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return out_path
+    tensors = ((name, array) for name, array, _ in _tensors(ckpt, qtype))
+    return write_atomically(out_path, arch_of(ckpt), describe, _plan(ckpt, qtype), tensors)
 
 
 def gguf_path(folder: str | os.PathLike, qtype: str) -> Path:
