@@ -275,12 +275,15 @@ def test_bitnet_cpp_prefills_a_2b4t_wide_layer_under_an_unlimited_stack_limit(ma
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason='llama-cpp-python is not installed '
                     '(pip install "trit[gguf]"; it compiles llama.cpp)')
 def test_vs_llama_cpp_reports_its_cpu_seconds_per_token_too(trit, make_model):
-    r = trit("bench", make_model("tiny", **SHAPE), "--vs", "llama.cpp", "--pp", "8", "--tg", "8", "-r", "2",
+    n = 96
+    r = trit("bench", make_model("tiny", **SHAPE), "--vs", "llama.cpp", "--pp", "8", "--tg", str(n), "-r", "2",
              "--threads", "2", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     for x in out["vs_llama_cpp"]["results"]:
         assert len(x["cpu_runs"]) == 2 and x["cpu_s_per_token"] > 0
         for cpu, tok_s in zip(x["cpu_runs"], x["tg_runs"]):
-            assert cpu <= x["threads"] / tok_s * 1.001 + 1e-4  # llama.cpp's 2 threads, the caller being one
+            # llama.cpp's 2 threads, the caller being one; a scheduler tick per thread at each end of the window, as
+            # above (8 tokens failed that way here)
+            assert cpu <= x["threads"] / tok_s + x["threads"] * 2 * 0.010 / n
         assert out["vs_llama_cpp"]["ratios"][x["qtype"]]["cpu_s_per_token"] > 0
