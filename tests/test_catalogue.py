@@ -376,7 +376,10 @@ async def test_the_models_dialog_lists_the_catalogue_under_the_installed_and_dow
         await pilot.press("enter")  # downloads it
         await until(pilot, lambda: dialog.transfer.busy or "ready" in dialog.transfer.said,
                     what=lambda: dialog.transfer.said)
-        await until(pilot, lambda: not dialog.transfer.busy, what=lambda: dialog.transfer.said)
+        # the widget clears busy as the Finished message reaches it, and the screen says "ready" as it bubbles on:
+        # CI once looked in between and saw the download's last line
+        await until(pilot, lambda: not dialog.transfer.busy and "ready" in dialog.transfer.said,
+                    what=lambda: dialog.transfer.said)
         assert dialog.transfer.said == "bitnet-b1.58-2B-4T is ready: Enter on it to use it here."
         ids = [listing.get_option_at_index(i).id for i in range(listing.option_count)]
         assert ids[:3] == [str(tiny_model), "bitnet-b1.58-2B-4T", "demo"] and "pull:bitnet-2b" not in ids
